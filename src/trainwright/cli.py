@@ -1,0 +1,127 @@
+"""`trainwright train | eval | predict | plot | check`: argument parsing and user-error reporting only."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import yaml
+
+from trainwright import __version__
+from trainwright.errors import UserError
+from trainwright.recipe import load_recipe
+from trainwright.rundir import RunDir
+
+EXIT_USER_ERROR = 2
+
+
+def _train(args: argparse.Namespace) -> int:
+    from trainwright.trainer import EXIT_PREEMPTED, Trainer
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    run_dir = args.run_dir or os.path.join("runs", recipe.name)
+    outcome = Trainer(recipe, run_dir, resume=args.resume, restart=args.restart).fit()
+    if outcome.status == "preempted":
+        return EXIT_PREEMPTED
+    if _is_main_process():
+        metrics = ", ".join(f"{k}={v:.4f}" for k, v in outcome.summary.items() if k.startswith("val/"))
+        state = "was already complete" if outcome.status == "already-completed" else "complete"
+        print(f"Run {state} at step {outcome.summary['step']}: {metrics}")
+        print(f"Run dir: {run_dir}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from trainwright.inference import evaluate_run, load_run
+
+    print(json.dumps(evaluate_run(load_run(RunDir.existing(args.run_dir))), indent=2))
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from trainwright.inference import load_run, prediction_lines
+
+    for line in prediction_lines(load_run(RunDir.existing(args.run_dir)), args.n):
+        print(line)
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from trainwright.inference import load_run
+    from trainwright.plots import plot_run
+
+    run = RunDir.existing(args.run_dir)
+    for path in plot_run(load_run(run), run.path):
+        print(path)
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from trainwright.components import check_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    check_recipe(recipe)
+    print(yaml.safe_dump(recipe.to_dict(), sort_keys=False), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trainwright",
+        description="Recipe-driven PyTorch training on HuggingFace Accelerate.",
+        epilog="Example: trainwright train recipes/heart.yaml trainer.epochs=3 --run-dir runs/heart",
+    )
+    parser.add_argument("--version", action="version", version=f"trainwright {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser(
+        "train", help="train a recipe (resumes from the run dir's newest valid checkpoint)",
+        description="Train a recipe. Run the same command again to resume a stopped run.",
+    )
+    train.add_argument("recipe", help="recipe YAML file, e.g. recipes/heart.yaml")
+    train.add_argument("overrides", nargs="*", metavar="key.path=value", help="override recipe keys (YAML values)")
+    train.add_argument("--run-dir", help="where the run lives (default: runs/<recipe name>)")
+    train.add_argument("--resume", metavar="CHECKPOINT", help="resume from this checkpoint folder")
+    train.add_argument(
+        "--restart", action="store_true",
+        help="start over: the existing run dir is renamed to <dir>.old-<time>, never deleted",
+    )
+    train.set_defaults(handler=_train)
+
+    evaluate = commands.add_parser("eval", help="print test/val metrics of a finished run as JSON")
+    evaluate.add_argument("run_dir", help="a run dir written by `trainwright train`")
+    evaluate.set_defaults(handler=_eval)
+
+    predict = commands.add_parser("predict", help="print predictions for the first N test items")
+    predict.add_argument("run_dir", help="a run dir written by `trainwright train`")
+    predict.add_argument("-n", type=int, default=10, help="number of items (default 10)")
+    predict.set_defaults(handler=_predict)
+
+    plot = commands.add_parser("plot", help="write loss curves and prediction plots to <run dir>/plots/")
+    plot.add_argument("run_dir", help="a run dir written by `trainwright train`")
+    plot.set_defaults(handler=_plot)
+
+    check = commands.add_parser("check", help="validate a recipe and print it resolved")
+    check.add_argument("recipe", help="recipe YAML file")
+    check.add_argument("overrides", nargs="*", metavar="key.path=value", help="override recipe keys")
+    check.set_defaults(handler=_check)
+    return parser
+
+
+def _is_main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except UserError as exc:
+        if _is_main_process():
+            print(f"trainwright: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("trainwright: interrupted", file=sys.stderr)
+        return 130

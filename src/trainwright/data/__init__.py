@@ -1,0 +1,1 @@
+"""Data: built-in data sets and the resumable, process-count-independent batch order."""

@@ -1,0 +1,57 @@
+"""What a data set builder returns: splits, the task they pose, and how to show one input."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch.utils.data import Dataset
+
+TaskKind = Literal["binary", "multiclass", "regression"]
+
+
+class TensorSplit(Dataset):
+    """A split held as two whole tensors, served a batch at a time by indexing (no per-item calls)."""
+
+    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
+        if len(inputs) != len(targets):
+            raise ValueError(f"inputs ({len(inputs)}) and targets ({len(targets)}) differ in length")
+        self.inputs = inputs
+        self.targets = targets
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.inputs[index], self.targets[index]
+
+
+@dataclass(frozen=True)
+class Task:
+    """The learning problem; regression targets may be served standardized and mapped back by `decode`."""
+
+    kind: TaskKind
+    class_names: tuple[str, ...] = ()
+    target_mean: float = 0.0
+    target_std: float = 1.0
+
+    def decode(self, values: torch.Tensor) -> torch.Tensor:
+        """Regression outputs/targets in the data's own units."""
+        return values * self.target_std + self.target_mean
+
+
+@dataclass
+class DataBundle:
+    """Train/val/test splits of one data set (test is val where the data set has no test split)."""
+
+    train: Dataset
+    val: Dataset
+    task: Task
+    test: Dataset | None = None
+    describe_input: Callable[[int], str] | None = field(default=None, repr=False)  # item i of eval_split
+
+    @property
+    def eval_split(self) -> Dataset:
+        return self.test if self.test is not None else self.val

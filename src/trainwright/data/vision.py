@@ -1,0 +1,48 @@
+"""torchvision image data sets, read from local files (never downloaded unless asked)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torchvision import datasets
+
+from trainwright.data.bundle import DataBundle, Task, TensorSplit
+from trainwright.errors import UserError
+from trainwright.registry import DATASETS
+
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+_FASHION_MNIST_FILES = (
+    "train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
+)
+
+
+def _as_tensors(split: datasets.FashionMNIST) -> TensorSplit:
+    """The whole split as float images in [0, 1] of shape (N, 1, 28, 28), exactly what ToTensor() gives."""
+    images = split.data.unsqueeze(1).to(torch.float32).div_(255)
+    return TensorSplit(images, split.targets.clone())
+
+
+@DATASETS.register("fashion_mnist")
+def fashion_mnist(root: str = "data", download: bool = False) -> DataBundle:
+    """FashionMNIST from `<root>/FashionMNIST/raw/` (IDX files, optionally .gz); test split for validation."""
+    try:
+        train = datasets.FashionMNIST(root, train=True, download=download)
+        test = datasets.FashionMNIST(root, train=False, download=download)
+    except RuntimeError as exc:
+        if "not found" not in str(exc) and "download" not in str(exc).lower():
+            raise
+        raw = Path(root) / "FashionMNIST" / "raw"
+        raise UserError(
+            f"FashionMNIST not found: expected the files {', '.join(_FASHION_MNIST_FILES)} (or their .gz) "
+            f"in {raw}/. Put them there (set data.root to their parent's parent), or set data.download=true "
+            "to fetch them, which needs network access."
+        ) from None
+    except OSError as exc:
+        raise UserError(f"cannot download FashionMNIST into {root}: {exc}") from None
+    test_split = _as_tensors(test)
+    return DataBundle(
+        train=_as_tensors(train), val=test_split, test=test_split, task=Task("multiclass", FASHION_MNIST_CLASSES)
+    )

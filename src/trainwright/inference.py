@@ -1,0 +1,87 @@
+"""Using a finished run: reload its recipe, data and final weights; evaluate and predict."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from safetensors.torch import load_model
+from torch import nn
+
+from trainwright.components import build_data, build_loss, build_model, output_kind
+from trainwright.data.bundle import DataBundle
+from trainwright.data.loading import eval_indices, iterate
+from trainwright.errors import UserError
+from trainwright.evaluation import evaluate, predicted_labels, probabilities
+from trainwright.recipe import Recipe
+from trainwright.rundir import RunDir
+
+EVAL_BATCH_SIZE = 1024
+
+
+@dataclass
+class TrainedRun:
+    recipe: Recipe
+    bundle: DataBundle
+    model: nn.Module
+    loss_fn: nn.Module
+    output_kind: str
+
+
+def load_run(run: RunDir) -> TrainedRun:
+    """The run's recipe, data and model with its final weights (on the CPU, in eval mode)."""
+    recipe = run.recipe()
+    weights = run.require_model()
+    bundle = build_data(recipe)
+    model = build_model(recipe)
+    missing, unexpected = load_model(model, str(weights), strict=False)
+    if missing or unexpected:
+        raise UserError(f"{weights} does not fit the run's model (missing {missing}, unexpected {unexpected})")
+    model.eval()
+    return TrainedRun(recipe, bundle, model, build_loss(recipe), output_kind(recipe, bundle))
+
+
+def evaluate_run(trained: TrainedRun) -> dict[str, float]:
+    """Metrics on the test split (the validation split where the data set has no test split)."""
+    split = "test" if trained.bundle.test is not None else "val"
+    metrics = evaluate(
+        trained.model, trained.bundle.eval_split, trained.loss_fn, trained.bundle.task, trained.output_kind,
+        torch.device("cpu"), EVAL_BATCH_SIZE,
+    )
+    return {f"{split}/{key}": value for key, value in metrics.items()}
+
+
+@torch.no_grad()
+def model_outputs(trained: TrainedRun, count: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(inputs, outputs, targets) for the first `count` items of the evaluation split."""
+    split = trained.bundle.eval_split
+    size = len(split) if count is None else min(count, len(split))
+    batches = list(iterate(split, eval_indices(size, EVAL_BATCH_SIZE, 0, 1)))
+    inputs = torch.cat([b[0] for b in batches])
+    targets = torch.cat([b[1] for b in batches])
+    return inputs, trained.model(inputs).float(), targets
+
+
+def _number(value: float) -> str:
+    return f"{value:.3f}" if abs(value) < 1e4 else f"{value:.1f}"
+
+
+def prediction_lines(trained: TrainedRun, count: int) -> Iterator[str]:
+    """One line per item, in the tutorials' form."""
+    task, describe = trained.bundle.task, trained.bundle.describe_input
+    _, outputs, targets = model_outputs(trained, count)
+    for i in range(len(outputs)):
+        prefix = f"{describe(i)} " if describe else ""
+        if task.kind == "regression":
+            predicted, actual = task.decode(outputs[i]).item(), task.decode(targets[i]).item()
+            yield f"{prefix}Predicted: {_number(predicted)}, Actual: {_number(actual)}"
+            continue
+        label = int(predicted_labels(outputs[i : i + 1], task, trained.output_kind)[0])
+        actual_label = int(targets[i].reshape(-1)[0])
+        names = task.class_names or tuple(str(c) for c in range(max(label, actual_label) + 1))
+        if task.kind == "binary":
+            p = probabilities(outputs[i : i + 1], task, trained.output_kind).reshape(-1)[0].item()
+            yield f"{prefix}Predicted: {names[label]} (p={p:.2f}), Actual: {names[actual_label]}"
+        else:
+            yield f'{prefix}Predicted: "{names[label]}", Actual: "{names[actual_label]}"'

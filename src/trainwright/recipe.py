@@ -1,0 +1,220 @@
+"""Recipes: load YAML, apply `key.path=value` overrides, validate against the schema."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from trainwright.errors import UserError, did_you_mean
+
+
+class _Section(BaseModel):
+    """A recipe section with a fixed set of keys."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Component(BaseModel):
+    """A section naming a component; keys beyond the fixed ones are the component's keyword arguments."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(description="registry name or import path 'package.module:attr'")
+
+    def kwargs(self) -> dict[str, Any]:
+        """The component's keyword arguments (every key but the fixed ones)."""
+        return dict(self.model_extra or {})
+
+
+class DataConfig(_Component):
+    batch_size: int = Field(ge=1, description="GLOBAL batch size: each of N processes gets batch_size/N")
+    num_workers: int = Field(0, ge=0, description="DataLoader workers (only for data sets served item by item)")
+
+
+class ModelConfig(_Component):
+    pass
+
+
+class LossConfig(_Component):
+    pass
+
+
+class OptimizerConfig(_Component):
+    lr: float = Field(gt=0)
+
+
+class SchedulerConfig(_Component):
+    name: str = "none"
+
+
+class TrainerConfig(_Section):
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="optional cap on optimizer steps")
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    grad_accum_steps: int = Field(1, ge=1)
+    grad_clip: float | None = Field(None, gt=0)
+    log_every_steps: int = Field(50, ge=1)
+    eval_every_epochs: int = Field(1, ge=1)
+
+
+class CheckpointConfig(_Section):
+    every_steps: int | None = Field(None, ge=1)
+    every_epochs: int | None = Field(1, ge=1)
+    keep_last: int = Field(2, ge=1)
+    keep_best: int = Field(0, ge=0)
+    monitor: str = "val/loss"
+    mode: Literal["min", "max"] = "min"
+
+
+class WandbConfig(_Section):
+    mode: Literal["auto", "online", "offline", "disabled"] = "auto"
+    project: str = "trainwright"
+    entity: str | None = None
+    tags: list[str] = Field(default_factory=list)
+
+
+class LoggingConfig(_Section):
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
+    tensorboard: bool = False
+
+    @field_validator("wandb", mode="before")
+    @classmethod
+    def _wandb_switch(cls, value: Any) -> Any:
+        """Allow `logging.wandb: false` (disabled) and `true` (auto) as shorthands."""
+        if isinstance(value, bool):
+            return {"mode": "auto" if value else "disabled"}
+        return value
+
+
+class DistributedConfig(_Section):
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+
+
+class Recipe(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    seed: int = 0
+    data: DataConfig
+    model: ModelConfig
+    loss: LossConfig
+    optimizer: OptimizerConfig
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved recipe as plain data (what is written to the run dir and to W&B)."""
+        return self.model_dump(mode="json")
+
+    def digest(self) -> str:
+        """A stable hash of the resolved recipe."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping, turning every way it can fail into a UserError naming the file."""
+    if not path.exists():
+        raise UserError(f"recipe file not found: {path}")
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; expected a recipe YAML file such as recipes/heart.yaml")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read recipe file {path}: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise UserError(f"{path}: {where}YAML syntax error: {problem}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a recipe must be a YAML mapping of keys (name:, data:, model:, ...)")
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split 'a.b.c=value' into (['a', 'b', 'c'], value parsed as a YAML scalar or list)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise UserError(f"bad override '{text}': expected key.path=value, e.g. trainer.epochs=3")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of `data` with each 'key.path=value' set."""
+    result = json.loads(json.dumps(data))
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = result
+        for depth, key in enumerate(keys[:-1]):
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                prefix = ".".join(keys[: depth + 1])
+                raise UserError(f"bad override '{text}': '{prefix}' is a value, not a section")
+            node = child
+        node[keys[-1]] = value
+    return result
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the schema section found at `loc` (for did-you-mean on unknown keys)."""
+    for key in loc:
+        field = model.model_fields.get(str(key))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _describe(error: dict[str, Any]) -> str:
+    """One line for one pydantic error, in recipe terms."""
+    loc = tuple(error["loc"])
+    path = ".".join(str(part) for part in loc)
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"{path}: unknown key{did_you_mean(str(loc[-1]), _fields_at(Recipe, loc[:-1]))}"
+    if kind == "missing":
+        return f"{path}: required key is missing"
+    return f"{path}: {error['msg']} (got {error['input']!r})"
+
+
+def validate(data: dict[str, Any], source: str) -> Recipe:
+    """Validate raw recipe data against the schema; `source` names the file in messages."""
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        lines = [_describe(error) for error in exc.errors()]
+        raise UserError(f"{source}: invalid recipe:\n  " + "\n  ".join(lines)) from None
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Load, override and validate a recipe file (components are checked by `registry.check_recipe`)."""
+    path = Path(path)
+    data = apply_overrides(read_yaml(path), overrides or [])
+    source = f"{path} (with overrides)" if overrides else str(path)
+    return validate(data, source)
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, path + "."))
+        else:
+            flat[path] = value
+    return flat

@@ -1,0 +1,114 @@
+"""Component registries: a recipe names a component (or gives an import path) plus keyword arguments."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from trainwright.errors import UserError, did_you_mean
+
+
+class Registry:
+    """Named builders of one kind of component (datasets, models, losses, ...)."""
+
+    def __init__(self, kind: str, section: str, provided: tuple[str, ...] = ()) -> None:
+        self.kind = kind
+        self.section = section
+        self.provided = set(provided)  # arguments trainwright passes itself (e.g. an optimizer's params)
+        self._entries: dict[str, Callable[..., Any]] = {}
+        self._meta: dict[str, dict[str, Any]] = {}
+
+    def register(self, name: str, **meta: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator: make `fn` available to recipes as `name`."""
+
+        def add(fn: Callable[..., Any]) -> Callable[..., Any]:
+            self._entries[name] = fn
+            self._meta[name] = meta
+            return fn
+
+        return add
+
+    def names(self) -> list[str]:
+        _load_builtins()
+        return sorted(self._entries)
+
+    def meta(self, name: str) -> dict[str, Any]:
+        """Extra facts registered with a built-in component ({} for imported ones)."""
+        return self._meta.get(name, {})
+
+    def get(self, name: str) -> Callable[..., Any]:
+        """The builder for `name`: a registered name or 'package.module:attr'."""
+        _load_builtins()
+        if name in self._entries:
+            return self._entries[name]
+        if ":" in name:
+            return _import(name, f"{self.section}.name")
+        raise UserError(
+            f"{self.section}.name: unknown {self.kind} '{name}'{did_you_mean(name, self._entries)} "
+            f"(built in: {', '.join(self.names())}; or give an import path like 'my_pkg.models:Net')"
+        )
+
+    def check(self, name: str, kwargs: dict[str, Any]) -> None:
+        """Fail early, naming the key, when `kwargs` holds an argument the component does not take."""
+        builder = self.get(name)
+        try:
+            params = inspect.signature(builder).parameters
+        except (TypeError, ValueError):
+            return
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return
+        accepted = [n for n in params if n not in self.provided and n != "self"]
+        for key in kwargs:
+            if key not in accepted:
+                raise UserError(
+                    f"{self.section}.{key}: unknown argument for {self.kind} '{name}'{did_you_mean(key, accepted)} "
+                    f"(it takes: {', '.join(accepted) or 'no arguments'})"
+                )
+        missing = [
+            n
+            for n, p in params.items()
+            if p.default is inspect.Parameter.empty
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            and n not in self.provided
+            and n not in kwargs
+        ]
+        if missing:
+            raise UserError(f"{self.section}: {self.kind} '{name}' needs {', '.join(self.section + '.' + m for m in missing)}")
+
+    def build(self, name: str, kwargs: dict[str, Any], **provided: Any) -> Any:
+        """Check the arguments, then call the builder; bad argument values become a UserError."""
+        self.check(name, kwargs)
+        try:
+            return self.get(name)(**provided, **kwargs)
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"{self.section}: cannot build {self.kind} '{name}' from {kwargs}: {exc}") from None
+
+
+def _import(path: str, key: str) -> Callable[..., Any]:
+    module_name, _, attr = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UserError(f"{key}: cannot import module '{module_name}' ({exc}); is it on PYTHONPATH?") from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        public = [n for n in dir(module) if not n.startswith("_")]
+        raise UserError(f"{key}: module '{module_name}' has no '{attr}'{did_you_mean(attr, public)}") from None
+
+
+DATASETS = Registry("data set", "data")
+MODELS = Registry("model", "model")
+LOSSES = Registry("loss", "loss")
+OPTIMIZERS = Registry("optimizer", "optimizer", provided=("params", "lr"))
+SCHEDULERS = Registry("LR scheduler", "scheduler", provided=("optimizer", "total_steps"))
+
+
+def _load_builtins() -> None:
+    """Import the modules that register the built-in components (once)."""
+    importlib.import_module("trainwright.data.builtin")
+    importlib.import_module("trainwright.models")
+    importlib.import_module("trainwright.optim")
+    importlib.import_module("trainwright.losses")

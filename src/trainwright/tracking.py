@@ -1,0 +1,149 @@
+"""Metrics out of the trainer: metrics.jsonl always, W&B and TensorBoard when the recipe asks."""
+
+from __future__ import annotations
+
+import json
+import netrc
+import os
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from trainwright.errors import UserError
+from trainwright.recipe import Recipe
+
+Metrics = dict[str, float]
+
+
+def _warn(message: str) -> None:
+    print(f"trainwright: {message}", file=sys.stderr, flush=True)
+
+
+class MetricsFile:
+    """`metrics.jsonl`: one JSON object per log call, with `step` and `epoch`."""
+
+    def __init__(self, path: Path, resume_step: int) -> None:
+        self.path = path
+        if resume_step == 0:
+            path.unlink(missing_ok=True)
+        elif path.exists():
+            self._drop_after(resume_step)
+        self._file = path.open("a", encoding="utf-8")
+
+    def _drop_after(self, step: int) -> None:
+        """Forget lines a killed run wrote after the checkpoint it resumes from, so no step appears twice."""
+        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, self.path)
+
+    def log(self, metrics: Metrics, step: int, epoch: int) -> None:
+        self._file.write(json.dumps({"step": step, "epoch": epoch, **metrics}) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """All records of a metrics.jsonl file ([] when there is none)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def wandb_api_key_present() -> bool:
+    """True when W&B has credentials (env var or netrc), so an online run would not prompt for a login."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+class WandbLogger:
+    """A W&B run that continues across restarts (its id lives in the run dir) and never stops training."""
+
+    def __init__(self, recipe: Recipe, run_dir: Path, run_id: str) -> None:
+        import wandb
+
+        self._wandb = wandb
+        cfg = recipe.logging.wandb
+        mode = cfg.mode
+        if mode == "auto":
+            mode = "online" if wandb_api_key_present() else "offline"
+        self.run = None
+        for attempt in dict.fromkeys([mode, "offline"]):
+            try:
+                self.run = wandb.init(
+                    project=cfg.project, entity=cfg.entity, tags=cfg.tags, name=recipe.name, config=recipe.to_dict(),
+                    dir=str(run_dir), id=run_id, resume="allow", mode=attempt,
+                    settings=wandb.Settings(console="off", silent=True, init_timeout=60),
+                )
+                break
+            except Exception as exc:  # W&B must never stop training
+                _warn(f"W&B {attempt} start failed ({exc}); " + ("trying offline" if attempt != "offline" else "W&B is off for this run"))
+        if self.run is not None and attempt == "offline":
+            _warn(f"W&B is logging offline to {run_dir / 'wandb'}; upload later with: wandb sync {run_dir / 'wandb'}/offline-run-*")
+
+    def log(self, metrics: Metrics, step: int, epoch: int) -> None:
+        if self.run is None:
+            return
+        try:
+            self.run.log(metrics, step=step)
+        except Exception as exc:
+            _warn(f"W&B logging failed ({exc}); W&B is off for the rest of this run")
+            self.run = None
+
+    def close(self) -> None:
+        if self.run is not None:
+            try:
+                self.run.finish()
+            except Exception as exc:
+                _warn(f"W&B finish failed ({exc})")
+
+
+class TensorBoardLogger:
+    """Scalars into `<run dir>/tensorboard`."""
+
+    def __init__(self, run_dir: Path, resume_step: int) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise UserError(
+                "logging.tensorboard is true but TensorBoard is not installed: pip install 'trainwright[tensorboard]' "
+                "(or set logging.tensorboard=false)"
+            ) from None
+        self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
+
+    def log(self, metrics: Metrics, step: int, epoch: int) -> None:
+        for key, value in metrics.items():
+            self.writer.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class Tracker:
+    """Every metrics sink of a run; on processes other than the main one it does nothing."""
+
+    def __init__(self, recipe: Recipe, run_dir: Path, resume_step: int, wandb_run_id: str, is_main: bool) -> None:
+        self.sinks: list[MetricsFile | WandbLogger | TensorBoardLogger] = []
+        if not is_main:
+            return
+        self.sinks.append(MetricsFile(run_dir / "metrics.jsonl", resume_step))
+        if recipe.logging.wandb.mode != "disabled":
+            self.sinks.append(WandbLogger(recipe, run_dir, wandb_run_id))
+        if recipe.logging.tensorboard:
+            self.sinks.append(TensorBoardLogger(run_dir, resume_step))
+
+    def log(self, metrics: Metrics, step: int, epoch: int) -> None:
+        for sink in self.sinks:
+            sink.log(metrics, step, epoch)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
