@@ -82,6 +82,11 @@ def step_dir_name(step: int) -> str:
     return f"step_{step:08d}"
 
 
+def step_of(folder: Path) -> int:
+    """The step of a checkpoint folder named step_XXXXXXXX."""
+    return int(STEP_DIR.match(folder.name).group(1))
+
+
 def _warn(message: str) -> None:
     print(f"trainwright: {message}", file=sys.stderr, flush=True)
 
@@ -129,6 +134,27 @@ def _looks_like_safetensors(path: Path) -> bool:
         return False
     (header_len,) = struct.unpack("<Q", head[:8])
     return head[8:9] == b"{" and 8 + header_len <= path.stat().st_size
+
+
+def save_weights(model: nn.Module, path: Path, metadata: dict[str, str]) -> None:
+    """Write a model's weights as safetensors, atomically, with the metadata in sorted order.
+
+    safetensors stores metadata from a hash map, so its order (and the file's bytes) would vary from
+    process to process; sorting it makes equal weights give byte-identical files.
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    save_model(model, str(tmp), metadata=metadata)
+    with tmp.open("r+b") as file:
+        (length,) = struct.unpack("<Q", file.read(8))
+        header = json.loads(file.read(length))
+        header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+        canonical = json.dumps(header, separators=(",", ":")).encode()
+        file.seek(8)
+        file.write(canonical.ljust(length))  # same keys and values, so never longer than before
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(tmp, path)
+    _fsync(path.parent)
 
 
 # --- state <-> tensors and JSON -----------------------------------------------------------------
@@ -241,7 +267,7 @@ class CheckpointManager:
         if not self.folder.is_dir():
             return []
         found = [p for p in self.folder.iterdir() if p.is_dir() and STEP_DIR.match(p.name)]
-        return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))
+        return sorted(found, key=step_of)
 
     def newest_valid(self) -> Path | None:
         """The newest checkpoint whose files match its manifest; damaged ones are reported and skipped."""

@@ -60,6 +60,7 @@ class TrainerConfig(_Section):
     grad_clip: float | None = Field(None, gt=0)
     log_every_steps: int = Field(50, ge=1)
     eval_every_epochs: int = Field(1, ge=1)
+    record_samples: bool = Field(False, description="write each step's sample indices to <run dir>/samples/")
 
 
 class CheckpointConfig(_Section):
@@ -218,3 +219,19 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[path] = value
     return flat
+
+
+# Keys a resumed run may change: they do not alter the meaning of the work already done.
+RESUMABLE_CHANGES = (
+    "name", "trainer.epochs", "trainer.max_steps", "trainer.log_every_steps", "trainer.eval_every_epochs",
+    "trainer.record_samples", "data.num_workers", "checkpoint.", "logging.",
+)
+
+
+def recipe_changes(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Keys that differ between two resolved recipes, as (allowed on resume, refused on resume)."""
+    before, after = flatten(old), flatten(new)
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    described = [f"{k} ({before.get(k)!r} -> {after.get(k)!r})" for k in changed]
+    allowed = [d for k, d in zip(changed, described) if k.startswith(RESUMABLE_CHANGES)]
+    return allowed, [d for d in described if d not in allowed]

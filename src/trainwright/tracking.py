@@ -20,26 +20,48 @@ def _warn(message: str) -> None:
     print(f"trainwright: {message}", file=sys.stderr, flush=True)
 
 
+def drop_records_after(path: Path, step: int) -> None:
+    """Keep only the JSON lines with `step` <= step: a resumed run forgets what a killed run wrote
+    after its checkpoint, so no step appears twice. Step 0 (a fresh start) empties the file."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+
+
 class MetricsFile:
     """`metrics.jsonl`: one JSON object per log call, with `step` and `epoch`."""
 
     def __init__(self, path: Path, resume_step: int) -> None:
-        self.path = path
-        if resume_step == 0:
-            path.unlink(missing_ok=True)
-        elif path.exists():
-            self._drop_after(resume_step)
+        drop_records_after(path, resume_step)
         self._file = path.open("a", encoding="utf-8")
-
-    def _drop_after(self, step: int) -> None:
-        """Forget lines a killed run wrote after the checkpoint it resumes from, so no step appears twice."""
-        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.path)
 
     def log(self, metrics: Metrics, step: int, epoch: int) -> None:
         self._file.write(json.dumps({"step": step, "epoch": epoch, **metrics}) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class SampleLog:
+    """`samples/rank<R>.jsonl`: the sample indices each process trained on at each step (for audits)."""
+
+    def __init__(self, run_dir: Path, rank: int, world_size: int, resume_step: int) -> None:
+        folder = run_dir / "samples"
+        folder.mkdir(exist_ok=True)
+        self.path = folder / f"rank{rank}.jsonl"
+        drop_records_after(self.path, resume_step)
+        if rank == 0:  # files of processes a larger earlier launch had
+            for other in folder.glob("rank*.jsonl"):
+                if int(other.stem[4:]) >= world_size:
+                    drop_records_after(other, resume_step)
+        self._file = self.path.open("a", encoding="utf-8")
+
+    def log(self, step: int, epoch: int, indices: list[int]) -> None:
+        self._file.write(json.dumps({"step": step, "epoch": epoch, "indices": indices}) + "\n")
         self._file.flush()
 
     def close(self) -> None:

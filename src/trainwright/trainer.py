@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import signal
@@ -16,20 +17,21 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from safetensors.torch import save_model
 from tqdm.auto import tqdm
 
 from trainwright import __version__
-from trainwright.checkpoint import CheckpointManager, Stateful, TrainState, write_json_atomic
+from trainwright.checkpoint import (
+    CheckpointManager, Stateful, TrainState, save_weights, step_of, verify, write_json_atomic,
+)
 from trainwright.components import (
     build_data, build_loss, build_model, build_optimizer, build_scheduler, check_recipe, output_kind,
 )
 from trainwright.data.loading import batches_per_epoch, iterate, train_indices
 from trainwright.errors import UserError
 from trainwright.evaluation import evaluate
-from trainwright.recipe import Recipe
+from trainwright.recipe import Recipe, recipe_changes
 from trainwright.rundir import RunDir
-from trainwright.tracking import Tracker
+from trainwright.tracking import SampleLog, Tracker
 
 EXIT_PREEMPTED = 75  # SIGTERM/SIGUSR1: checkpoint saved, run the same command again to resume
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -73,8 +75,6 @@ class Trainer:
                 f"data.batch_size={recipe.data.batch_size} is the global batch and must divide evenly "
                 f"among {self.world_size} processes"
             )
-        self._prepare_run_dir(resume, restart)
-
         torch.use_deterministic_algorithms(True, warn_only=True)
         set_seed(recipe.seed)
         self.bundle = build_data(recipe)
@@ -100,33 +100,70 @@ class Trainer:
         self.state = TrainState(world_size=self.world_size, data_seed=recipe.seed, recipe_digest=recipe.digest())
         self._stop_signal = 0
         self._saved_step = -1
-        self._resume_from = self._choose_checkpoint(resume)
+        self._explicit_resume = resume is not None
+        self._resume_from = self._start_run_dir(resume, restart)
 
     # --- start-up -------------------------------------------------------------------------------
 
-    def _prepare_run_dir(self, resume: str | Path | None, restart: bool) -> None:
-        """Refuse foreign folders, set old runs aside on --restart, write the resolved recipe (main process)."""
-        if self.run.is_foreign():
+    def _start_run_dir(self, resume: str | Path | None, restart: bool) -> Path | None:
+        """Get the run dir ready and pick the checkpoint to resume from (None: start fresh).
+
+        Nothing a user saved is lost: a foreign folder is refused, --restart renames the old run,
+        and a recipe that changes the meaning of the saved work is refused before anything is written.
+        """
+        acc, run = self.accelerator, self.run
+        if run.is_foreign():
             raise UserError(
-                f"{self.run.path} exists and is not a trainwright run dir; choose another --run-dir "
+                f"{run.path} exists and is not a trainwright run dir; choose another --run-dir "
                 "(trainwright never writes into a folder it did not make)"
             )
-        if self.accelerator.is_main_process:
-            if restart and self.run.holds_run():
-                moved = self.run.set_aside()
-                print(f"--restart: the previous run was moved to {moved}", flush=True)
-            self.run.write_recipe(self.recipe)
-        self.accelerator.wait_for_everyone()
+        if acc.is_main_process and restart and run.holds_run():
+            print(f"--restart: the previous run was moved to {run.set_aside()}", flush=True)
+        if acc.is_main_process:
+            self.checkpoints.remove_unfinished()
+        acc.wait_for_everyone()
+        folder = self._explicit_checkpoint(resume) if resume is not None else self.checkpoints.newest_valid()
+        if folder is not None:
+            self._check_recipe_changes(folder)
+        if acc.is_main_process:
+            if resume is not None:
+                self._set_aside_newer_checkpoints(folder)
+            run.write_recipe(self.recipe)
+        acc.wait_for_everyone()
+        return folder
 
-    def _choose_checkpoint(self, resume: str | Path | None) -> Path | None:
-        if resume is not None:
-            folder = Path(resume)
-            if not folder.is_dir():
-                raise UserError(f"--resume: checkpoint folder not found: {folder}")
-            return folder
-        self.checkpoints.remove_unfinished()
-        self.accelerator.wait_for_everyone()
-        return self.checkpoints.newest_valid()
+    def _explicit_checkpoint(self, resume: str | Path) -> Path:
+        folder = Path(resume)
+        if not folder.is_dir():
+            raise UserError(f"--resume: checkpoint folder not found: {folder}")
+        problem = verify(folder)
+        if problem is not None:
+            raise UserError(f"--resume: checkpoint {folder} cannot be used: {problem}")
+        return folder
+
+    def _check_recipe_changes(self, folder: Path) -> None:
+        """List recipe keys changed since the checkpoint; refuse those that change the work done."""
+        saved = json.loads((folder / "recipe.json").read_text())
+        allowed, refused = recipe_changes(saved, self.recipe.to_dict())
+        if refused:
+            raise UserError(
+                f"the recipe changed since checkpoint {folder} in ways that change the work already done:\n  "
+                + "\n  ".join(refused)
+                + "\nResume with the original values, or start over with --restart (the old run is kept)."
+            )
+        if allowed and self.accelerator.is_main_process:
+            print("Recipe changed since the checkpoint (allowed): " + "; ".join(allowed), flush=True)
+
+    def _set_aside_newer_checkpoints(self, folder: Path) -> None:
+        """Checkpoints after the one chosen with --resume belong to an abandoned path: move them aside."""
+        step = TrainState.from_json(json.loads((folder / "trainer.json").read_text())).step
+        newer = [p for p in self.checkpoints.step_dirs() if step_of(p) > step]
+        if newer:
+            target = self.run.path / f"superseded-{time.strftime('%Y%m%d-%H%M%S')}"
+            target.mkdir()
+            for path in newer:
+                path.rename(target / path.name)
+            print(f"--resume: {len(newer)} later checkpoint(s) moved to {target}", flush=True)
 
     def _stateful(self) -> Stateful:
         return Stateful(
@@ -137,6 +174,8 @@ class Trainer:
         )
 
     def _completed_summary(self) -> dict[str, Any] | None:
+        if self._explicit_resume:
+            return None
         summary = self.run.summary()
         if summary and summary.get("status") == "completed" and summary.get("step", 0) >= self.total_steps:
             return summary
@@ -168,12 +207,19 @@ class Trainer:
                 )
         wandb_id = self.run.wandb_run_id() if acc.is_main_process else ""
         self.tracker = Tracker(self.recipe, self.run.path, state.step, wandb_id, acc.is_main_process)
+        self.sample_log = (
+            SampleLog(self.run.path, self.rank, self.world_size, state.step) if self.recipe.trainer.record_samples else None
+        )
+        if acc.is_main_process:
+            self.run.summary_file.unlink(missing_ok=True)  # rewritten when this run completes
         self._loss_sum = torch.tensor(state.loss_sum, dtype=torch.float64, device=acc.device)
         try:
             with self._stop_signals():
                 outcome = self._loop()
         finally:
             self.tracker.close()
+            if self.sample_log is not None:
+                self.sample_log.close()
         return outcome
 
     def _loop(self) -> Outcome:
@@ -200,13 +246,14 @@ class Trainer:
     def _train_epoch(self) -> bool:
         """Train from the saved position to the end of the epoch; False if stopped early (max_steps, signal)."""
         acc, state, recipe = self.accelerator, self.state, self.recipe
-        accum, epoch = recipe.trainer.grad_accum_steps, state.epoch
+        accum, epoch, epoch_start = recipe.trainer.grad_accum_steps, state.epoch, state.batch_in_epoch
         started, samples_before = time.perf_counter(), state.samples_seen
-        indices = train_indices(
+        indices = list(train_indices(
             len(self.bundle.train), recipe.data.batch_size, recipe.seed, epoch, state.batch_in_epoch,
             self.rank, self.world_size,
-        )
-        batches = iterate(self.bundle.train, indices, recipe.data.num_workers)
+        ))
+        batches = iterate(self.bundle.train, iter(indices), recipe.data.num_workers)
+        group_indices: list[int] = []
         progress = self._progress(epoch)
         self.model.train()
         for micro in range(state.batch_in_epoch, self.micro_per_epoch):
@@ -220,10 +267,15 @@ class Trainer:
                 acc.backward(loss / (group_end - group_start))
             self._loss_sum += loss.detach()
             state.loss_count += 1
+            if self.sample_log is not None:
+                group_indices += indices[micro - epoch_start].tolist()
             if not last_in_group:
                 continue
             self._optimizer_step()
             state.step += 1
+            if self.sample_log is not None:
+                self.sample_log.log(state.step, epoch, group_indices)
+                group_indices = []
             state.batch_in_epoch = micro + 1
             state.samples_seen += recipe.data.batch_size * (group_end - group_start)
             progress.update(1)
@@ -339,10 +391,8 @@ class Trainer:
             **state.val_metrics,
         }
         if self.accelerator.is_main_process:
-            tmp = self.run.model_file.with_suffix(".safetensors.tmp")
             metadata = {"recipe": self.recipe.name, "trainwright_version": __version__, "step": str(state.step)}
-            save_model(self.accelerator.unwrap_model(self.model), str(tmp), metadata=metadata)
-            os.replace(tmp, self.run.model_file)
+            save_weights(self.accelerator.unwrap_model(self.model), self.run.model_file, metadata)
             write_json_atomic(self.run.summary_file, summary)
         self.accelerator.wait_for_everyone()
         return summary
