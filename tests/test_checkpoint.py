@@ -1,0 +1,158 @@
+"""The checkpoint format: round trips, verification, retention (in process, no training)."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from trainwright.checkpoint import (
+    CheckpointManager, Stateful, TrainState, _sha256, verify,
+)
+from trainwright.errors import UserError
+from trainwright.recipe import CheckpointConfig
+
+
+def _manager(run_dir, **config) -> CheckpointManager:
+    return CheckpointManager(run_dir, CheckpointConfig(**config), rank=0, world_size=1, barrier=lambda: None)
+
+
+def _stateful(seed: int = 0) -> Stateful:
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1, betas=(0.8, 0.95))
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
+    for _ in range(3):
+        model(torch.randn(5, 3)).sum().backward()
+        optimizer.step()
+        scheduler.step()
+    return Stateful(model, optimizer, scheduler, scaler=None)
+
+
+def _save(run_dir, step: int, stateful: Stateful | None = None, **config):
+    manager = _manager(run_dir, **config)
+    state = TrainState(step=step, epoch=1, batch_in_epoch=7, val_metrics={"val/loss": 1.0 / step}, val_step=step)
+    return manager.save(stateful or _stateful(), state, {"name": "t"})
+
+
+def test_round_trip_restores_model_optimizer_scheduler_rng_and_position(tmp_path):
+    saved = _stateful()
+    random.seed(5)
+    np.random.seed(6)
+    torch.manual_seed(7)
+    folder = _save(tmp_path, 12, saved)
+    expected_draws = (random.random(), np.random.rand(), torch.rand(1))
+
+    fresh = _stateful(seed=99)
+    state = _manager(tmp_path).load(folder, fresh)
+    assert (state.step, state.epoch, state.batch_in_epoch) == (12, 1, 7)
+    for a, b in zip(saved.model.state_dict().values(), fresh.model.state_dict().values()):
+        assert torch.equal(a, b)
+    opt_a, opt_b = saved.optimizer.state_dict(), fresh.optimizer.state_dict()
+    assert opt_b["param_groups"][0]["betas"] == (0.8, 0.95)
+    for pid in opt_a["state"]:
+        for key, value in opt_a["state"][pid].items():
+            assert torch.equal(value, opt_b["state"][pid][key])
+    assert fresh.scheduler.state_dict() == saved.scheduler.state_dict()
+    assert (random.random(), np.random.rand(), torch.rand(1)) == expected_draws
+
+
+def test_checkpoint_folder_has_only_safetensors_and_json_with_a_manifest(tmp_path):
+    folder = _save(tmp_path, 3)
+    names = {p.name for p in folder.iterdir()}
+    assert all(name.endswith((".safetensors", ".json")) for name in names)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert set(manifest["files"]) == names - {"manifest.json"}
+    assert json.loads((tmp_path / "checkpoints" / "latest.json").read_text())["path"] == folder.name
+    assert verify(folder) is None
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "no_manifest", "extra_file", "missing_file"])
+def test_damage_is_detected(tmp_path, damage):
+    folder = _save(tmp_path, 4)
+    target = folder / "optimizer.safetensors"
+    data = bytearray(target.read_bytes())
+    if damage == "truncate":
+        target.write_bytes(data[: len(data) // 2])
+    elif damage == "flip":
+        data[-1] ^= 0xFF
+        target.write_bytes(bytes(data))
+    elif damage == "no_manifest":
+        (folder / "manifest.json").unlink()
+    elif damage == "extra_file":
+        (folder / "payload.pkl").write_bytes(pickle.dumps({"a": 1}))
+    else:
+        target.unlink()
+    assert verify(folder) is not None
+    with pytest.raises(UserError, match="cannot be used"):
+        _manager(tmp_path).load(folder, _stateful())
+
+
+def test_a_pickle_behind_a_matching_manifest_is_refused(tmp_path):
+    """A stranger's checkpoint whose manifest matches a pickled 'model.safetensors' is still refused."""
+    folder = _save(tmp_path, 5)
+    model_file = folder / "model.safetensors"
+    model_file.write_bytes(pickle.dumps({"weight": torch.zeros(1)}))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"]["model.safetensors"] = {"bytes": model_file.stat().st_size, "sha256": _sha256(model_file)}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert "not a safetensors file" in verify(folder)
+
+
+def test_newest_valid_skips_damaged_checkpoints_with_a_warning(tmp_path, capsys):
+    _save(tmp_path, 10, keep_last=5)
+    newest = _save(tmp_path, 20, keep_last=5)
+    (newest / "model.safetensors").write_bytes(b"")
+    chosen = _manager(tmp_path, keep_last=5).newest_valid()
+    assert chosen.name == "step_00000010"
+    assert f"checkpoint {newest} is damaged" in capsys.readouterr().err
+
+
+def test_unfinished_saves_are_ignored_and_cleaned(tmp_path):
+    _save(tmp_path, 10)
+    unfinished = tmp_path / "checkpoints" / ".tmp-step_00000020"
+    unfinished.mkdir()
+    (unfinished / "model.safetensors").write_bytes(b"partial")
+    manager = _manager(tmp_path)
+    assert manager.newest_valid().name == "step_00000010"
+    manager.remove_unfinished()
+    assert not unfinished.exists()
+
+
+def test_keep_last_and_keep_best(tmp_path):
+    for step in (10, 20, 30, 40):  # val/loss = 1/step: the best (min) is the newest
+        _save(tmp_path, step, keep_last=2)
+    assert [p.name for p in _manager(tmp_path).step_dirs()] == ["step_00000030", "step_00000040"]
+
+    other = tmp_path / "other"
+    for step in (10, 20, 30, 40):
+        _save(other, step, keep_last=1, keep_best=1, monitor="val/loss", mode="max")
+    kept = [p.name for p in _manager(other).step_dirs()]
+    assert kept == ["step_00000010", "step_00000040"]  # the best by max val/loss, and the last
+    assert json.loads((other / "checkpoints" / "best.json").read_text())["path"] == "step_00000010"
+
+
+_WRITE_WEIGHTS = """
+import sys, torch
+from trainwright.checkpoint import save_weights
+torch.manual_seed(0)
+model = torch.nn.Linear(3, 2)
+save_weights(model, __import__("pathlib").Path(sys.argv[1]), {k: str(i) for i, k in enumerate("recipe step a b z".split())})
+"""
+
+
+def test_final_weights_file_is_byte_identical_for_equal_weights(tmp_path):
+    """safetensors orders metadata by a per-process random hash; two processes must still agree."""
+    paths = [tmp_path / f"{i}.safetensors" for i in range(2)]
+    for path in paths:
+        subprocess.run([sys.executable, "-c", _WRITE_WEIGHTS, str(path)], check=True)
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    with safe_open(paths[0], "pt") as file:
+        assert file.metadata() == {"recipe": "0", "step": "1", "a": "2", "b": "3", "z": "4"}
