@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from trainwright.data.bundle import TensorSplit  # noqa: E402
 from trainwright.evaluation import predicted_labels  # noqa: E402
 from trainwright.inference import TrainedRun, model_outputs  # noqa: E402
 from trainwright.tracking import read_metrics  # noqa: E402
@@ -37,15 +38,14 @@ def plot_curves(records: list[dict], path: Path) -> Path:
 def plot_predictions(trained: TrainedRun, path: Path) -> Path | None:
     """2-D binary: predicted labels over the plane; 1-D regression: data and fitted line;
     other regression: predicted vs actual; images: a grid with predicted/actual names."""
-    task = trained.bundle.task
+    task, train = trained.bundle.task, trained.bundle.train
     inputs, outputs, targets = model_outputs(trained)
     fig, ax = plt.subplots(figsize=(6, 6))
     if task.kind == "binary" and inputs.dim() == 2 and inputs.shape[1] == 2:
         labels = predicted_labels(outputs, task, trained.output_kind)
         ax.scatter(inputs[:, 0], inputs[:, 1], c=labels, cmap="RdYlBu_r", s=2)
         ax.set(title="Predicted labels (validation points)", xlabel="x", ylabel="y", aspect="equal")
-    elif task.kind == "regression" and inputs.dim() == 2 and inputs.shape[1] == 1:
-        train = trained.bundle.train
+    elif task.kind == "regression" and inputs.dim() == 2 and inputs.shape[1] == 1 and isinstance(train, TensorSplit):
         ax.scatter(train.inputs[:, 0], task.decode(train.targets[:, 0]), s=8, c="b", label="training data")
         ax.scatter(inputs[:, 0], task.decode(targets[:, 0]), s=8, c="g", label="test data")
         ax.scatter(inputs[:, 0], task.decode(outputs[:, 0]), s=8, c="r", label="predictions")

@@ -31,7 +31,7 @@ from trainwright.errors import UserError
 from trainwright.evaluation import evaluate
 from trainwright.recipe import Recipe, recipe_changes
 from trainwright.rundir import RunDir
-from trainwright.tracking import SampleLog, Tracker
+from trainwright.tracking import SampleLog, Tracker, read_metrics
 
 EXIT_PREEMPTED = 75  # SIGTERM/SIGUSR1: checkpoint saved, run the same command again to resume
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -393,6 +393,10 @@ class Trainer:
         if self.accelerator.is_main_process:
             metadata = {"recipe": self.recipe.name, "trainwright_version": __version__, "step": str(state.step)}
             save_weights(self.accelerator.unwrap_model(self.model), self.run.model_file, metadata)
+            from trainwright.plots import plot_curves  # matplotlib is imported only when needed
+
+            self.run.plots.mkdir(exist_ok=True)
+            plot_curves(read_metrics(self.run.metrics_file), self.run.plots / "loss_curves.png")
             write_json_atomic(self.run.summary_file, summary)
         self.accelerator.wait_for_everyone()
         return summary
