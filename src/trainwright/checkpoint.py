@@ -259,6 +259,8 @@ class CheckpointManager:
         self.world_size = world_size
         self.barrier = barrier
         self.is_main = rank == 0
+        self.resumed_from: Path | None = None  # never pruned while this process runs
+
 
     # listing
 
@@ -348,6 +350,7 @@ class CheckpointManager:
             if target is not None and saved is not None:
                 target.load_state_dict(saved)
         state = TrainState.from_json(json.loads((folder / "trainer.json").read_text()))
+        self.resumed_from = folder
         if (folder / f"rng_{self.rank}.json").exists():
             rng_from_files(load_file(folder / f"rng_{self.rank}.safetensors"), json.loads((folder / f"rng_{self.rank}.json").read_text()))
         else:  # more processes than the checkpoint had: a fresh, still deterministic stream
@@ -357,9 +360,10 @@ class CheckpointManager:
     # retention
 
     def prune(self) -> None:
-        """Keep the newest `keep_last` checkpoints and the `keep_best` best by `monitor`; delete the rest."""
+        """Keep the newest `keep_last` checkpoints, the `keep_best` best by `monitor` and the one this run
+        resumed from; delete the rest (so disk use stays bounded however often a run is requeued)."""
         folders = self.step_dirs()
-        keep = set(folders[-self.config.keep_last :])
+        keep = set(folders[-self.config.keep_last :]) | {self.resumed_from}
         if self.config.keep_best:
             scored = [(score, folder) for folder in folders if (score := self._score(folder)) is not None]
             scored.sort(key=lambda item: item[0], reverse=self.config.mode == "max")
