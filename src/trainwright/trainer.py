@@ -284,19 +284,14 @@ class Trainer:
             if state.batch_in_epoch < self.micro_per_epoch and self._step_checkpoint_due():
                 self._save()
             if state.step >= self.total_steps or self._stop_requested():
-                progress.close()
-                return state.batch_in_epoch == self.micro_per_epoch
+                break
         progress.close()
-        seconds = time.perf_counter() - started
-        self.tracker.log(
-            {
-                "train/epoch_seconds": seconds,
-                "train/samples_per_second": (state.samples_seen - samples_before) / max(seconds, 1e-9),
-            },
-            state.step,
-            epoch + 1,
-        )
-        return True
+        finished = state.batch_in_epoch == self.micro_per_epoch
+        seconds, samples = time.perf_counter() - started, state.samples_seen - samples_before
+        if finished and samples:
+            metrics = {"train/epoch_seconds": seconds, "train/samples_per_second": samples / max(seconds, 1e-9)}
+            self.tracker.log(metrics, state.step, epoch + 1)
+        return finished
 
     def _optimizer_step(self) -> None:
         if self.recipe.trainer.grad_clip:
