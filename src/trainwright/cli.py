@@ -90,18 +90,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.set_defaults(handler=_train)
 
-    evaluate = commands.add_parser("eval", help="print test/val metrics of a finished run as JSON")
-    evaluate.add_argument("run_dir", help="a run dir written by `trainwright train`")
-    evaluate.set_defaults(handler=_eval)
-
-    predict = commands.add_parser("predict", help="print predictions for the first N test items")
-    predict.add_argument("run_dir", help="a run dir written by `trainwright train`")
-    predict.add_argument("-n", type=int, default=10, help="number of items (default 10)")
-    predict.set_defaults(handler=_predict)
-
-    plot = commands.add_parser("plot", help="write loss curves and prediction plots to <run dir>/plots/")
-    plot.add_argument("run_dir", help="a run dir written by `trainwright train`")
-    plot.set_defaults(handler=_plot)
+    for name, help_text, handler in (
+        ("eval", "print test/val metrics of a finished run as JSON", _eval),
+        ("predict", "print predictions for the first N test items", _predict),
+        ("plot", "write loss curves and prediction plots to <run dir>/plots/", _plot),
+    ):
+        command = commands.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
+        command.add_argument("run_dir", help="a run dir written by `trainwright train`")
+        if name == "predict":
+            command.add_argument("-n", type=int, default=10, help="number of items (default 10)")
+        command.set_defaults(handler=handler)
 
     check = commands.add_parser("check", help="validate a recipe and print it resolved")
     check.add_argument("recipe", help="recipe YAML file")
@@ -114,8 +112,19 @@ def _is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line; overrides may also come after options (`train R --run-dir D k=v`)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and all("=" in item and not item.startswith("-") for item in extra):
+        args.overrides += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         return args.handler(args)
     except UserError as exc:
