@@ -18,9 +18,9 @@ EXIT_USER_ERROR = 2
 
 
 def _train(args: argparse.Namespace) -> int:
-    from trainwright.trainer import EXIT_PREEMPTED, Trainer
-
     recipe = load_recipe(args.recipe, args.overrides)
+    from trainwright.trainer import EXIT_PREEMPTED, Trainer  # torch and Accelerate: only once the recipe is valid
+
     run_dir = args.run_dir or os.path.join("runs", recipe.name)
     outcome = Trainer(recipe, run_dir, resume=args.resume, restart=args.restart).fit()
     if outcome.status == "preempted":
@@ -67,6 +67,13 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trainwright",
@@ -98,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
         command.add_argument("run_dir", help="a run dir written by `trainwright train`")
         if name == "predict":
-            command.add_argument("-n", type=int, default=10, help="number of items (default 10)")
+            command.add_argument("-n", type=_positive_int, default=10, help="number of items (default 10)")
         command.set_defaults(handler=handler)
 
     check = commands.add_parser("check", help="validate a recipe and print it resolved")

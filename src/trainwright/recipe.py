@@ -148,8 +148,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise UserError(f"bad override '{text}': expected key.path=value, e.g. trainer.epochs=3")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
+    except yaml.YAMLError as exc:
+        if raw.lstrip()[:1] in ("[", "{", '"', "'"):
+            raise UserError(f"bad override '{text}': the value is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        value = raw  # plain text such as a path with a colon
     return key.split("."), value
 
 

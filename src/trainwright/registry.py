@@ -59,6 +59,12 @@ class Registry:
             return
         if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
             return
+        not_taken = sorted(self.provided - set(params))
+        if not_taken:
+            raise UserError(
+                f"{self.section}.name: {self.kind} '{name}' must take the argument(s) {', '.join(not_taken)}, "
+                "which trainwright passes; wrap it in a function that does"
+            )
         accepted = [n for n in params if n not in self.provided and n != "self"]
         for key in kwargs:
             if key not in accepted:

@@ -64,14 +64,16 @@ def make_accelerator(recipe: Recipe) -> Accelerator:
     """Accelerate decides devices and processes; on a machine without CUDA it runs on the CPU (gloo)."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
     _cache_lomo_probe()
+    precision = recipe.trainer.mixed_precision
     try:
-        return Accelerator(
-            cpu=not torch.cuda.is_available(),
-            mixed_precision=recipe.trainer.mixed_precision,
-            step_scheduler_with_optimizer=False,
+        accelerator = Accelerator(
+            cpu=not torch.cuda.is_available(), mixed_precision=precision, step_scheduler_with_optimizer=False
         )
     except ValueError as exc:
-        raise UserError(f"trainer.mixed_precision={recipe.trainer.mixed_precision} cannot run here: {exc}") from None
+        raise UserError(f"trainer.mixed_precision={precision} cannot run here: {exc}") from None
+    if precision == "fp16" and accelerator.device.type == "cpu":  # Accelerate would quietly train in fp32
+        raise UserError("trainer.mixed_precision=fp16 needs a GPU; on the CPU use bf16 (or no)")
+    return accelerator
 
 
 class Trainer:
@@ -220,7 +222,8 @@ class Trainer:
                     f"in {self._resume_from}",
                     flush=True,
                 )
-        wandb_id = self.run.wandb_run_id() if acc.is_main_process else ""
+        wandb_on = acc.is_main_process and self.recipe.logging.wandb.mode != "disabled"
+        wandb_id = self.run.wandb_run_id() if wandb_on else ""
         self.tracker = Tracker(self.recipe, self.run.path, state.step, wandb_id, acc.is_main_process)
         self.sample_log = (
             SampleLog(self.run.path, self.rank, self.world_size, state.step) if self.recipe.trainer.record_samples else None

@@ -26,7 +26,7 @@ def read_table(path: Path) -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         raise UserError(f"data.path: {path} is empty; expected a header row and data rows") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise UserError(f"data.path: cannot parse {path}: {exc}") from None
+        raise UserError(f"data.path: cannot parse {path}: {str(exc).strip()}") from None
 
 
 def _numbers(frame: pd.DataFrame, column: str, path: Path) -> pd.Series:

@@ -1,0 +1,150 @@
+"""Shared helpers for the end-to-end tests: running the CLI, and small synthetic data sets on disk."""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+RECIPES = REPO / "recipes"
+
+# The FashionMNIST class names, written out here (not imported) so a change in src/ cannot hide a mistake.
+FASHION_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+FASHION_TRAIN_SIZE = 1000
+FASHION_TEST_SIZE = 200
+
+# Variables that would make a subprocess act as one rank of a distributed launch, or change W&B's behaviour.
+_LAUNCH_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def cli_env(**changes: str | None) -> dict[str, str]:
+    """The environment for a `python -m trainwright` subprocess: one thread, no launcher variables.
+
+    Keyword arguments set variables; a value of None removes one.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in _LAUNCH_VARS}
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MPLBACKEND="Agg", PYTHONUNBUFFERED="1")
+    for key, value in changes.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+def run_cli(*args: object, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `python -m trainwright ARGS...` from the repo root with stdin closed; never raises on failure."""
+    return subprocess.run(
+        [sys.executable, "-m", "trainwright", *map(str, args)],
+        cwd=REPO, env=env if env is not None else cli_env(), stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def describe(result: subprocess.CompletedProcess) -> str:
+    """Everything a failed assertion should show about a CLI run."""
+    return f"command: {result.args}\nexit code: {result.returncode}\n--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}"
+
+
+def assert_ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert result.returncode == 0, describe(result)
+    assert "Traceback" not in result.stderr, describe(result)
+    return result
+
+
+def assert_user_error(returncode: int, stderr: str, *fragments: str) -> str:
+    """A user error: non-zero exit, exactly one `trainwright: error:` message, no traceback; returns the message."""
+    shown = f"exit code {returncode}\n--- stderr ---\n{stderr}"
+    assert returncode != 0, shown
+    assert returncode == 2, shown  # the CLI's documented exit code for user errors
+    assert stderr.count("trainwright: error:") == 1, shown
+    assert "Traceback" not in stderr, shown
+    message = stderr[stderr.index("trainwright: error:"):]
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in the error message:\n{message}"
+    return message
+
+
+# --- synthetic FashionMNIST in the real IDX format ---------------------------------------------------
+
+
+def write_idx_images(path: Path, images: np.ndarray) -> None:
+    """IDX3 file of uint8 images: big-endian magic 0x00000803, then N, rows, cols, then the pixels."""
+    assert images.dtype == np.uint8 and images.ndim == 3
+    path.write_bytes(struct.pack(">IIII", 0x00000803, *images.shape) + images.tobytes())
+
+
+def write_idx_labels(path: Path, labels: np.ndarray) -> None:
+    """IDX1 file of uint8 labels: big-endian magic 0x00000801, then N, then the labels."""
+    assert labels.dtype == np.uint8 and labels.ndim == 1
+    path.write_bytes(struct.pack(">II", 0x00000801, len(labels)) + labels.tobytes())
+
+
+def fashion_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Learnable 28x28 images: class k lights up its own 7x7 cell of a 4x4 grid (shifted by up to a
+    pixel), on top of dim noise everywhere; a classifier has to find which cell is bright."""
+    images = rng.integers(0, 60, size=(len(labels), 28, 28), dtype=np.int64)
+    for i, label in enumerate(labels):
+        row, col = divmod(int(label), 4)
+        dy, dx = rng.integers(-1, 2, size=2)
+        top, left = max(0, row * 7 + dy), max(0, col * 7 + dx)
+        images[i, top : top + 7, left : left + 7] += rng.integers(150, 196, size=(7, 7))[: 28 - top, : 28 - left]
+    return np.clip(images, 0, 255).astype(np.uint8)
+
+
+def fashion_labels(count: int, rng: np.random.Generator) -> np.ndarray:
+    return rng.permutation(np.arange(count) % 10).astype(np.uint8)
+
+
+def write_fashion_mnist(root: Path, seed: int = 2024) -> np.ndarray:
+    """Write synthetic FashionMNIST IDX files into `root`/FashionMNIST/raw/; return the test labels in file order."""
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    train_labels = fashion_labels(FASHION_TRAIN_SIZE, rng)
+    test_labels = fashion_labels(FASHION_TEST_SIZE, rng)
+    write_idx_images(raw / "train-images-idx3-ubyte", fashion_images(train_labels, rng))
+    write_idx_labels(raw / "train-labels-idx1-ubyte", train_labels)
+    write_idx_images(raw / "t10k-images-idx3-ubyte", fashion_images(test_labels, rng))
+    write_idx_labels(raw / "t10k-labels-idx1-ubyte", test_labels)
+    return test_labels
+
+
+# --- house prices CSV with missing values -------------------------------------------------------------
+
+
+def house_frame(rows: int, seed: int = 7):
+    """A house-prices table like d2l's house_tiny.csv: NumRooms and Alley both have missing values,
+    and Price depends on both (so there is something to learn)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    rooms = rng.integers(1, 7, size=rows).astype(float)
+    alley = rng.choice(np.array(["Pave", "Grvl", None], dtype=object), size=rows)
+    price = 60_000 + 25_000 * rooms + np.where(alley == "Pave", 30_000, 0) + rng.normal(0, 3_000, size=rows)
+    rooms[rng.random(rows) < 0.2] = np.nan
+    return pd.DataFrame({"NumRooms": rooms, "Alley": alley, "Price": price.round()})
+
+
+# --- end-to-end workflows -------------------------------------------------------------------------------
+
+
+def workflow(fn: Callable[[Path], Any]) -> Any:
+    """Turn `fn(folder) -> result` (a few CLI runs) into a module fixture of the same name, run once."""
+
+    @pytest.fixture(scope="module", name=fn.__name__)
+    def fixture(tmp_path_factory: pytest.TempPathFactory) -> Any:
+        return fn(tmp_path_factory.mktemp(fn.__name__))
+
+    fixture.__doc__ = fn.__doc__
+    return fixture

@@ -1,0 +1,44 @@
+"""Component builders in process: data sets, registry checks."""
+
+from __future__ import annotations
+
+import gzip
+
+import pytest
+import torch
+
+from conftest import FASHION_TRAIN_SIZE, write_fashion_mnist
+from trainwright.data.loading import batches_per_epoch, epoch_order, train_indices
+from trainwright.data.vision import fashion_mnist
+from trainwright.errors import UserError
+from trainwright.registry import SCHEDULERS
+
+
+def test_fashion_mnist_reads_gzipped_idx_files(tmp_path):
+    test_labels = write_fashion_mnist(tmp_path)
+    for path in (tmp_path / "FashionMNIST" / "raw").iterdir():
+        path.with_name(path.name + ".gz").write_bytes(gzip.compress(path.read_bytes()))
+        path.unlink()
+    bundle = fashion_mnist(root=str(tmp_path))
+    assert bundle.train.inputs.shape == (FASHION_TRAIN_SIZE, 1, 28, 28)
+    assert bundle.val.inputs.dtype == torch.float32 and float(bundle.val.inputs.max()) <= 1.0
+    assert bundle.val.targets.tolist() == test_labels.tolist()
+
+
+def test_imported_scheduler_must_take_what_trainwright_passes():
+    with pytest.raises(UserError, match="must take the argument.*total_steps"):
+        SCHEDULERS.check("torch.optim.lr_scheduler:StepLR", {"step_size": 2})
+    SCHEDULERS.check("cosine", {"warmup_steps": 2})
+
+
+def test_batch_order_does_not_depend_on_the_process_count():
+    """Global batch b holds the same samples whether 1, 2 or 4 processes share it."""
+    samples, batch, seed, epoch = 100, 8, 3, 2
+    one = list(train_indices(samples, batch, seed, epoch, 0, rank=0, world_size=1))
+    for world in (2, 4):
+        shares = [list(train_indices(samples, batch, seed, epoch, 0, rank, world)) for rank in range(world)]
+        for b in range(batches_per_epoch(samples, batch)):
+            assert torch.equal(torch.cat([share[b] for share in shares]), one[b])
+    assert not torch.equal(epoch_order(samples, seed, 0), epoch_order(samples, seed, 1))
+    resumed = list(train_indices(samples, batch, seed, epoch, 5, rank=0, world_size=1))
+    assert all(torch.equal(a, b) for a, b in zip(resumed, one[5:]))

@@ -1,0 +1,439 @@
+"""End to end: every shipped recipe trained on tiny data through the real CLI (`python -m trainwright`).
+
+Each workflow trains once (a module fixture, see `workflow` in conftest.py), and several tests
+read the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+import trainwright
+from conftest import (
+    FASHION_CLASSES, RECIPES, assert_ok, workflow, describe, house_frame, run_cli, write_fashion_mnist,
+)
+from trainwright.cli import main
+from trainwright.recipe import load_recipe
+
+STARTUP_LINE = "world_size=1 device=cpu precision=no strategy=ddp"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def file_contents(run_dir: Path) -> dict[str, bytes]:
+    """Relative path -> bytes of every file in a run dir."""
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+# --- heart ----------------------------------------------------------------------------------------
+
+HEART_OVERRIDES = [
+    "data.num_points=4000",  # 3200 train / 800 val points instead of 100k
+    "trainer.epochs=3",
+    "data.batch_size=16",  # 200 steps per epoch: with the shipped 64 the small data set stops at ~84% accuracy
+    "logging.wandb=false",
+]
+HEART_STEPS = 3 * (4000 * 8 // 10) // 16  # 600
+PREDICT_HEART = re.compile(
+    r"^\((-?\d+\.\d\d), (-?\d+\.\d\d)\) Predicted: (inside|outside) \(p=(\d\.\d\d)\), Actual: (inside|outside)$"
+)
+
+
+@workflow
+def heart(folder: Path) -> dict:
+    """Train heart, then run predict, plot, eval and the same train command again."""
+    run_dir = folder / "run"
+    train_args = ["train", "recipes/heart.yaml", *HEART_OVERRIDES, "--run-dir", run_dir]
+    result = {"dir": run_dir, "train": run_cli(*train_args)}
+    if result["train"].returncode == 0:
+        result["before_rerun"] = file_contents(run_dir)
+        result["rerun"] = run_cli(*train_args)
+        result["after_rerun"] = file_contents(run_dir)
+        result["predict"] = run_cli("predict", run_dir, "-n", "5")
+        result["plot_started_ns"] = time.time_ns()
+        result["plot"] = run_cli("plot", run_dir)
+        result["eval"] = run_cli("eval", run_dir)
+    return result
+
+
+def trained(job: dict) -> dict:
+    """A workflow's results, once its training is known to have succeeded."""
+    assert_ok(job["train"])
+    return job
+
+
+def test_heart_train_output(heart):
+    heart = trained(heart)
+    lines = heart["train"].stdout.splitlines()
+    assert STARTUP_LINE in lines, describe(heart["train"])
+    assert re.search(rf"^Run complete at step {HEART_STEPS}: .*val/accuracy=[01]\.\d{{4}}", heart["train"].stdout, re.M)
+    assert f"Run dir: {heart['dir']}" in lines
+
+
+def test_heart_run_dir_holds_the_resolved_recipe(heart):
+    heart = trained(heart)
+    saved = yaml.safe_load((heart["dir"] / "recipe.yaml").read_text())
+    assert saved == load_recipe(RECIPES / "heart.yaml", HEART_OVERRIDES).to_dict()
+    assert saved["data"]["num_points"] == 4000 and saved["data"]["batch_size"] == 16
+    assert saved["trainer"]["epochs"] == 3
+    assert saved["logging"]["wandb"]["mode"] == "disabled"
+    # resolved: defaults the YAML file never mentions are written out
+    assert saved["trainer"]["mixed_precision"] == "no"
+    assert saved["scheduler"] == {"name": "none"}
+    assert saved["optimizer"] == {"name": "sgd", "lr": 0.01, "momentum": 0.9}
+
+
+def test_heart_metrics_jsonl(heart):
+    heart = trained(heart)
+    records = read_jsonl(heart["dir"] / "metrics.jsonl")
+    assert records
+    for record in records:
+        assert isinstance(record["step"], int) and isinstance(record["epoch"], int)
+        assert all(isinstance(v, (int, float)) and math.isfinite(v) for v in record.values())
+    keys = set().union(*records)
+    assert {"train/loss", "val/loss", "val/accuracy", "train/epoch_seconds", "train/samples_per_second", "lr"} <= keys
+    steps = [r["step"] for r in records]
+    assert steps == sorted(steps)
+
+    val = [r for r in records if "val/loss" in r]
+    assert [(r["step"], r["epoch"]) for r in val] == [(200, 1), (400, 2), (600, 3)]
+    assert all(0.0 <= r["val/accuracy"] <= 1.0 for r in val)
+    assert val[-1]["val/loss"] < val[0]["val/loss"]  # it learned
+
+    train = [r for r in records if "train/loss" in r]
+    assert [r["step"] for r in train] == [100, 200, 300, 400, 500, 600]  # trainer.log_every_steps: 100
+    assert all(r["lr"] == 0.01 for r in train)  # no scheduler
+    assert train[-1]["train/loss"] < train[0]["train/loss"]
+
+    timing = [r for r in records if "train/epoch_seconds" in r]
+    assert [r["epoch"] for r in timing] == [1, 2, 3]  # one record per epoch, the last one included
+    for r in timing:
+        assert r["train/epoch_seconds"] > 0 and r["train/samples_per_second"] > 0
+        assert r["step"] == 200 * r["epoch"]  # logged at the end of its epoch
+
+
+def test_heart_summary_and_accuracy(heart):
+    heart = trained(heart)
+    summary = json.loads((heart["dir"] / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert summary["step"] == HEART_STEPS and summary["epoch"] == 3
+    assert summary["val/accuracy"] >= 0.95  # the all-"outside" answer scores ~0.77
+    last_val = [r for r in read_jsonl(heart["dir"] / "metrics.jsonl") if "val/loss" in r][-1]
+    assert summary["val/loss"] == pytest.approx(last_val["val/loss"])
+    assert summary["val/accuracy"] == pytest.approx(last_val["val/accuracy"])
+
+
+def test_heart_model_file_and_checkpoints(heart):
+    heart = trained(heart)
+    run_dir = heart["dir"]
+    with safe_open(run_dir / "model.safetensors", "pt") as weights:
+        metadata = weights.metadata()
+    assert metadata["recipe"] == "heart"
+    assert metadata["trainwright_version"] == trainwright.__version__
+
+    folders = sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.is_dir())
+    assert folders and all(re.fullmatch(r"step_\d{8}", name) for name in folders), folders
+    assert folders[-1] == f"step_{HEART_STEPS:08d}"
+    assert len(folders) <= 2  # checkpoint.keep_last: 2
+    for name in folders:
+        assert (run_dir / "checkpoints" / name / "manifest.json").is_file()
+    # the final weights are those of the last checkpoint
+    final = load_file(run_dir / "model.safetensors")
+    saved = load_file(run_dir / "checkpoints" / folders[-1] / "model.safetensors")
+    assert final.keys() == saved.keys() and final
+    assert all(torch.equal(final[k], saved[k]) for k in final)
+
+
+def _heart_val_points(num_points: int = 4000, seed: int = 123) -> torch.Tensor:
+    """The heart data set as documented: uniform in [-2, 2]^2 from its seed, the last 20% for validation."""
+    points = torch.rand(num_points, 2, generator=torch.Generator().manual_seed(seed)) * 4 - 2
+    return points[int(round(num_points * 0.8)):]
+
+
+def test_heart_predict(heart):
+    heart = trained(heart)
+    result = assert_ok(heart["predict"])
+    lines = result.stdout.splitlines()
+    assert len(lines) == 5, describe(result)
+    points = _heart_val_points()
+    for i, line in enumerate(lines):
+        match = PREDICT_HEART.match(line)
+        assert match, line
+        x, y, predicted, p, actual = match.groups()
+        assert float(x) == pytest.approx(points[i, 0].item(), abs=0.006)
+        assert float(y) == pytest.approx(points[i, 1].item(), abs=0.006)
+        px, py = points[i].double().tolist()
+        assert actual == ("inside" if (px**2 + py**2 - 1) ** 3 - px**2 * py**3 < 0 else "outside"), line
+        assert (float(p) >= 0.5) if predicted == "inside" else (float(p) <= 0.5), line  # p = P(inside)
+
+
+def test_heart_plot(heart):
+    heart = trained(heart)
+    result = assert_ok(heart["plot"])
+    pngs = sorted((heart["dir"] / "plots").glob("*.png"))
+    assert {p.name for p in pngs} >= {"loss_curves.png", "predictions.png"}
+    for png in pngs:
+        assert png.read_bytes().startswith(PNG_SIGNATURE) and png.stat().st_size > 5000
+        assert str(png) in result.stdout
+        assert png.stat().st_mtime_ns >= heart["plot_started_ns"] - 10_000_000  # written by `plot` (not by train)
+
+
+def test_heart_eval(heart):
+    heart = trained(heart)
+    result = assert_ok(heart["eval"])
+    metrics = json.loads(result.stdout)
+    summary = json.loads((heart["dir"] / "summary.json").read_text())
+    assert set(metrics) == {"val/loss", "val/accuracy"}  # heart has no test split
+    assert metrics["val/accuracy"] == pytest.approx(summary["val/accuracy"])
+    assert metrics["val/loss"] == pytest.approx(summary["val/loss"], rel=1e-5)
+
+
+def test_heart_train_again_is_already_complete(heart):
+    heart = trained(heart)
+    result = assert_ok(heart["rerun"])
+    assert "was already complete" in result.stdout
+    assert f"at step {HEART_STEPS}" in result.stdout
+    assert STARTUP_LINE not in result.stdout  # nothing was trained
+    before, after = heart["before_rerun"], heart["after_rerun"]
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert not changed, f"running the finished run again changed {changed}"
+
+
+# --- linear regression ----------------------------------------------------------------------------
+
+PREDICT_LINEAR = re.compile(r"^x=(\d\.\d\d) Predicted: (-?\d+\.\d{3}), Actual: (-?\d+\.\d{3})$")
+
+
+@workflow
+def linear(folder: Path) -> dict:
+    """The linear_regression recipe as shipped (full batch, 800 epochs), then predict."""
+    run_dir = folder / "run"
+    train = run_cli("train", "recipes/linear_regression.yaml", "logging.wandb=false", "--run-dir", run_dir)
+    return {"dir": run_dir, "train": train, "predict": run_cli("predict", run_dir, "-n", "4")}
+
+
+def test_linear_regression_learns_the_line(linear):
+    linear = trained(linear)
+    assert STARTUP_LINE in linear["train"].stdout.splitlines()
+    weights = load_file(linear["dir"] / "model.safetensors")
+    assert set(weights) == {"weight", "bias"}
+    assert weights["weight"].item() == pytest.approx(0.7, abs=0.02)
+    assert weights["bias"].item() == pytest.approx(0.3, abs=0.02)
+    summary = json.loads((linear["dir"] / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["step"] == 800
+    assert summary["val/mae"] < 0.02
+
+
+def test_linear_regression_predict(linear):
+    linear = trained(linear)
+    lines = assert_ok(linear["predict"]).stdout.splitlines()
+    assert len(lines) == 4
+    for i, line in enumerate(lines):
+        match = PREDICT_LINEAR.match(line)
+        assert match, line
+        x, predicted, actual = map(float, match.groups())
+        assert x == pytest.approx(0.8 + 0.02 * i)  # validation: the last 20% of arange(0, 1, 0.02)
+        assert actual == pytest.approx(0.7 * x + 0.3, abs=0.0011)
+        assert predicted == pytest.approx(actual, abs=0.03)
+
+
+# --- FashionMNIST (synthetic IDX files) -----------------------------------------------------------
+
+PREDICT_FASHION = re.compile(r'^Predicted: "(.+)", Actual: "(.+)"$')
+
+
+@workflow
+def fashion_mlp(folder: Path) -> dict:
+    """fashion_mnist_mlp on synthetic FashionMNIST files, then predict."""
+    root = folder / "data"
+    test_labels = write_fashion_mnist(root)
+    run_dir = folder / "run"
+    train = run_cli(
+        "train", "recipes/fashion_mnist_mlp.yaml", f"data.root={root}", "logging.wandb=false",
+        # 2 epochs of 1000 images (31 steps) instead of 5 of 60000: the shipped plain SGD at lr 0.001 barely
+        # moves in 31 steps, so the learning rate is raised to 0.2.
+        "trainer.epochs=2", "optimizer.lr=0.2",
+        "--run-dir", run_dir,
+    )
+    return {"dir": run_dir, "train": train, "test_labels": test_labels, "predict": run_cli("predict", run_dir, "-n", "20")}
+
+
+def test_fashion_mnist_mlp_learns(fashion_mlp):
+    fashion_mlp = trained(fashion_mlp)
+    summary = json.loads((fashion_mlp["dir"] / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert summary["val/accuracy"] >= 0.9  # chance is 0.1
+
+
+def test_fashion_mnist_mlp_predict(fashion_mlp):
+    fashion_mlp = trained(fashion_mlp)
+    test_labels = fashion_mlp["test_labels"]
+    lines = assert_ok(fashion_mlp["predict"]).stdout.splitlines()
+    assert len(lines) == 20
+    right = 0
+    for i, line in enumerate(lines):
+        match = PREDICT_FASHION.match(line)
+        assert match, line
+        predicted, actual = match.groups()
+        assert predicted in FASHION_CLASSES
+        assert actual == FASHION_CLASSES[test_labels[i]]  # the test split, in file order
+        right += predicted == actual
+    assert right >= 16
+
+
+@workflow
+def fashion_lenet(folder: Path) -> dict:
+    """fashion_mnist_lenet on synthetic FashionMNIST files, then eval."""
+    root = folder / "data"
+    write_fashion_mnist(root)
+    run_dir = folder / "run"
+    train = run_cli(
+        "train", "recipes/fashion_mnist_lenet.yaml", f"data.root={root}", "logging.wandb=false",
+        # 2 epochs with batches of 32 (62 steps): with the shipped 256 there would be only 3 steps per epoch.
+        "trainer.epochs=2", "data.batch_size=32",
+        "--run-dir", run_dir,
+    )
+    return {"dir": run_dir, "train": train, "eval": run_cli("eval", run_dir)}
+
+
+def test_fashion_mnist_lenet_eval(fashion_lenet):
+    fashion_lenet = trained(fashion_lenet)
+    metrics = json.loads(assert_ok(fashion_lenet["eval"]).stdout)
+    assert set(metrics) == {"test/loss", "test/accuracy"}
+    assert metrics["test/accuracy"] >= 0.9
+    summary = json.loads((fashion_lenet["dir"] / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert metrics["test/accuracy"] == pytest.approx(summary["val/accuracy"])  # FashionMNIST validates on test
+
+
+# --- house prices (CSV with missing values) -------------------------------------------------------
+
+
+@workflow
+def house_prices(folder: Path) -> dict:
+    """house_prices on a CSV with missing values in both NumRooms and Alley."""
+    frame = house_frame(150)
+    csv_path = folder / "houses.csv"
+    frame.to_csv(csv_path, index=False)
+    run_dir = folder / "run"
+    train = run_cli("train", "recipes/house_prices.yaml", f"data.path={csv_path}", "logging.wandb=false",
+                    "--run-dir", run_dir)
+    return {"dir": run_dir, "train": train, "frame": frame}
+
+
+def test_house_prices_trains_on_a_csv_with_missing_values(house_prices):
+    frame, run_dir, result = house_prices["frame"], house_prices["dir"], assert_ok(house_prices["train"])
+    assert frame["NumRooms"].isna().any() and frame["Alley"].isna().any()
+    assert re.search(r"^Run complete at step \d+: .*val/mae=\d+\.\d{4}", result.stdout, re.M), describe(result)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert math.isfinite(summary["val/mae"])
+    # reported in the price's own units, and better than always guessing the mean price
+    baseline = (frame["Price"] - frame["Price"].mean()).abs().mean()
+    assert 100 < summary["val/mae"] < 0.6 * baseline
+    assert any("val/mae" in r for r in read_jsonl(run_dir / "metrics.jsonl"))
+
+
+def _all_rows(bundle) -> tuple[np.ndarray, np.ndarray]:
+    """(features, targets in data units) of train + val, whatever the split."""
+    inputs = torch.cat([bundle.train.inputs, bundle.val.inputs]).numpy()
+    targets = bundle.task.decode(torch.cat([bundle.train.targets, bundle.val.targets])).numpy()[:, 0]
+    return inputs, targets
+
+
+def test_csv_preprocessing_fills_means_and_one_hot_encodes_missing(tmp_path):
+    from trainwright.data.tabular import csv
+
+    path = tmp_path / "house_tiny.csv"
+    path.write_text("NumRooms,Alley,Price\nNA,Pave,127500\n2,NA,106000\n4,NA,178100\nNA,NA,140000\n3,Grvl,150000\n")
+    prices = [127500, 106000, 178100, 140000, 150000]
+    rooms = [3.0, 2.0, 4.0, 3.0, 3.0]  # NA -> the mean of 2, 4 and 3
+    alley = ["Pave", None, None, None, "Grvl"]
+
+    bundle = csv(str(path), target="Price", numeric=["NumRooms"], categorical=["Alley"], standardize=False,
+                 val_fraction=0.4)
+    assert len(bundle.train) == 3 and len(bundle.val) == 2
+    inputs, targets = _all_rows(bundle)
+    assert inputs.shape == (5, 4)  # NumRooms + Alley_Grvl, Alley_Pave, Alley_nan
+    order = [prices.index(round(float(t))) for t in targets]  # rows come back shuffled; prices are unique
+    assert sorted(order) == list(range(5))
+    assert np.allclose(targets, [prices[i] for i in order], atol=0.05)
+    assert np.allclose(inputs[:, 0], [rooms[i] for i in order])
+
+    one_hot = inputs[:, 1:]
+    assert set(np.unique(one_hot)) == {0.0, 1.0}
+    assert np.all(one_hot.sum(axis=1) == 1)
+    by_value: dict = {}
+    for row, i in zip(one_hot, order):
+        by_value.setdefault(alley[i], set()).add(tuple(row))
+    assert all(len(v) == 1 for v in by_value.values())  # one code per value, missing included
+    assert len({next(iter(v)) for v in by_value.values()}) == 3  # Pave, Grvl and missing all differ
+
+    # targets are served standardized, and decoded back to prices
+    scaled = torch.cat([bundle.train.targets, bundle.val.targets])[:, 0]
+    assert scaled.mean().item() == pytest.approx(0.0, abs=1e-5)
+    assert scaled.std().item() == pytest.approx(1.0, abs=1e-5)
+    assert bundle.task.target_mean == pytest.approx(np.mean(prices))
+
+
+def test_csv_preprocessing_standardizes_after_filling(tmp_path):
+    from trainwright.data.tabular import csv
+
+    path = tmp_path / "house_tiny.csv"
+    path.write_text("NumRooms,Alley,Price\nNA,Pave,127500\n2,NA,106000\n4,NA,178100\nNA,NA,140000\n3,Grvl,150000\n")
+    prices = [127500, 106000, 178100, 140000, 150000]
+    filled = np.array([3.0, 2.0, 4.0, 3.0, 3.0])
+    expected = (filled - filled.mean()) / filled.std(ddof=1)
+    bundle = csv(str(path), target="Price", numeric=["NumRooms"], categorical=["Alley"], standardize=True)
+    inputs, targets = _all_rows(bundle)
+    order = [prices.index(round(float(t))) for t in targets]
+    assert np.allclose(inputs[:, 0], expected[order], atol=1e-6)
+
+
+# --- check ---------------------------------------------------------------------------------------------
+
+ALL_RECIPES = sorted(RECIPES.glob("*.yaml"))
+
+
+def test_every_workflow_is_covered():
+    assert {p.stem for p in ALL_RECIPES} == {
+        "heart", "linear_regression", "fashion_mnist_mlp", "fashion_mnist_lenet", "house_prices",
+    }
+
+
+@pytest.mark.parametrize("path", ALL_RECIPES, ids=lambda p: p.stem)
+def test_check_prints_the_resolved_recipe(capsys, path):
+    code = main(["check", str(path)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    printed = yaml.safe_load(out)
+    assert printed == load_recipe(path).to_dict()
+    assert printed["name"] == path.stem
+    assert {"trainer", "checkpoint", "logging", "distributed", "scheduler"} <= printed.keys()  # defaults filled in
+
+
+@workflow
+def check_with_overrides(folder: Path):
+    return run_cli("check", "recipes/heart.yaml", "trainer.epochs=7", "model.hidden=[8, 4]")
+
+
+def test_check_subprocess_applies_overrides(check_with_overrides):
+    result = assert_ok(check_with_overrides)
+    printed = yaml.safe_load(result.stdout)
+    assert printed["trainer"]["epochs"] == 7
+    assert printed["model"]["hidden"] == [8, 4]
+    assert printed == load_recipe(RECIPES / "heart.yaml", ["trainer.epochs=7", "model.hidden=[8, 4]"]).to_dict()
