@@ -190,8 +190,9 @@ def test_stop_signal_saves_a_checkpoint_and_exits_75(reference, tmp_path, sig):
     process = start(run_dir)
     wait_for_checkpoints(process, run_dir, 1)
     process.send_signal(sig)
-    time.sleep(0.02)
-    process.send_signal(sig)  # a second signal, likely during the save, changes nothing
+    for delay in (0.02, 0.3):  # more signals, during the save and after it, change nothing
+        time.sleep(delay)
+        process.send_signal(sig)
     output, _ = process.communicate(timeout=120)
     assert process.returncode == EXIT_PREEMPTED, output
     stopped_at = checkpoint_steps(run_dir)[-1]

@@ -58,8 +58,10 @@ class TrainState:
     loss_count: int = 0
     val_metrics: dict[str, float] = field(default_factory=dict)
     val_step: int = -1  # the step at which val_metrics were measured
+    best_metric: float | None = None  # best value of checkpoint.monitor so far
+    wandb_run_id: str = ""
     world_size: int = 1
-    data_seed: int = 0
+    sampler_seed: int = 0  # the batch order is a function of (sampler_seed, epoch)
     recipe_digest: str = ""
 
     @classmethod
@@ -354,7 +356,7 @@ class CheckpointManager:
         if (folder / f"rng_{self.rank}.json").exists():
             rng_from_files(load_file(folder / f"rng_{self.rank}.safetensors"), json.loads((folder / f"rng_{self.rank}.json").read_text()))
         else:  # more processes than the checkpoint had: a fresh, still deterministic stream
-            torch.manual_seed(state.data_seed * 1_000_003 + state.step * 101 + self.rank)
+            torch.manual_seed(state.sampler_seed * 1_000_003 + state.step * 101 + self.rank)
         return state
 
     # retention

@@ -64,16 +64,13 @@ def make_accelerator(recipe: Recipe) -> Accelerator:
     """Accelerate decides devices and processes; on a machine without CUDA it runs on the CPU (gloo)."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
     _cache_lomo_probe()
-    precision = recipe.trainer.mixed_precision
+    precision, on_cpu = recipe.trainer.mixed_precision, not torch.cuda.is_available()
+    if precision == "fp16" and on_cpu:  # Accelerate would quietly train in fp32
+        raise UserError("trainer.mixed_precision=fp16 needs a GPU; on the CPU use bf16 (or no)")
     try:
-        accelerator = Accelerator(
-            cpu=not torch.cuda.is_available(), mixed_precision=precision, step_scheduler_with_optimizer=False
-        )
+        return Accelerator(cpu=on_cpu, mixed_precision=precision, step_scheduler_with_optimizer=False)
     except ValueError as exc:
         raise UserError(f"trainer.mixed_precision={precision} cannot run here: {exc}") from None
-    if precision == "fp16" and accelerator.device.type == "cpu":  # Accelerate would quietly train in fp32
-        raise UserError("trainer.mixed_precision=fp16 needs a GPU; on the CPU use bf16 (or no)")
-    return accelerator
 
 
 class Trainer:
@@ -114,7 +111,7 @@ class Trainer:
         self.checkpoints = CheckpointManager(
             self.run.path, recipe.checkpoint, self.rank, self.world_size, acc.wait_for_everyone
         )
-        self.state = TrainState(world_size=self.world_size, data_seed=recipe.seed, recipe_digest=recipe.digest())
+        self.state = TrainState(world_size=self.world_size, sampler_seed=recipe.seed, recipe_digest=recipe.digest())
         self._stop_signal = 0
         self._saved_step = -1
         self._explicit_resume = resume is not None
@@ -223,7 +220,7 @@ class Trainer:
                     flush=True,
                 )
         wandb_on = acc.is_main_process and self.recipe.logging.wandb.mode != "disabled"
-        wandb_id = self.run.wandb_run_id() if wandb_on else ""
+        state.wandb_run_id = wandb_id = self.run.wandb_run_id() if wandb_on else ""
         self.tracker = Tracker(self.recipe, self.run.path, state.step, wandb_id, acc.is_main_process)
         self.sample_log = (
             SampleLog(self.run.path, self.rank, self.world_size, state.step) if self.recipe.trainer.record_samples else None
@@ -344,6 +341,11 @@ class Trainer:
         )
         state.val_metrics = {f"val/{key}": value for key, value in metrics.items()}
         state.val_step = state.step
+        monitored, mode = state.val_metrics.get(self.recipe.checkpoint.monitor), self.recipe.checkpoint.mode
+        if monitored is not None and (
+            state.best_metric is None or (monitored < state.best_metric if mode == "min" else monitored > state.best_metric)
+        ):
+            state.best_metric = monitored
         self.tracker.log(state.val_metrics, state.step, state.epoch)
 
     # --- checkpoints and stopping -----------------------------------------------------------------
@@ -373,7 +375,9 @@ class Trainer:
             yield
         finally:
             for sig, handler in previous.items():
-                signal.signal(sig, handler)
+                # Once stopping, ignore further signals so they cannot turn the exit code 75 into a kill
+                # (Python resets its own handlers to the default while it shuts down, but keeps SIG_IGN).
+                signal.signal(sig, signal.SIG_IGN if self._stop_signal else handler)
 
     def _stop_requested(self) -> bool:
         """True on every process as soon as any process got a stop signal (they agree on the step)."""
