@@ -270,7 +270,7 @@ def test_allowed_recipe_change_extends_a_finished_run(tmp_path):
     assert "Recipe changed since the checkpoint (allowed): checkpoint.keep_last" in result.stdout
     assert "Resuming from step 50" in result.stdout
     assert json.loads((run_dir / "summary.json").read_text())["step"] == 80
-    assert checkpoint_steps(run_dir) == [50, 80]  # keep_last=1, plus the checkpoint it resumed from
+    assert checkpoint_steps(run_dir) == [80]  # keep_last=1 (the resumed-from one is kept only while training)
 
 
 def test_resume_from_an_older_checkpoint_sets_later_ones_aside(reference, tmp_path):

@@ -261,7 +261,7 @@ class CheckpointManager:
         self.world_size = world_size
         self.barrier = barrier
         self.is_main = rank == 0
-        self.resumed_from: Path | None = None  # never pruned while this process runs
+        self.resumed_from: Path | None = None  # never pruned until this run completes
 
 
     # listing

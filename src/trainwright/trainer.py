@@ -415,5 +415,7 @@ class Trainer:
             self.run.plots.mkdir(exist_ok=True)
             plot_curves(read_metrics(self.run.metrics_file), self.run.plots / "loss_curves.png")
             write_json_atomic(self.run.summary_file, summary)
+            self.checkpoints.resumed_from = None  # the run is complete: keep_last applies to every checkpoint
+            self.checkpoints.prune()
         self.accelerator.wait_for_everyone()
         return summary
