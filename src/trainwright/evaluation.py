@@ -11,6 +11,8 @@ from torch.utils.data import Dataset
 from trainwright.data.bundle import Task
 from trainwright.data.loading import eval_indices, iterate
 
+EVAL_BATCH_SIZE = 1024  # evaluation keeps no activations for backward, so it takes larger batches
+
 
 def probabilities(outputs: torch.Tensor, task: Task, output_kind: str) -> torch.Tensor:
     """Binary: P(class 1) per item; multiclass: class probabilities per item."""

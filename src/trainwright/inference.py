@@ -13,11 +13,9 @@ from trainwright.components import build_data, build_loss, build_model, output_k
 from trainwright.data.bundle import DataBundle
 from trainwright.data.loading import eval_indices, iterate
 from trainwright.errors import UserError
-from trainwright.evaluation import evaluate, predicted_labels, probabilities
+from trainwright.evaluation import EVAL_BATCH_SIZE, evaluate, predicted_labels, probabilities
 from trainwright.recipe import Recipe
 from trainwright.rundir import RunDir
-
-EVAL_BATCH_SIZE = 1024
 
 
 @dataclass

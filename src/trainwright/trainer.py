@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import math
 import os
 import signal
@@ -22,22 +21,20 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from trainwright import __version__
-from trainwright.checkpoint import (
-    CheckpointManager, Stateful, TrainState, save_weights, step_of, verify, write_json_atomic,
-)
+from trainwright.checkpoint import CheckpointManager, Stateful, TrainState, save_weights, write_json_atomic
 from trainwright.components import (
     build_data, build_loss, build_model, build_optimizer, build_scheduler, check_recipe, output_kind,
 )
 from trainwright.data.loading import batches_per_epoch, iterate, train_indices
 from trainwright.errors import UserError
-from trainwright.evaluation import evaluate
-from trainwright.recipe import Recipe, recipe_changes
+from trainwright.evaluation import EVAL_BATCH_SIZE, evaluate
+from trainwright.recipe import Recipe
 from trainwright.rundir import RunDir
+from trainwright.startup import prepare_run_dir
 from trainwright.tracking import SampleLog, Tracker, read_metrics
 
 EXIT_PREEMPTED = 75  # SIGTERM/SIGUSR1: checkpoint saved, run the same command again to resume
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-EVAL_BATCH_SIZE = 1024
 
 
 @dataclass
@@ -115,69 +112,11 @@ class Trainer:
         self._stop_signal = 0
         self._saved_step = -1
         self._explicit_resume = resume is not None
-        self._resume_from = self._start_run_dir(resume, restart)
+        self._resume_from = prepare_run_dir(
+            self.run, recipe, self.checkpoints, acc.is_main_process, acc.wait_for_everyone, resume, restart
+        )
 
     # --- start-up -------------------------------------------------------------------------------
-
-    def _start_run_dir(self, resume: str | Path | None, restart: bool) -> Path | None:
-        """Get the run dir ready and pick the checkpoint to resume from (None: start fresh).
-
-        Nothing a user saved is lost: a foreign folder is refused, --restart renames the old run,
-        and a recipe that changes the meaning of the saved work is refused before anything is written.
-        """
-        acc, run = self.accelerator, self.run
-        if run.is_foreign():
-            raise UserError(
-                f"{run.path} exists and is not a trainwright run dir; choose another --run-dir "
-                "(trainwright never writes into a folder it did not make)"
-            )
-        if acc.is_main_process and restart and run.holds_run():
-            print(f"--restart: the previous run was moved to {run.set_aside()}", flush=True)
-        if acc.is_main_process:
-            self.checkpoints.remove_unfinished()
-        acc.wait_for_everyone()
-        folder = self._explicit_checkpoint(resume) if resume is not None else self.checkpoints.newest_valid()
-        if folder is not None:
-            self._check_recipe_changes(folder)
-        if acc.is_main_process:
-            if resume is not None:
-                self._set_aside_newer_checkpoints(folder)
-            run.write_recipe(self.recipe)
-        acc.wait_for_everyone()
-        return folder
-
-    def _explicit_checkpoint(self, resume: str | Path) -> Path:
-        folder = Path(resume)
-        if not folder.is_dir():
-            raise UserError(f"--resume: checkpoint folder not found: {folder}")
-        problem = verify(folder)
-        if problem is not None:
-            raise UserError(f"--resume: checkpoint {folder} cannot be used: {problem}")
-        return folder
-
-    def _check_recipe_changes(self, folder: Path) -> None:
-        """List recipe keys changed since the checkpoint; refuse those that change the work done."""
-        saved = json.loads((folder / "recipe.json").read_text())
-        allowed, refused = recipe_changes(saved, self.recipe.to_dict())
-        if refused:
-            raise UserError(
-                f"the recipe changed since checkpoint {folder} in ways that change the work already done:\n  "
-                + "\n  ".join(refused)
-                + "\nResume with the original values, or start over with --restart (the old run is kept)."
-            )
-        if allowed and self.accelerator.is_main_process:
-            print("Recipe changed since the checkpoint (allowed): " + "; ".join(allowed), flush=True)
-
-    def _set_aside_newer_checkpoints(self, folder: Path) -> None:
-        """Checkpoints after the one chosen with --resume belong to an abandoned path: move them aside."""
-        step = TrainState.from_json(json.loads((folder / "trainer.json").read_text())).step
-        newer = [p for p in self.checkpoints.step_dirs() if step_of(p) > step]
-        if newer:
-            target = self.run.path / f"superseded-{time.strftime('%Y%m%d-%H%M%S')}"
-            target.mkdir()
-            for path in newer:
-                path.rename(target / path.name)
-            print(f"--resume: {len(newer)} later checkpoint(s) moved to {target}", flush=True)
 
     def _stateful(self) -> Stateful:
         return Stateful(
