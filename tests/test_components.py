@@ -42,3 +42,23 @@ def test_batch_order_does_not_depend_on_the_process_count():
     assert not torch.equal(epoch_order(samples, seed, 0), epoch_order(samples, seed, 1))
     resumed = list(train_indices(samples, batch, seed, epoch, 5, rank=0, world_size=1))
     assert all(torch.equal(a, b) for a, b in zip(resumed, one[5:]))
+
+
+def test_metrics_from_the_registry_and_from_user_code(tmp_path, monkeypatch):
+    """A metric returns per-batch sums; the reported value is the mean over items, named after the function."""
+    from trainwright.data.bundle import Task, TensorSplit
+    from trainwright.evaluation import evaluate
+
+    (tmp_path / "user_metrics.py").write_text(
+        "def off_by_more_than_one(outputs, targets, task, output_kind):\n"
+        "    return ((outputs - targets).abs() > 1).sum()\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    inputs = torch.arange(6, dtype=torch.float32).unsqueeze(1)
+    targets = inputs.clone()
+    targets[:2] += 3  # two items off by 3
+    metrics = evaluate(
+        torch.nn.Identity(), TensorSplit(inputs, targets), torch.nn.L1Loss(), Task("regression"), "value",
+        ["mae", "mse", "user_metrics:off_by_more_than_one"], torch.device("cpu"), batch_size=4,
+    )
+    assert metrics == pytest.approx({"loss": 1.0, "mae": 1.0, "mse": 3.0, "off_by_more_than_one": 2 / 6})

@@ -11,7 +11,7 @@ from torch import nn
 from trainwright.data.bundle import DataBundle
 from trainwright.errors import UserError
 from trainwright.recipe import Recipe
-from trainwright.registry import DATASETS, LOSSES, MODELS, OPTIMIZERS, SCHEDULERS
+from trainwright.registry import DATASETS, LOSSES, METRICS, MODELS, OPTIMIZERS, SCHEDULERS
 
 
 def check_recipe(recipe: Recipe) -> None:
@@ -25,6 +25,8 @@ def check_recipe(recipe: Recipe) -> None:
     LOSSES.check(recipe.loss.name, recipe.loss.kwargs())
     OPTIMIZERS.check(recipe.optimizer.name, recipe.optimizer.kwargs())
     SCHEDULERS.check(recipe.scheduler.name, recipe.scheduler.kwargs())
+    for name in recipe.metrics or []:
+        METRICS.get(name, key="metrics")
 
 
 def build_data(recipe: Recipe) -> DataBundle:
@@ -49,6 +51,13 @@ def output_kind(recipe: Recipe, bundle: DataBundle) -> str:
     """What the model outputs: 'probability', 'logits' or 'value' (from the loss; imported losses: by task)."""
     default = "value" if bundle.task.kind == "regression" else "logits"
     return LOSSES.meta(recipe.loss.name).get("output", default)
+
+
+def metric_names(recipe: Recipe, bundle: DataBundle) -> list[str]:
+    """The recipe's metrics, or the task's default (accuracy for classifiers, MAE for regression)."""
+    from trainwright.metrics import default_metrics
+
+    return list(recipe.metrics) if recipe.metrics else default_metrics(bundle.task)
 
 
 def build_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:

@@ -1,4 +1,4 @@
-"""Turning model outputs into predictions and metrics (loss; accuracy for classifiers; MAE for regression)."""
+"""Validation and test metrics over a whole split: the loss plus the recipe's metrics."""
 
 from __future__ import annotations
 
@@ -10,33 +10,9 @@ from torch.utils.data import Dataset
 
 from trainwright.data.bundle import Task
 from trainwright.data.loading import eval_indices, iterate
+from trainwright.registry import METRICS
 
 EVAL_BATCH_SIZE = 1024  # evaluation keeps no activations for backward, so it takes larger batches
-
-
-def probabilities(outputs: torch.Tensor, task: Task, output_kind: str) -> torch.Tensor:
-    """Binary: P(class 1) per item; multiclass: class probabilities per item."""
-    if output_kind == "probability":
-        return outputs
-    if task.kind == "binary":
-        return torch.sigmoid(outputs)
-    return torch.softmax(outputs, dim=-1)
-
-
-def predicted_labels(outputs: torch.Tensor, task: Task, output_kind: str) -> torch.Tensor:
-    """Class index per item for classifiers."""
-    probs = probabilities(outputs, task, output_kind)
-    if task.kind == "binary":
-        return (probs.reshape(len(probs), -1)[:, 0] > 0.5).long()
-    return probs.argmax(dim=-1)
-
-
-def _batch_sums(outputs: torch.Tensor, targets: torch.Tensor, task: Task, output_kind: str) -> torch.Tensor:
-    """(sum of correct predictions | sum of absolute errors in data units) for one batch."""
-    if task.kind == "regression":
-        return (task.decode(outputs) - task.decode(targets)).abs().sum()
-    truth = targets.reshape(-1).long() if task.kind == "binary" else targets
-    return (predicted_labels(outputs, task, output_kind) == truth).sum()
 
 
 @torch.no_grad()
@@ -46,25 +22,26 @@ def evaluate(
     loss_fn: nn.Module,
     task: Task,
     output_kind: str,
+    metric_names: list[str],
     device: torch.device,
     batch_size: int,
     rank: int = 0,
     world_size: int = 1,
     reduce_sum: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
 ) -> dict[str, float]:
-    """Loss and accuracy/MAE over the whole split; each process takes its share and the sums are reduced."""
+    """Loss and metrics over the whole split; each process takes its share and the sums are reduced."""
+    metric_fns = [METRICS.get(name, key="metrics") for name in metric_names]
     was_training = model.training
     model.eval()
-    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct or abs-error sum, count
+    totals = torch.zeros(2 + len(metric_fns), dtype=torch.float64, device=device)  # count, loss sum, metric sums
     for inputs, targets in iterate(dataset, eval_indices(len(dataset), batch_size, rank, world_size)):
         inputs, targets = inputs.to(device), targets.to(device)
         outputs = model(inputs).float()
-        count = len(targets)
-        totals[0] += loss_fn(outputs, targets).double() * count
-        totals[1] += _batch_sums(outputs, targets, task, output_kind).double()
-        totals[2] += count
+        totals[0] += len(targets)
+        totals[1] += loss_fn(outputs, targets).double() * len(targets)
+        for i, metric in enumerate(metric_fns, start=2):
+            totals[i] += metric(outputs, targets, task, output_kind).double()
     model.train(was_training)
-    loss_sum, metric_sum, count = reduce_sum(totals).tolist()
-    metrics = {"loss": loss_sum / count}
-    metrics["mae" if task.kind == "regression" else "accuracy"] = metric_sum / count
-    return metrics
+    count, *sums = reduce_sum(totals).tolist()
+    names = ["loss", *(name.rpartition(":")[2] for name in metric_names)]  # 'pkg.mod:f1' is reported as 'f1'
+    return {name: total / count for name, total in zip(names, sums)}

@@ -9,11 +9,12 @@ import torch
 from safetensors.torch import load_model
 from torch import nn
 
-from trainwright.components import build_data, build_loss, build_model, output_kind
+from trainwright.components import build_data, build_loss, build_model, metric_names, output_kind
 from trainwright.data.bundle import DataBundle
 from trainwright.data.loading import eval_indices, iterate
 from trainwright.errors import UserError
-from trainwright.evaluation import EVAL_BATCH_SIZE, evaluate, predicted_labels, probabilities
+from trainwright.evaluation import EVAL_BATCH_SIZE, evaluate
+from trainwright.predictions import predicted_labels, probabilities
 from trainwright.recipe import Recipe
 from trainwright.rundir import RunDir
 
@@ -25,6 +26,7 @@ class TrainedRun:
     model: nn.Module
     loss_fn: nn.Module
     output_kind: str
+    metric_names: list[str]
 
 
 def load_run(run: RunDir) -> TrainedRun:
@@ -37,7 +39,9 @@ def load_run(run: RunDir) -> TrainedRun:
     if missing or unexpected:
         raise UserError(f"{weights} does not fit the run's model (missing {missing}, unexpected {unexpected})")
     model.eval()
-    return TrainedRun(recipe, bundle, model, build_loss(recipe), output_kind(recipe, bundle))
+    return TrainedRun(
+        recipe, bundle, model, build_loss(recipe), output_kind(recipe, bundle), metric_names(recipe, bundle)
+    )
 
 
 def evaluate_run(trained: TrainedRun) -> dict[str, float]:
@@ -45,7 +49,7 @@ def evaluate_run(trained: TrainedRun) -> dict[str, float]:
     split = "test" if trained.bundle.test is not None else "val"
     metrics = evaluate(
         trained.model, trained.bundle.eval_split, trained.loss_fn, trained.bundle.task, trained.output_kind,
-        torch.device("cpu"), EVAL_BATCH_SIZE,
+        trained.metric_names, torch.device("cpu"), EVAL_BATCH_SIZE,
     )
     return {f"{split}/{key}": value for key, value in metrics.items()}
 

@@ -10,14 +10,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from trainwright.data.bundle import TensorSplit  # noqa: E402
-from trainwright.evaluation import predicted_labels  # noqa: E402
+from trainwright.predictions import predicted_labels  # noqa: E402
 from trainwright.inference import TrainedRun, model_outputs  # noqa: E402
 from trainwright.tracking import read_metrics  # noqa: E402
 
 
 def plot_curves(records: list[dict], path: Path) -> Path:
-    """Training and validation loss against step; validation accuracy or MAE beside it."""
-    metric = "val/accuracy" if any("val/accuracy" in r for r in records) else "val/mae"
+    """Training and validation loss against step; the first validation metric beside it."""
+    metric = next((k for r in records for k in r if k.startswith("val/") and k != "val/loss"), "val/loss")
     fig, (loss_ax, metric_ax) = plt.subplots(1, 2, figsize=(11, 4))
     for key, style in (("train/loss", "-"), ("val/loss", "o-")):
         points = [(r["step"], r[key]) for r in records if key in r]

@@ -104,6 +104,7 @@ class Recipe(_Section):
     loss: LossConfig
     optimizer: OptimizerConfig
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    metrics: list[str] | None = Field(None, description="validation metrics (default: accuracy or mae by task)")
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
@@ -226,7 +227,7 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 # Keys a resumed run may change: they do not alter the meaning of the work already done.
 RESUMABLE_CHANGES = (
     "name", "trainer.epochs", "trainer.max_steps", "trainer.log_every_steps", "trainer.eval_every_epochs",
-    "trainer.record_samples", "data.num_workers", "checkpoint.", "logging.",
+    "trainer.record_samples", "data.num_workers", "metrics", "checkpoint.", "logging.",
 )
 
 

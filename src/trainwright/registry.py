@@ -38,16 +38,17 @@ class Registry:
         """Extra facts registered with a built-in component ({} for imported ones)."""
         return self._meta.get(name, {})
 
-    def get(self, name: str) -> Callable[..., Any]:
-        """The builder for `name`: a registered name or 'package.module:attr'."""
+    def get(self, name: str, key: str | None = None) -> Callable[..., Any]:
+        """The builder for `name`: a registered name or 'package.module:attr' (`key`: the recipe key, for errors)."""
         _load_builtins()
+        key = key or f"{self.section}.name"
         if name in self._entries:
             return self._entries[name]
         if ":" in name:
-            return _import(name, f"{self.section}.name")
+            return _import(name, key)
         raise UserError(
-            f"{self.section}.name: unknown {self.kind} '{name}'{did_you_mean(name, self._entries)} "
-            f"(built in: {', '.join(self.names())}; or give an import path like 'my_pkg.models:Net')"
+            f"{key}: unknown {self.kind} '{name}'{did_you_mean(name, self._entries)} "
+            f"(built in: {', '.join(self.names())}; or an import path 'package.module:attr')"
         )
 
     def check(self, name: str, kwargs: dict[str, Any]) -> None:
@@ -110,6 +111,7 @@ MODELS = Registry("model", "model")
 LOSSES = Registry("loss", "loss")
 OPTIMIZERS = Registry("optimizer", "optimizer", provided=("params", "lr"))
 SCHEDULERS = Registry("LR scheduler", "scheduler", provided=("optimizer", "total_steps"))
+METRICS = Registry("metric", "metrics")
 
 
 def _load_builtins() -> None:
@@ -118,3 +120,4 @@ def _load_builtins() -> None:
     importlib.import_module("trainwright.models")
     importlib.import_module("trainwright.optim")
     importlib.import_module("trainwright.losses")
+    importlib.import_module("trainwright.metrics")

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from trainwright import __version__
 from trainwright.checkpoint import CheckpointManager, Stateful, TrainState, save_weights, write_json_atomic
 from trainwright.components import (
-    build_data, build_loss, build_model, build_optimizer, build_scheduler, check_recipe, output_kind,
+    build_data, build_loss, build_model, build_optimizer, build_scheduler, check_recipe, metric_names, output_kind,
 )
 from trainwright.data.loading import batches_per_epoch, iterate, train_indices
 from trainwright.errors import UserError
@@ -102,6 +102,7 @@ class Trainer:
         model = build_model(recipe)
         self.loss_fn = build_loss(recipe)
         self.output_kind = output_kind(recipe, self.bundle)
+        self.metric_names = metric_names(recipe, self.bundle)
         optimizer = build_optimizer(recipe, model)
         self.scheduler = build_scheduler(recipe, optimizer, self.total_steps)
         self.model, self.optimizer = acc.prepare(model, optimizer)
@@ -276,7 +277,7 @@ class Trainer:
         acc, state = self.accelerator, self.state
         metrics = evaluate(
             acc.unwrap_model(self.model), self.bundle.val, self.loss_fn, self.bundle.task, self.output_kind,
-            acc.device, EVAL_BATCH_SIZE, self.rank, self.world_size, lambda t: acc.reduce(t, "sum"),
+            self.metric_names, acc.device, EVAL_BATCH_SIZE, self.rank, self.world_size, lambda t: acc.reduce(t, "sum"),
         )
         state.val_metrics = {f"val/{key}": value for key, value in metrics.items()}
         state.val_step = state.step
