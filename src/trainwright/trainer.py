@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import accelerate.utils.imports
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
@@ -64,6 +65,9 @@ def make_accelerator(recipe: Recipe) -> Accelerator:
     precision, on_cpu = recipe.trainer.mixed_precision, not torch.cuda.is_available()
     if precision == "fp16" and on_cpu:  # Accelerate would quietly train in fp32
         raise UserError("trainer.mixed_precision=fp16 needs a GPU; on the CPU use bf16 (or no)")
+    # Accelerate keeps its settings in a process-wide singleton; forget a previous Trainer's (its process
+    # group, kept in PartialState, stays), so trainers with different precisions can run in one process.
+    AcceleratorState._reset_state()
     try:
         return Accelerator(cpu=on_cpu, mixed_precision=precision, step_scheduler_with_optimizer=False)
     except ValueError as exc:
