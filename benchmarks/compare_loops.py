@@ -24,7 +24,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from trainwright.components import build_data, build_loss, build_model, build_optimizer

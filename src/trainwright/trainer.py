@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import accelerate.utils.imports
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
@@ -52,6 +51,7 @@ def _cache_lomo_probe() -> None:
     Whether a package is installed cannot change during a run, so answer it once."""
     import accelerate.accelerator
     import accelerate.optimizer
+    import accelerate.utils.imports
 
     probe = functools.cache(accelerate.utils.imports.is_lomo_available)
     accelerate.optimizer.is_lomo_available = probe
