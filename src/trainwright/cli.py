@@ -19,16 +19,21 @@ EXIT_USER_ERROR = 2
 
 def _train(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
-    from trainwright.trainer import EXIT_PREEMPTED, Trainer  # torch and Accelerate: only once the recipe is valid
-
     run_dir = args.run_dir or os.path.join("runs", recipe.name)
-    outcome = Trainer(recipe, run_dir, resume=args.resume, restart=args.restart).fit()
-    if outcome.status == "preempted":
-        return EXIT_PREEMPTED
-    if _is_main_process():
-        metrics = ", ".join(f"{k}={v:.4f}" for k, v in outcome.summary.items() if k.startswith("val/"))
+    already = None if args.resume or args.restart else RunDir(run_dir).completed_with(recipe)
+    if already is not None:
+        summary, state = already, "was already complete"
+    else:
+        from trainwright.trainer import EXIT_PREEMPTED, Trainer  # torch and Accelerate: only to train
+
+        outcome = Trainer(recipe, run_dir, resume=args.resume, restart=args.restart).fit()
+        if outcome.status == "preempted":
+            return EXIT_PREEMPTED
+        summary = outcome.summary
         state = "was already complete" if outcome.status == "already-completed" else "complete"
-        print(f"Run {state} at step {outcome.summary['step']}: {metrics}")
+    if _is_main_process():
+        metrics = ", ".join(f"{k}={v:.4f}" for k, v in summary.items() if k.startswith("val/"))
+        print(f"Run {state} at step {summary['step']}: {metrics}")
         print(f"Run dir: {run_dir}")
     return 0
 

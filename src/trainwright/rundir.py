@@ -61,6 +61,15 @@ class RunDir:
             return None
         return json.loads(self.summary_file.read_text())
 
+    def completed_with(self, recipe: Recipe) -> dict[str, Any] | None:
+        """The summary if this run completed with exactly `recipe` (nothing left to do), else None.
+
+        Answered from the files alone, before torch, data or model are touched."""
+        summary = self.summary()
+        if not (summary and summary.get("status") == "completed" and self.recipe_file.is_file()):
+            return None
+        return summary if yaml.safe_load(self.recipe_file.read_text()) == recipe.to_dict() else None
+
     def require_model(self) -> Path:
         if not self.model_file.is_file():
             raise UserError(f"{self.path} has no model.safetensors yet: the run has not finished training")
