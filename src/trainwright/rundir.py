@@ -61,12 +61,17 @@ class RunDir:
             return None
         return json.loads(self.summary_file.read_text())
 
+    def completed_summary(self) -> dict[str, Any] | None:
+        """summary.json of a run that completed, else None."""
+        summary = self.summary()
+        return summary if summary and summary.get("status") == "completed" else None
+
     def completed_with(self, recipe: Recipe) -> dict[str, Any] | None:
         """The summary if this run completed with exactly `recipe` (nothing left to do), else None.
 
         Answered from the files alone, before torch, data or model are touched."""
-        summary = self.summary()
-        if not (summary and summary.get("status") == "completed" and self.recipe_file.is_file()):
+        summary = self.completed_summary()
+        if summary is None or not self.recipe_file.is_file():
             return None
         return summary if yaml.safe_load(self.recipe_file.read_text()) == recipe.to_dict() else None
 

@@ -31,41 +31,30 @@ def drop_records_after(path: Path, step: int) -> None:
     os.replace(tmp, path)
 
 
-class MetricsFile:
-    """`metrics.jsonl`: one JSON object per log call, with `step` and `epoch`."""
+class JsonLinesFile:
+    """A JSON-lines file of records with `step` and `epoch`, continued where a resumed run left off."""
 
     def __init__(self, path: Path, resume_step: int) -> None:
         drop_records_after(path, resume_step)
         self._file = path.open("a", encoding="utf-8")
 
-    def log(self, metrics: Metrics, step: int, epoch: int) -> None:
-        self._file.write(json.dumps({"step": step, "epoch": epoch, **metrics}) + "\n")
+    def log(self, fields: dict[str, Any], step: int, epoch: int) -> None:
+        self._file.write(json.dumps({"step": step, "epoch": epoch, **fields}) + "\n")
         self._file.flush()
 
     def close(self) -> None:
         self._file.close()
 
 
-class SampleLog:
+def sample_log(run_dir: Path, rank: int, world_size: int, resume_step: int) -> JsonLinesFile:
     """`samples/rank<R>.jsonl`: the sample indices each process trained on at each step (for audits)."""
-
-    def __init__(self, run_dir: Path, rank: int, world_size: int, resume_step: int) -> None:
-        folder = run_dir / "samples"
-        folder.mkdir(exist_ok=True)
-        self.path = folder / f"rank{rank}.jsonl"
-        drop_records_after(self.path, resume_step)
-        if rank == 0:  # files of processes a larger earlier launch had
-            for other in folder.glob("rank*.jsonl"):
-                if int(other.stem[4:]) >= world_size:
-                    drop_records_after(other, resume_step)
-        self._file = self.path.open("a", encoding="utf-8")
-
-    def log(self, step: int, epoch: int, indices: list[int]) -> None:
-        self._file.write(json.dumps({"step": step, "epoch": epoch, "indices": indices}) + "\n")
-        self._file.flush()
-
-    def close(self) -> None:
-        self._file.close()
+    folder = run_dir / "samples"
+    folder.mkdir(exist_ok=True)
+    if rank == 0:  # files of processes a larger earlier launch had
+        for other in folder.glob("rank*.jsonl"):
+            if int(other.stem[4:]) >= world_size:
+                drop_records_after(other, resume_step)
+    return JsonLinesFile(folder / f"rank{rank}.jsonl", resume_step)
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -153,10 +142,10 @@ class Tracker:
     """Every metrics sink of a run; on processes other than the main one it does nothing."""
 
     def __init__(self, recipe: Recipe, run_dir: Path, resume_step: int, wandb_run_id: str, is_main: bool) -> None:
-        self.sinks: list[MetricsFile | WandbLogger | TensorBoardLogger] = []
+        self.sinks: list[JsonLinesFile | WandbLogger | TensorBoardLogger] = []
         if not is_main:
             return
-        self.sinks.append(MetricsFile(run_dir / "metrics.jsonl", resume_step))
+        self.sinks.append(JsonLinesFile(run_dir / "metrics.jsonl", resume_step))
         if recipe.logging.wandb.mode != "disabled":
             self.sinks.append(WandbLogger(recipe, run_dir, wandb_run_id))
         if recipe.logging.tensorboard:

@@ -31,7 +31,7 @@ from trainwright.evaluation import EVAL_BATCH_SIZE, evaluate
 from trainwright.recipe import Recipe
 from trainwright.rundir import RunDir
 from trainwright.startup import prepare_run_dir
-from trainwright.tracking import SampleLog, Tracker, read_metrics
+from trainwright.tracking import Tracker, read_metrics, sample_log
 
 EXIT_PREEMPTED = 75  # SIGTERM/SIGUSR1: checkpoint saved, run the same command again to resume
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -134,10 +134,8 @@ class Trainer:
     def _completed_summary(self) -> dict[str, Any] | None:
         if self._explicit_resume:
             return None
-        summary = self.run.summary()
-        if summary and summary.get("status") == "completed" and summary.get("step", 0) >= self.total_steps:
-            return summary
-        return None
+        summary = self.run.completed_summary()
+        return summary if summary and summary["step"] >= self.total_steps else None
 
     # --- the loop -------------------------------------------------------------------------------
 
@@ -167,7 +165,7 @@ class Trainer:
         state.wandb_run_id = wandb_id = self.run.wandb_run_id() if wandb_on else ""
         self.tracker = Tracker(self.recipe, self.run.path, state.step, wandb_id, acc.is_main_process)
         self.sample_log = (
-            SampleLog(self.run.path, self.rank, self.world_size, state.step) if self.recipe.trainer.record_samples else None
+            sample_log(self.run.path, self.rank, self.world_size, state.step) if self.recipe.trainer.record_samples else None
         )
         if acc.is_main_process:
             self.run.summary_file.unlink(missing_ok=True)  # rewritten when this run completes
@@ -233,7 +231,7 @@ class Trainer:
             self._optimizer_step()
             state.step += 1
             if self.sample_log is not None:
-                self.sample_log.log(state.step, epoch, group_indices)
+                self.sample_log.log({"indices": group_indices}, state.step, epoch)
                 group_indices = []
             state.batch_in_epoch = micro + 1
             state.samples_seen += recipe.data.batch_size * (group_end - group_start)
