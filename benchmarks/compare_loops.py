@@ -3,7 +3,7 @@
 Each workload trains one epoch with the same model, data, batch size and optimizer three ways:
   tutorial     TensorDataset + DataLoader(shuffle=True), the loop of the PyTorch tutorials
   hand-written whole-tensor batches from a shuffled index, the fastest plain-PyTorch loop we know
-  trainwright  `Trainer.fit` on a recipe (its `train/epoch_seconds`: the training pass only)
+  trainwright  `trainwright.training.train` on a recipe (its `train/epoch_seconds`: the training pass only)
 The three run interleaved, `--repeats` times, and the median epoch time of each is reported with the
 ratios trainwright/hand-written and trainwright/tutorial (below 1.0 means trainwright is faster).
 
@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from trainwright.components import build_data, build_loss, build_model, build_optimizer
+from trainwright.components import build_data, build_model, build_optimizer, build_scoring
 from trainwright.recipe import load_recipe
-from trainwright.trainer import Trainer
+from trainwright.training import train
 
 ROOT = Path(__file__).resolve().parent.parent
 QUIET = ["logging.wandb=false", "checkpoint.every_steps=null", "checkpoint.every_epochs=null", "trainer.epochs=1"]
@@ -51,7 +51,7 @@ def _setup(recipe_path: Path, overrides: list[str]):
     bundle = build_data(recipe)
     torch.manual_seed(recipe.seed)
     model = build_model(recipe)
-    return recipe, bundle.train, model, build_loss(recipe), build_optimizer(recipe, model)
+    return recipe, bundle.train, model, build_scoring(recipe, bundle).loss_fn, build_optimizer(recipe, model)
 
 
 def tutorial_epoch(recipe_path: Path, overrides: list[str]) -> float:
@@ -84,7 +84,7 @@ def hand_written_epoch(recipe_path: Path, overrides: list[str]) -> float:
 
 def trainwright_epoch(recipe_path: Path, overrides: list[str]) -> float:
     with tempfile.TemporaryDirectory() as run_dir:
-        Trainer(load_recipe(recipe_path, overrides), Path(run_dir) / "run").fit()
+        train(load_recipe(recipe_path, overrides), Path(run_dir) / "run")
         records = [json.loads(line) for line in (Path(run_dir) / "run" / "metrics.jsonl").read_text().splitlines()]
     return next(r["train/epoch_seconds"] for r in records if "train/epoch_seconds" in r)
 

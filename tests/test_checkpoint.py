@@ -13,18 +13,27 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from trainwright.checkpoint import (
-    CheckpointManager, Stateful, TrainState, _sha256, verify,
-)
+from trainwright.checkpoint import retention
+from trainwright.checkpoint.format import TrainState, verify
+from trainwright.checkpoint.manager import CheckpointManager
+from trainwright.checkpoint.objects import TrainObjects
 from trainwright.errors import UserError
-from trainwright.recipe import CheckpointConfig
+from trainwright.files import sha256
+from trainwright.processes import Processes
+from trainwright.recipe import CheckpointConfig, load_recipe
+from trainwright.run_plan import plan_run
+from trainwright.rundir import RunDir
+
+HEART = __import__("pathlib").Path(__file__).resolve().parent.parent / "recipes" / "heart.yaml"
 
 
-def _manager(run_dir, **config) -> CheckpointManager:
-    return CheckpointManager(run_dir, CheckpointConfig(**config), rank=0, world_size=1, barrier=lambda: None)
+def _manager(run_dir, objects: TrainObjects | None = None, **config) -> CheckpointManager:
+    return CheckpointManager(
+        run_dir / "checkpoints", CheckpointConfig(**config), Processes.single(), objects or _stateful()
+    )
 
 
-def _stateful(seed: int = 0) -> Stateful:
+def _stateful(seed: int = 0) -> TrainObjects:
     torch.manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
     optimizer = torch.optim.Adam(model.parameters(), lr=0.1, betas=(0.8, 0.95))
@@ -33,13 +42,13 @@ def _stateful(seed: int = 0) -> Stateful:
         model(torch.randn(5, 3)).sum().backward()
         optimizer.step()
         scheduler.step()
-    return Stateful(model, optimizer, scheduler, scaler=None)
+    return TrainObjects(model, optimizer, scheduler, scaler=None)
 
 
-def _save(run_dir, step: int, stateful: Stateful | None = None, **config):
-    manager = _manager(run_dir, **config)
+def _save(run_dir, step: int, stateful: TrainObjects | None = None, **config):
+    manager = _manager(run_dir, stateful, **config)
     state = TrainState(step=step, epoch=1, batch_in_epoch=7, val_metrics={"val/loss": 1.0 / step}, val_step=step)
-    return manager.save(stateful or _stateful(), state, {"name": "t"})
+    return manager.save(state, {"name": "t"})
 
 
 def test_round_trip_restores_model_optimizer_scheduler_rng_and_position(tmp_path):
@@ -51,7 +60,7 @@ def test_round_trip_restores_model_optimizer_scheduler_rng_and_position(tmp_path
     expected_draws = (random.random(), np.random.rand(), torch.rand(1))
 
     fresh = _stateful(seed=99)
-    state = _manager(tmp_path).load(folder, fresh)
+    state = _manager(tmp_path, fresh).load(folder)
     assert (state.step, state.epoch, state.batch_in_epoch) == (12, 1, 7)
     for a, b in zip(saved.model.state_dict().values(), fresh.model.state_dict().values()):
         assert torch.equal(a, b)
@@ -91,8 +100,9 @@ def test_damage_is_detected(tmp_path, damage):
     else:
         target.unlink()
     assert verify(folder) is not None
+    recipe = load_recipe(HEART)
     with pytest.raises(UserError, match="cannot be used"):
-        _manager(tmp_path).load(folder, _stateful())
+        plan_run(RunDir(tmp_path / "elsewhere"), recipe, resume=folder)
 
 
 def test_a_pickle_behind_a_matching_manifest_is_refused(tmp_path):
@@ -101,7 +111,7 @@ def test_a_pickle_behind_a_matching_manifest_is_refused(tmp_path):
     model_file = folder / "model.safetensors"
     model_file.write_bytes(pickle.dumps({"weight": torch.zeros(1)}))
     manifest = json.loads((folder / "manifest.json").read_text())
-    manifest["files"]["model.safetensors"] = {"bytes": model_file.stat().st_size, "sha256": _sha256(model_file)}
+    manifest["files"]["model.safetensors"] = {"bytes": model_file.stat().st_size, "sha256": sha256(model_file)}
     (folder / "manifest.json").write_text(json.dumps(manifest))
     assert "not a safetensors file" in verify(folder)
 
@@ -110,9 +120,9 @@ def test_newest_valid_skips_damaged_checkpoints_with_a_warning(tmp_path, capsys)
     _save(tmp_path, 10, keep_last=5)
     newest = _save(tmp_path, 20, keep_last=5)
     (newest / "model.safetensors").write_bytes(b"")
-    chosen = _manager(tmp_path, keep_last=5).newest_valid()
-    assert chosen.name == "step_00000010"
-    assert f"checkpoint {newest} is damaged" in capsys.readouterr().err
+    choice = retention.newest_valid(tmp_path / "checkpoints")
+    assert choice.folder.name == "step_00000010"
+    assert [folder for folder, _ in choice.damaged] == [newest]
 
 
 def test_unfinished_saves_are_ignored_and_cleaned(tmp_path):
@@ -120,28 +130,27 @@ def test_unfinished_saves_are_ignored_and_cleaned(tmp_path):
     unfinished = tmp_path / "checkpoints" / ".tmp-step_00000020"
     unfinished.mkdir()
     (unfinished / "model.safetensors").write_bytes(b"partial")
-    manager = _manager(tmp_path)
-    assert manager.newest_valid().name == "step_00000010"
-    manager.remove_unfinished()
+    assert retention.newest_valid(tmp_path / "checkpoints").folder.name == "step_00000010"
+    retention.remove_unfinished(tmp_path / "checkpoints")
     assert not unfinished.exists()
 
 
 def test_keep_last_and_keep_best(tmp_path):
     for step in (10, 20, 30, 40):  # val/loss = 1/step: the best (min) is the newest
         _save(tmp_path, step, keep_last=2)
-    assert [p.name for p in _manager(tmp_path).step_dirs()] == ["step_00000030", "step_00000040"]
+    assert [p.name for p in retention.step_dirs(tmp_path / "checkpoints")] == ["step_00000030", "step_00000040"]
 
     other = tmp_path / "other"
     for step in (10, 20, 30, 40):
         _save(other, step, keep_last=1, keep_best=1, monitor="val/loss", mode="max")
-    kept = [p.name for p in _manager(other).step_dirs()]
+    kept = [p.name for p in retention.step_dirs(other / "checkpoints")]
     assert kept == ["step_00000010", "step_00000040"]  # the best by max val/loss, and the last
     assert json.loads((other / "checkpoints" / "best.json").read_text())["path"] == "step_00000010"
 
 
 _WRITE_WEIGHTS = """
 import sys, torch
-from trainwright.checkpoint import save_weights
+from trainwright.checkpoint.weights import save_weights
 torch.manual_seed(0)
 model = torch.nn.Linear(3, 2)
 save_weights(model, __import__("pathlib").Path(sys.argv[1]), {k: str(i) for i, k in enumerate("recipe step a b z".split())})

@@ -7,11 +7,11 @@ import gzip
 import pytest
 import torch
 
-from conftest import FASHION_TRAIN_SIZE, write_fashion_mnist
+from conftest import FASHION_TRAIN_SIZE, RECIPES, write_fashion_mnist
 from trainwright.data.loading import batches_per_epoch, epoch_order, train_indices
 from trainwright.data.vision import fashion_mnist
 from trainwright.errors import UserError
-from trainwright.registry import SCHEDULERS
+from trainwright.components import SCHEDULERS
 
 
 def test_fashion_mnist_reads_gzipped_idx_files(tmp_path):
@@ -46,8 +46,11 @@ def test_batch_order_does_not_depend_on_the_process_count():
 
 def test_metrics_from_the_registry_and_from_user_code(tmp_path, monkeypatch):
     """A metric returns per-batch sums; the reported value is the mean over items, named after the function."""
-    from trainwright.data.bundle import Task, TensorSplit
+    from trainwright.components import build_scoring
+    from trainwright.data.bundle import DataBundle, Task, TensorSplit
     from trainwright.evaluation import evaluate
+    from trainwright.processes import Processes
+    from trainwright.recipe import load_recipe
 
     (tmp_path / "user_metrics.py").write_text(
         "def off_by_more_than_one(outputs, targets, task, output_kind):\n"
@@ -57,8 +60,8 @@ def test_metrics_from_the_registry_and_from_user_code(tmp_path, monkeypatch):
     inputs = torch.arange(6, dtype=torch.float32).unsqueeze(1)
     targets = inputs.clone()
     targets[:2] += 3  # two items off by 3
-    metrics = evaluate(
-        torch.nn.Identity(), TensorSplit(inputs, targets), torch.nn.L1Loss(), Task("regression"), "value",
-        ["mae", "mse", "user_metrics:off_by_more_than_one"], torch.device("cpu"), batch_size=4,
-    )
+    split = TensorSplit(inputs, targets)
+    recipe = load_recipe(RECIPES / "linear_regression.yaml", ["metrics=[mae, mse, user_metrics:off_by_more_than_one]"])
+    scoring = build_scoring(recipe, DataBundle(train=split, val=split, task=Task("regression")))
+    metrics = evaluate(torch.nn.Identity(), split, scoring, Processes.single(), batch_size=4)
     assert metrics == pytest.approx({"loss": 1.0, "mae": 1.0, "mse": 3.0, "off_by_more_than_one": 2 / 6})

@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from trainwright.checkpoint import verify
+from trainwright.checkpoint.format import verify
 from trainwright.tracking import read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,15 +8,23 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from trainwright.accelerate_compat import forget_accelerator_state
 from trainwright.recipe import load_recipe
-from trainwright.trainer import Trainer
+from trainwright.training import train as train_recipe
 
 HEART = Path(__file__).resolve().parent.parent / "recipes" / "heart.yaml"
 TINY = ["data.num_points=2000", "trainer.max_steps=20", "logging.wandb=false", "checkpoint.every_epochs=null"]
 
 
+@pytest.fixture(autouse=True)
+def _one_precision_per_run():
+    """These tests train several precisions in one process (the CLI trains one run per process)."""
+    forget_accelerator_state()
+
+
 def train(tmp_path: Path, name: str, *overrides: str) -> dict[str, torch.Tensor]:
-    outcome = Trainer(load_recipe(HEART, [*TINY, *overrides]), tmp_path / name).fit()
+    forget_accelerator_state()
+    outcome = train_recipe(load_recipe(HEART, [*TINY, *overrides]), tmp_path / name)
     assert outcome.status == "completed" and outcome.summary["step"] == 20
     return load_file(tmp_path / name / "model.safetensors")
 
@@ -51,6 +59,6 @@ def test_bf16_autocast_runs_on_the_cpu_and_changes_the_numbers(tmp_path, capsys)
 @pytest.mark.parametrize("max_steps", [7, 45])
 def test_max_steps_caps_the_run_mid_epoch(tmp_path, max_steps):
     recipe = load_recipe(HEART, [*TINY, f"trainer.max_steps={max_steps}"])  # 25 steps per epoch
-    summary = Trainer(recipe, tmp_path / "run").fit().summary
+    summary = train_recipe(recipe, tmp_path / "run").summary
     assert summary["step"] == max_steps and summary["epoch"] == max_steps // 25
     assert summary["samples_seen"] == max_steps * 64

@@ -11,7 +11,9 @@ import yaml
 
 from trainwright import __version__
 from trainwright.errors import UserError
+from trainwright.processes import launch_rank
 from trainwright.recipe import load_recipe
+from trainwright.run_plan import plan_run
 from trainwright.rundir import RunDir
 
 EXIT_USER_ERROR = 2
@@ -19,22 +21,24 @@ EXIT_USER_ERROR = 2
 
 def _train(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
-    run_dir = args.run_dir or os.path.join("runs", recipe.name)
-    already = None if args.resume or args.restart else RunDir(run_dir).completed_with(recipe)
-    if already is not None:
-        summary, state = already, "was already complete"
+    run = RunDir(args.run_dir or os.path.join("runs", recipe.name))
+    plan = plan_run(run, recipe, args.resume, args.restart)  # from files alone: no torch yet
+    if _is_main_process():
+        plan.announce()
+    if plan.completed is not None:
+        summary, state = plan.completed, "was already complete"
     else:
-        from trainwright.trainer import EXIT_PREEMPTED, Trainer  # torch and Accelerate: only to train
+        from trainwright.training import execute  # torch and Accelerate: only to train
+        from trainwright.trainer import EXIT_PREEMPTED
 
-        outcome = Trainer(recipe, run_dir, resume=args.resume, restart=args.restart).fit()
+        outcome = execute(recipe, plan)
         if outcome.status == "preempted":
             return EXIT_PREEMPTED
-        summary = outcome.summary
-        state = "was already complete" if outcome.status == "already-completed" else "complete"
+        summary, state = outcome.summary, "complete"
     if _is_main_process():
         metrics = ", ".join(f"{k}={v:.4f}" for k, v in summary.items() if k.startswith("val/"))
         print(f"Run {state} at step {summary['step']}: {metrics}")
-        print(f"Run dir: {run_dir}")
+        print(f"Run dir: {run.path}")
     return 0
 
 
@@ -58,7 +62,7 @@ def _plot(args: argparse.Namespace) -> int:
     from trainwright.plots import plot_run
 
     run = RunDir.existing(args.run_dir)
-    for path in plot_run(load_run(run), run.path):
+    for path in plot_run(load_run(run), run):
         print(path)
     return 0
 
@@ -121,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _is_main_process() -> bool:
-    return os.environ.get("RANK", "0") == "0"
+    return launch_rank() == 0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

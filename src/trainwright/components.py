@@ -1,4 +1,7 @@
-"""Recipe -> components: data, model, loss, optimizer, scheduler (no devices, no Accelerate here)."""
+"""Recipe -> components: data, model, scoring (loss and metrics), optimizer, scheduler.
+
+The one place that registers the built-in components (by importing their modules) and checks a
+recipe's component sections. No devices and no Accelerate here."""
 
 from __future__ import annotations
 
@@ -7,8 +10,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from trainwright import losses, metrics, models, optim  # noqa: F401  (registers the built-ins)
+from trainwright.data import synthetic, tabular, vision  # noqa: F401  (registers the built-in data sets)
 from trainwright.data.bundle import DataBundle
 from trainwright.errors import UserError
+from trainwright.evaluation import MetricFn, Scoring
 from trainwright.recipe import Recipe
 from trainwright.registry import DATASETS, LOSSES, METRICS, MODELS, OPTIMIZERS, SCHEDULERS
 
@@ -42,21 +48,20 @@ def build_model(recipe: Recipe) -> nn.Module:
     return model
 
 
-def build_loss(recipe: Recipe) -> nn.Module:
-    return LOSSES.build(recipe.loss.name, recipe.loss.kwargs())
-
-
-def output_kind(recipe: Recipe, bundle: DataBundle) -> str:
-    """What the model outputs: 'probability', 'logits' or 'value' (from the loss; imported losses: by task)."""
-    default = "value" if bundle.task.kind == "regression" else "logits"
-    return LOSSES.meta(recipe.loss.name).get("output", default)
-
-
-def metric_names(recipe: Recipe, bundle: DataBundle) -> list[str]:
-    """The recipe's metrics, or the task's default (accuracy for classifiers, MAE for regression)."""
-    from trainwright.metrics import default_metrics
-
-    return list(recipe.metrics) if recipe.metrics else default_metrics(bundle.task)
+def build_scoring(recipe: Recipe, bundle: DataBundle) -> Scoring:
+    """The loss, what the model's outputs mean (from the loss; imported losses: by task) and the metrics
+    (the recipe's, or the task's default: accuracy for classifiers, MAE for regression)."""
+    default_kind = "value" if bundle.task.kind == "regression" else "logits"
+    names = list(recipe.metrics) if recipe.metrics else metrics.default_metrics(bundle.task)
+    functions: dict[str, MetricFn] = {
+        name.rpartition(":")[2]: METRICS.get(name, key="metrics") for name in names  # 'pkg.mod:f1' reports as 'f1'
+    }
+    return Scoring(
+        loss_fn=LOSSES.build(recipe.loss.name, recipe.loss.kwargs()),
+        task=bundle.task,
+        output_kind=LOSSES.meta(recipe.loss.name).get("output", default_kind),
+        metrics=functions,
+    )
 
 
 def build_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -10,38 +11,42 @@ from torch.utils.data import Dataset
 
 from trainwright.data.bundle import Task
 from trainwright.data.loading import eval_indices, iterate
-from trainwright.registry import METRICS
+from trainwright.processes import Processes
 
 EVAL_BATCH_SIZE = 1024  # evaluation keeps no activations for backward, so it takes larger batches
+
+# fn(outputs, targets, task, output_kind) -> the batch's SUM of a per-item score (a 0-d tensor)
+MetricFn = Callable[[torch.Tensor, torch.Tensor, Task, str], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How a model's outputs are scored: the loss, and metrics reported under their names, reading the
+    outputs as `output_kind` ('probability', 'logits' or 'value') for `task`."""
+
+    loss_fn: nn.Module
+    task: Task
+    output_kind: str
+    metrics: dict[str, MetricFn]
 
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module,
-    dataset: Dataset,
-    loss_fn: nn.Module,
-    task: Task,
-    output_kind: str,
-    metric_names: list[str],
-    device: torch.device,
-    batch_size: int,
-    rank: int = 0,
-    world_size: int = 1,
-    reduce_sum: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+    model: nn.Module, dataset: Dataset, scoring: Scoring, processes: Processes, batch_size: int = EVAL_BATCH_SIZE
 ) -> dict[str, float]:
     """Loss and metrics over the whole split; each process takes its share and the sums are reduced."""
-    metric_fns = [METRICS.get(name, key="metrics") for name in metric_names]
     was_training = model.training
     model.eval()
-    totals = torch.zeros(2 + len(metric_fns), dtype=torch.float64, device=device)  # count, loss sum, metric sums
-    for inputs, targets in iterate(dataset, eval_indices(len(dataset), batch_size, rank, world_size)):
+    device = processes.device
+    totals = torch.zeros(2 + len(scoring.metrics), dtype=torch.float64, device=device)  # count, loss, metrics
+    shares = eval_indices(len(dataset), batch_size, processes.rank, processes.world_size)
+    for inputs, targets in iterate(dataset, shares):
         inputs, targets = inputs.to(device), targets.to(device)
         outputs = model(inputs).float()
         totals[0] += len(targets)
-        totals[1] += loss_fn(outputs, targets).double() * len(targets)
-        for i, metric in enumerate(metric_fns, start=2):
-            totals[i] += metric(outputs, targets, task, output_kind).double()
+        totals[1] += scoring.loss_fn(outputs, targets).double() * len(targets)
+        for i, metric in enumerate(scoring.metrics.values(), start=2):
+            totals[i] += metric(outputs, targets, scoring.task, scoring.output_kind).double()
     model.train(was_training)
-    count, *sums = reduce_sum(totals).tolist()
-    names = ["loss", *(name.rpartition(":")[2] for name in metric_names)]  # 'pkg.mod:f1' is reported as 'f1'
-    return {name: total / count for name, total in zip(names, sums)}
+    count, *sums = processes.sum(totals).tolist()
+    return {name: total / count for name, total in zip(["loss", *scoring.metrics], sums)}

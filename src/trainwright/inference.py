@@ -9,24 +9,25 @@ import torch
 from safetensors.torch import load_model
 from torch import nn
 
-from trainwright.components import build_data, build_loss, build_model, metric_names, output_kind
+from trainwright.components import build_data, build_model, build_scoring
 from trainwright.data.bundle import DataBundle
 from trainwright.data.loading import eval_indices, iterate
 from trainwright.errors import UserError
-from trainwright.evaluation import EVAL_BATCH_SIZE, evaluate
+from trainwright.evaluation import EVAL_BATCH_SIZE, Scoring, evaluate
 from trainwright.predictions import predicted_labels, probabilities
+from trainwright.processes import Processes
 from trainwright.recipe import Recipe
 from trainwright.rundir import RunDir
 
 
 @dataclass
 class TrainedRun:
+    """A finished run's recipe, data and model with its final weights."""
+
     recipe: Recipe
     bundle: DataBundle
     model: nn.Module
-    loss_fn: nn.Module
-    output_kind: str
-    metric_names: list[str]
+    scoring: Scoring
 
 
 def load_run(run: RunDir) -> TrainedRun:
@@ -39,18 +40,13 @@ def load_run(run: RunDir) -> TrainedRun:
     if missing or unexpected:
         raise UserError(f"{weights} does not fit the run's model (missing {missing}, unexpected {unexpected})")
     model.eval()
-    return TrainedRun(
-        recipe, bundle, model, build_loss(recipe), output_kind(recipe, bundle), metric_names(recipe, bundle)
-    )
+    return TrainedRun(recipe, bundle, model, build_scoring(recipe, bundle))
 
 
 def evaluate_run(trained: TrainedRun) -> dict[str, float]:
     """Metrics on the test split (the validation split where the data set has no test split)."""
     split = "test" if trained.bundle.test is not None else "val"
-    metrics = evaluate(
-        trained.model, trained.bundle.eval_split, trained.loss_fn, trained.bundle.task, trained.output_kind,
-        trained.metric_names, torch.device("cpu"), EVAL_BATCH_SIZE,
-    )
+    metrics = evaluate(trained.model, trained.bundle.eval_split, trained.scoring, Processes.single())
     return {f"{split}/{key}": value for key, value in metrics.items()}
 
 
@@ -79,11 +75,11 @@ def prediction_lines(trained: TrainedRun, count: int) -> Iterator[str]:
             predicted, actual = task.decode(outputs[i]).item(), task.decode(targets[i]).item()
             yield f"{prefix}Predicted: {_number(predicted)}, Actual: {_number(actual)}"
             continue
-        label = int(predicted_labels(outputs[i : i + 1], task, trained.output_kind)[0])
+        label = int(predicted_labels(outputs[i : i + 1], task, trained.scoring.output_kind)[0])
         actual_label = int(targets[i].reshape(-1)[0])
         names = task.class_names or tuple(str(c) for c in range(max(label, actual_label) + 1))
         if task.kind == "binary":
-            p = probabilities(outputs[i : i + 1], task, trained.output_kind).reshape(-1)[0].item()
+            p = probabilities(outputs[i : i + 1], task, trained.scoring.output_kind).reshape(-1)[0].item()
             yield f"{prefix}Predicted: {names[label]} (p={p:.2f}), Actual: {names[actual_label]}"
         else:
             yield f'{prefix}Predicted: "{names[label]}", Actual: "{names[actual_label]}"'

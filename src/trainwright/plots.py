@@ -1,38 +1,17 @@
-"""Figures of a run: loss curves for every run, plus a picture of what the model learned."""
+"""Figures of a finished run: its loss curves, plus a picture of what the model learned."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from trainwright.data.bundle import TensorSplit  # noqa: E402
-from trainwright.predictions import predicted_labels  # noqa: E402
-from trainwright.inference import TrainedRun, model_outputs  # noqa: E402
-from trainwright.tracking import read_metrics  # noqa: E402
-
-
-def plot_curves(records: list[dict], path: Path) -> Path:
-    """Training and validation loss against step; the first validation metric beside it."""
-    metric = next((k for r in records for k in r if k.startswith("val/") and k != "val/loss"), "val/loss")
-    fig, (loss_ax, metric_ax) = plt.subplots(1, 2, figsize=(11, 4))
-    for key, style in (("train/loss", "-"), ("val/loss", "o-")):
-        points = [(r["step"], r[key]) for r in records if key in r]
-        if points:
-            loss_ax.plot(*zip(*points), style, label=key, markersize=3)
-    loss_ax.set(xlabel="step", ylabel="loss", title="Loss")
-    loss_ax.legend()
-    points = [(r["step"], r[metric]) for r in records if metric in r]
-    if points:
-        metric_ax.plot(*zip(*points), "o-", color="tab:green", markersize=3)
-    metric_ax.set(xlabel="step", ylabel=metric, title=metric)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+from trainwright.curves import plot_curves, save_figure
+from trainwright.data.bundle import TensorSplit
+from trainwright.inference import TrainedRun, model_outputs
+from trainwright.predictions import predicted_labels
+from trainwright.rundir import RunDir
+from trainwright.tracking import read_metrics
 
 
 def plot_predictions(trained: TrainedRun, path: Path) -> Path | None:
@@ -42,7 +21,7 @@ def plot_predictions(trained: TrainedRun, path: Path) -> Path | None:
     inputs, outputs, targets = model_outputs(trained)
     fig, ax = plt.subplots(figsize=(6, 6))
     if task.kind == "binary" and inputs.dim() == 2 and inputs.shape[1] == 2:
-        labels = predicted_labels(outputs, task, trained.output_kind)
+        labels = predicted_labels(outputs, task, trained.scoring.output_kind)
         ax.scatter(inputs[:, 0], inputs[:, 1], c=labels, cmap="RdYlBu_r", s=2)
         ax.set(title="Predicted labels (validation points)", xlabel="x", ylabel="y", aspect="equal")
     elif task.kind == "regression" and inputs.dim() == 2 and inputs.shape[1] == 1 and isinstance(train, TensorSplit):
@@ -61,7 +40,7 @@ def plot_predictions(trained: TrainedRun, path: Path) -> Path | None:
         ax.set(title="Predicted vs actual", xlabel="actual", ylabel="predicted")
     elif task.kind == "multiclass" and inputs.dim() == 4:
         plt.close(fig)
-        labels = predicted_labels(outputs, task, trained.output_kind)
+        labels = predicted_labels(outputs, task, trained.scoring.output_kind)
         fig, axes = plt.subplots(3, 3, figsize=(7, 7))
         for i, cell in enumerate(axes.flat[: len(inputs)]):
             cell.imshow(inputs[i, 0], cmap="gray")
@@ -72,15 +51,13 @@ def plot_predictions(trained: TrainedRun, path: Path) -> Path | None:
         plt.close(fig)
         return None
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
-def plot_run(trained: TrainedRun, run_dir: Path) -> list[Path]:
+def plot_run(trained: TrainedRun, run: RunDir) -> list[Path]:
     """Write every figure that fits this run into `<run dir>/plots/`."""
-    folder = run_dir / "plots"
-    folder.mkdir(exist_ok=True)
-    written = [plot_curves(read_metrics(run_dir / "metrics.jsonl"), folder / "loss_curves.png")]
-    predictions = plot_predictions(trained, folder / "predictions.png")
+    run.plots.mkdir(exist_ok=True)
+    written = [plot_curves(read_metrics(run.metrics_file), run.loss_curves)]
+    predictions = plot_predictions(trained, run.predictions_plot)
     return written + ([predictions] if predictions else [])

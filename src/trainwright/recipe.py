@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -61,6 +62,10 @@ class TrainerConfig(_Section):
     log_every_steps: int = Field(50, ge=1)
     eval_every_epochs: int = Field(1, ge=1)
     record_samples: bool = Field(False, description="write each step's sample indices to <run dir>/samples/")
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        """Optimizer steps of the whole run: `epochs` epochs, capped by `max_steps`."""
+        return min(self.max_steps or sys.maxsize, self.epochs * steps_per_epoch)
 
 
 class CheckpointConfig(_Section):
@@ -210,31 +215,3 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     data = apply_overrides(read_yaml(path), overrides or [])
     source = f"{path} (with overrides)" if overrides else str(path)
     return validate(data, source)
-
-
-def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'a': {'b': 1}} -> {'a.b': 1}."""
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, path + "."))
-        else:
-            flat[path] = value
-    return flat
-
-
-# Keys a resumed run may change: they do not alter the meaning of the work already done.
-RESUMABLE_CHANGES = (
-    "name", "trainer.epochs", "trainer.max_steps", "trainer.log_every_steps", "trainer.eval_every_epochs",
-    "trainer.record_samples", "data.num_workers", "metrics", "checkpoint.", "logging.",
-)
-
-
-def recipe_changes(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """Keys that differ between two resolved recipes, as (allowed on resume, refused on resume)."""
-    before, after = flatten(old), flatten(new)
-    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
-    described = [f"{k} ({before.get(k)!r} -> {after.get(k)!r})" for k in changed]
-    allowed = [d for k, d in zip(changed, described) if k.startswith(RESUMABLE_CHANGES)]
-    return allowed, [d for d in described if d not in allowed]

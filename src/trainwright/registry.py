@@ -1,4 +1,7 @@
-"""Component registries: a recipe names a component (or gives an import path) plus keyword arguments."""
+"""Component registries: a recipe names a component (or gives an import path) plus keyword arguments.
+
+This module imports nothing of trainwright's components: the built-ins register themselves when
+`trainwright.components` imports them."""
 
 from __future__ import annotations
 
@@ -31,7 +34,6 @@ class Registry:
         return add
 
     def names(self) -> list[str]:
-        _load_builtins()
         return sorted(self._entries)
 
     def meta(self, name: str) -> dict[str, Any]:
@@ -40,7 +42,6 @@ class Registry:
 
     def get(self, name: str, key: str | None = None) -> Callable[..., Any]:
         """The builder for `name`: a registered name or 'package.module:attr' (`key`: the recipe key, for errors)."""
-        _load_builtins()
         key = key or f"{self.section}.name"
         if name in self._entries:
             return self._entries[name]
@@ -85,8 +86,7 @@ class Registry:
             raise UserError(f"{self.section}: {self.kind} '{name}' needs {', '.join(self.section + '.' + m for m in missing)}")
 
     def build(self, name: str, kwargs: dict[str, Any], **provided: Any) -> Any:
-        """Check the arguments, then call the builder; bad argument values become a UserError."""
-        self.check(name, kwargs)
+        """Call the builder (its arguments were checked with `check`); bad argument values become a UserError."""
         try:
             return self.get(name)(**provided, **kwargs)
         except (TypeError, ValueError) as exc:
@@ -113,11 +113,3 @@ OPTIMIZERS = Registry("optimizer", "optimizer", provided=("params", "lr"))
 SCHEDULERS = Registry("LR scheduler", "scheduler", provided=("optimizer", "total_steps"))
 METRICS = Registry("metric", "metrics")
 
-
-def _load_builtins() -> None:
-    """Import the modules that register the built-in components (once)."""
-    importlib.import_module("trainwright.data.builtin")
-    importlib.import_module("trainwright.models")
-    importlib.import_module("trainwright.optim")
-    importlib.import_module("trainwright.losses")
-    importlib.import_module("trainwright.metrics")

@@ -1,4 +1,15 @@
-"""The run directory: where a run's recipe, metrics, checkpoints, weights and plots live."""
+"""The run directory: the one place that knows where a run's files live.
+
+  recipe.yaml          the resolved recipe
+  metrics.jsonl        one JSON object per log event
+  summary.json         written when the run completes
+  model.safetensors    final weights
+  checkpoints/         step_XXXXXXXX/ folders, latest.json, best.json
+  plots/               loss_curves.png, predictions.png
+  wandb/               W&B files; wandb_run_id.txt: the W&B run id, kept across restarts
+  tensorboard/         TensorBoard event files
+  samples/             rank<R>.jsonl: the sample indices each process trained on
+"""
 
 from __future__ import annotations
 
@@ -11,6 +22,7 @@ from typing import Any
 import yaml
 
 from trainwright.errors import UserError
+from trainwright.files import write_text_atomic
 from trainwright.recipe import Recipe, read_yaml, validate
 
 
@@ -25,7 +37,19 @@ class RunDir:
         self.model_file = self.path / "model.safetensors"
         self.checkpoints = self.path / "checkpoints"
         self.plots = self.path / "plots"
+        self.loss_curves = self.plots / "loss_curves.png"
+        self.predictions_plot = self.plots / "predictions.png"
+        self.wandb = self.path / "wandb"  # W&B makes it: its `dir` is the run dir
         self.wandb_id_file = self.path / "wandb_run_id.txt"
+        self.tensorboard = self.path / "tensorboard"
+        self.samples = self.path / "samples"
+
+    def sample_file(self, rank: int) -> Path:
+        return self.samples / f"rank{rank}.jsonl"
+
+    def sample_files(self) -> dict[int, Path]:
+        """rank -> the sample log of every process that ever trained this run."""
+        return {int(path.stem[4:]): path for path in self.samples.glob("rank*.jsonl")}
 
     @classmethod
     def existing(cls, path: str | Path) -> RunDir:
@@ -52,28 +76,22 @@ class RunDir:
 
     def write_recipe(self, recipe: Recipe) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        tmp = self.recipe_file.with_suffix(".yaml.tmp")
-        tmp.write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-        tmp.replace(self.recipe_file)
-
-    def summary(self) -> dict[str, Any] | None:
-        if not self.summary_file.is_file():
-            return None
-        return json.loads(self.summary_file.read_text())
+        write_text_atomic(self.recipe_file, yaml.safe_dump(recipe.to_dict(), sort_keys=False))
 
     def completed_summary(self) -> dict[str, Any] | None:
         """summary.json of a run that completed, else None."""
-        summary = self.summary()
-        return summary if summary and summary.get("status") == "completed" else None
-
-    def completed_with(self, recipe: Recipe) -> dict[str, Any] | None:
-        """The summary if this run completed with exactly `recipe` (nothing left to do), else None.
-
-        Answered from the files alone, before torch, data or model are touched."""
-        summary = self.completed_summary()
-        if summary is None or not self.recipe_file.is_file():
+        if not self.summary_file.is_file():
             return None
-        return summary if yaml.safe_load(self.recipe_file.read_text()) == recipe.to_dict() else None
+        summary = json.loads(self.summary_file.read_text())
+        return summary if summary.get("status") == "completed" else None
+
+    def saved_recipe(self) -> dict[str, Any]:
+        """recipe.yaml as plain data."""
+        return yaml.safe_load(self.recipe_file.read_text())
+
+    def saved_recipe_is(self, recipe: Recipe) -> bool:
+        """Whether recipe.yaml holds exactly `recipe` (answered from the file alone)."""
+        return self.recipe_file.is_file() and self.saved_recipe() == recipe.to_dict()
 
     def require_model(self) -> Path:
         if not self.model_file.is_file():
@@ -85,11 +103,17 @@ class RunDir:
         if self.wandb_id_file.is_file():
             return self.wandb_id_file.read_text().strip()
         run_id = secrets.token_hex(6)
-        self.wandb_id_file.write_text(run_id + "\n")
+        write_text_atomic(self.wandb_id_file, run_id + "\n")
         return run_id
 
     def set_aside(self) -> Path:
         """Rename the whole run dir to '<name>.old-<time>' (used by --restart; nothing is deleted)."""
         target = self.path.with_name(f"{self.path.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
         self.path.rename(target)
+        return target
+
+    def superseded_folder(self) -> Path:
+        """A new folder for checkpoints that --resume of an older one put aside (nothing is deleted)."""
+        target = self.path / f"superseded-{time.strftime('%Y%m%d-%H%M%S')}"
+        target.mkdir()
         return target

@@ -5,19 +5,16 @@ from __future__ import annotations
 import json
 import netrc
 import os
-import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from trainwright.errors import UserError
+from trainwright.files import warn, write_text_atomic
 from trainwright.recipe import Recipe
+from trainwright.rundir import RunDir
 
 Metrics = dict[str, float]
-
-
-def _warn(message: str) -> None:
-    print(f"trainwright: {message}", file=sys.stderr, flush=True)
 
 
 def drop_records_after(path: Path, step: int) -> None:
@@ -26,9 +23,7 @@ def drop_records_after(path: Path, step: int) -> None:
     if not path.exists():
         return
     kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
 class JsonLinesFile:
@@ -46,15 +41,14 @@ class JsonLinesFile:
         self._file.close()
 
 
-def sample_log(run_dir: Path, rank: int, world_size: int, resume_step: int) -> JsonLinesFile:
+def sample_log(run: RunDir, rank: int, world_size: int, resume_step: int) -> JsonLinesFile:
     """`samples/rank<R>.jsonl`: the sample indices each process trained on at each step (for audits)."""
-    folder = run_dir / "samples"
-    folder.mkdir(exist_ok=True)
+    run.samples.mkdir(exist_ok=True)
     if rank == 0:  # files of processes a larger earlier launch had
-        for other in folder.glob("rank*.jsonl"):
-            if int(other.stem[4:]) >= world_size:
-                drop_records_after(other, resume_step)
-    return JsonLinesFile(folder / f"rank{rank}.jsonl", resume_step)
+        for other, path in run.sample_files().items():
+            if other >= world_size:
+                drop_records_after(path, resume_step)
+    return JsonLinesFile(run.sample_file(rank), resume_step)
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -78,7 +72,7 @@ def wandb_api_key_present() -> bool:
 class WandbLogger:
     """A W&B run that continues across restarts (its id lives in the run dir) and never stops training."""
 
-    def __init__(self, recipe: Recipe, run_dir: Path, run_id: str) -> None:
+    def __init__(self, recipe: Recipe, run: RunDir, run_id: str) -> None:
         import wandb
 
         self._wandb = wandb
@@ -91,14 +85,14 @@ class WandbLogger:
             try:
                 self.run = wandb.init(
                     project=cfg.project, entity=cfg.entity, tags=cfg.tags, name=recipe.name, config=recipe.to_dict(),
-                    dir=str(run_dir), id=run_id, resume="allow", mode=attempt,
+                    dir=str(run.wandb.parent), id=run_id, resume="allow", mode=attempt,
                     settings=wandb.Settings(console="off", silent=True, init_timeout=60),
                 )
                 break
             except Exception as exc:  # W&B must never stop training
-                _warn(f"W&B {attempt} start failed ({exc}); " + ("trying offline" if attempt != "offline" else "W&B is off for this run"))
+                warn(f"W&B {attempt} start failed ({exc}); " + ("trying offline" if attempt != "offline" else "W&B is off for this run"))
         if self.run is not None and attempt == "offline":
-            _warn(f"W&B is logging offline to {run_dir / 'wandb'}; upload later with: wandb sync {run_dir / 'wandb'}/offline-run-*")
+            warn(f"W&B is logging offline to {run.wandb}; upload later with: wandb sync {run.wandb}/offline-run-*")
 
     def log(self, metrics: Metrics, step: int, epoch: int) -> None:
         if self.run is None:
@@ -106,7 +100,7 @@ class WandbLogger:
         try:
             self.run.log(metrics, step=step)
         except Exception as exc:
-            _warn(f"W&B logging failed ({exc}); W&B is off for the rest of this run")
+            warn(f"W&B logging failed ({exc}); W&B is off for the rest of this run")
             self.run = None
 
     def close(self) -> None:
@@ -114,13 +108,13 @@ class WandbLogger:
             try:
                 self.run.finish()
             except Exception as exc:
-                _warn(f"W&B finish failed ({exc})")
+                warn(f"W&B finish failed ({exc})")
 
 
 class TensorBoardLogger:
     """Scalars into `<run dir>/tensorboard`."""
 
-    def __init__(self, run_dir: Path, resume_step: int) -> None:
+    def __init__(self, folder: Path, resume_step: int) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
@@ -128,7 +122,7 @@ class TensorBoardLogger:
                 "logging.tensorboard is true but TensorBoard is not installed: pip install 'trainwright[tensorboard]' "
                 "(or set logging.tensorboard=false)"
             ) from None
-        self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
+        self.writer = SummaryWriter(str(folder), purge_step=resume_step + 1 if resume_step else None)
 
     def log(self, metrics: Metrics, step: int, epoch: int) -> None:
         for key, value in metrics.items():
@@ -141,15 +135,15 @@ class TensorBoardLogger:
 class Tracker:
     """Every metrics sink of a run; on processes other than the main one it does nothing."""
 
-    def __init__(self, recipe: Recipe, run_dir: Path, resume_step: int, wandb_run_id: str, is_main: bool) -> None:
+    def __init__(self, recipe: Recipe, run: RunDir, resume_step: int, wandb_run_id: str, is_main: bool) -> None:
         self.sinks: list[JsonLinesFile | WandbLogger | TensorBoardLogger] = []
         if not is_main:
             return
-        self.sinks.append(JsonLinesFile(run_dir / "metrics.jsonl", resume_step))
+        self.sinks.append(JsonLinesFile(run.metrics_file, resume_step))
         if recipe.logging.wandb.mode != "disabled":
-            self.sinks.append(WandbLogger(recipe, run_dir, wandb_run_id))
+            self.sinks.append(WandbLogger(recipe, run, wandb_run_id))
         if recipe.logging.tensorboard:
-            self.sinks.append(TensorBoardLogger(run_dir, resume_step))
+            self.sinks.append(TensorBoardLogger(run.tensorboard, resume_step))
 
     def log(self, metrics: Metrics, step: int, epoch: int) -> None:
         for sink in self.sinks:

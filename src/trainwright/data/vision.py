@@ -11,6 +11,7 @@ import torch
 
 from trainwright.data.bundle import DataBundle, Task, TensorSplit
 from trainwright.errors import UserError
+from trainwright.files import atomic_open
 from trainwright.registry import DATASETS
 
 FASHION_MNIST_CLASSES = (
@@ -32,10 +33,8 @@ def _gunzip_missing(raw: Path) -> None:
     for name in _FASHION_MNIST_FILES:
         packed, plain = raw / f"{name}.gz", raw / name
         if packed.is_file() and not plain.exists():
-            tmp = plain.with_name(plain.name + ".tmp")
-            with gzip.open(packed, "rb") as source, tmp.open("wb") as target:
+            with gzip.open(packed, "rb") as source, atomic_open(plain, "wb") as target:
                 shutil.copyfileobj(source, target)
-            tmp.replace(plain)
 
 
 @DATASETS.register("fashion_mnist")

@@ -1,0 +1,12 @@
+"""Checkpoints: full training state in safetensors + JSON, written atomically, verified before use.
+
+  format.py     folder names, TrainState (trainer.json), the sha256 manifest, verification (no torch)
+  objects.py    the live objects (model, optimizer, ...); optimizer and RNG states <-> tensors + JSON
+  full.py       the model/optimizer/scheduler/scaler files of a full (unsharded) checkpoint
+  retention.py  listing, the newest valid checkpoint, pruning
+  policy.py     when to save
+  manager.py    CheckpointManager: holds the live objects, saves and loads
+  weights.py    the final model.safetensors
+
+This package's __init__ imports nothing, so the file-only parts load without torch.
+"""

@@ -1,0 +1,83 @@
+"""The live objects a checkpoint saves and restores, and their states split into tensors (for
+safetensors) and JSON (everything else)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainwright.checkpoint.format import TrainState
+
+
+@dataclass(frozen=True)
+class TrainObjects:
+    """The live objects of a run whose state a checkpoint holds (the model unwrapped from DDP)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any | None  # an LR scheduler (state_dict / load_state_dict)
+    scaler: Any | None  # the fp16 grad scaler
+
+
+def optimizer_to_files(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer state_dict into tensors and JSON (param groups, non-tensor per-param values)."""
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for param_id, values in state["state"].items():
+        for name, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{param_id}.{name}"] = value.detach().contiguous().cpu()
+            else:
+                scalars.setdefault(str(param_id), {})[name] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_files(
+    tensors: dict[str, torch.Tensor], meta: dict[str, Any], live_groups: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Rebuild an optimizer state_dict; JSON lists become tuples where the live optimizer uses tuples."""
+    state: dict[int, dict[str, Any]] = {}
+    for key, tensor in tensors.items():
+        param_id, name = key.split(".", 1)
+        state.setdefault(int(param_id), {})[name] = tensor
+    for param_id, values in meta["scalars"].items():
+        state.setdefault(int(param_id), {}).update(values)
+    groups = []
+    for saved, live in zip(meta["param_groups"], live_groups):
+        groups.append({k: tuple(v) if isinstance(live.get(k), tuple) else v for k, v in saved.items()})
+    return {"state": state, "param_groups": groups}
+
+
+def rng_to_files() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """This process's RNG states: torch (CPU, CUDA) as tensors, Python and NumPy as JSON."""
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors.update({f"cuda_{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    version, words, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return tensors, {
+        "python": [version, list(words), gauss],
+        "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+    }
+
+
+def rng_from_files(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    torch.set_rng_state(tensors["torch_cpu"])
+    cuda = [tensors[f"cuda_{i}"] for i in range(torch.cuda.device_count()) if f"cuda_{i}" in tensors]
+    if cuda and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    version, words, gauss = meta["python"]
+    random.setstate((version, tuple(words), gauss))
+    name, keys, pos, has_gauss, cached = meta["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def fresh_rng(state: TrainState, rank: int) -> None:
+    """Seed a process the checkpoint has no RNG files for (a resume on more processes than saved it):
+    a new stream, still a function of the seed, step and rank only."""
+    torch.manual_seed(state.sampler_seed * 1_000_003 + state.step * 101 + rank)

@@ -1,0 +1,29 @@
+"""The final weights file of a run, `model.safetensors`: byte-identical for equal weights."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+from safetensors.torch import save_model
+from torch import nn
+
+from trainwright.files import atomic_path
+
+
+def save_weights(model: nn.Module, path: Path, metadata: dict[str, str]) -> None:
+    """Write a model's weights as safetensors, atomically, with the metadata in sorted order.
+
+    safetensors stores metadata from a hash map, so its order (and the file's bytes) would vary from
+    process to process; sorting it makes equal weights give byte-identical files.
+    """
+    with atomic_path(path) as tmp:
+        save_model(model, str(tmp), metadata=metadata)
+        with tmp.open("r+b") as file:
+            (length,) = struct.unpack("<Q", file.read(8))
+            header = json.loads(file.read(length))
+            header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+            canonical = json.dumps(header, separators=(",", ":")).encode()
+            file.seek(8)
+            file.write(canonical.ljust(length))  # same keys and values, so never longer than before

@@ -1,0 +1,158 @@
+"""What `train` does in a run dir, decided once from its files before anything is built or written:
+start fresh, resume from a checkpoint, or nothing (the run is already complete). Then the plan is
+applied on the main process. Nothing a user saved is lost: a foreign folder is refused, --restart
+renames the old run, and a recipe that changes the meaning of the saved work is refused.
+
+Deciding reads files only (no torch), so every process of a launch reaches the same plan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trainwright.checkpoint import retention
+from trainwright.checkpoint.format import read_recipe, read_train_state, step_of, verify
+from trainwright.errors import UserError
+from trainwright.files import warn
+from trainwright.recipe import Recipe
+from trainwright.rundir import RunDir
+
+if TYPE_CHECKING:
+    from trainwright.processes import Processes
+
+
+# Keys a resumed run may change: they do not alter the meaning of the work already done.
+RESUMABLE_CHANGES = (
+    "name", "trainer.epochs", "trainer.max_steps", "trainer.log_every_steps", "trainer.eval_every_epochs",
+    "trainer.record_samples", "data.num_workers", "metrics", "checkpoint.", "logging.",
+)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """The decision for one `train` command in one run dir."""
+
+    run: RunDir
+    resume_from: Path | None = None  # the checkpoint to resume from (verified); None: start fresh
+    completed: dict[str, Any] | None = None  # summary.json of a run with nothing left to do
+    restart: bool = False  # move the existing run aside first (--restart)
+    explicit: bool = False  # --resume: checkpoints after resume_from are moved aside
+    damaged: list[tuple[Path, str]] = field(default_factory=list)  # newer checkpoints that failed verification
+    allowed_changes: list[str] = field(default_factory=list)  # recipe keys changed in ways a resume allows
+
+    def announce(self) -> None:
+        """Tell the user what was found (main process)."""
+        for folder, problem in self.damaged:
+            warn(f"checkpoint {folder} is damaged ({problem}); skipping it")
+        if self.allowed_changes:
+            print("Recipe changed since the checkpoint (allowed): " + "; ".join(self.allowed_changes), flush=True)
+
+
+def plan_run(run: RunDir, recipe: Recipe, resume: str | Path | None = None, restart: bool = False) -> RunPlan:
+    """Decide what to do; raises UserError for a folder or a recipe change that must not be used."""
+    if run.is_foreign():
+        raise UserError(
+            f"{run.path} exists and is not a trainwright run dir; choose another --run-dir "
+            "(trainwright never writes into a folder it did not make)"
+        )
+    if restart and resume is not None:
+        raise UserError("--restart starts over and --resume continues a checkpoint: give one of them")
+    if restart:
+        return RunPlan(run, restart=run.holds_run())
+    if resume is not None:
+        folder = _explicit_checkpoint(resume)
+        return RunPlan(run, resume_from=folder, explicit=True, allowed_changes=_changes_since(folder, recipe))
+    summary = run.completed_summary()
+    if summary is not None and run.saved_recipe_is(recipe):
+        return RunPlan(run, completed=summary)
+    if summary is not None and _reaches_total(summary, recipe):
+        allowed = _allowed_changes(run.saved_recipe(), recipe, f"the run in {run.path}")
+        return RunPlan(run, completed=summary, allowed_changes=allowed)
+    choice = retention.newest_valid(run.checkpoints)
+    if choice.folder is None:
+        return RunPlan(run, damaged=choice.damaged)
+    return RunPlan(
+        run, resume_from=choice.folder, damaged=choice.damaged, allowed_changes=_changes_since(choice.folder, recipe)
+    )
+
+
+def apply_plan(plan: RunPlan, recipe: Recipe, processes: Processes) -> None:
+    """Get the run dir ready (main process: set aside, clean up, write the recipe); every process calls it."""
+    run = plan.run
+    if processes.is_main:
+        if plan.restart:
+            print(f"--restart: the previous run was moved to {run.set_aside()}", flush=True)
+        retention.remove_unfinished(run.checkpoints)
+        if plan.explicit:
+            _set_aside_newer_checkpoints(run, plan.resume_from)
+        run.write_recipe(recipe)
+        run.summary_file.unlink(missing_ok=True)  # written again when this run completes
+    processes.barrier()
+
+
+def _reaches_total(summary: dict[str, Any], recipe: Recipe) -> bool:
+    """Whether a completed run already trained as many steps as `recipe` asks for."""
+    steps_per_epoch = summary.get("steps_per_epoch")
+    return bool(steps_per_epoch) and summary["step"] >= recipe.trainer.total_steps(steps_per_epoch)
+
+
+def _explicit_checkpoint(resume: str | Path) -> Path:
+    """The checkpoint named by --resume, verified."""
+    folder = Path(resume)
+    if not folder.is_dir():
+        raise UserError(f"--resume: checkpoint folder not found: {folder}")
+    problem = verify(folder)
+    if problem is not None:
+        raise UserError(f"--resume: checkpoint {folder} cannot be used: {problem}")
+    return folder
+
+
+def _changes_since(folder: Path, recipe: Recipe) -> list[str]:
+    """Recipe keys changed since the checkpoint that a resume allows; refused changes raise."""
+    if read_train_state(folder).recipe_digest == recipe.digest():
+        return []
+    return _allowed_changes(read_recipe(folder), recipe, f"checkpoint {folder}")
+
+
+def _allowed_changes(saved: dict[str, Any], recipe: Recipe, since: str) -> list[str]:
+    allowed, refused = recipe_changes(saved, recipe.to_dict())
+    if refused:
+        raise UserError(
+            f"the recipe changed since {since} in ways that change the work already done:\n  "
+            + "\n  ".join(refused)
+            + "\nResume with the original values, or start over with --restart (the old run is kept)."
+        )
+    return allowed
+
+
+def _set_aside_newer_checkpoints(run: RunDir, folder: Path) -> None:
+    """Checkpoints after the one chosen with --resume belong to an abandoned path: move them aside."""
+    step = read_train_state(folder).step
+    newer = [p for p in retention.step_dirs(run.checkpoints) if step_of(p) > step]
+    if newer:
+        target = run.superseded_folder()
+        for path in newer:
+            path.rename(target / path.name)
+        print(f"--resume: {len(newer)} later checkpoint(s) moved to {target}", flush=True)
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, path + "."))
+        else:
+            flat[path] = value
+    return flat
+
+
+def recipe_changes(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Keys that differ between two resolved recipes, as (allowed on resume, refused on resume)."""
+    before, after = flatten(old), flatten(new)
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    described = [f"{k} ({before.get(k)!r} -> {after.get(k)!r})" for k in changed]
+    allowed = [d for k, d in zip(changed, described) if k.startswith(RESUMABLE_CHANGES)]
+    return allowed, [d for d in described if d not in allowed]
