@@ -92,7 +92,7 @@ def test_heart_run_dir_holds_the_resolved_recipe(heart):
     assert saved["trainer"]["epochs"] == 3
     assert saved["logging"]["wandb"]["mode"] == "disabled"
     # resolved: defaults the YAML file never mentions are written out
-    assert saved["trainer"]["mixed_precision"] == "no"
+    assert saved["trainer"]["mixed_precision"] == "auto"
     assert saved["scheduler"] == {"name": "none"}
     assert saved["optimizer"] == {"name": "sgd", "lr": 0.01, "momentum": 0.9}
 

@@ -37,6 +37,7 @@ class Processes:
     rank: int
     world_size: int
     device: torch.device
+    strategy: str = "ddp"  # how the processes hold the model: 'ddp' (a whole copy each) or 'fsdp' (a shard each)
     barrier: Callable[[], None] = _nothing
     _reduce: Callable[[torch.Tensor, str], torch.Tensor] | None = None
 
@@ -54,13 +55,14 @@ class Processes:
         return tensor if self._reduce is None else self._reduce(tensor, "mean")
 
     @classmethod
-    def from_accelerator(cls, accelerator: Accelerator) -> Processes:
+    def from_accelerator(cls, accelerator: Accelerator, strategy: str = "ddp") -> Processes:
         if accelerator.num_processes == 1:
-            return cls.single(accelerator.device)
+            return cls(rank=0, world_size=1, device=accelerator.device, strategy=strategy)
         return cls(
             rank=accelerator.process_index,
             world_size=accelerator.num_processes,
             device=accelerator.device,
+            strategy=strategy,
             barrier=accelerator.wait_for_everyone,
             _reduce=accelerator.reduce,
         )

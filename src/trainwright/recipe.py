@@ -56,12 +56,20 @@ class SchedulerConfig(_Component):
 class TrainerConfig(_Section):
     epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1, description="optional cap on optimizer steps")
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
+        "auto", description="auto: what the launcher says (accelerate launch --mixed_precision), else no"
+    )
     grad_accum_steps: int = Field(1, ge=1)
     grad_clip: float | None = Field(None, gt=0)
     log_every_steps: int = Field(50, ge=1)
     eval_every_epochs: int = Field(1, ge=1)
     record_samples: bool = Field(False, description="write each step's sample indices to <run dir>/samples/")
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, value: Any) -> Any:
+        """YAML reads a bare `no` as false: `mixed_precision: no` means 'no'."""
+        return "no" if value is False else value
 
     def total_steps(self, steps_per_epoch: int) -> int:
         """Optimizer steps of the whole run: `epochs` epochs, capped by `max_steps`."""
@@ -98,7 +106,9 @@ class LoggingConfig(_Section):
 
 
 class DistributedConfig(_Section):
-    strategy: Literal["ddp", "fsdp"] = "ddp"
+    strategy: Literal["auto", "ddp", "fsdp"] = Field(
+        "auto", description="auto: fsdp when the accelerate config's distributed_type is FSDP, else ddp"
+    )
 
 
 class Recipe(_Section):

@@ -15,6 +15,7 @@ from trainwright.checkpoint import retention
 from trainwright.checkpoint.format import read_recipe, read_train_state, step_of, verify
 from trainwright.errors import UserError
 from trainwright.files import warn
+from trainwright.launcher import resolve_precision
 from trainwright.recipe import Recipe
 from trainwright.rundir import RunDir
 
@@ -23,9 +24,11 @@ if TYPE_CHECKING:
 
 
 # Keys a resumed run may change: they do not alter the meaning of the work already done.
+# trainer.mixed_precision may read differently (auto, or the value auto gave) if the precision stays the same.
 RESUMABLE_CHANGES = (
     "name", "trainer.epochs", "trainer.max_steps", "trainer.log_every_steps", "trainer.eval_every_epochs",
-    "trainer.record_samples", "data.num_workers", "metrics", "checkpoint.", "logging.",
+    "trainer.record_samples", "trainer.mixed_precision", "data.num_workers", "metrics", "checkpoint.",
+    "logging.", "distributed.strategy",
 )
 
 
@@ -110,7 +113,15 @@ def _explicit_checkpoint(resume: str | Path) -> Path:
 
 def _changes_since(folder: Path, recipe: Recipe) -> list[str]:
     """Recipe keys changed since the checkpoint that a resume allows; refused changes raise."""
-    if read_train_state(folder).recipe_digest == recipe.digest():
+    state = read_train_state(folder)
+    precision = resolve_precision(recipe)
+    if state.precision and state.precision != precision:
+        raise UserError(
+            f"checkpoint {folder} was trained with mixed precision '{state.precision}', and this command would "
+            f"go on in '{precision}' (trainer.mixed_precision={recipe.trainer.mixed_precision}); resume with "
+            f"the same precision, or start over with --restart (the old run is kept)"
+        )
+    if state.recipe_digest == recipe.digest():
         return []
     return _allowed_changes(read_recipe(folder), recipe, f"checkpoint {folder}")
 

@@ -77,7 +77,10 @@ class Trainer:
         self.total_steps = recipe.trainer.total_steps(self.steps_per_epoch)
         objects = TrainObjects(accelerator.unwrap_model(model), optimizer, scheduler, accelerator.scaler)
         self.checkpoints = CheckpointManager(run.checkpoints, recipe.checkpoint, processes, objects)
-        self.state = TrainState(world_size=processes.world_size, sampler_seed=recipe.seed, recipe_digest=recipe.digest())
+        self.state = TrainState(
+            world_size=processes.world_size, sampler_seed=recipe.seed, recipe_digest=recipe.digest(),
+            precision=accelerator.mixed_precision,
+        )
         self._stop_signal = 0
 
     # --- start-up -------------------------------------------------------------------------------
@@ -88,13 +91,14 @@ class Trainer:
         if processes.is_main:
             print(
                 f"world_size={processes.world_size} device={processes.device.type} "
-                f"precision={recipe.trainer.mixed_precision} strategy={recipe.distributed.strategy}",
+                f"precision={self.accelerator.mixed_precision} strategy={processes.strategy}",
                 flush=True,
             )
         if resume_from is not None:
             saved = self.checkpoints.load(resume_from)
             self.state = state = dataclasses.replace(
-                saved, world_size=processes.world_size, recipe_digest=recipe.digest()
+                saved, world_size=processes.world_size, recipe_digest=recipe.digest(),
+                precision=self.accelerator.mixed_precision,
             )
             if processes.is_main:
                 print(

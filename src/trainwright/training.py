@@ -17,6 +17,7 @@ from trainwright.components import (
     build_data, build_model, build_optimizer, build_scheduler, build_scoring, check_recipe,
 )
 from trainwright.errors import UserError
+from trainwright.launcher import resolve_precision, resolve_strategy
 from trainwright.processes import Processes, launch_rank
 from trainwright.recipe import Recipe
 from trainwright.run_plan import RunPlan, apply_plan, plan_run
@@ -37,8 +38,8 @@ def execute(recipe: Recipe, plan: RunPlan) -> Outcome:
     if plan.completed is not None:
         return Outcome("already-completed", plan.completed)
     check_recipe(recipe)
-    accelerator = make_accelerator(recipe)
-    processes = Processes.from_accelerator(accelerator)
+    accelerator = make_accelerator(resolve_precision(recipe))
+    processes = Processes.from_accelerator(accelerator, resolve_strategy(recipe))
     if recipe.data.batch_size % processes.world_size:
         raise UserError(
             f"data.batch_size={recipe.data.batch_size} is the global batch and must divide evenly "
@@ -65,11 +66,11 @@ def execute(recipe: Recipe, plan: RunPlan) -> Outcome:
     return outcome
 
 
-def make_accelerator(recipe: Recipe) -> Accelerator:
+def make_accelerator(precision: str) -> Accelerator:
     """Accelerate decides devices and processes; on a machine without CUDA it runs on the CPU (gloo)."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
     cache_lomo_probe()
-    precision, on_cpu = recipe.trainer.mixed_precision, not torch.cuda.is_available()
+    on_cpu = not torch.cuda.is_available()
     if precision == "fp16" and on_cpu:  # Accelerate would quietly train in fp32
         raise UserError("trainer.mixed_precision=fp16 needs a GPU; on the CPU use bf16 (or no)")
     try:

@@ -1,0 +1,59 @@
+"""What the launcher asked for, reconciled with the recipe: mixed precision and the parallel strategy.
+
+`accelerate launch` passes its choices to the processes it starts through environment variables:
+`--mixed_precision` or a config's `mixed_precision` as ACCELERATE_MIXED_PRECISION, a config with
+`distributed_type: FSDP` as ACCELERATE_USE_FSDP=true. Accelerate sets ACCELERATE_MIXED_PRECISION=no
+when nothing was asked, so 'no' from the launcher cannot be told apart from no choice at all and
+never contradicts a recipe.
+"""
+
+from __future__ import annotations
+
+import os
+
+from trainwright.errors import UserError
+from trainwright.recipe import Recipe
+
+PRECISION_VARIABLE = "ACCELERATE_MIXED_PRECISION"
+FSDP_VARIABLE = "ACCELERATE_USE_FSDP"
+
+
+def launcher_precision() -> str | None:
+    """The precision the launcher asked for (bf16, fp16, ...), or None when it asked for none."""
+    value = os.environ.get(PRECISION_VARIABLE, "").strip().lower()
+    return value if value not in ("", "no") else None
+
+
+def resolve_precision(recipe: Recipe) -> str:
+    """'no', 'bf16' or 'fp16': the recipe's value, or the launcher's where the recipe says auto."""
+    asked, launched = recipe.trainer.mixed_precision, launcher_precision()
+    if launched is not None and launched not in ("bf16", "fp16"):
+        raise UserError(f"the launcher asks for mixed precision '{launched}'; trainwright trains in no, bf16 or fp16")
+    if asked == "auto":
+        return launched or "no"
+    if launched is not None and launched != asked:
+        raise UserError(
+            f"trainer.mixed_precision={asked} contradicts the launcher's mixed precision '{launched}' "
+            f"(accelerate launch --mixed_precision, the config's mixed_precision or {PRECISION_VARIABLE}); "
+            "change one of them, or set trainer.mixed_precision=auto to follow the launcher"
+        )
+    return asked
+
+
+def launcher_wants_fsdp() -> bool:
+    return os.environ.get(FSDP_VARIABLE, "").strip().lower() in ("1", "true", "yes")
+
+
+def resolve_strategy(recipe: Recipe) -> str:
+    """'ddp' or 'fsdp': the recipe's value, or FSDP where the launcher's config says so and the recipe
+    says auto."""
+    asked = recipe.distributed.strategy
+    if launcher_wants_fsdp():
+        if asked == "ddp":
+            raise UserError(
+                "distributed.strategy=ddp contradicts the launcher, whose accelerate config has distributed_type: "
+                "FSDP; launch with a DDP config (e.g. accelerate_configs/cpu_2proc.yaml), or set "
+                "distributed.strategy=fsdp (or auto)"
+            )
+        return "fsdp"
+    return "ddp" if asked == "auto" else asked
