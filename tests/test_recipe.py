@@ -62,9 +62,3 @@ def test_unknown_component_name_suggests_the_right_one():
     recipe = load_recipe(RECIPES[0].parent / "heart.yaml", ["optimizer.name=adamm"])
     with pytest.raises(UserError, match="did you mean 'adam'"):
         check_recipe(recipe)
-
-
-def test_fsdp_is_refused_for_now():
-    recipe = load_recipe(RECIPES[0].parent / "heart.yaml", ["distributed.strategy=fsdp"])
-    with pytest.raises(UserError, match="fsdp"):
-        check_recipe(recipe)

@@ -1,9 +1,12 @@
-"""Workarounds for Accelerate internals, in one place. `tests/test_accelerate_compat.py` fails loudly
+"""Workarounds for Accelerate's internals and defaults, in one place. `tests/test_accelerate_compat.py` fails loudly
 when a name patched here disappears from Accelerate (pyproject.toml pins the tested minor version)."""
 
 from __future__ import annotations
 
 import functools
+import os
+
+from trainwright.launcher import FSDP_VARIABLE
 
 # What this module touches in Accelerate: module path -> attribute names.
 PATCHED = {
@@ -25,6 +28,14 @@ def cache_lomo_probe() -> None:
     probe = functools.cache(accelerate.utils.imports.is_lomo_available)
     accelerate.optimizer.is_lomo_available = probe
     accelerate.accelerator.is_lomo_available = probe
+
+
+def keep_accelerate_fsdp_off() -> None:
+    """trainwright applies FSDP2 itself (parallel.py) and passes only the optimizer through `prepare`;
+    Accelerate's own FSDP mode (switched on by an FSDP launcher config, on GPUs) expects to wrap the
+    model and changes backward and clipping. The strategy was read from the launcher already
+    (launcher.resolve_strategy), so Accelerate is told nothing of it."""
+    os.environ.pop(FSDP_VARIABLE, None)
 
 
 def forget_accelerator_state() -> None:

@@ -67,6 +67,14 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from trainwright.export import export_weights
+
+    done = export_weights(args.source, args.out)
+    print(f"Exported step {done.step} of {done.checkpoint} ({done.tensors} tensors, {done.parameters:,} parameters) to {args.out}")
+    return 0
+
+
 def _check(args: argparse.Namespace) -> int:
     from trainwright.components import check_recipe
 
@@ -116,6 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "predict":
             command.add_argument("-n", type=_positive_int, default=10, help="number of items (default 10)")
         command.set_defaults(handler=handler)
+
+    export = commands.add_parser(
+        "export", help="write the model weights of a checkpoint (full or sharded) to one safetensors file",
+        description="Write the whole model's weights of a checkpoint folder, or of a run dir's newest valid "
+        "checkpoint, to one safetensors file (sharded checkpoints are consolidated; no launcher needed).",
+    )
+    export.add_argument("source", help="a checkpoint folder (runs/X/checkpoints/step_...) or a run dir")
+    export.add_argument("--out", required=True, help="the safetensors file to write (must not exist)")
+    export.set_defaults(handler=_export)
 
     check = commands.add_parser("check", help="validate a recipe and print it resolved")
     check.add_argument("recipe", help="recipe YAML file")

@@ -21,10 +21,6 @@ from trainwright.registry import DATASETS, LOSSES, METRICS, MODELS, OPTIMIZERS, 
 
 def check_recipe(recipe: Recipe) -> None:
     """Check that every component exists and takes the arguments given (no data is read)."""
-    if recipe.distributed.strategy == "fsdp":
-        raise UserError(
-            "distributed.strategy: 'fsdp' is not supported yet; use 'ddp' (the default) for now"
-        )
     DATASETS.check(recipe.data.name, recipe.data.kwargs())
     MODELS.check(recipe.model.name, recipe.model.kwargs())
     LOSSES.check(recipe.loss.name, recipe.loss.kwargs())

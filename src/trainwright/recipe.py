@@ -109,6 +109,10 @@ class DistributedConfig(_Section):
     strategy: Literal["auto", "ddp", "fsdp"] = Field(
         "auto", description="auto: fsdp when the accelerate config's distributed_type is FSDP, else ddp"
     )
+    shard_modules: list[str] | None = Field(
+        None, description="fsdp: class names of the modules to shard one by one (default: those holding parameters)"
+    )
+    reshard_after_forward: bool = Field(True, description="fsdp: free gathered parameters after forward")
 
 
 class Recipe(_Section):

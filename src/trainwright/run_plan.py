@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 RESUMABLE_CHANGES = (
     "name", "trainer.epochs", "trainer.max_steps", "trainer.log_every_steps", "trainer.eval_every_epochs",
     "trainer.record_samples", "trainer.mixed_precision", "data.num_workers", "metrics", "checkpoint.",
-    "logging.", "distributed.strategy",
+    "logging.", "distributed.",
 )
 
 

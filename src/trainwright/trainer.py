@@ -27,6 +27,7 @@ from trainwright.data.loading import batches_per_epoch, iterate, train_indices
 from trainwright.errors import UserError
 from trainwright.evaluation import Scoring, evaluate
 from trainwright.files import write_json_atomic
+from trainwright.parallel import full_weights, gradient_sync
 from trainwright.processes import Processes
 from trainwright.recipe import Recipe
 from trainwright.rundir import RunDir
@@ -163,7 +164,7 @@ class Trainer:
                 group_end = min(group_start + accum, self.micro_per_epoch)
                 last_in_group = micro + 1 == group_end
                 inputs, targets = inputs.to(acc.device, non_blocking=True), targets.to(acc.device, non_blocking=True)
-                with contextlib.nullcontext() if last_in_group else acc.no_sync(self.model):
+                with gradient_sync(acc, self.model, enabled=last_in_group):
                     loss = self.scoring.loss_fn(self.model(inputs).float(), targets)
                     acc.backward(loss / (group_end - group_start))
                 self._loss_sum += loss.detach()
@@ -282,9 +283,10 @@ class Trainer:
             "steps_per_epoch": self.steps_per_epoch,
             **state.val_metrics,
         }
+        weights = full_weights(self.accelerator, self.model)  # a collective under fsdp
         if self.processes.is_main:
             metadata = {"recipe": self.recipe.name, "trainwright_version": __version__, "step": str(state.step)}
-            save_weights(self.accelerator.unwrap_model(self.model), self.run.model_file, metadata)
+            save_weights(weights, self.run.model_file, metadata)
             write_json_atomic(self.run.summary_file, summary)
             self.checkpoints.finish()
         self.processes.barrier()

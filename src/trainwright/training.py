@@ -12,7 +12,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from trainwright.accelerate_compat import cache_lomo_probe
+from trainwright import parallel
+from trainwright.accelerate_compat import cache_lomo_probe, keep_accelerate_fsdp_off
 from trainwright.components import (
     build_data, build_model, build_optimizer, build_scheduler, build_scoring, check_recipe,
 )
@@ -38,8 +39,9 @@ def execute(recipe: Recipe, plan: RunPlan) -> Outcome:
     if plan.completed is not None:
         return Outcome("already-completed", plan.completed)
     check_recipe(recipe)
-    accelerator = make_accelerator(resolve_precision(recipe))
-    processes = Processes.from_accelerator(accelerator, resolve_strategy(recipe))
+    precision, strategy = resolve_precision(recipe), resolve_strategy(recipe)
+    accelerator = make_accelerator(precision)
+    processes = Processes.from_accelerator(accelerator, strategy)
     if recipe.data.batch_size % processes.world_size:
         raise UserError(
             f"data.batch_size={recipe.data.batch_size} is the global batch and must divide evenly "
@@ -55,12 +57,16 @@ def execute(recipe: Recipe, plan: RunPlan) -> Outcome:
     set_seed(recipe.seed)  # the model's initial weights depend on the seed alone
     model = build_model(recipe)
     scoring = build_scoring(recipe, data)
-    optimizer = build_optimizer(recipe, model)
+    model, optimizer = parallel.prepare(
+        accelerator, processes, recipe.distributed, precision, model, lambda params: build_optimizer(recipe, params)
+    )
     scheduler = build_scheduler(recipe, optimizer, total_steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
     apply_plan(plan, recipe, processes)
     trainer = Trainer(recipe, plan.run, accelerator, processes, data, scoring, model, optimizer, scheduler)
-    outcome = trainer.fit(plan.resume_from)
+    try:
+        outcome = trainer.fit(plan.resume_from)
+    finally:
+        accelerator.end_training()  # ends the process group: a worker exiting with one open can abort
     if outcome.status == "completed" and processes.is_main:
         draw_loss_curves(plan.run)
     return outcome
@@ -70,6 +76,7 @@ def make_accelerator(precision: str) -> Accelerator:
     """Accelerate decides devices and processes; on a machine without CUDA it runs on the CPU (gloo)."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
     cache_lomo_probe()
+    keep_accelerate_fsdp_off()
     on_cpu = not torch.cuda.is_available()
     if precision == "fp16" and on_cpu:  # Accelerate would quietly train in fp32
         raise UserError("trainer.mixed_precision=fp16 needs a GPU; on the CPU use bf16 (or no)")

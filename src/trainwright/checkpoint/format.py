@@ -85,12 +85,20 @@ def looks_like_safetensors(path: Path) -> bool:
     return head[8:9] == b"{" and 8 + header_len <= path.stat().st_size
 
 
+def _files(folder: Path) -> list[Path]:
+    """Every file under `folder`, subfolders included, in a stable order."""
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
 def write_manifest(folder: Path, step: int) -> None:
-    """fsync every file of `folder`, then list them with size and sha256 in manifest.json (written last)."""
+    """fsync every file and subfolder of `folder`, then list the files (paths relative to it) with size and
+    sha256 in manifest.json, written last."""
     files = {}
-    for path in sorted(folder.iterdir()):
+    for path in _files(folder):
         fsync_path(path)
-        files[path.name] = {"bytes": path.stat().st_size, "sha256": sha256(path)}
+        files[path.relative_to(folder).as_posix()] = {"bytes": path.stat().st_size, "sha256": sha256(path)}
+    for sub in sorted(p for p in folder.rglob("*") if p.is_dir()):
+        fsync_path(sub)
     write_json(folder / MANIFEST, {"format": FORMAT_VERSION, "step": step, "files": files})
     fsync_path(folder)
 
@@ -104,11 +112,13 @@ def verify(folder: Path) -> str | None:
         listed: dict[str, dict[str, Any]] = json.loads(manifest_path.read_text())["files"]
     except (ValueError, KeyError, TypeError):
         return "manifest.json is unreadable"
-    present = {p.name for p in folder.iterdir()} - {MANIFEST}
+    present = {p.relative_to(folder).as_posix() for p in _files(folder)} - {MANIFEST}
     for name in sorted(present - set(listed)):
         return f"unexpected file {name} (not in the manifest)"
     for name, entry in listed.items():
         path = folder / name
+        if ".." in Path(name).parts or Path(name).is_absolute():
+            return f"the manifest names {name}, outside the checkpoint"
         if not path.is_file():
             return f"{name} is missing"
         if not name.endswith((".safetensors", ".json")):

@@ -15,7 +15,9 @@ from pathlib import Path
 
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from trainwright.checkpoint.objects import TrainObjects, optimizer_from_files, optimizer_to_files
+from trainwright.checkpoint.objects import (
+    TrainObjects, optimizer_from_files, optimizer_to_files, read_json_states, write_json_states,
+)
 from trainwright.errors import UserError
 from trainwright.files import write_json
 
@@ -25,8 +27,7 @@ def write_full_state(folder: Path, objects: TrainObjects, step: int) -> None:
     opt_tensors, opt_meta = optimizer_to_files(objects.optimizer.state_dict())
     save_file(opt_tensors, folder / "optimizer.safetensors")
     write_json(folder / "optimizer.json", opt_meta)
-    write_json(folder / "scheduler.json", objects.scheduler.state_dict() if objects.scheduler else None)
-    write_json(folder / "scaler.json", objects.scaler.state_dict() if objects.scaler else None)
+    write_json_states(folder, objects)
 
 
 def read_full_state(folder: Path, objects: TrainObjects) -> None:
@@ -42,7 +43,4 @@ def read_full_state(folder: Path, objects: TrainObjects) -> None:
         load_file(folder / "optimizer.safetensors"), opt_meta, objects.optimizer.state_dict()["param_groups"]
     )
     objects.optimizer.load_state_dict(opt_state)
-    for name, target in (("scheduler.json", objects.scheduler), ("scaler.json", objects.scaler)):
-        saved = json.loads((folder / name).read_text())
-        if target is not None and saved is not None:
-            target.load_state_dict(saved)
+    read_json_states(folder, objects)

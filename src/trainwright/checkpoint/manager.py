@@ -1,8 +1,10 @@
 """CheckpointManager: saves the live objects of a run atomically and restores them on resume.
 
-Layout of `checkpoints/step_XXXXXXXX/` (see format.py for the manifest, full.py for the state files):
+Layout of `checkpoints/step_XXXXXXXX/` (see format.py for the manifest):
 
-  model.safetensors, optimizer.safetensors, optimizer.json, scheduler.json, scaler.json
+  model and optimizer state    full (full.py: model.safetensors, optimizer.safetensors, optimizer.json) or,
+                               under fsdp, sharded (sharded.py: model/ and optimizer/ with a file per process)
+  scheduler.json, scaler.json  LR scheduler and fp16 grad-scaler states
   rng_<rank>.safetensors   torch CPU/CUDA RNG states of process <rank>
   rng_<rank>.json          Python `random` and NumPy RNG states of process <rank>
   trainer.json             TrainState: step, data position, samples seen, validation metrics, ...
@@ -24,6 +26,9 @@ from trainwright.checkpoint.format import (
     RECIPE_FILE, TMP_PREFIX, TRAINER_FILE, TrainState, read_train_state, step_dir_name, write_manifest,
 )
 from trainwright.checkpoint.full import read_full_state, write_full_state
+from trainwright.checkpoint.sharded import (
+    is_sharded_checkpoint, read_full_state_sharded, read_sharded_state, write_sharded_state,
+)
 from trainwright.checkpoint.objects import TrainObjects, fresh_rng, rng_from_files, rng_to_files
 from trainwright.checkpoint.policy import SavePolicy
 from trainwright.files import replace_dir, write_json
@@ -58,9 +63,12 @@ class CheckpointManager:
         rng_tensors, rng_meta = rng_to_files()
         save_file(rng_tensors, tmp / f"rng_{processes.rank}.safetensors")
         write_json(tmp / f"rng_{processes.rank}.json", rng_meta)
+        if processes.strategy == "fsdp":
+            write_sharded_state(tmp, self.objects, processes)
+        elif processes.is_main:
+            write_full_state(tmp, self.objects, state.step)
         processes.barrier()
         if processes.is_main:
-            write_full_state(tmp, self.objects, state.step)
             write_json(tmp / TRAINER_FILE, state.to_json())
             write_json(tmp / RECIPE_FILE, recipe)
             write_manifest(tmp, state.step)
@@ -74,7 +82,12 @@ class CheckpointManager:
     def load(self, folder: Path) -> TrainState:
         """Restore every live object from `folder` (verified when the run was planned) and return the
         loop's state."""
-        read_full_state(folder, self.objects)
+        if is_sharded_checkpoint(folder):
+            read_sharded_state(folder, self.objects)
+        elif self.processes.strategy == "fsdp":
+            read_full_state_sharded(folder, self.objects, self.processes)
+        else:
+            read_full_state(folder, self.objects)
         state = read_train_state(folder)
         rank = self.processes.rank
         if rank < state.world_size:

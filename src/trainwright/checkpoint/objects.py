@@ -3,8 +3,10 @@ safetensors) and JSON (everything else)."""
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,6 +14,7 @@ import torch
 from torch import nn
 
 from trainwright.checkpoint.format import TrainState
+from trainwright.files import write_json
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,19 @@ class TrainObjects:
     optimizer: torch.optim.Optimizer
     scheduler: Any | None  # an LR scheduler (state_dict / load_state_dict)
     scaler: Any | None  # the fp16 grad scaler
+
+
+def write_json_states(folder: Path, objects: TrainObjects) -> None:
+    """scheduler.json and scaler.json: LR scheduler and fp16 grad-scaler states (null when there is none)."""
+    write_json(folder / "scheduler.json", objects.scheduler.state_dict() if objects.scheduler else None)
+    write_json(folder / "scaler.json", objects.scaler.state_dict() if objects.scaler else None)
+
+
+def read_json_states(folder: Path, objects: TrainObjects) -> None:
+    for name, target in (("scheduler.json", objects.scheduler), ("scaler.json", objects.scaler)):
+        saved = json.loads((folder / name).read_text())
+        if target is not None and saved is not None:
+            target.load_state_dict(saved)
 
 
 def optimizer_to_files(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

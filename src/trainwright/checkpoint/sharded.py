@@ -1,0 +1,152 @@
+"""The model and optimizer files of a sharded checkpoint (strategy fsdp): every process writes its own
+shards, and a checkpoint loads into any number of processes and into any strategy.
+
+  model/shard-0000K-model-00001-of-00001.safetensors      process K-1's shards of the weights
+  optimizer/shard-0000K-model-00001-of-00001.safetensors  its shards of the optimizer state (`state.<param>.<name>`)
+  optimizer.json                                          the non-tensor optimizer state (`param_groups.<param>.<key>`)
+  scheduler.json, scaler.json                             as in a full checkpoint
+
+Written and read through torch.distributed.checkpoint's Hugging Face safetensors storage: each file's
+`DCP_SHARDING_INFO` metadata gives every tensor's offsets in the whole, which is how a load reshards.
+Only tensors go to that storage (it would pickle anything else); the rest is JSON.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed.checkpoint as dcp
+from safetensors.torch import load_file
+from torch.distributed.checkpoint import CheckpointException, HuggingFaceStorageReader, HuggingFaceStorageWriter
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_model_state_dict, set_optimizer_state_dict,
+)
+from torch.distributed.fsdp import FSDPModule
+
+from trainwright.checkpoint.objects import TrainObjects, read_json_states, write_json_states
+from trainwright.errors import UserError
+from trainwright.files import write_json
+from trainwright.processes import Processes
+
+MODEL_DIR = "model"
+OPTIMIZER_DIR = "optimizer"
+_FLAT = StateDictOptions(flatten_optimizer_state_dict=True)
+
+
+def is_sharded_checkpoint(folder: Path) -> bool:
+    return (folder / MODEL_DIR).is_dir()
+
+
+def write_sharded_state(folder: Path, objects: TrainObjects, processes: Processes) -> None:
+    """Every process writes its shards; the main process the JSON files. A collective."""
+    optimizer = _plain(objects.optimizer)
+    model_state = get_model_state_dict(objects.model)
+    tensors, other = _split(get_optimizer_state_dict(objects.model, optimizer, options=_FLAT))
+    for name, state in ((MODEL_DIR, model_state), (OPTIMIZER_DIR, tensors)):
+        dcp.save(state, storage_writer=HuggingFaceStorageWriter(str(folder / name), save_distributed=True))
+    if processes.is_main:
+        write_json(folder / "optimizer.json", other)
+        write_json_states(folder, objects)
+
+
+def read_sharded_state(folder: Path, objects: TrainObjects) -> None:
+    """Load a sharded checkpoint into the live objects: a sharded model takes its own shards at any process
+    count (a collective); an unsharded one reads the whole state on every process by itself."""
+    collective = isinstance(objects.model, FSDPModule)
+    optimizer = _plain(objects.optimizer)
+    with _checkpoint_must_fit(folder):
+        model_state = get_model_state_dict(objects.model)
+        _load(model_state, folder / MODEL_DIR, collective)
+        set_model_state_dict(objects.model, model_state)
+        tensors, other = _split(get_optimizer_state_dict(objects.model, optimizer, options=_FLAT))
+        _load(tensors, folder / OPTIMIZER_DIR, collective)
+        saved = json.loads((folder / "optimizer.json").read_text())
+        if set(saved) != set(other):
+            raise UserError(f"checkpoint {folder} does not fit this recipe's optimizer (its parameter groups differ)")
+        other = {key: tuple(value) if isinstance(other[key], tuple) else value for key, value in saved.items()}
+        set_optimizer_state_dict(objects.model, optimizer, {**tensors, **other}, options=_FLAT)
+    read_json_states(folder, objects)
+
+
+def read_full_state_sharded(folder: Path, objects: TrainObjects, processes: Processes) -> None:
+    """Load a full checkpoint (model.safetensors, optimizer.safetensors keyed by parameter index) into a
+    sharded model: the main process reads the files and every process receives its shards."""
+    optimizer = _plain(objects.optimizer)
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    model_state: dict[str, torch.Tensor] = {}
+    optimizer_state: dict[str, Any] = {}
+    if processes.is_main:
+        model_state = load_file(folder / "model.safetensors")
+        optimizer_state = _by_name(folder, _param_names(objects.model, optimizer))
+    with _checkpoint_must_fit(folder):
+        set_model_state_dict(objects.model, model_state, options=options)
+        set_optimizer_state_dict(objects.model, optimizer, optimizer_state, options=options)
+    read_json_states(folder, objects)
+
+
+def consolidated_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """The whole model's weights of a verified checkpoint, full or sharded, in this one process (no process
+    group): for `trainwright export`."""
+    if not is_sharded_checkpoint(folder):
+        return load_file(folder / "model.safetensors")
+    reader = HuggingFaceStorageReader(str(folder / MODEL_DIR))
+    metadata = reader.read_metadata()
+    weights = {key: torch.empty(item.size, dtype=item.properties.dtype) for key, item in metadata.state_dict_metadata.items()}
+    _load(weights, folder / MODEL_DIR, collective=False)
+    return weights
+
+
+def _load(state: dict[str, Any], folder: Path, collective: bool) -> None:
+    with warnings.catch_warnings():  # dcp says it assumes a single process: that is the intent here
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, storage_reader=HuggingFaceStorageReader(str(folder)), no_dist=not collective)
+
+
+@contextlib.contextmanager
+def _checkpoint_must_fit(folder: Path) -> Iterator[None]:
+    """A checkpoint whose tensors do not match the model's is one clear error."""
+    try:
+        yield
+    except (CheckpointException, RuntimeError, KeyError, ValueError) as exc:  # CheckpointException is a BaseException
+        raise UserError(f"checkpoint {folder} does not fit this recipe's model or optimizer: {exc}") from None
+
+
+def _plain(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The torch optimizer inside Accelerate's wrapper (the state-dict helpers match it to the model's parameters)."""
+    return getattr(optimizer, "optimizer", optimizer)
+
+
+def _split(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    return tensors, {k: v for k, v in state.items() if k not in tensors}
+
+
+def _param_names(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """Parameter names in the order of the optimizer's param groups: name i is index i of a full optimizer file."""
+    names = {param: name for name, param in model.named_parameters()}
+    return [names[param] for group in optimizer.param_groups for param in group["params"]]
+
+
+def _by_name(folder: Path, names: list[str]) -> dict[str, Any]:
+    """A full checkpoint's optimizer state (keyed by parameter index) keyed by parameter name, as torch's
+    `set_optimizer_state_dict` takes it."""
+    tensors = load_file(folder / "optimizer.safetensors")
+    meta = json.loads((folder / "optimizer.json").read_text())
+    state: dict[str, dict[str, Any]] = {}
+    for key, tensor in tensors.items():
+        index, name = key.split(".", 1)
+        state.setdefault(names[int(index)], {})[name] = tensor
+    for index, values in meta["scalars"].items():
+        state.setdefault(names[int(index)], {}).update(values)
+    groups = [
+        {**{k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in group.items()},
+         "params": [names[i] for i in group["params"]]}
+        for group in meta["param_groups"]
+    ]
+    return {"state": state, "param_groups": groups}

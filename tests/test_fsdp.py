@@ -1,0 +1,214 @@
+"""Sharded training (FSDP2) on CPU processes: per-process checkpoint shards, bitwise resume at the same
+process count, resharding resume at 1 and 3 processes, DDP <-> FSDP resume, export, bf16.
+
+The workload is the FashionMNIST MLP (784-512-512-10) on synthetic IDX files, with a global batch of 48
+(divisible by 1, 2 and 3 processes): 1000 images -> 20 steps per epoch, 2 epochs, a checkpoint every 5
+steps. Checkpoint contents are read with safetensors and json only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from conftest import REPO, write_fashion_mnist
+
+CONFIGS = REPO / "accelerate_configs"
+FSDP_2PROC = CONFIGS / "fsdp_cpu_2proc.yaml"
+DDP_2PROC = CONFIGS / "cpu_2proc.yaml"
+TOTAL_STEPS = 40
+FIRST_LAYER = (512, 784)
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "ACCELERATE_", "PET_"))}
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return env
+
+
+def _command(data_root: Path, run_dir: Path, *overrides: str, processes: int, config: Path = FSDP_2PROC,
+             precision: str | None = None) -> list[str]:
+    train = ["-m", "trainwright", "train", "recipes/fashion_mnist_mlp.yaml", f"data.root={data_root}",
+             "data.batch_size=48", "trainer.epochs=2", "optimizer.name=adamw", "optimizer.lr=0.001",
+             "checkpoint.every_steps=5", "checkpoint.keep_last=2", "logging.wandb=false", *overrides,
+             "--run-dir", str(run_dir)]
+    if processes == 1 and precision is None:
+        return [sys.executable, *train]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
+              "--main_process_port", str(free_port()), "--num_processes", str(processes)]
+    if precision:
+        launch += ["--mixed_precision", precision]
+    return [*launch, *train]
+
+
+def train(data_root: Path, run_dir: Path, *overrides: str, processes: int = 2, **options) -> subprocess.CompletedProcess:
+    result = subprocess.run(_command(data_root, run_dir, *overrides, processes=processes, **options), cwd=REPO,
+                            env=_env(), capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    return result
+
+
+def kill_tree(process: subprocess.Popen) -> None:
+    """SIGKILL the launcher and every worker (torchrun starts workers in sessions of their own)."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        for child in psutil.Process(process.pid).children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
+    process.kill()
+    process.communicate(timeout=60)
+
+
+def checkpoint_steps(run_dir: Path) -> list[int]:
+    folder = run_dir / "checkpoints"
+    return sorted(int(p.name[5:]) for p in folder.glob("step_*")) if folder.is_dir() else []
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("fashion")
+    write_fashion_mnist(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference(data_root, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """An uninterrupted FSDP run on 2 CPU processes, launched with the FSDP config (strategy auto)."""
+    run_dir = tmp_path_factory.mktemp("fsdp_reference") / "run"
+    return run_dir, train(data_root, run_dir)
+
+
+def test_fsdp_run_says_so_and_learns(reference):
+    run_dir, result = reference
+    assert "world_size=2 device=cpu precision=no strategy=fsdp" in result.stdout
+    assert f"Run complete at step {TOTAL_STEPS}:" in result.stdout
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["val/accuracy"] >= 0.9
+    weights = load_file(run_dir / "model.safetensors")
+    assert tuple(weights["1.weight"].shape) == FIRST_LAYER  # full weights, same names as a plain model's
+
+
+def test_checkpoints_are_sharded_per_process_and_free_of_pickle(reference):
+    run_dir, _ = reference
+    folder = run_dir / "checkpoints" / f"step_{TOTAL_STEPS:08d}"
+    manifest = json.loads((folder / "manifest.json").read_text())["files"]
+    for part in ("model", "optimizer"):
+        shards = sorted((folder / part).glob("*.safetensors"))
+        assert [p.name for p in shards] == [f"shard-0000{r}-model-00001-of-00001.safetensors" for r in (1, 2)]
+        for shard in shards:
+            assert f"{part}/{shard.name}" in manifest  # every process's files are in the one manifest
+            with safe_open(shard, "pt") as file:
+                shapes = {key: tuple(file.get_slice(key).get_shape()) for key in file.keys()}
+            first = shapes["1.weight" if part == "model" else "state.1.weight.exp_avg"]
+            assert first == (FIRST_LAYER[0] // 2, FIRST_LAYER[1])  # no file holds the whole first layer
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            assert path.suffix not in (".distcp", ".metadata", ".pt", ".pkl"), path
+            head = path.read_bytes()[:2]
+            assert head[:1] != b"\x80" and head != b"PK", f"{path} looks like a pickle/torch.save file"
+
+
+def test_sigkill_mid_run_resumes_bitwise(reference, data_root, tmp_path):
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen(_command(data_root, run_dir, processes=2), cwd=REPO, env=_env(), text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while not [s for s in checkpoint_steps(run_dir) if 5 <= s < 20]:  # mid-epoch of epoch 1
+            assert process.poll() is None, process.stdout.read()
+            assert time.monotonic() < deadline, "no checkpoint appeared in time"
+            time.sleep(0.05)
+    finally:
+        kill_tree(process)
+    resumed_at = checkpoint_steps(run_dir)[-1]
+    assert resumed_at < TOTAL_STEPS
+    result = train(data_root, run_dir)
+    assert "world_size=2 device=cpu precision=no strategy=fsdp" in result.stdout
+    assert f"Resuming from step {resumed_at} " in result.stdout
+    assert (run_dir / "model.safetensors").read_bytes() == (reference[0] / "model.safetensors").read_bytes()
+
+
+def test_resumes_resharded_on_one_and_on_three_processes(reference, data_root, tmp_path):
+    run_dir = tmp_path / "run"
+    train(data_root, run_dir, "trainer.max_steps=15")
+    one = train(data_root, run_dir, "trainer.max_steps=25", "distributed.strategy=fsdp", processes=1)
+    assert "world_size=1 device=cpu precision=no strategy=fsdp" in one.stdout
+    assert "Resuming from step 15 " in one.stdout
+    three = train(data_root, run_dir, processes=3)
+    assert "world_size=3 device=cpu precision=no strategy=fsdp" in three.stdout
+    assert "Resuming from step 25 " in three.stdout
+    assert f"Run complete at step {TOTAL_STEPS}:" in three.stdout
+    shards = sorted((run_dir / "checkpoints" / f"step_{TOTAL_STEPS:08d}" / "model").glob("*.safetensors"))
+    assert len(shards) == 3
+    weights, expected = load_file(run_dir / "model.safetensors"), load_file(reference[0] / "model.safetensors")
+    assert tuple(weights["1.weight"].shape) == FIRST_LAYER
+    for key in expected:  # the same training; only the order of the processes' sums differs
+        torch.testing.assert_close(weights[key], expected[key], rtol=1e-4, atol=1e-5)
+
+
+def test_export_of_a_sharded_checkpoint_equals_the_gathered_weights(reference, tmp_path):
+    run_dir, _ = reference
+    out = tmp_path / "weights.safetensors"
+    result = subprocess.run([sys.executable, "-m", "trainwright", "export", str(run_dir / "checkpoints" / f"step_{TOTAL_STEPS:08d}"),
+                             "--out", str(out)], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"Exported step {TOTAL_STEPS}" in result.stdout
+    exported, gathered = load_file(out), load_file(run_dir / "model.safetensors")
+    assert exported.keys() == gathered.keys()
+    assert all(torch.equal(exported[k], gathered[k]) for k in gathered)
+    again = subprocess.run([sys.executable, "-m", "trainwright", "export", str(run_dir), "--out", str(out)], cwd=REPO,
+                           env=_env(), capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and "does not overwrite" in again.stderr
+
+
+def test_ddp_to_fsdp_to_single_process_resume(reference, data_root, tmp_path):
+    run_dir = tmp_path / "run"
+    ddp = train(data_root, run_dir, "trainer.max_steps=10", config=DDP_2PROC)
+    assert "world_size=2 device=cpu precision=no strategy=ddp" in ddp.stdout
+    assert (run_dir / "checkpoints" / "step_00000010" / "model.safetensors").is_file()  # a full checkpoint
+    fsdp = train(data_root, run_dir, "trainer.max_steps=20")
+    assert "strategy=fsdp" in fsdp.stdout and "Resuming from step 10 " in fsdp.stdout
+    assert (run_dir / "checkpoints" / "step_00000020" / "model").is_dir()  # a sharded one
+    single = train(data_root, run_dir, "distributed.strategy=ddp", processes=1)
+    assert "world_size=1 device=cpu precision=no strategy=ddp" in single.stdout
+    assert "Resuming from step 20 " in single.stdout
+    weights, expected = load_file(run_dir / "model.safetensors"), load_file(reference[0] / "model.safetensors")
+    for key in expected:
+        torch.testing.assert_close(weights[key], expected[key], rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_from_the_launcher_under_fsdp(data_root, tmp_path):
+    result = train(data_root, tmp_path / "run", "trainer.max_steps=5", precision="bf16")
+    assert "world_size=2 device=cpu precision=bf16 strategy=fsdp" in result.stdout
+    assert load_file(tmp_path / "run" / "model.safetensors")["1.weight"].dtype == torch.float32  # fp32 master weights
+
+
+def test_shard_modules_must_name_classes_of_the_model(capsys, tmp_path):
+    from conftest import RECIPES, assert_user_error
+    from trainwright.cli import main
+
+    code = main(["train", str(RECIPES / "heart.yaml"), "data.num_points=200", "logging.wandb=false",
+                 "distributed.strategy=fsdp", "distributed.shard_modules=[Linaer]", "--run-dir", str(tmp_path / "run")])
+    assert_user_error(code, capsys.readouterr().err, "distributed.shard_modules", "'Linaer'", "did you mean 'Linear'")
+    assert not (tmp_path / "run").exists()
