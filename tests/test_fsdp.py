@@ -212,3 +212,57 @@ def test_shard_modules_must_name_classes_of_the_model(capsys, tmp_path):
                  "distributed.strategy=fsdp", "distributed.shard_modules=[Linaer]", "--run-dir", str(tmp_path / "run")])
     assert_user_error(code, capsys.readouterr().err, "distributed.shard_modules", "'Linaer'", "did you mean 'Linear'")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_sharded_checkpoint_missing_one_process_file_is_not_used(reference, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference[0], run_dir)
+    newest = run_dir / "checkpoints" / f"step_{TOTAL_STEPS:08d}"
+    (newest / "optimizer" / "shard-00002-model-00001-of-00001.safetensors").unlink()
+    result = subprocess.run([sys.executable, "-m", "trainwright", "export", str(run_dir), "--out", str(tmp_path / "w.safetensors")],
+                            cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"Exported step {TOTAL_STEPS - 5} " in result.stdout  # the previous checkpoint (keep_last: 2)
+
+
+def test_eval_and_predict_work_on_an_fsdp_run(reference):
+    run_dir, _ = reference
+    for command in (["eval", str(run_dir)], ["predict", str(run_dir), "-n", "3"]):
+        result = subprocess.run([sys.executable, "-m", "trainwright", *command], cwd=REPO, env=_env(),
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+    assert json.loads(subprocess.run([sys.executable, "-m", "trainwright", "eval", str(run_dir)], cwd=REPO, env=_env(),
+                                     capture_output=True, text=True, timeout=120).stdout)["test/accuracy"] >= 0.9
+
+
+def test_accumulation_clipping_schedule_and_a_stop_signal_under_fsdp_match_ddp(data_root, tmp_path):
+    """FSDP with 2 micro-batches per step, clipping and a cosine schedule, stopped by SIGTERM to the launcher
+    mid-run and resumed, ends where an uninterrupted DDP run of the same recipe ends."""
+    options = ["trainer.grad_accum_steps=2", "data.batch_size=24", "trainer.grad_clip=0.5", "scheduler.name=cosine",
+               "scheduler.warmup_steps=3"]
+    ddp = tmp_path / "ddp"
+    train(data_root, ddp, *options, config=DDP_2PROC)
+    run_dir = tmp_path / "fsdp"
+    process = subprocess.Popen(_command(data_root, run_dir, *options, processes=2), cwd=REPO, env=_env(), text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while not checkpoint_steps(run_dir):
+            assert process.poll() is None, process.stdout.read()
+            assert time.monotonic() < deadline, "no checkpoint appeared in time"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)  # the launcher relays it to both workers
+        output, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            kill_tree(process)
+    assert output.count("trainwright: got SIGTERM; saving a checkpoint after this step") == 2, output
+    stopped = int(output.split("Stopped at step ")[1].split(":")[0])
+    assert stopped < TOTAL_STEPS and checkpoint_steps(run_dir)[-1] == stopped
+    resumed = train(data_root, run_dir, *options)
+    assert f"Resuming from step {stopped} " in resumed.stdout and "strategy=fsdp" in resumed.stdout
+    weights, expected = load_file(run_dir / "model.safetensors"), load_file(ddp / "model.safetensors")
+    for key in expected:
+        torch.testing.assert_close(weights[key], expected[key], rtol=1e-4, atol=1e-5)
