@@ -1,5 +1,5 @@
 """Per-process memory of model + gradients + optimizer state under DDP and FSDP, through trainwright's own
-parallel path (`trainwright.parallel.prepare`), for an MLP of ~54M parameters with AdamW.
+parallel path (`trainwright.parallel.strategy_for(...).prepare`), for an MLP of ~54M parameters with AdamW.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fsdp_memory.py --out benchmarks/results-fsdp-memory.md
 
@@ -32,7 +32,7 @@ def worker() -> None:
 
     from trainwright.components import build_model, build_optimizer
     from trainwright.launcher import resolve_strategy
-    from trainwright.parallel import prepare
+    from trainwright.parallel import strategy_for
     from trainwright.processes import Processes
     from trainwright.recipe import load_recipe
     from trainwright.training import make_accelerator
@@ -45,8 +45,8 @@ def worker() -> None:
     accelerator = make_accelerator("no")
     processes = Processes.from_accelerator(accelerator, strategy)
     torch.manual_seed(0)
-    model, optimizer = prepare(accelerator, processes, recipe.distributed, "no", build_model(recipe),
-                               lambda m: build_optimizer(recipe, m))
+    strategy = strategy_for(accelerator, processes, recipe.distributed, "no")
+    model, optimizer = strategy.prepare(build_model(recipe), lambda module: build_optimizer(recipe, module))
     per_process = 64 // processes.world_size
     for _ in range(2):
         inputs, targets = torch.rand(per_process, 1, 28, 28), torch.randint(0, 10, (per_process,))

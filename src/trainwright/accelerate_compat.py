@@ -31,7 +31,7 @@ def cache_lomo_probe() -> None:
 
 
 def keep_accelerate_fsdp_off() -> None:
-    """trainwright applies FSDP2 itself (parallel.py) and passes only the optimizer through `prepare`;
+    """trainwright applies FSDP2 itself (fsdp.py) and passes only the optimizer through `prepare`;
     Accelerate's own FSDP mode (switched on by an FSDP launcher config, on GPUs) expects to wrap the
     model and changes backward and clipping. The strategy was read from the launcher already
     (launcher.resolve_strategy), so Accelerate is told nothing of it."""

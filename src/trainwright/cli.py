@@ -58,11 +58,9 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from trainwright.inference import load_run
     from trainwright.plots import plot_run
 
-    run = RunDir.existing(args.run_dir)
-    for path in plot_run(load_run(run), run):
+    for path in plot_run(RunDir.existing(args.run_dir)):
         print(path)
     return 0
 

@@ -11,12 +11,17 @@ import torch
 from torch import nn
 
 from trainwright import losses, metrics, models, optim  # noqa: F401  (registers the built-ins)
-from trainwright.data import synthetic, tabular, vision  # noqa: F401  (registers the built-in data sets)
 from trainwright.data.bundle import DataBundle
 from trainwright.errors import UserError
 from trainwright.evaluation import MetricFn, Scoring
 from trainwright.recipe import Recipe
 from trainwright.registry import DATASETS, LOSSES, METRICS, MODELS, OPTIMIZERS, SCHEDULERS
+
+# The built-in data sets, imported when a recipe names them (pandas and torchvision load only then).
+DATASETS.register_path("heart", "trainwright.data.synthetic:heart")
+DATASETS.register_path("linear", "trainwright.data.synthetic:linear")
+DATASETS.register_path("csv", "trainwright.data.tabular:csv")
+DATASETS.register_path("fashion_mnist", "trainwright.data.vision:fashion_mnist")
 
 
 def check_recipe(recipe: Recipe) -> None:

@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 
 from trainwright.curves import plot_curves, save_figure
 from trainwright.data.bundle import TensorSplit
-from trainwright.inference import TrainedRun, model_outputs
+from trainwright.inference import TrainedRun, load_run, model_outputs
 from trainwright.predictions import predicted_labels
 from trainwright.rundir import RunDir
 from trainwright.tracking import read_metrics
@@ -55,9 +55,12 @@ def plot_predictions(trained: TrainedRun, path: Path) -> Path | None:
     return path
 
 
-def plot_run(trained: TrainedRun, run: RunDir) -> list[Path]:
-    """Write every figure that fits this run into `<run dir>/plots/`."""
+def plot_run(run: RunDir) -> list[Path]:
+    """Write every figure that fits this run into `<run dir>/plots/`: the loss curves (also while the run
+    goes on), and the predictions of a finished run."""
     run.plots.mkdir(exist_ok=True)
     written = [plot_curves(read_metrics(run.metrics_file), run.loss_curves)]
-    predictions = plot_predictions(trained, run.predictions_plot)
-    return written + ([predictions] if predictions else [])
+    if run.model_file.is_file():
+        predictions = plot_predictions(load_run(run), run.predictions_plot)
+        written += [predictions] if predictions else []
+    return written

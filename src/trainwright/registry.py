@@ -21,6 +21,7 @@ class Registry:
         self.section = section
         self.provided = set(provided)  # arguments trainwright passes itself (e.g. an optimizer's params)
         self._entries: dict[str, Callable[..., Any]] = {}
+        self._paths: dict[str, str] = {}
         self._meta: dict[str, dict[str, Any]] = {}
 
     def register(self, name: str, **meta: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -33,8 +34,14 @@ class Registry:
 
         return add
 
+    def register_path(self, name: str, path: str, **meta: Any) -> None:
+        """Make the builder at import path 'package.module:attr' available as `name`, imported on first use
+        (so a run imports only the components it uses)."""
+        self._paths[name] = path
+        self._meta[name] = meta
+
     def names(self) -> list[str]:
-        return sorted(self._entries)
+        return sorted({*self._entries, *self._paths})
 
     def meta(self, name: str) -> dict[str, Any]:
         """Extra facts registered with a built-in component ({} for imported ones)."""
@@ -45,10 +52,13 @@ class Registry:
         key = key or f"{self.section}.name"
         if name in self._entries:
             return self._entries[name]
+        if name in self._paths:
+            self._entries[name] = _import(self._paths[name], key)
+            return self._entries[name]
         if ":" in name:
             return _import(name, key)
         raise UserError(
-            f"{key}: unknown {self.kind} '{name}'{did_you_mean(name, self._entries)} "
+            f"{key}: unknown {self.kind} '{name}'{did_you_mean(name, self.names())} "
             f"(built in: {', '.join(self.names())}; or an import path 'package.module:attr')"
         )
 

@@ -27,7 +27,7 @@ from trainwright.data.loading import batches_per_epoch, iterate, train_indices
 from trainwright.errors import UserError
 from trainwright.evaluation import Scoring, evaluate
 from trainwright.files import write_json_atomic
-from trainwright.parallel import full_weights, gradient_sync
+from trainwright.parallel import Strategy
 from trainwright.processes import Processes
 from trainwright.recipe import Recipe
 from trainwright.rundir import RunDir
@@ -64,6 +64,7 @@ class Trainer:
         run: RunDir,
         accelerator: Accelerator,
         processes: Processes,
+        strategy: Strategy,
         data: DataBundle,
         scoring: Scoring,
         model: torch.nn.Module,
@@ -71,6 +72,7 @@ class Trainer:
         scheduler: Any | None,
     ) -> None:
         self.recipe, self.run, self.accelerator, self.processes = recipe, run, accelerator, processes
+        self.strategy = strategy
         self.data, self.scoring = data, scoring
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.micro_per_epoch = batches_per_epoch(len(data.train), recipe.data.batch_size)
@@ -164,7 +166,7 @@ class Trainer:
                 group_end = min(group_start + accum, self.micro_per_epoch)
                 last_in_group = micro + 1 == group_end
                 inputs, targets = inputs.to(acc.device, non_blocking=True), targets.to(acc.device, non_blocking=True)
-                with gradient_sync(acc, self.model, enabled=last_in_group):
+                with self.strategy.gradient_sync(self.model, enabled=last_in_group):
                     loss = self.scoring.loss_fn(self.model(inputs).float(), targets)
                     acc.backward(loss / (group_end - group_start))
                 self._loss_sum += loss.detach()
@@ -283,7 +285,7 @@ class Trainer:
             "steps_per_epoch": self.steps_per_epoch,
             **state.val_metrics,
         }
-        weights = full_weights(self.accelerator, self.model)  # a collective under fsdp
+        weights = self.strategy.full_weights(self.model)  # a collective under fsdp
         if self.processes.is_main:
             metadata = {"recipe": self.recipe.name, "trainwright_version": __version__, "step": str(state.step)}
             save_weights(weights, self.run.model_file, metadata)

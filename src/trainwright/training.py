@@ -1,4 +1,4 @@
-"""`train` from start to finish: recipe -> components -> the run plan applied -> Trainer -> loss curves.
+"""`train` from start to finish: recipe -> components -> the run plan applied -> Trainer.
 
 `train(recipe, run_dir)` is the Python API; the CLI plans first (from files alone, so an already
 complete run answers without importing torch) and then calls `execute`."""
@@ -12,13 +12,13 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from trainwright import parallel
 from trainwright.accelerate_compat import cache_lomo_probe, keep_accelerate_fsdp_off
 from trainwright.components import (
     build_data, build_model, build_optimizer, build_scheduler, build_scoring, check_recipe,
 )
 from trainwright.errors import UserError
 from trainwright.launcher import resolve_precision, resolve_strategy
+from trainwright.parallel import strategy_for
 from trainwright.processes import Processes, launch_rank
 from trainwright.recipe import Recipe
 from trainwright.run_plan import RunPlan, apply_plan, plan_run
@@ -39,9 +39,9 @@ def execute(recipe: Recipe, plan: RunPlan) -> Outcome:
     if plan.completed is not None:
         return Outcome("already-completed", plan.completed)
     check_recipe(recipe)
-    precision, strategy = resolve_precision(recipe), resolve_strategy(recipe)
+    precision, strategy_name = resolve_precision(recipe), resolve_strategy(recipe)
     accelerator = make_accelerator(precision)
-    processes = Processes.from_accelerator(accelerator, strategy)
+    processes = Processes.from_accelerator(accelerator, strategy_name)
     if recipe.data.batch_size % processes.world_size:
         raise UserError(
             f"data.batch_size={recipe.data.batch_size} is the global batch and must divide evenly "
@@ -57,18 +57,15 @@ def execute(recipe: Recipe, plan: RunPlan) -> Outcome:
     set_seed(recipe.seed)  # the model's initial weights depend on the seed alone
     model = build_model(recipe)
     scoring = build_scoring(recipe, data)
-    model, optimizer = parallel.prepare(
-        accelerator, processes, recipe.distributed, precision, model, lambda params: build_optimizer(recipe, params)
-    )
+    strategy = strategy_for(accelerator, processes, recipe.distributed, precision)
+    model, optimizer = strategy.prepare(model, lambda module: build_optimizer(recipe, module))
     scheduler = build_scheduler(recipe, optimizer, total_steps)
     apply_plan(plan, recipe, processes)
-    trainer = Trainer(recipe, plan.run, accelerator, processes, data, scoring, model, optimizer, scheduler)
+    trainer = Trainer(recipe, plan.run, accelerator, processes, strategy, data, scoring, model, optimizer, scheduler)
     try:
         outcome = trainer.fit(plan.resume_from)
     finally:
         accelerator.end_training()  # ends the process group: a worker exiting with one open can abort
-    if outcome.status == "completed" and processes.is_main:
-        draw_loss_curves(plan.run)
     return outcome
 
 
@@ -84,12 +81,3 @@ def make_accelerator(precision: str) -> Accelerator:
         return Accelerator(cpu=on_cpu, mixed_precision=precision, step_scheduler_with_optimizer=False)
     except ValueError as exc:
         raise UserError(f"trainer.mixed_precision={precision} cannot run here: {exc}") from None
-
-
-def draw_loss_curves(run: RunDir) -> None:
-    """plots/loss_curves.png from metrics.jsonl (matplotlib is imported only now)."""
-    from trainwright.curves import plot_curves
-    from trainwright.tracking import read_metrics
-
-    run.plots.mkdir(exist_ok=True)
-    plot_curves(read_metrics(run.metrics_file), run.loss_curves)

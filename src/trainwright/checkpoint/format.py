@@ -23,6 +23,7 @@ MANIFEST = "manifest.json"
 TRAINER_FILE = "trainer.json"  # TrainState
 RECIPE_FILE = "recipe.json"  # the resolved recipe the state was trained with
 TMP_PREFIX = ".tmp-"
+SHARDED_MODEL_DIR = "model"  # a sharded checkpoint's model shards (sharded.py)
 _STEP_DIR = re.compile(r"^step_(\d{8,})$")
 
 
@@ -60,6 +61,11 @@ def read_train_state(folder: Path) -> TrainState:
 
 def read_recipe(folder: Path) -> dict[str, Any]:
     return json.loads((folder / RECIPE_FILE).read_text())
+
+
+def is_sharded(folder: Path) -> bool:
+    """Whether a checkpoint holds sharded model and optimizer state (strategy fsdp) rather than full."""
+    return (folder / SHARDED_MODEL_DIR).is_dir()
 
 
 def step_dir_name(step: int) -> str:

@@ -17,18 +17,16 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from safetensors.torch import load_file, save_file
 
 from trainwright.checkpoint import retention
 from trainwright.checkpoint.format import (
-    RECIPE_FILE, TMP_PREFIX, TRAINER_FILE, TrainState, read_train_state, step_dir_name, write_manifest,
+    RECIPE_FILE, TMP_PREFIX, TRAINER_FILE, TrainState, is_sharded, read_train_state, step_dir_name, write_manifest,
 )
 from trainwright.checkpoint.full import read_full_state, write_full_state
-from trainwright.checkpoint.sharded import (
-    is_sharded_checkpoint, read_full_state_sharded, read_sharded_state, write_sharded_state,
-)
 from trainwright.checkpoint.objects import TrainObjects, fresh_rng, rng_from_files, rng_to_files
 from trainwright.checkpoint.policy import SavePolicy
 from trainwright.files import replace_dir, write_json
@@ -64,7 +62,7 @@ class CheckpointManager:
         save_file(rng_tensors, tmp / f"rng_{processes.rank}.safetensors")
         write_json(tmp / f"rng_{processes.rank}.json", rng_meta)
         if processes.strategy == "fsdp":
-            write_sharded_state(tmp, self.objects, processes)
+            _sharded().write_sharded_state(tmp, self.objects, processes)
         elif processes.is_main:
             write_full_state(tmp, self.objects, state.step)
         processes.barrier()
@@ -82,10 +80,10 @@ class CheckpointManager:
     def load(self, folder: Path) -> TrainState:
         """Restore every live object from `folder` (verified when the run was planned) and return the
         loop's state."""
-        if is_sharded_checkpoint(folder):
-            read_sharded_state(folder, self.objects)
+        if is_sharded(folder):
+            _sharded().read_sharded_state(folder, self.objects)
         elif self.processes.strategy == "fsdp":
-            read_full_state_sharded(folder, self.objects, self.processes)
+            _sharded().read_full_state_sharded(folder, self.objects, self.processes)
         else:
             read_full_state(folder, self.objects)
         state = read_train_state(folder)
@@ -108,3 +106,11 @@ class CheckpointManager:
         """The run is complete: keep_last applies to every checkpoint, the resumed-from one included."""
         self.resumed_from = None
         self.prune()
+
+
+def _sharded() -> ModuleType:
+    """checkpoint.sharded, imported only by runs that meet sharded state (torch's distributed checkpoint
+    package takes about a second to import)."""
+    from trainwright.checkpoint import sharded
+
+    return sharded

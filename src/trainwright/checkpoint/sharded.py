@@ -29,18 +29,15 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.fsdp import FSDPModule
 
+from trainwright.checkpoint.format import SHARDED_MODEL_DIR, is_sharded
 from trainwright.checkpoint.objects import TrainObjects, read_json_states, write_json_states
 from trainwright.errors import UserError
 from trainwright.files import write_json
 from trainwright.processes import Processes
 
-MODEL_DIR = "model"
+MODEL_DIR = SHARDED_MODEL_DIR
 OPTIMIZER_DIR = "optimizer"
 _FLAT = StateDictOptions(flatten_optimizer_state_dict=True)
-
-
-def is_sharded_checkpoint(folder: Path) -> bool:
-    return (folder / MODEL_DIR).is_dir()
 
 
 def write_sharded_state(folder: Path, objects: TrainObjects, processes: Processes) -> None:
@@ -93,7 +90,7 @@ def read_full_state_sharded(folder: Path, objects: TrainObjects, processes: Proc
 def consolidated_weights(folder: Path) -> dict[str, torch.Tensor]:
     """The whole model's weights of a verified checkpoint, full or sharded, in this one process (no process
     group): for `trainwright export`."""
-    if not is_sharded_checkpoint(folder):
+    if not is_sharded(folder):
         return load_file(folder / "model.safetensors")
     reader = HuggingFaceStorageReader(str(folder / MODEL_DIR))
     metadata = reader.read_metadata()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 
 from trainwright.data.bundle import DataBundle, Task, TensorSplit
-from trainwright.registry import DATASETS
 
 
 def _split(inputs: torch.Tensor, targets: torch.Tensor, val_fraction: float) -> tuple[TensorSplit, TensorSplit]:
@@ -22,7 +21,6 @@ def heart_labels(points: torch.Tensor) -> torch.Tensor:
     return inside.float().unsqueeze(1)
 
 
-@DATASETS.register("heart")
 def heart(num_points: int = 100_000, seed: int = 123, val_fraction: float = 0.2) -> DataBundle:
     """Points uniform in [-2, 2]^2 (from `seed`), labelled inside/outside the heart; 80/20 split."""
     if num_points < 2:
@@ -38,7 +36,6 @@ def heart(num_points: int = 100_000, seed: int = 123, val_fraction: float = 0.2)
     )
 
 
-@DATASETS.register("linear")
 def linear(
     weight: float = 0.7, bias: float = 0.3, start: float = 0.0, end: float = 1.0, step: float = 0.02,
     val_fraction: float = 0.2,

@@ -14,7 +14,6 @@ import torch
 
 from trainwright.data.bundle import DataBundle, Task, TensorSplit
 from trainwright.errors import UserError, did_you_mean
-from trainwright.registry import DATASETS
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -69,7 +68,6 @@ def prepare_features(
     return pd.concat(parts, axis=1)
 
 
-@DATASETS.register("csv")
 def csv(
     path: str,
     target: str,

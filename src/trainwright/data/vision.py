@@ -12,7 +12,6 @@ import torch
 from trainwright.data.bundle import DataBundle, Task, TensorSplit
 from trainwright.errors import UserError
 from trainwright.files import atomic_open
-from trainwright.registry import DATASETS
 
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
@@ -37,7 +36,6 @@ def _gunzip_missing(raw: Path) -> None:
                 shutil.copyfileobj(source, target)
 
 
-@DATASETS.register("fashion_mnist")
 def fashion_mnist(root: str = "data", download: bool = False) -> DataBundle:
     """FashionMNIST from `<root>/FashionMNIST/raw/` (IDX files; .gz ones are unpacked beside them); the test
     split serves for validation."""

@@ -1,0 +1,89 @@
+"""FSDP2 on any device: every process holds a shard of the parameters, gradients and optimizer state.
+
+trainwright applies `fully_shard` itself: Accelerate's FSDP plugin does not shard on CPU processes, so
+the sharded model never goes through `accelerator.prepare` (which would wrap it in DDP); only the
+optimizer does. Buffers (e.g. BatchNorm's running statistics) are not synchronised between processes
+by FSDP2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+import torch.distributed as dist
+from accelerate import Accelerator
+from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+
+from trainwright.errors import UserError, did_you_mean
+from trainwright.parallel import BuildOptimizer
+from trainwright.processes import Processes
+from trainwright.recipe import DistributedConfig
+
+
+class FullySharded:
+    """FSDP2 over all processes (a group of one when there is one process)."""
+
+    def __init__(self, accelerator: Accelerator, processes: Processes, config: DistributedConfig, precision: str) -> None:
+        if precision == "fp16":
+            raise UserError(
+                "trainer.mixed_precision=fp16 with distributed.strategy=fsdp is not supported (it needs a sharded "
+                "gradient scaler); use bf16"
+            )
+        self.accelerator, self.processes, self.config = accelerator, processes, config
+        self.policy = (  # bf16 parameters in forward and backward; fp32 gradient reduction, master weights, outputs
+            MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32, output_dtype=torch.float32)
+            if precision == "bf16" else MixedPrecisionPolicy()
+        )
+
+    def prepare(self, model: nn.Module, build_optimizer: BuildOptimizer) -> tuple[nn.Module, torch.optim.Optimizer]:
+        sharded = self.shard(model)
+        return sharded, self.accelerator.prepare(build_optimizer(sharded))
+
+    def shard(self, model: nn.Module) -> nn.Module:
+        """`fully_shard` every module of the chosen classes (innermost first), then the root."""
+        chosen = set(_shard_classes(model, self.config.shard_modules))
+        _ensure_process_group(self.processes)
+        mesh = init_device_mesh(self.processes.device.type, (self.processes.world_size,))
+        options = {"mesh": mesh, "reshard_after_forward": self.config.reshard_after_forward, "mp_policy": self.policy}
+        for module in reversed(list(model.modules())):  # descendants before their ancestors
+            if module is not model and type(module).__name__ in chosen:
+                fully_shard(module, **options)
+        fully_shard(model, **options)
+        return model
+
+    @contextlib.contextmanager
+    def gradient_sync(self, model: nn.Module, enabled: bool) -> Iterator[None]:
+        assert isinstance(model, FSDPModule)
+        model.set_requires_gradient_sync(enabled)
+        yield
+
+    def full_weights(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Gathered shard by shard into the main process's CPU memory (a collective; the others get {})."""
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def _shard_classes(model: nn.Module, names: list[str] | None) -> list[str]:
+    """Class names of the modules to shard one by one: the recipe's list, or by default every class of
+    module that holds parameters of its own (Linear, Conv2d, ... in the built-in models)."""
+    present = {type(m).__name__: m for m in model.modules()}
+    if names is None:
+        return [name for name, m in present.items() if any(True for _ in m.parameters(recurse=False))]
+    for name in names:
+        if name not in present:
+            raise UserError(
+                f"distributed.shard_modules: the model has no module of class '{name}'"
+                f"{did_you_mean(name, present)} (its classes: {', '.join(sorted(present))})"
+            )
+    return names
+
+
+def _ensure_process_group(processes: Processes) -> None:
+    """FSDP2 needs a process group, also for one process (which Accelerate does not make)."""
+    if not dist.is_initialized():
+        backend = "nccl" if processes.device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
