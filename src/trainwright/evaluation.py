@@ -39,10 +39,12 @@ def evaluate(
     model.eval()
     device = processes.device
     totals = torch.zeros(2 + len(scoring.metrics), dtype=torch.float64, device=device)  # count, loss, metrics
-    shares = eval_indices(len(dataset), batch_size, processes.rank, processes.world_size)
-    for inputs, targets in iterate(dataset, shares):
-        inputs, targets = inputs.to(device), targets.to(device)
-        outputs = model(inputs).float()
+    batches = eval_indices(len(dataset), batch_size, processes.rank, processes.world_size)
+    for (inputs, targets), counted in zip(iterate(dataset, (index for index, _ in batches)), (n for _, n in batches)):
+        outputs = model(inputs.to(device)).float()
+        if not counted:  # a filler batch, run only so that every process takes part in each forward
+            continue
+        targets = targets.to(device)
         totals[0] += len(targets)
         totals[1] += scoring.loss_fn(outputs, targets).double() * len(targets)
         for i, metric in enumerate(scoring.metrics.values(), start=2):

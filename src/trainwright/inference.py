@@ -55,7 +55,7 @@ def model_outputs(trained: TrainedRun, count: int | None = None) -> tuple[torch.
     """(inputs, outputs, targets) for the first `count` items of the evaluation split."""
     split = trained.bundle.eval_split
     size = len(split) if count is None else min(count, len(split))
-    batches = list(iterate(split, eval_indices(size, EVAL_BATCH_SIZE, 0, 1)))
+    batches = list(iterate(split, (index for index, _ in eval_indices(size, EVAL_BATCH_SIZE, 0, 1))))
     inputs = torch.cat([b[0] for b in batches])
     targets = torch.cat([b[1] for b in batches])
     return inputs, trained.model(inputs).float(), targets

@@ -6,6 +6,7 @@ from batch b with any number of processes, and no sample is repeated or skipped.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -40,10 +41,14 @@ def train_indices(
         yield order[first : first + per_process]
 
 
-def eval_indices(num_samples: int, batch_size: int, rank: int, world_size: int) -> Iterator[torch.Tensor]:
-    """This process's contiguous share of the evaluation samples, in order, in batches."""
+def eval_indices(num_samples: int, batch_size: int, rank: int, world_size: int) -> list[tuple[torch.Tensor, int]]:
+    """This process's contiguous share of the evaluation samples, in order, in batches, each with the number
+    of its samples that count. Every process gets the same number of batches (a sharded model's forward is
+    a collective): one whose share ends first gets one-sample filler batches in which none count."""
     share = torch.tensor_split(torch.arange(num_samples), world_size)[rank]
-    yield from torch.split(share, batch_size)
+    batches = [(batch, len(batch)) for batch in torch.split(share, batch_size) if len(batch)]
+    most = math.ceil(math.ceil(num_samples / world_size) / batch_size)
+    return batches + [(torch.zeros(1, dtype=torch.long), 0)] * (most - len(batches))
 
 
 def iterate(dataset: Dataset, indices: Iterator[torch.Tensor], num_workers: int = 0) -> Iterator[Batch]:
