@@ -266,3 +266,21 @@ def test_accumulation_clipping_schedule_and_a_stop_signal_under_fsdp_match_ddp(d
     weights, expected = load_file(run_dir / "model.safetensors"), load_file(ddp / "model.safetensors")
     for key in expected:
         torch.testing.assert_close(weights[key], expected[key], rtol=1e-4, atol=1e-5)
+
+
+def test_validation_with_uneven_shares_does_not_hang(tmp_path):
+    """2049 validation points on 2 processes: 1025 and 1024, i.e. 2 and 1 batches of 1024. A sharded
+    forward is a collective, so the process with fewer batches runs a filler batch instead of hanging."""
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP_2PROC),
+              "--main_process_port", str(free_port())]
+    result = subprocess.run(
+        [*launch, "-m", "trainwright", "train", "recipes/heart.yaml", "data.num_points=10245", "trainer.max_steps=3",
+         "logging.wandb=false", "--run-dir", str(tmp_path / "run")],
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "strategy=fsdp" in result.stdout and "Run complete at step 3" in result.stdout
+    single = subprocess.run([sys.executable, "-m", "trainwright", "eval", str(tmp_path / "run")], cwd=REPO, env=_env(),
+                            capture_output=True, text=True, timeout=120)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert json.loads(single.stdout)["val/loss"] == pytest.approx(summary["val/loss"], rel=1e-5)  # every point once
