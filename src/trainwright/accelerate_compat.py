@@ -5,16 +5,53 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from trainwright.launcher import FSDP_VARIABLE
 
-# What this module touches in Accelerate: module path -> attribute names.
+if TYPE_CHECKING:
+    import torch
+    from accelerate import Accelerator
+
+# What this module relies on in Accelerate: module path -> attribute names.
 PATCHED = {
     "accelerate.utils.imports": ("is_lomo_available",),
-    "accelerate.optimizer": ("is_lomo_available",),
+    "accelerate.optimizer": ("is_lomo_available", "AcceleratedOptimizer"),
     "accelerate.accelerator": ("is_lomo_available",),
     "accelerate.state": ("AcceleratorState",),
 }
+_PLAIN_TYPES = ("NO", "MULTI_CPU", "MULTI_GPU")  # distributed types whose step calls are the plain ones
+
+
+@dataclass(frozen=True)
+class StepCalls:
+    """The calls of one optimizer step."""
+
+    backward: Callable[[torch.Tensor], None]
+    step: Callable[[], None]
+    zero_grad: Callable[[], None]
+
+
+def step_calls(accelerator: Accelerator, optimizer: torch.optim.Optimizer) -> StepCalls:
+    """Accelerate's backward/step/zero_grad, or the plain torch calls they end in where that is all they
+    do: without a gradient scaler (fp16), on CPU/GPU processes, with Accelerate's own gradient accumulation
+    off, `accelerator.backward` is `loss.backward()` after a division by 1, and the optimizer wrapper's
+    `step`/`zero_grad` call the torch optimizer's after per-step checks (an XLA environment-variable parse,
+    `inspect.signature`) that cost as much as a tiny model's whole step. `optimizer` was prepared by the
+    accelerator."""
+    plain = (
+        accelerator.scaler is None
+        and accelerator.distributed_type.name in _PLAIN_TYPES
+        and accelerator.gradient_accumulation_steps == 1
+    )
+    if not plain:
+        return StepCalls(accelerator.backward, optimizer.step, functools.partial(optimizer.zero_grad, set_to_none=True))
+    torch_optimizer = optimizer.optimizer
+    return StepCalls(
+        lambda loss: loss.backward(), torch_optimizer.step, functools.partial(torch_optimizer.zero_grad, set_to_none=True)
+    )
 
 
 def cache_lomo_probe() -> None:

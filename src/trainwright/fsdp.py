@@ -9,7 +9,6 @@ by FSDP2.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
@@ -56,11 +55,10 @@ class FullySharded:
         fully_shard(model, **options)
         return model
 
-    @contextlib.contextmanager
-    def gradient_sync(self, model: nn.Module, enabled: bool) -> Iterator[None]:
+    def gradient_sync(self, model: nn.Module, enabled: bool) -> contextlib.AbstractContextManager[None]:
         assert isinstance(model, FSDPModule)
         model.set_requires_gradient_sync(enabled)
-        yield
+        return contextlib.nullcontext()
 
     def full_weights(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """Gathered shard by shard into the main process's CPU memory (a collective; the others get {})."""

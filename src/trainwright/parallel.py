@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -21,6 +21,7 @@ from trainwright.processes import Processes
 from trainwright.recipe import DistributedConfig
 
 BuildOptimizer = Callable[[nn.Module], torch.optim.Optimizer]
+_SYNC = contextlib.nullcontext()  # gradients are reduced as usual
 
 
 class Strategy(Protocol):
@@ -44,10 +45,8 @@ class DataParallel:
     def prepare(self, model: nn.Module, build_optimizer: BuildOptimizer) -> tuple[nn.Module, torch.optim.Optimizer]:
         return self.accelerator.prepare(model, build_optimizer(model))
 
-    @contextlib.contextmanager
-    def gradient_sync(self, model: nn.Module, enabled: bool) -> Iterator[None]:
-        with contextlib.nullcontext() if enabled else self.accelerator.no_sync(model):
-            yield
+    def gradient_sync(self, model: nn.Module, enabled: bool) -> contextlib.AbstractContextManager[None]:
+        return _SYNC if enabled else self.accelerator.no_sync(model)
 
     def full_weights(self, model: nn.Module) -> nn.Module:
         return self.accelerator.unwrap_model(model)

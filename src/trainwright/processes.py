@@ -32,7 +32,7 @@ def _nothing() -> None:
 
 @dataclass(frozen=True)
 class Processes:
-    """Rank, world size, device, and the collectives (every process must call them together)."""
+    """Rank, world size, device, strategy, and the collectives (every process must call them together)."""
 
     rank: int
     world_size: int
@@ -53,6 +53,10 @@ class Processes:
     def mean(self, tensor: torch.Tensor) -> torch.Tensor:
         """The element-wise mean of `tensor` over all processes."""
         return tensor if self._reduce is None else self._reduce(tensor, "mean")
+
+    def max(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The element-wise maximum of `tensor` over all processes."""
+        return tensor if self._reduce is None else self._reduce(tensor, "max")
 
     @classmethod
     def from_accelerator(cls, accelerator: Accelerator, strategy: str = "ddp") -> Processes:

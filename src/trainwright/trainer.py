@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -18,6 +16,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from trainwright import __version__
+from trainwright.accelerate_compat import step_calls
 from trainwright.checkpoint.format import TrainState
 from trainwright.checkpoint.manager import CheckpointManager
 from trainwright.checkpoint.objects import TrainObjects
@@ -31,10 +30,10 @@ from trainwright.parallel import Strategy
 from trainwright.processes import Processes
 from trainwright.recipe import Recipe
 from trainwright.rundir import RunDir
+from trainwright.stopping import StopSignals
 from trainwright.tracking import JsonLinesFile, Tracker, sample_log
 
 EXIT_PREEMPTED = 75  # SIGTERM/SIGUSR1: checkpoint saved, run the same command again to resume
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 @dataclass
@@ -75,6 +74,7 @@ class Trainer:
         self.strategy = strategy
         self.data, self.scoring = data, scoring
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.calls = step_calls(accelerator, optimizer)
         self.micro_per_epoch = batches_per_epoch(len(data.train), recipe.data.batch_size)
         self.steps_per_epoch = steps_per_epoch(recipe, data)
         self.total_steps = recipe.trainer.total_steps(self.steps_per_epoch)
@@ -84,7 +84,7 @@ class Trainer:
             world_size=processes.world_size, sampler_seed=recipe.seed, recipe_digest=recipe.digest(),
             precision=accelerator.mixed_precision,
         )
-        self._stop_signal = 0
+        self.stops = StopSignals(processes)
 
     # --- start-up -------------------------------------------------------------------------------
 
@@ -118,7 +118,7 @@ class Trainer:
         )
         self._loss_sum = torch.tensor(state.loss_sum, dtype=torch.float64, device=processes.device)
         try:
-            with self._stop_signals():
+            with self.stops.caught():
                 return self._loop()
         finally:
             self.tracker.close()
@@ -133,7 +133,7 @@ class Trainer:
             for end_of_epoch in self._train_steps():
                 if end_of_epoch and (state.epoch % every_eval == 0 or state.step >= self.total_steps):
                     self._validate()
-                stopping = self._stop_requested()
+                stopping = self.stops.stop_at(state.step)
                 if self.checkpoints.should_save(state.step, state.epoch, end_of_epoch=end_of_epoch, stopping=stopping):
                     self._save()
                 if stopping:
@@ -168,7 +168,7 @@ class Trainer:
                 inputs, targets = inputs.to(acc.device, non_blocking=True), targets.to(acc.device, non_blocking=True)
                 with self.strategy.gradient_sync(self.model, enabled=last_in_group):
                     loss = self.scoring.loss_fn(self.model(inputs).float(), targets)
-                    acc.backward(loss / (group_end - group_start))
+                    self.calls.backward(loss if group_end - group_start == 1 else loss / (group_end - group_start))
                 self._loss_sum += loss.detach()
                 state.loss_count += 1
                 if self.sample_log is not None:
@@ -196,8 +196,8 @@ class Trainer:
     def _optimizer_step(self) -> None:
         if self.recipe.trainer.grad_clip:
             self.accelerator.clip_grad_norm_(self.model.parameters(), self.recipe.trainer.grad_clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.calls.step()
+        self.calls.zero_grad()
         if self.scheduler is not None:
             self.scheduler.step()
 
@@ -236,32 +236,6 @@ class Trainer:
         """Checkpoint the current step (the not-yet-logged loss is averaged over processes first)."""
         self.state.loss_sum = self.processes.mean(self._loss_sum.clone()).item()
         self.checkpoints.save(self.state, self.recipe.to_dict())
-
-    @contextlib.contextmanager
-    def _stop_signals(self) -> Iterator[None]:
-        """SIGTERM/SIGUSR1 ask the loop to finish its step, save and exit (a second signal changes nothing)."""
-
-        def request_stop(signum: int, _frame: Any) -> None:
-            if not self._stop_signal:
-                print(f"trainwright: got {signal.Signals(signum).name}; saving a checkpoint after this step",
-                      file=sys.stderr, flush=True)
-            self._stop_signal = signum
-
-        previous = {sig: signal.signal(sig, request_stop) for sig in STOP_SIGNALS}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                # Once stopping, ignore further signals so they cannot turn the exit code 75 into a kill
-                # (Python resets its own handlers to the default while it shuts down, but keeps SIG_IGN).
-                signal.signal(sig, signal.SIG_IGN if self._stop_signal else handler)
-
-    def _stop_requested(self) -> bool:
-        """True on every process as soon as any process got a stop signal (they agree on the step)."""
-        if self.processes.world_size == 1:
-            return bool(self._stop_signal)
-        flag = torch.tensor([float(self._stop_signal)], device=self.processes.device)
-        return bool(self.processes.sum(flag).item())
 
     def _preempted(self) -> Outcome:
         step = self.state.step
