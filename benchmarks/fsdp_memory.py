@@ -45,7 +45,7 @@ def worker() -> None:
     accelerator = make_accelerator("no")
     processes = Processes.from_accelerator(accelerator, strategy)
     torch.manual_seed(0)
-    strategy = strategy_for(accelerator, processes, recipe.distributed, "no")
+    strategy = strategy_for(accelerator, processes, recipe.distributed, "no", compile_mode=None)
     model, optimizer = strategy.prepare(build_model(recipe), lambda module: build_optimizer(recipe, module))
     per_process = 64 // processes.world_size
     for _ in range(2):

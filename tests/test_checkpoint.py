@@ -48,7 +48,9 @@ def _stateful(seed: int = 0) -> TrainObjects:
 def _save(run_dir, step: int, stateful: TrainObjects | None = None, **config):
     manager = _manager(run_dir, stateful, **config)
     state = TrainState(step=step, epoch=1, batch_in_epoch=7, val_metrics={"val/loss": 1.0 / step}, val_step=step)
-    return manager.save(state, {"name": "t"})
+    folder = manager.save(state, {"name": "t"})
+    manager.close()  # the save is written in the background (checkpoint.async): wait for it
+    return folder
 
 
 def test_round_trip_restores_model_optimizer_scheduler_rng_and_position(tmp_path):
@@ -165,3 +167,45 @@ def test_final_weights_file_is_byte_identical_for_equal_weights(tmp_path):
     assert paths[0].read_bytes() == paths[1].read_bytes()
     with safe_open(paths[0], "pt") as file:
         assert file.metadata() == {"recipe": "0", "step": "1", "a": "2", "b": "3", "z": "4"}
+
+
+def test_background_save_holds_the_state_of_its_step(tmp_path, monkeypatch):
+    """checkpoint.async: training goes on while the checkpoint is written; the files hold the state as it
+    was when save() returned, not what the next steps made of it."""
+    import threading
+
+    from trainwright.checkpoint.full import FullState
+
+    training_went_on = threading.Event()
+    write = FullState.write
+    monkeypatch.setattr(FullState, "write", lambda self, *a: (training_went_on.wait(10), write(self, *a)))
+    objects = _stateful()
+    before = {k: v.clone() for k, v in objects.model.state_dict().items()}
+    manager = _manager(tmp_path, objects)
+    folder = manager.save(TrainState(step=7), {"name": "t"})
+    assert not folder.exists()  # still being written
+    with torch.no_grad():
+        for param in objects.model.parameters():  # the next "training step", before the files are written
+            param.add_(1.0)
+    training_went_on.set()
+    written = manager.wait()
+    manager.close()
+    assert isinstance(written, float) and written >= 0
+    assert verify(folder) is None
+    fresh = _stateful(seed=99)
+    _manager(tmp_path, fresh).load(folder)
+    assert all(torch.equal(fresh.model.state_dict()[k], before[k]) for k in before)
+
+
+def test_a_failed_background_write_is_raised_and_leaves_no_checkpoint(tmp_path, monkeypatch):
+    from trainwright.checkpoint import manager as manager_module
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(manager_module, "write_manifest", full_disk)
+    manager = _manager(tmp_path)
+    manager.save(TrainState(step=3), {"name": "t"})
+    with pytest.raises(OSError, match="No space left"):
+        manager.close()
+    assert retention.step_dirs(tmp_path / "checkpoints") == []  # only an unfinished .tmp- folder, never used

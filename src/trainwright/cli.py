@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 import yaml
 
@@ -17,6 +18,7 @@ from trainwright.run_plan import plan_run
 from trainwright.rundir import RunDir
 
 EXIT_USER_ERROR = 2
+STARTED = time.perf_counter()  # for train/startup_seconds: from here to the first optimizer step
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -31,7 +33,7 @@ def _train(args: argparse.Namespace) -> int:
         from trainwright.training import execute  # torch and Accelerate: only to train
         from trainwright.trainer import EXIT_PREEMPTED
 
-        outcome = execute(recipe, plan)
+        outcome = execute(recipe, plan, started=STARTED)
         if outcome.status == "preempted":
             return EXIT_PREEMPTED
         summary, state = outcome.summary, "complete"

@@ -19,7 +19,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 from trainwright.errors import UserError, did_you_mean
-from trainwright.parallel import BuildOptimizer
+from trainwright.parallel import BuildOptimizer, compile_in_place
 from trainwright.processes import Processes
 from trainwright.recipe import DistributedConfig
 
@@ -27,13 +27,16 @@ from trainwright.recipe import DistributedConfig
 class FullySharded:
     """FSDP2 over all processes (a group of one when there is one process)."""
 
-    def __init__(self, accelerator: Accelerator, processes: Processes, config: DistributedConfig, precision: str) -> None:
+    def __init__(
+        self, accelerator: Accelerator, processes: Processes, config: DistributedConfig, precision: str,
+        compile_mode: str | None,
+    ) -> None:
         if precision == "fp16":
             raise UserError(
                 "trainer.mixed_precision=fp16 with distributed.strategy=fsdp is not supported (it needs a sharded "
                 "gradient scaler); use bf16"
             )
-        self.accelerator, self.processes, self.config = accelerator, processes, config
+        self.accelerator, self.processes, self.config, self.compile_mode = accelerator, processes, config, compile_mode
         self.policy = (  # bf16 parameters in forward and backward; fp32 gradient reduction, master weights, outputs
             MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32, output_dtype=torch.float32)
             if precision == "bf16" else MixedPrecisionPolicy()
@@ -41,6 +44,7 @@ class FullySharded:
 
     def prepare(self, model: nn.Module, build_optimizer: BuildOptimizer) -> tuple[nn.Module, torch.optim.Optimizer]:
         sharded = self.shard(model)
+        compile_in_place(sharded, self.compile_mode)
         return sharded, self.accelerator.prepare(build_optimizer(sharded))
 
     def shard(self, model: nn.Module) -> nn.Module:

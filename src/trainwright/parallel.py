@@ -39,10 +39,11 @@ class Strategy(Protocol):
 class DataParallel:
     """Each process a whole copy; Accelerate prepares model and optimizer."""
 
-    def __init__(self, accelerator: Accelerator) -> None:
-        self.accelerator = accelerator
+    def __init__(self, accelerator: Accelerator, compile_mode: str | None) -> None:
+        self.accelerator, self.compile_mode = accelerator, compile_mode
 
     def prepare(self, model: nn.Module, build_optimizer: BuildOptimizer) -> tuple[nn.Module, torch.optim.Optimizer]:
+        compile_in_place(model, self.compile_mode)
         return self.accelerator.prepare(model, build_optimizer(model))
 
     def gradient_sync(self, model: nn.Module, enabled: bool) -> contextlib.AbstractContextManager[None]:
@@ -52,9 +53,19 @@ class DataParallel:
         return self.accelerator.unwrap_model(model)
 
 
-def strategy_for(accelerator: Accelerator, processes: Processes, config: DistributedConfig, precision: str) -> Strategy:
+def strategy_for(
+    accelerator: Accelerator, processes: Processes, config: DistributedConfig, precision: str, compile_mode: str | None
+) -> Strategy:
+    """The strategy of `processes.strategy`; `compile_mode`: torch.compile the model in that mode (None: not)."""
     if processes.strategy != "fsdp":
-        return DataParallel(accelerator)
+        return DataParallel(accelerator, compile_mode)
     from trainwright.fsdp import FullySharded
 
-    return FullySharded(accelerator, processes, config, precision)
+    return FullySharded(accelerator, processes, config, precision, compile_mode)
+
+
+def compile_in_place(model: nn.Module, mode: str | None) -> None:
+    """`torch.compile` the model's forward in place (`nn.Module.compile`), so that its class and the names
+    in its state dict stay as they are (checkpoints of compiled and plain runs are alike)."""
+    if mode is not None:
+        model.compile(mode=mode)

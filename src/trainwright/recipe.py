@@ -15,9 +15,10 @@ from trainwright.errors import UserError, did_you_mean
 
 
 class _Section(BaseModel):
-    """A recipe section with a fixed set of keys."""
+    """A recipe section with a fixed set of keys (a key that is a Python keyword, like `async`, is spelt
+    with a trailing underscore in the code)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
 class _Component(BaseModel):
@@ -64,6 +65,8 @@ class TrainerConfig(_Section):
     log_every_steps: int = Field(50, ge=1)
     eval_every_epochs: int = Field(1, ge=1)
     record_samples: bool = Field(False, description="write each step's sample indices to <run dir>/samples/")
+    compile: bool = Field(False, description="torch.compile the model (module.compile(): state dict names unchanged)")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
 
     @field_validator("mixed_precision", mode="before")
     @classmethod
@@ -83,6 +86,10 @@ class CheckpointConfig(_Section):
     keep_best: int = Field(0, ge=0)
     monitor: str = "val/loss"
     mode: Literal["min", "max"] = "min"
+    async_: bool = Field(
+        True, alias="async",
+        description="write in the background: training waits only for an in-memory copy of the state",
+    )
 
 
 class WandbConfig(_Section):
@@ -131,7 +138,7 @@ class Recipe(_Section):
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved recipe as plain data (what is written to the run dir and to W&B)."""
-        return self.model_dump(mode="json")
+        return self.model_dump(mode="json", by_alias=True)
 
     def digest(self) -> str:
         """A stable hash of the resolved recipe."""
@@ -199,7 +206,7 @@ def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return []
         model = annotation
-    return list(model.model_fields)
+    return [field.alias or name for name, field in model.model_fields.items()]
 
 
 def _describe(error: dict[str, Any]) -> str:

@@ -88,13 +88,17 @@ class Trainer:
 
     # --- start-up -------------------------------------------------------------------------------
 
-    def fit(self, resume_from: Path | None = None) -> Outcome:
-        """Train to the end of the recipe (or to a stop signal), from `resume_from` if given."""
+    def fit(self, resume_from: Path | None = None, started: float | None = None) -> Outcome:
+        """Train to the end of the recipe (or to a stop signal), from `resume_from` if given. `started`
+        (a time.perf_counter() value): when the command started, to log train/startup_seconds at the first
+        optimizer step."""
+        self._started = started
         processes, recipe = self.processes, self.recipe
         if processes.is_main:
             print(
                 f"world_size={processes.world_size} device={processes.device.type} "
-                f"precision={self.accelerator.mixed_precision} strategy={processes.strategy}",
+                f"precision={self.accelerator.mixed_precision} strategy={processes.strategy}"
+                + (f" compile={recipe.trainer.compile_mode}" if recipe.trainer.compile else ""),
                 flush=True,
             )
         if resume_from is not None:
@@ -121,6 +125,7 @@ class Trainer:
             with self.stops.caught():
                 return self._loop()
         finally:
+            self.checkpoints.close()  # also on errors: a pending checkpoint is finished, never left half-written
             self.tracker.close()
             if self.sample_log is not None:
                 self.sample_log.close()
@@ -177,6 +182,9 @@ class Trainer:
                     continue
                 self._optimizer_step()
                 state.step += 1
+                if self._started is not None:
+                    self.tracker.log({"train/startup_seconds": time.perf_counter() - self._started}, state.step, epoch + 1)
+                    self._started = None
                 if self.sample_log is not None:
                     self.sample_log.log({"indices": group_indices}, state.step, epoch)
                     group_indices = []
@@ -233,11 +241,19 @@ class Trainer:
     # --- checkpoints and stopping -----------------------------------------------------------------
 
     def _save(self) -> None:
-        """Checkpoint the current step (the not-yet-logged loss is averaged over processes first)."""
+        """Checkpoint the current step (the not-yet-logged loss is averaged over processes first); log how
+        long training waited for it and how long the previous checkpoint took to write in the background."""
+        started = time.perf_counter()
+        written = self.checkpoints.wait()
         self.state.loss_sum = self.processes.mean(self._loss_sum.clone()).item()
         self.checkpoints.save(self.state, self.recipe.to_dict())
+        times = {"checkpoint/stall_seconds": time.perf_counter() - started}
+        if written is not None:  # the previous save's (the last save's write time is not logged)
+            times["checkpoint/write_seconds"] = written
+        self.tracker.log(times, self.state.step, self.state.epoch)
 
     def _preempted(self) -> Outcome:
+        self.checkpoints.wait()  # the checkpoint is on disk before exit 75
         step = self.state.step
         if self.processes.is_main:
             print(
@@ -259,6 +275,7 @@ class Trainer:
             "steps_per_epoch": self.steps_per_epoch,
             **state.val_metrics,
         }
+        self.checkpoints.wait()  # the last checkpoint is on disk first
         weights = self.strategy.full_weights(self.model)  # a collective under fsdp
         if self.processes.is_main:
             metadata = {"recipe": self.recipe.name, "trainwright_version": __version__, "step": str(state.step)}

@@ -6,6 +6,7 @@ complete run answers without importing torch) and then calls `execute`."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -28,14 +29,16 @@ from trainwright.trainer import Outcome, Trainer, steps_per_epoch
 
 def train(recipe: Recipe, run_dir: str | Path, resume: str | Path | None = None, restart: bool = False) -> Outcome:
     """Train `recipe` in `run_dir`: start, resume from its newest valid checkpoint, or report it complete."""
+    started = time.perf_counter()
     plan = plan_run(RunDir(run_dir), recipe, resume, restart)
     if launch_rank() == 0:
         plan.announce()
-    return execute(recipe, plan)
+    return execute(recipe, plan, started)
 
 
-def execute(recipe: Recipe, plan: RunPlan) -> Outcome:
-    """Carry out a run plan on every process of a launch."""
+def execute(recipe: Recipe, plan: RunPlan, started: float) -> Outcome:
+    """Carry out a run plan on every process of a launch (`started`: the command's time.perf_counter() at
+    its start, for train/startup_seconds)."""
     if plan.completed is not None:
         return Outcome("already-completed", plan.completed)
     check_recipe(recipe)
@@ -57,13 +60,14 @@ def execute(recipe: Recipe, plan: RunPlan) -> Outcome:
     set_seed(recipe.seed)  # the model's initial weights depend on the seed alone
     model = build_model(recipe)
     scoring = build_scoring(recipe, data)
-    strategy = strategy_for(accelerator, processes, recipe.distributed, precision)
+    compile_mode = recipe.trainer.compile_mode if recipe.trainer.compile else None
+    strategy = strategy_for(accelerator, processes, recipe.distributed, precision, compile_mode)
     model, optimizer = strategy.prepare(model, lambda module: build_optimizer(recipe, module))
     scheduler = build_scheduler(recipe, optimizer, total_steps)
     apply_plan(plan, recipe, processes)
     trainer = Trainer(recipe, plan.run, accelerator, processes, strategy, data, scoring, model, optimizer, scheduler)
     try:
-        outcome = trainer.fit(plan.resume_from)
+        outcome = trainer.fit(plan.resume_from, started)
     finally:
         accelerator.end_training()  # ends the process group: a worker exiting with one open can abort
     return outcome

@@ -10,24 +10,42 @@ the main process:
 
 from __future__ import annotations
 
+import copy
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from safetensors.torch import load_file, load_model, save_file, save_model
+import torch
+from safetensors.torch import load_file, load_model, save_file
 
 from trainwright.checkpoint.objects import (
-    TrainObjects, optimizer_from_files, optimizer_to_files, read_json_states, write_json_states,
+    TrainObjects, copied, json_states, optimizer_from_files, optimizer_to_files, read_json_states, write_json_states,
 )
 from trainwright.errors import UserError
 from trainwright.files import write_json
 
 
-def write_full_state(folder: Path, objects: TrainObjects, step: int) -> None:
-    save_model(objects.model, str(folder / "model.safetensors"), metadata={"step": str(step)})
-    opt_tensors, opt_meta = optimizer_to_files(objects.optimizer.state_dict())
-    save_file(opt_tensors, folder / "optimizer.safetensors")
-    write_json(folder / "optimizer.json", opt_meta)
-    write_json_states(folder, objects)
+@dataclass(frozen=True)
+class FullState:
+    """The model and optimizer state of a full checkpoint as tensors and JSON, ready to be written."""
+
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, torch.Tensor]
+    optimizer_meta: dict[str, Any]
+    json_states: dict[str, Any]
+
+    @classmethod
+    def take(cls, objects: TrainObjects) -> FullState:
+        """A copy of the live objects' state in CPU memory, so that training may go on while it is written."""
+        optimizer, optimizer_meta = optimizer_to_files(objects.optimizer.state_dict())
+        return cls(copied(objects.model.state_dict()), copied(optimizer), copy.deepcopy(optimizer_meta), json_states(objects))
+
+    def write(self, folder: Path, step: int) -> None:
+        save_file(self.model, folder / "model.safetensors", metadata={"step": str(step)})
+        save_file(self.optimizer, folder / "optimizer.safetensors")
+        write_json(folder / "optimizer.json", self.optimizer_meta)
+        write_json_states(folder, self.json_states)
 
 
 def read_full_state(folder: Path, objects: TrainObjects) -> None:

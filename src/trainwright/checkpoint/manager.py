@@ -14,8 +14,11 @@ Layout of `checkpoints/step_XXXXXXXX/` (see format.py for the manifest):
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -26,7 +29,7 @@ from trainwright.checkpoint import retention
 from trainwright.checkpoint.format import (
     RECIPE_FILE, TMP_PREFIX, TRAINER_FILE, TrainState, is_sharded, read_train_state, step_dir_name, write_manifest,
 )
-from trainwright.checkpoint.full import read_full_state, write_full_state
+from trainwright.checkpoint.full import FullState, read_full_state
 from trainwright.checkpoint.objects import TrainObjects, fresh_rng, rng_from_files, rng_to_files
 from trainwright.checkpoint.policy import SavePolicy
 from trainwright.files import replace_dir, write_json
@@ -44,14 +47,20 @@ class CheckpointManager:
         self.objects = objects
         self.policy = SavePolicy(config)
         self.resumed_from: Path | None = None  # never pruned until this run completes
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer")
+        self._pending: Future[float] | None = None
 
     def should_save(self, step: int, epoch: int, **when: bool) -> bool:
         """Ask the save policy (see SavePolicy.should_save); every process gets the same answer."""
         return self.policy.should_save(step, epoch, **when)
 
     def save(self, state: TrainState, recipe: dict[str, Any]) -> Path:
-        """Write a checkpoint of `state.step` atomically; every process must call this."""
+        """Checkpoint `state.step`; every process must call this. Training waits only for the state to be
+        copied (and, under fsdp, for the shards to be written); the main process writes the rest, hashes
+        every file into the manifest and renames the folder in the background (checkpoint.async) or before
+        returning. Returns the checkpoint's folder (complete once `wait` returned, under checkpoint.async)."""
         processes = self.processes
+        self.wait()  # one save at a time: the previous one is on disk
         final = self.folder / step_dir_name(state.step)
         tmp = self.folder / f"{TMP_PREFIX}{final.name}"
         if processes.is_main:
@@ -61,21 +70,36 @@ class CheckpointManager:
         rng_tensors, rng_meta = rng_to_files()
         save_file(rng_tensors, tmp / f"rng_{processes.rank}.safetensors")
         write_json(tmp / f"rng_{processes.rank}.json", rng_meta)
+        full = None
         if processes.strategy == "fsdp":
             _sharded().write_sharded_state(tmp, self.objects, processes)
         elif processes.is_main:
-            write_full_state(tmp, self.objects, state.step)
-        processes.barrier()
-        if processes.is_main:
-            write_json(tmp / TRAINER_FILE, state.to_json())
-            write_json(tmp / RECIPE_FILE, recipe)
-            write_manifest(tmp, state.step)
-            replace_dir(tmp, final)
-            retention.write_latest(self.folder, final)
-            self.prune()
+            full = FullState.take(self.objects)
+        processes.barrier()  # every process's files are in tmp
         self.policy.saved(state.step)
-        processes.barrier()
+        if processes.is_main:
+            job = functools.partial(self._complete, tmp, final, full, state.to_json(), recipe)
+            self._pending = self._writer.submit(job) if self.config.async_ else _done(job())
         return final
+
+    def wait(self) -> float | None:
+        """Wait for the save being written in the background (main process) and return the seconds its
+        writing took (None when none was pending); its error, if it failed, is raised here."""
+        pending, self._pending = self._pending, None
+        return pending.result() if pending is not None else None
+
+    def _complete(self, tmp: Path, final: Path, full: FullState | None, state: dict[str, Any], recipe: dict[str, Any]) -> float:
+        """Write the main process's files, the manifest last, and move the folder to its final name."""
+        started = time.perf_counter()
+        if full is not None:
+            full.write(tmp, state["step"])
+        write_json(tmp / TRAINER_FILE, state)
+        write_json(tmp / RECIPE_FILE, recipe)
+        write_manifest(tmp, state["step"])
+        replace_dir(tmp, final)
+        retention.write_latest(self.folder, final)
+        self.prune()
+        return time.perf_counter() - started
 
     def load(self, folder: Path) -> TrainState:
         """Restore every live object from `folder` (verified when the run was planned) and return the
@@ -104,8 +128,16 @@ class CheckpointManager:
 
     def finish(self) -> None:
         """The run is complete: keep_last applies to every checkpoint, the resumed-from one included."""
+        self.wait()
         self.resumed_from = None
         self.prune()
+
+    def close(self) -> None:
+        """Wait for a pending save (every way out of training passes here) and stop the writer thread."""
+        try:
+            self.wait()
+        finally:
+            self._writer.shutdown(wait=True)
 
 
 def _sharded() -> ModuleType:
@@ -114,3 +146,10 @@ def _sharded() -> ModuleType:
     from trainwright.checkpoint import sharded
 
     return sharded
+
+
+def _done(seconds: float) -> Future[float]:
+    """A save written in the foreground, as a finished Future (so `wait` treats both kinds alike)."""
+    future: Future[float] = Future()
+    future.set_result(seconds)
+    return future

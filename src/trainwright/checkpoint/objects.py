@@ -3,6 +3,7 @@ safetensors) and JSON (everything else)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 from dataclasses import dataclass
@@ -27,10 +28,23 @@ class TrainObjects:
     scaler: Any | None  # the fp16 grad scaler
 
 
-def write_json_states(folder: Path, objects: TrainObjects) -> None:
-    """scheduler.json and scaler.json: LR scheduler and fp16 grad-scaler states (null when there is none)."""
-    write_json(folder / "scheduler.json", objects.scheduler.state_dict() if objects.scheduler else None)
-    write_json(folder / "scaler.json", objects.scaler.state_dict() if objects.scaler else None)
+def json_states(objects: TrainObjects) -> dict[str, Any]:
+    """File name -> content of scheduler.json and scaler.json: the LR scheduler and fp16 grad-scaler states
+    (null when there is none), copied so that training may go on while they are written."""
+    return copy.deepcopy({
+        "scheduler.json": objects.scheduler.state_dict() if objects.scheduler else None,
+        "scaler.json": objects.scaler.state_dict() if objects.scaler else None,
+    })
+
+
+def write_json_states(folder: Path, states: dict[str, Any]) -> None:
+    for name, content in states.items():
+        write_json(folder / name, content)
+
+
+def copied(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors copied into CPU memory (a snapshot that later training steps do not change)."""
+    return {key: value.detach().to("cpu", copy=True).contiguous() for key, value in tensors.items()}
 
 
 def read_json_states(folder: Path, objects: TrainObjects) -> None:

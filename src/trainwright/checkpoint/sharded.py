@@ -30,7 +30,7 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.fsdp import FSDPModule
 
 from trainwright.checkpoint.format import SHARDED_MODEL_DIR, is_sharded
-from trainwright.checkpoint.objects import TrainObjects, read_json_states, write_json_states
+from trainwright.checkpoint.objects import TrainObjects, json_states, read_json_states, write_json_states
 from trainwright.errors import UserError
 from trainwright.files import write_json
 from trainwright.processes import Processes
@@ -49,7 +49,7 @@ def write_sharded_state(folder: Path, objects: TrainObjects, processes: Processe
         dcp.save(state, storage_writer=HuggingFaceStorageWriter(str(folder / name), save_distributed=True))
     if processes.is_main:
         write_json(folder / "optimizer.json", other)
-        write_json_states(folder, objects)
+        write_json_states(folder, json_states(objects))
 
 
 def read_sharded_state(folder: Path, objects: TrainObjects) -> None:
