@@ -71,11 +71,10 @@ def _dump_json(data: Any, file: IO[str]) -> None:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write JSON to a new file and fsync it (for files inside a folder that is itself made atomic)."""
+    """Write JSON to a new file inside a folder that is made durable as a whole (a checkpoint's, whose
+    manifest step fsyncs every file before the folder gets its final name)."""
     with path.open("w", encoding="utf-8") as file:
         _dump_json(data, file)
-        file.flush()
-        os.fsync(file.fileno())
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -106,6 +106,7 @@ def write_manifest(folder: Path, step: int) -> None:
     for sub in sorted(p for p in folder.rglob("*") if p.is_dir()):
         fsync_path(sub)
     write_json(folder / MANIFEST, {"format": FORMAT_VERSION, "step": step, "files": files})
+    fsync_path(folder / MANIFEST)
     fsync_path(folder)
 
 
