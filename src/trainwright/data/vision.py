@@ -33,8 +33,12 @@ def _gunzip_missing(raw: Path) -> None:
         packed, plain = raw / f"{name}.gz", raw / name
         if packed.is_file() and not plain.exists():
             tmp = plain.with_name(plain.name + ".tmp")
-            with gzip.open(packed, "rb") as source, tmp.open("wb") as target:
-                shutil.copyfileobj(source, target)
+            try:
+                with gzip.open(packed, "rb") as source, tmp.open("wb") as target:
+                    shutil.copyfileobj(source, target)
+            except (OSError, EOFError) as exc:  # not gzip, or cut short
+                tmp.unlink(missing_ok=True)
+                raise UserError(f"cannot unpack {packed}: {exc}; replace the damaged file") from None
             tmp.replace(plain)
 
 
