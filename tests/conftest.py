@@ -64,6 +64,37 @@ def start(tmp_path: Path) -> Iterator[processes.Starter]:
         yield starter
 
 
+# --- CI must not pass without the Slurm cluster tests ---------------------------------------------------
+
+# Set by .ci/run: the Slurm cluster tests fail instead of skipping (see tests/test_slurm.py), and the session
+# fails when they were not all run (deselected, or their file not collected).
+REQUIRE_SLURM_VAR = "TRAINWRIGHT_REQUIRE_SLURM"
+_cluster_tests: dict[str, set[str]] = {"collected": set(), "ran": set()}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:  # before -k/-m deselect anything
+    _cluster_tests["collected"] = {item.nodeid for item in items if item.get_closest_marker("slurm_cluster")}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call" and "slurm_cluster" in report.keywords:
+        _cluster_tests["ran"].add(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if os.environ.get(REQUIRE_SLURM_VAR) != "1":
+        return
+    collected, ran = _cluster_tests["collected"], _cluster_tests["ran"]
+    problem = ("no Slurm cluster test was collected (tests/test_slurm.py)" if not collected
+               else f"Slurm cluster tests did not run: {sorted(collected - ran)}" if collected - ran else None)
+    if problem:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"{REQUIRE_SLURM_VAR}=1: {problem}", red=True, bold=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 # --- reading run dirs without trainwright ---------------------------------------------------------------
 
 
