@@ -34,13 +34,14 @@ _TOOL_PREFIXES = ("ACCELERATE_", "PET_", "TORCHELASTIC_", "WANDB_", processes.TA
 
 
 def cli_env(**changes: str | None) -> dict[str, str]:
-    """The environment for a `python -m trainwright` subprocess: one thread, no launcher, Accelerate or W&B
-    variables from the caller's environment.
+    """The environment for a `python -m trainwright` subprocess: one thread, no GPU, no launcher, Accelerate
+    or W&B variables from the caller's environment.
 
     Keyword arguments set variables; a value of None removes one.
     """
     env = {k: v for k, v in os.environ.items() if k not in _LAUNCH_VARS and not k.startswith(_TOOL_PREFIXES)}
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MPLBACKEND="Agg", PYTHONUNBUFFERED="1")
+    env["CUDA_VISIBLE_DEVICES"] = ""  # the suite expects the CPU; tests/test_gpu.py gives its runs the GPUs
     for key, value in changes.items():
         if value is None:
             env.pop(key, None)

@@ -11,6 +11,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import RECIPES, assert_user_error, workflow, house_frame, run_cli
 from trainwright.cli import main
@@ -350,6 +351,7 @@ def test_damaged_fashion_mnist_files(capsys, tmp_path, damage):
     assert not images.with_name(images.name + ".tmp").exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="in process, the GPU is visible: fp16 runs there")
 def test_fp16_on_the_cpu_is_refused(capsys, tmp_path):
     user_error(
         capsys, "train", HEART, *TINY_HEART, "trainer.mixed_precision=fp16", "--run-dir", tmp_path / "run",
