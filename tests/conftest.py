@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import struct
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+
+import processes
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = REPO / "recipes"
@@ -23,17 +27,21 @@ FASHION_CLASSES = (
 FASHION_TRAIN_SIZE = 1000
 FASHION_TEST_SIZE = 200
 
-# Variables that would make a subprocess act as one rank of a distributed launch, or change W&B's behaviour.
+# Variables that would make a subprocess act as one rank of a distributed launch, or change how Accelerate,
+# the torch launcher or W&B behave.
 _LAUNCH_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+_TOOL_PREFIXES = ("ACCELERATE_", "PET_", "TORCHELASTIC_", "WANDB_", processes.TAG_VAR)
 
 
 def cli_env(**changes: str | None) -> dict[str, str]:
-    """The environment for a `python -m trainwright` subprocess: one thread, no launcher variables.
+    """The environment for a `python -m trainwright` subprocess: one thread, no GPU, no launcher, Accelerate
+    or W&B variables from the caller's environment.
 
     Keyword arguments set variables; a value of None removes one.
     """
-    env = {k: v for k, v in os.environ.items() if k not in _LAUNCH_VARS}
+    env = {k: v for k, v in os.environ.items() if k not in _LAUNCH_VARS and not k.startswith(_TOOL_PREFIXES)}
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MPLBACKEND="Agg", PYTHONUNBUFFERED="1")
+    env["CUDA_VISIBLE_DEVICES"] = ""  # the suite expects the CPU; tests/test_gpu.py gives its runs the GPUs
     for key, value in changes.items():
         if value is None:
             env.pop(key, None)
@@ -43,12 +51,94 @@ def cli_env(**changes: str | None) -> dict[str, str]:
 
 
 def run_cli(*args: object, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run `python -m trainwright ARGS...` from the repo root with stdin closed; never raises on failure."""
-    return subprocess.run(
-        [sys.executable, "-m", "trainwright", *map(str, args)],
-        cwd=REPO, env=env if env is not None else cli_env(), stdin=subprocess.DEVNULL,
-        capture_output=True, text=True, timeout=timeout,
-    )
+    """Run `python -m trainwright ARGS...` from the repo root with stdin closed; never raises on failure.
+    Whatever it leaves running (or everything, on a timeout) is killed."""
+    return processes.run([sys.executable, "-m", "trainwright", *args], env if env is not None else cli_env(),
+                         timeout=timeout)
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[processes.Starter]:
+    """`start(args, env, name=...)` runs a command in the background (output in tmp_path/<name>-N.log);
+    everything the test started is killed when it ends, however it ends."""
+    with processes.starter(tmp_path) as starter:
+        yield starter
+
+
+# --- CI must not pass without the Slurm cluster tests ---------------------------------------------------
+
+# Set by .ci/run: the Slurm cluster tests fail instead of skipping (see tests/test_slurm.py), and the session
+# fails when they were not all run (deselected, or their file not collected).
+REQUIRE_SLURM_VAR = "TRAINWRIGHT_REQUIRE_SLURM"
+_cluster_tests: dict[str, set[str]] = {"collected": set(), "ran": set()}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:  # before -k/-m deselect anything
+    _cluster_tests["collected"] = {item.nodeid for item in items if item.get_closest_marker("slurm_cluster")}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call" and "slurm_cluster" in report.keywords:
+        _cluster_tests["ran"].add(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if os.environ.get(REQUIRE_SLURM_VAR) != "1":
+        return
+    collected, ran = _cluster_tests["collected"], _cluster_tests["ran"]
+    problem = ("no Slurm cluster test was collected (tests/test_slurm.py)" if not collected
+               else f"Slurm cluster tests did not run: {sorted(collected - ran)}" if collected - ran else None)
+    if problem:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"{REQUIRE_SLURM_VAR}=1: {problem}", red=True, bold=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+# --- reading run dirs without trainwright ---------------------------------------------------------------
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSON-lines file ([] when it does not exist)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why `folder` is not a complete checkpoint, or None: checked against its manifest.json as the README
+    describes it (every other file listed with its size and sha256, nothing unlisted)."""
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.is_file():
+        return "no manifest.json"
+    files = json.loads(manifest_path.read_text())["files"]
+    present = {p.name for p in folder.iterdir()} - {"manifest.json"}
+    if present != set(files):
+        return f"files {sorted(present)} but the manifest lists {sorted(files)}"
+    for name, entry in files.items():
+        data = (folder / name).read_bytes()
+        if len(data) != entry["bytes"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            return f"{name} does not match the manifest"
+    return None
+
+
+def checkpoint_steps(run_dir: Path) -> list[int]:
+    """Steps of the finished checkpoint folders (`checkpoints/step_XXXXXXXX`), oldest first."""
+    folder = run_dir / "checkpoints"
+    if not folder.is_dir():
+        return []
+    return sorted(int(p.name[5:]) for p in folder.iterdir() if p.name.startswith("step_") and p.is_dir())
+
+
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return run_dir / "checkpoints" / f"step_{step:08d}"
+
+
+def newest_valid_checkpoint(run_dir: Path) -> int | None:
+    """The step a restarted run must resume from: the newest checkpoint that matches its manifest."""
+    valid = [s for s in checkpoint_steps(run_dir) if checkpoint_problem(checkpoint_dir(run_dir, s)) is None]
+    return valid[-1] if valid else None
 
 
 def describe(result: subprocess.CompletedProcess) -> str:
@@ -73,6 +163,56 @@ def assert_user_error(returncode: int, stderr: str, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in message, f"{fragment!r} not in the error message:\n{message}"
     return message
+
+
+# --- W&B files, read with the wandb CLI's own reader of `.wandb` files ----------------------------------
+
+WANDB_CLI = Path(sys.executable).parent / "wandb"
+
+
+def no_credentials_env(home: Path, **changes: str | None) -> dict[str, str]:
+    """No W&B API key anywhere: no WANDB_* variables, and a fresh HOME (so no ~/.netrc, no ~/.config/wandb)."""
+    home.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in cli_env().items() if k not in ("NETRC", "XDG_CONFIG_HOME")}
+    env["HOME"] = str(home)
+    env.update({k: v for k, v in changes.items() if v is not None})
+    return env
+
+
+def wandb_records(wandb_file: Path, env: dict[str, str]) -> list[dict]:
+    """Every record of a `.wandb` file (`wandb leet inspect --json`)."""
+    result = processes.run([WANDB_CLI, "leet", "inspect", "--json", wandb_file], env, timeout=120)
+    assert result.returncode == 0, describe(result)
+    return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+
+
+def wandb_history(records: list[dict]) -> dict[int, dict]:
+    """step -> the metrics W&B holds for it (values logged at one step are merged, as W&B shows them)."""
+    history: dict[int, dict] = {}
+    for record in records:
+        if record["type"] == "history":
+            item = {k: v for k, v in record["history"]["item"].items() if not k.startswith("_")}
+            history.setdefault(record["history"]["step"]["num"], {}).update(item)
+    return history
+
+
+def wandb_run_ids(records: list[dict]) -> set[str]:
+    return {record["run"]["run_id"] for record in records if record["type"] == "run"}
+
+
+# Timings in metrics.jsonl: they differ from run to run, so comparisons of two runs leave them out.
+WALL_CLOCK = ("train/epoch_seconds", "train/samples_per_second", "train/startup_seconds",
+              "checkpoint/stall_seconds", "checkpoint/write_seconds")
+
+
+def metrics_by_step(run_dir: Path, skip: tuple[str, ...] = ()) -> dict[int, dict]:
+    """metrics.jsonl as step -> every value logged at that step (but `step`, `epoch` and the `skip` keys)."""
+    merged: dict[int, dict] = {}
+    for record in read_jsonl(run_dir / "metrics.jsonl"):
+        merged.setdefault(record["step"], {}).update(
+            {k: v for k, v in record.items() if k not in ("step", "epoch", *skip)}
+        )
+    return merged
 
 
 # --- synthetic FashionMNIST in the real IDX format ---------------------------------------------------

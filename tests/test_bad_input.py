@@ -6,10 +6,12 @@ Most cases call `trainwright.cli.main` in-process (fast); a few run the real CLI
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import RECIPES, assert_user_error, workflow, house_frame, run_cli
 from trainwright.cli import main
@@ -317,19 +319,39 @@ def test_predict_needs_a_positive_count(capsys, tmp_path, count):
     assert "must be at least 1" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("damage", ["truncated", "not_idx"])
+# Each damage has its own message: what is wrong, where, and what to do.
+FASHION_DAMAGES = {
+    "truncated": ("cannot read FashionMNIST from", "replace the damaged files"),
+    "not_idx": ("holds a file that is not in IDX format (bad header)", "replace it"),
+    "not_gzip": ("cannot unpack", "train-images-idx3-ubyte.gz", "Not a gzipped file", "replace the damaged file"),
+    "truncated_gzip": ("cannot unpack", "train-images-idx3-ubyte.gz", "ended before", "replace the damaged file"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(FASHION_DAMAGES))
 def test_damaged_fashion_mnist_files(capsys, tmp_path, damage):
     from conftest import write_fashion_mnist
 
     write_fashion_mnist(tmp_path)
-    images = tmp_path / "FashionMNIST" / "raw" / "train-images-idx3-ubyte"
-    images.write_bytes(images.read_bytes()[:1000] if damage == "truncated" else b"<html>not found</html>" * 10)
-    user_error(
+    raw = tmp_path / "FashionMNIST" / "raw"
+    images = raw / "train-images-idx3-ubyte"
+    if damage == "truncated":
+        images.write_bytes(images.read_bytes()[:1000])
+    elif damage == "not_idx":
+        images.write_bytes(b"<html>not found</html>" * 10)
+    else:  # only the .gz of the official download is there, and it is damaged
+        packed = gzip.compress(images.read_bytes())
+        images.unlink()
+        (raw / "train-images-idx3-ubyte.gz").write_bytes(b"<html>not found</html>" if damage == "not_gzip" else packed[:500])
+    message = user_error(
         capsys, "train", RECIPES / "fashion_mnist_mlp.yaml", f"data.root={tmp_path}", "logging.wandb=false",
-        "--run-dir", tmp_path / "run", fragments=("FashionMNIST",),
+        "--run-dir", tmp_path / "run", fragments=(str(raw), *FASHION_DAMAGES[damage]),
     )
+    assert "()" not in message and "not found:" not in message
+    assert not images.with_name(images.name + ".tmp").exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="in process, the GPU is visible: fp16 runs there")
 def test_fp16_on_the_cpu_is_refused(capsys, tmp_path):
     user_error(
         capsys, "train", HEART, *TINY_HEART, "trainer.mixed_precision=fp16", "--run-dir", tmp_path / "run",

@@ -1,8 +1,10 @@
 """slurm/*.sbatch end to end: preempt with SIGUSR1, checkpoint, requeue, resume, complete.
 
 The cluster tests need a Slurm cluster that runs jobs on this machine (CI: `.ci/slurm-setup.sh`);
-they are skipped when `sbatch` is missing or `sinfo` does not answer. The job runs as the submitting
-user, so pytest's tmp_path works for the run dir and the log.
+they are skipped when `sbatch` is missing or `sinfo` does not answer, and they FAIL instead when
+TRAINWRIGHT_REQUIRE_SLURM=1 (`.ci/run` sets it, so CI cannot pass without them). The job runs as the
+submitting user, so pytest's tmp_path works for the run dir and the log. Without a cluster, both batch
+scripts also run as plain scripts and must stop cleanly on USR1.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+import processes
+from conftest import REQUIRE_SLURM_VAR, checkpoint_dir, checkpoint_problem, read_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
 SLURM = ROOT / "slurm"
@@ -51,17 +55,30 @@ def _cluster_problem() -> str | None:
 
 
 def needs_cluster(func):
+    """Skip the test without a cluster, or fail it (saying why) when TRAINWRIGHT_REQUIRE_SLURM=1."""
+    func = pytest.mark.slurm_cluster(func)
     problem = _cluster_problem()
-    return pytest.mark.skipif(problem is not None, reason=problem or "")(func)
+    if problem is None:
+        return func
+    if os.environ.get(REQUIRE_SLURM_VAR) == "1":
+
+        @functools.wraps(func)
+        def cannot_run(*args, **kwargs):
+            pytest.fail(f"{REQUIRE_SLURM_VAR}=1 (set by .ci/run) but this test needs a Slurm cluster: {problem}",
+                        pytrace=False)
+
+        return cannot_run
+    return pytest.mark.skip(reason=problem)(func)
 
 
-def _job_env() -> dict[str, str]:
+def _job_env(**changes: str) -> dict[str, str]:
     """The job uses the interpreter running the tests (its venv, else its bin dir on PATH)."""
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PET_", "TORCHELASTIC_", processes.TAG_VAR))}
     env["TRAINWRIGHT_VENV"] = sys.prefix
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.pop("TRAINWRIGHT_RECIPE", None)
     env.pop("TRAINWRIGHT_RUN_DIR", None)
+    env.update(changes)
     return env
 
 
@@ -96,9 +113,19 @@ def _first_checkpoint(run_dir: Path) -> bool:
     return any((run_dir / "checkpoints").glob("step_*"))
 
 
-def _node_not_completing() -> bool:
+def _node_not_completing() -> float | None:
+    """The time (this machine's clock) at which the node was seen done with the last job, else None."""
     out = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=20)
-    return out.returncode == 0 and "comp" not in out.stdout
+    return time.time() if out.returncode == 0 and "comp" not in out.stdout else None
+
+
+def _wait_for_the_next_second(after: float) -> None:
+    """Until this machine's clock shows a later whole second than `after`. slurmd revokes a requeued job's
+    credential with a time stamp in whole seconds and refuses a start whose credential is not newer
+    ("Job credential revoked": the job ends FAILED); the revocation happened before the node was seen
+    done with the job, so a start in a later second is safe."""
+    while int(time.time()) <= int(after):
+        time.sleep(0.01)
 
 
 def _summary(run_dir: Path) -> dict[str, Any]:
@@ -117,29 +144,51 @@ def test_train_sbatch_needs_recipe_and_run_dir(tmp_path):
     assert "usage: sbatch slurm/train.sbatch RECIPE RUN_DIR" in out.stderr
 
 
-def test_train_sbatch_forwards_usr1_outside_slurm(tmp_path):
+def _outside_slurm_env(**changes: str) -> dict[str, str]:
+    return {k: v for k, v in _job_env(**changes).items() if not k.startswith("SLURM_")}
+
+
+def test_train_sbatch_forwards_usr1_outside_slurm(start, tmp_path):
     """Run as a plain script: USR1 to the shell reaches trainwright, which saves and exits 75."""
-    run_dir, log = tmp_path / "run", tmp_path / "job.log"
-    env = {k: v for k, v in _job_env().items() if not k.startswith("SLURM_")}
-    with open(log, "w") as out:
-        proc = subprocess.Popen(["bash", str(SLURM / "train.sbatch"), str(RECIPE), str(run_dir), *OVERRIDES],
-                                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-    try:
-        _wait_for("the first checkpoint", lambda: _first_checkpoint(run_dir) or proc.poll() is not None, 120, log)
-        assert proc.poll() is None, f"the script ended before it was signalled:\n{_read(log)}"
-        proc.send_signal(signal.SIGUSR1)
-        rc = proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    text = _read(log)
+    run_dir = tmp_path / "run"
+    script = start(["bash", SLURM / "train.sbatch", RECIPE, run_dir, *OVERRIDES], _outside_slurm_env(), name="script")
+    script.wait_for("the first checkpoint", lambda: _first_checkpoint(run_dir))
+    script.signal(signal.SIGUSR1)
+    rc = script.finish(timeout=120)
+    text = script.output()
     assert rc == 75, text
     assert "got SIGUSR1; forwarding it to trainwright" in text
     assert "trainwright: got SIGUSR1; saving a checkpoint after this step" in text
     stopped = re.search(r"Stopped at step (\d+)", text)
     assert stopped, text
-    assert (run_dir / "checkpoints" / f"step_{int(stopped.group(1)):08d}").is_dir()
+    assert checkpoint_problem(checkpoint_dir(run_dir, int(stopped.group(1)))) is None
+    assert "not running under Slurm; run the same command again to resume" in text
+    assert not (run_dir / "summary.json").exists()
+
+
+def test_train_multi_sbatch_forwards_usr1_outside_slurm(start, tmp_path):
+    """Run as a plain script: USR1 to the shell goes to the launcher, which relays it to both workers
+    (PET_SIGNALS_TO_HANDLE, set by the script); both save at one step and the script exits 75."""
+    run_dir = tmp_path / "run"
+    env = _outside_slurm_env(TRAINWRIGHT_MAIN_PORT=str(processes.free_port()))
+    script = start(["bash", SLURM / "train_multi.sbatch", RECIPE, run_dir, *OVERRIDES, "trainer.record_samples=true"],
+                   env, name="script")
+    script.wait_for("the first checkpoint", lambda: _first_checkpoint(run_dir))
+    script.signal(signal.SIGUSR1)
+    rc = script.finish(timeout=180)
+    text = script.output()
+    assert rc == 75, text
+    assert "world_size=2 device=cpu" in text
+    assert "got SIGUSR1; forwarding it to the launcher" in text, text
+    assert text.count("trainwright: got SIGUSR1; saving a checkpoint after this step") == 2, text
+    stopped = re.search(r"Stopped at step (\d+)", text)
+    assert stopped, text
+    step = int(stopped.group(1))
+    assert [read_jsonl(run_dir / "samples" / f"rank{r}.jsonl")[-1]["step"] for r in (0, 1)] == [step, step]
+    folder = checkpoint_dir(run_dir, step)
+    assert checkpoint_problem(folder) is None
+    assert {p.name for p in folder.glob("rng_*.safetensors")} == {"rng_0.safetensors", "rng_1.safetensors"}
+    assert "training stopped (launcher exit 1 after SIGUSR1)" in text, text
     assert "not running under Slurm; run the same command again to resume" in text
     assert not (run_dir / "summary.json").exists()
 
@@ -150,10 +199,12 @@ def test_train_sbatch_forwards_usr1_outside_slurm(tmp_path):
 def _preempt_requeue_resume(tmp_path: Path, script: str, sbatch_args: list[str]) -> tuple[str, int]:
     """Submit, send USR1 to the batch shell, check the requeue, release it, wait for completion."""
     run_dir, log = tmp_path / "run", tmp_path / "job.log"
+    # the job's processes carry a tag (sbatch exports the environment), so whatever survives is killed
+    env, tag = processes.tagged_env(_job_env(TRAINWRIGHT_MAIN_PORT=str(processes.free_port())))
     submit = subprocess.run(
         ["sbatch", "--parsable", f"--chdir={ROOT}", f"--output={log}", f"--job-name=test-{Path(script).stem}",
          *sbatch_args, str(SLURM / script), str(RECIPE), str(run_dir), *OVERRIDES],
-        capture_output=True, text=True, env=_job_env(), timeout=30,
+        capture_output=True, text=True, env=env, timeout=30,
     )
     assert submit.returncode == 0, f"sbatch failed: {submit.stderr}"
     job_id = submit.stdout.strip().split(";")[0]
@@ -174,8 +225,7 @@ def _preempt_requeue_resume(tmp_path: Path, script: str, sbatch_args: list[str])
             lambda: (info := _job(job_id)).get("JobState") == "PENDING" and info.get("Restarts") == "1" and info,
             60, log,
         )
-        held_for = datetime.fromisoformat(requeued["EligibleTime"]) - datetime.now()
-        assert held_for > timedelta(seconds=30), requeued  # Slurm holds a requeued job (~2 minutes)
+        assert requeued["Reason"] == "BeginTime", requeued  # Slurm holds a requeued job (~2 minutes)
         text = _read(log)
         assert "trainwright: got SIGUSR1; saving a checkpoint after this step" in text, text
         stopped = re.search(r"Stopped at step (\d+): checkpoint saved in", text)
@@ -185,10 +235,9 @@ def _preempt_requeue_resume(tmp_path: Path, script: str, sbatch_args: list[str])
         assert (run_dir / "checkpoints" / f"step_{step:08d}").is_dir()
         assert f"requeued job {job_id} (restart 1)" in text, text
 
-        # 3. Release it now instead of waiting ~2 minutes; it resumes and completes. Not in the same
-        # second as the requeue: slurmd would reject the start ("Job credential revoked": FAILED).
-        _wait_for("the node to finish cleaning up", _node_not_completing, 60, log)
-        time.sleep(2)
+        # 3. Release it now instead of waiting ~2 minutes; it resumes and completes. Not in the second of
+        # the requeue's credential revocation (see _wait_for_the_next_second).
+        _wait_for_the_next_second(_wait_for("the node to finish cleaning up", _node_not_completing, 60, log))
         subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, timeout=30)
         done = _wait_for(
             f"job {job_id} to complete after the restart",
@@ -210,6 +259,7 @@ def _preempt_requeue_resume(tmp_path: Path, script: str, sbatch_args: list[str])
     finally:
         if not finished:
             subprocess.run(["scancel", job_id], capture_output=True, timeout=30)
+        processes.kill_tagged(tag)
 
 
 @needs_cluster

@@ -1,13 +1,18 @@
-"""The loop's options, in process on tiny heart runs: accumulation, clipping, precision, max_steps."""
+"""The loop's options on tiny heart runs: accumulation, precision, max_steps in process; clipping through the CLI."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from safetensors.numpy import load_file as load_numpy
 from safetensors.torch import load_file
 
+import processes
+from conftest import cli_env
 from trainwright.accelerate_compat import forget_accelerator_state
 from trainwright.recipe import load_recipe
 from trainwright.training import train as train_recipe
@@ -42,10 +47,39 @@ def test_gradient_accumulation_matches_the_larger_batch(tmp_path):
     assert _max_difference(plain, half_batch) > 1e-3
 
 
-def test_gradient_clipping_changes_the_updates(tmp_path):
-    plain = train(tmp_path, "plain")
-    clipped = train(tmp_path, "clipped", "trainer.grad_clip=0.01")
-    assert _max_difference(plain, clipped) > 1e-3
+# One plain SGD step (lr 1, no momentum) from the seed's initial weights: the weights move by exactly the
+# (clipped) gradient. 400 training points, the first batch of 64.
+ONE_STEP = ["data.num_points=500", "trainer.max_steps=1", "optimizer.lr=1.0", "optimizer.momentum=0",
+            "logging.wandb=false"]
+
+
+def _flat_weights(run_dir: Path) -> np.ndarray:
+    """All final weights as one float64 vector (tensors in name order), read straight from the file."""
+    tensors = load_numpy(run_dir / "model.safetensors")
+    return np.concatenate([tensors[k].astype(np.float64).ravel() for k in sorted(tensors)])
+
+
+def test_gradient_clipping_clips_the_gradient_norm(tmp_path):
+    """With grad_clip=c below the gradient's norm, one step moves the weights by lr*c exactly, along the
+    unclipped gradient. The starting weights come from a run whose lr (1e-30) cannot move float32 weights."""
+    clip = 0.05
+    clips = {"start": None, "clipped": clip, "plain": None}
+    with processes.starter(tmp_path) as start:
+        runs = {}
+        for name, value in clips.items():
+            overrides = [*ONE_STEP, *(["optimizer.lr=1e-30"] if name == "start" else []),
+                         *([f"trainer.grad_clip={value}"] if value else [])]
+            runs[name] = start([sys.executable, "-m", "trainwright", "train", HEART, *overrides,
+                                "--run-dir", tmp_path / name], cli_env(), name=name)
+        for name, process in runs.items():
+            assert process.finish() == 0, process.describe()
+    w0, clipped, plain = (_flat_weights(tmp_path / name) for name in clips)
+    gradient = w0 - plain  # lr 1: the full gradient
+    norm = np.linalg.norm(gradient)
+    assert norm > 2 * clip, f"the gradient norm {norm} is too small for this test's clip value"
+    update = w0 - clipped
+    assert np.linalg.norm(update) == pytest.approx(clip, rel=1e-3)  # the clipped gradient's norm
+    assert update @ (gradient / norm) == pytest.approx(clip, rel=1e-3)  # along the unclipped gradient
 
 
 def test_bf16_autocast_runs_on_the_cpu_and_changes_the_numbers(tmp_path, capsys):

@@ -123,7 +123,31 @@ def _changes_since(folder: Path, recipe: Recipe) -> list[str]:
         )
     if state.recipe_digest == recipe.digest():
         return []
-    return _allowed_changes(read_recipe(folder), recipe, f"checkpoint {folder}")
+    saved = read_recipe(folder)
+    allowed = _allowed_changes(saved, recipe, f"checkpoint {folder}")
+    _check_schedule_length(saved, recipe, state.steps_per_epoch, folder)
+    return allowed
+
+
+# Schedulers whose learning rate does not depend on the run's planned length.
+_LENGTH_FREE_SCHEDULERS = ("none", "step")
+
+
+def _check_schedule_length(saved: dict[str, Any], recipe: Recipe, steps_per_epoch: int, folder: Path) -> None:
+    """A scheduler laid out over the run's total steps (cosine; imported ones get total_steps too) cannot
+    follow a change of that total: its state holds the old length, and the LR would climb back from the
+    end of the old curve."""
+    if not steps_per_epoch or recipe.scheduler.name in _LENGTH_FREE_SCHEDULERS:
+        return
+    before = Recipe.model_validate(saved).trainer.total_steps(steps_per_epoch)
+    after = recipe.trainer.total_steps(steps_per_epoch)
+    if before != after:
+        raise UserError(
+            f"checkpoint {folder} was trained with scheduler '{recipe.scheduler.name}' laid out over {before} steps; "
+            f"trainer.epochs/max_steps now make {after}, which that schedule cannot follow (its learning rate "
+            "would restart from the end of its curve). Keep the run's length, or start over with --restart "
+            "(the old run is kept)."
+        )
 
 
 def _allowed_changes(saved: dict[str, Any], recipe: Recipe, since: str) -> list[str]:

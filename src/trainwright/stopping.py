@@ -2,8 +2,9 @@
 
 With one process the flag is read after every step. With several, they agree on it through a small
 all-reduce that also carries the slowest process's seconds per step, so the next check comes after
-about `CHECK_EVERY_SECONDS` of training: a collective once or twice a second, never once per step of a
-small model, and still after every step of a model whose steps take longer than that.
+about `CHECK_EVERY_SECONDS` of training: a collective about ten times a second, never once per step of
+a small model, and still after every step of a model whose steps take longer than that. A signal that
+arrives in the last fraction of a second of a run may let it complete instead (exit 0).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from trainwright.processes import Processes
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-CHECK_EVERY_SECONDS = 0.5
+CHECK_EVERY_SECONDS = 0.1
 
 
 class StopSignals:
@@ -29,6 +30,7 @@ class StopSignals:
     def __init__(self, processes: Processes) -> None:
         self.processes = processes
         self.received = 0  # the signal number, once one arrived here
+        self.stopping = False  # whether the processes agreed to stop
         self._next_check = 0
         self._since: tuple[int, float] | None = None  # (step, time) of the last agreement
 
@@ -47,12 +49,17 @@ class StopSignals:
             yield
         finally:
             for sig, handler in previous.items():
-                # Once stopping, ignore further signals so they cannot turn the exit code 75 into a kill
-                # (Python resets its own handlers to the default while it shuts down, but keeps SIG_IGN).
-                signal.signal(sig, signal.SIG_IGN if self.received else handler)
+                # Once stopping (here or on another process), ignore further signals so they cannot turn the
+                # exit code 75 into a kill: the launcher may signal every worker as soon as one has exited.
+                # (Python resets its own handlers to the default while it shuts down, but keeps SIG_IGN.)
+                signal.signal(sig, signal.SIG_IGN if self.stopping else handler)
 
     def stop_at(self, step: int) -> bool:
         """Whether to stop after optimizer step `step`; the same answer on every process."""
+        self.stopping = self._agreed(step)
+        return self.stopping
+
+    def _agreed(self, step: int) -> bool:
         if self.processes.world_size == 1:
             return bool(self.received)
         if step < self._next_check:

@@ -91,6 +91,10 @@ class WandbLogger:
                 break
             except Exception as exc:  # W&B must never stop training
                 warn(f"W&B {attempt} start failed ({exc}); " + ("trying offline" if attempt != "offline" else "W&B is off for this run"))
+                try:  # a failed start can leave the run id claimed in W&B's service: the offline try would fail
+                    wandb.teardown()
+                except Exception:
+                    pass
         if self.run is not None and attempt == "offline":
             warn(f"W&B is logging offline to {run.wandb}; upload later with: wandb sync {run.wandb}/offline-run-*")
 

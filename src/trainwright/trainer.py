@@ -82,7 +82,7 @@ class Trainer:
         self.checkpoints = CheckpointManager(run.checkpoints, recipe.checkpoint, processes, objects)
         self.state = TrainState(
             world_size=processes.world_size, sampler_seed=recipe.seed, recipe_digest=recipe.digest(),
-            precision=accelerator.mixed_precision,
+            precision=accelerator.mixed_precision, steps_per_epoch=self.steps_per_epoch,
         )
         self.stops = StopSignals(processes)
 
@@ -105,7 +105,7 @@ class Trainer:
             saved = self.checkpoints.load(resume_from)
             self.state = state = dataclasses.replace(
                 saved, world_size=processes.world_size, recipe_digest=recipe.digest(),
-                precision=self.accelerator.mixed_precision,
+                precision=self.accelerator.mixed_precision, steps_per_epoch=self.steps_per_epoch,
             )
             if processes.is_main:
                 print(

@@ -45,6 +45,7 @@ class TrainState:
     sampler_seed: int = 0  # the batch order is a function of (sampler_seed, epoch)
     recipe_digest: str = ""  # sha256 of the recipe the state was trained with
     precision: str = ""  # the mixed precision it was trained in ('' in checkpoints older than the field)
+    steps_per_epoch: int = 0  # optimizer steps per epoch (0 in checkpoints older than the field)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -32,8 +32,11 @@ def _gunzip_missing(raw: Path) -> None:
     for name in _FASHION_MNIST_FILES:
         packed, plain = raw / f"{name}.gz", raw / name
         if packed.is_file() and not plain.exists():
-            with gzip.open(packed, "rb") as source, atomic_open(plain, "wb") as target:
-                shutil.copyfileobj(source, target)
+            try:
+                with gzip.open(packed, "rb") as source, atomic_open(plain, "wb") as target:
+                    shutil.copyfileobj(source, target)
+            except (OSError, EOFError) as exc:  # not gzip, or cut short (atomic_open removed its temp file)
+                raise UserError(f"cannot unpack {packed}: {exc}; replace the damaged file") from None
 
 
 def fashion_mnist(root: str = "data", download: bool = False) -> DataBundle:
@@ -57,7 +60,7 @@ def fashion_mnist(root: str = "data", download: bool = False) -> DataBundle:
     except OSError as exc:
         raise UserError(f"cannot read or download FashionMNIST in {raw}/: {exc}") from None
     except (AssertionError, ValueError) as exc:  # torchvision asserts on a file that is not IDX
-        raise UserError(f"{raw}/ holds a file that is not in IDX format ({exc or 'bad header'}); replace it") from None
+        raise UserError(f"{raw}/ holds a file that is not in IDX format ({str(exc) or 'bad header'}); replace it") from None
     test_split = _as_tensors(test)
     return DataBundle(
         train=_as_tensors(train), val=test_split, test=test_split, task=Task("multiclass", FASHION_MNIST_CLASSES)
