@@ -196,11 +196,11 @@ def test_train_multi_sbatch_forwards_usr1_outside_slurm(start, tmp_path):
 # --- on the cluster: preempt, requeue, release, resume, complete --------------------------------
 
 
-def _preempt_requeue_resume(tmp_path: Path, script: str, sbatch_args: list[str]) -> tuple[str, int]:
+def _preempt_requeue_resume(tmp_path: Path, script: str, sbatch_args: list[str], **env_changes: str) -> tuple[str, int]:
     """Submit, send USR1 to the batch shell, check the requeue, release it, wait for completion."""
     run_dir, log = tmp_path / "run", tmp_path / "job.log"
     # the job's processes carry a tag (sbatch exports the environment), so whatever survives is killed
-    env, tag = processes.tagged_env(_job_env(TRAINWRIGHT_MAIN_PORT=str(processes.free_port())))
+    env, tag = processes.tagged_env(_job_env(TRAINWRIGHT_MAIN_PORT=str(processes.free_port()), **env_changes))
     submit = subprocess.run(
         ["sbatch", "--parsable", f"--chdir={ROOT}", f"--output={log}", f"--job-name=test-{Path(script).stem}",
          *sbatch_args, str(SLURM / script), str(RECIPE), str(run_dir), *OVERRIDES],
@@ -277,3 +277,16 @@ def test_train_multi_sbatch_is_preempted_requeued_and_resumes(tmp_path):
     assert text.count("trainwright: got SIGUSR1; saving a checkpoint after this step") == 2, text
     assert "world_size=2" in text
     assert "training stopped (launcher exit 1 after SIGUSR1)" in text
+
+
+@needs_cluster
+def test_train_multinode_sbatch_is_preempted_requeued_and_resumes(tmp_path):
+    """The multi-node script on the one-node test cluster (2 processes on its node): srun starts
+    launch_node.sh, USR1 goes batch shell -> srun -> the node's launcher -> both workers."""
+    text, _ = _preempt_requeue_resume(tmp_path, "train_multinode.sbatch", ["--nodes=1", "--cpus-per-task=2"],
+                                      TRAINWRIGHT_PROCS_PER_NODE="2")
+    assert "got SIGUSR1; forwarding it to srun" in text, text
+    assert "--num_machines 1 --machine_rank 0 --num_processes 2" in text, text
+    assert text.count("trainwright: got SIGUSR1; saving a checkpoint after this step") == 2, text
+    assert "world_size=2" in text
+    assert "training stopped (srun exit 1 after SIGUSR1)" in text, text
