@@ -30,10 +30,13 @@ def _train(args: argparse.Namespace) -> int:
     if plan.completed is not None:
         summary, state = plan.completed, "was already complete"
     else:
-        from trainwright.training import execute  # torch and Accelerate: only to train
+        from trainwright.training import end_processes, execute  # torch and Accelerate: only to train
         from trainwright.trainer import EXIT_PREEMPTED
 
-        outcome = execute(recipe, plan, started=STARTED)
+        try:
+            outcome = execute(recipe, plan, started=STARTED)
+        finally:
+            end_processes()
         if outcome.status == "preempted":
             return EXIT_PREEMPTED
         summary, state = outcome.summary, "complete"

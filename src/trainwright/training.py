@@ -66,11 +66,7 @@ def execute(recipe: Recipe, plan: RunPlan, started: float) -> Outcome:
     scheduler = build_scheduler(recipe, optimizer, total_steps)
     apply_plan(plan, recipe, processes)
     trainer = Trainer(recipe, plan.run, accelerator, processes, strategy, data, scoring, model, optimizer, scheduler)
-    try:
-        outcome = trainer.fit(plan.resume_from, started)
-    finally:
-        accelerator.end_training()  # ends the process group: a worker exiting with one open can abort
-    return outcome
+    return trainer.fit(plan.resume_from, started)
 
 
 def make_accelerator(precision: str) -> Accelerator:
@@ -85,3 +81,13 @@ def make_accelerator(precision: str) -> Accelerator:
         return Accelerator(cpu=on_cpu, mixed_precision=precision, step_scheduler_with_optimizer=False)
     except ValueError as exc:
         raise UserError(f"trainer.mixed_precision={precision} cannot run here: {exc}") from None
+
+
+def end_processes() -> None:
+    """Close the process group, if a launch (or a sharded one-process run) opened one: a worker that exits
+    with its group open can abort while exiting. The CLI calls it after `train`; a script that trains
+    through the Python API under a launcher calls it once it is done with torch.distributed."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
