@@ -1,10 +1,12 @@
-# `make run` trains the heart recipe on the CPU; `make test` runs the tests. Both create .venv on first use.
+# `make run` trains the heart recipe on the CPU; `make test` runs the tests; `make bench` runs the benchmark
+# (with the `bench` extra, PyTorch Lightning). All create .venv on first use.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 RUN_DIR ?= runs/heart
+BENCH_ARGS ?= --out benchmarks/results-cpu.md
 
-.PHONY: run test venv clean-venv
+.PHONY: run test bench venv clean-venv
 
 venv: $(VENV)/.installed
 
@@ -13,11 +15,18 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,tensorboard]'
 	touch $@
 
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,tensorboard,bench]'
+	touch $@
+
 run: venv
 	$(BIN)/trainwright train recipes/heart.yaml --run-dir $(RUN_DIR)
 
 test: venv
 	$(BIN)/python -m pytest -q
+
+bench: $(VENV)/.bench-installed
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)
