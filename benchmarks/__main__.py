@@ -12,6 +12,7 @@ from pathlib import Path
 
 from benchmarks import report
 from benchmarks.checkpoints import measure_large_state
+from benchmarks.ddp import measure_ddp
 from benchmarks.measure import Context, interleaved
 from benchmarks.startup import measure_startup
 from benchmarks.synthetic import write_all
@@ -33,6 +34,7 @@ def main() -> None:
         write_all(context.data_root, scale)
         sections = [report.training_table(w, interleaved(w, context, repeats), args.threads)
                     for w in training_workloads(context.data_root, scale)]
+        sections.append(report.ddp_table(measure_ddp(context, repeats)))
         sections.append(report.startup_table(measure_startup(context, runs=max(repeats, scale.startup_runs))))
         large = large_state_workload(context.data_root, scale, saves=True)
         sections.append(report.large_state_table(large.title, measure_large_state(context, repeats), scale))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -32,6 +33,13 @@ class Context:
         env = {k: v for k, v in os.environ.items() if k not in launch}
         env.update(OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads), PYTHONUNBUFFERED="1")
         return env
+
+
+def free_port() -> int:
+    """A TCP port the OS says is free now (for a launcher's rendezvous)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def run(command: list[str], context: Context) -> tuple[float, str]:

@@ -8,6 +8,7 @@ import subprocess
 from importlib.metadata import PackageNotFoundError, version
 
 from benchmarks.checkpoints import LargeState
+from benchmarks.ddp import Ddp
 from benchmarks.measure import RowResult, Samples
 from benchmarks.rows import ROWS
 from benchmarks.startup import Startup
@@ -97,6 +98,20 @@ def startup_table(startup: Startup) -> str:
         "",
         f"A process that only imports torch peaks at {startup.torch_rss_mib.median:.0f} MiB RSS: the floor of "
         "the memory column above.",
+    ])
+
+
+def ddp_table(ddp: Ddp) -> str:
+    ratio = ddp.trainwright.median / ddp.plain.median
+    return "\n".join([
+        f"### A 2-process DDP step (heart, {ddp.steps} steps of 32 samples per process, 2 CPU processes over gloo)",
+        "",
+        "| loop | epoch s (median) | range s | trainwright / loop |",
+        "|---|---:|---:|---:|",
+        f"| plain Accelerate DDP: `prepare(model, optimizer)`, `accelerator.backward` | {_seconds(ddp.plain)} | {ratio:.2f} |",
+        f"| trainwright (`train/epoch_seconds`) | {_seconds(ddp.trainwright)} | |",
+        "",
+        "Both loops run interleaved in the same two processes (`accelerate_configs/cpu_2proc.yaml`).",
     ])
 
 
