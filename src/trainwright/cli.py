@@ -16,8 +16,6 @@ from trainwright.recipe import load_recipe
 from trainwright.run_plan import plan_run
 from trainwright.rundir import RunDir
 
-EXIT_USER_ERROR = 2
-
 
 def _train(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
@@ -77,7 +75,10 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number (at least 1), got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
@@ -97,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a recipe. Run the same command again to resume a stopped run.",
     )
     train.add_argument("recipe", help="recipe YAML file, e.g. recipes/heart.yaml")
-    train.add_argument("overrides", nargs="*", metavar="key.path=value", help="override recipe keys (YAML values)")
+    train.add_argument(
+        "overrides", nargs="*", default=[], metavar="key.path=value", help="override recipe keys (YAML values)"
+    )
     train.add_argument("--run-dir", help="where the run lives (default: runs/<recipe name>)")
     train.add_argument("--resume", metavar="CHECKPOINT", help="resume from this checkpoint folder")
     train.add_argument(
@@ -119,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="validate a recipe and print it resolved")
     check.add_argument("recipe", help="recipe YAML file")
-    check.add_argument("overrides", nargs="*", metavar="key.path=value", help="override recipe keys")
+    check.add_argument("overrides", nargs="*", default=[], metavar="key.path=value", help="override recipe keys")
     check.set_defaults(handler=_check)
     return parser
 
@@ -139,14 +142,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _os_error(exc: OSError) -> UserError:
+    """An environment error nothing more specific caught (a full disk, a read-only folder), as one message."""
+    names = " -> ".join(str(name) for name in (exc.filename, exc.filename2) if name)
+    return UserError(f"{exc.strerror or exc}" + (f": {names}" if names else ""))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        return args.handler(args)
+        try:
+            return args.handler(args)
+        except OSError as exc:
+            raise _os_error(exc) from None
     except UserError as exc:
+        message = f"trainwright: error: {exc}"
         if _is_main_process():
-            print(f"trainwright: error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
+            print(message, file=sys.stderr, flush=True)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("trainwright: interrupted", file=sys.stderr)
         return 130
