@@ -34,7 +34,7 @@ def _train(args: argparse.Namespace) -> int:
             return EXIT_PREEMPTED
         summary, state = outcome.summary, "complete"
     if _is_main_process():
-        metrics = ", ".join(f"{k}={v:.4f}" for k, v in summary.items() if k.startswith("val/"))
+        metrics = ", ".join(f"{k}={v:.4f}" for k, v in summary.items() if k.startswith("val/") and v is not None)
         print(f"Run {state} at step {summary['step']}: {metrics}")
         print(f"Run dir: {run.path}")
     return 0

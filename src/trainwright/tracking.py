@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from trainwright.errors import UserError
-from trainwright.files import warn, write_text_atomic
+from trainwright.files import json_line, warn, write_text_atomic
 from trainwright.recipe import Recipe
 from trainwright.rundir import RunDir
 
@@ -34,7 +34,7 @@ class JsonLinesFile:
         self._file = path.open("a", encoding="utf-8")
 
     def log(self, fields: dict[str, Any], step: int, epoch: int) -> None:
-        self._file.write(json.dumps({"step": step, "epoch": epoch, **fields}) + "\n")
+        self._file.write(json_line({"step": step, "epoch": epoch, **fields}))
         self._file.flush()
 
     def close(self) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainwright.files import fsync_path, sha256, write_json
+from trainwright.files import fsync_path, normalize_mode, sha256, write_json
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -89,6 +89,7 @@ def write_manifest(folder: Path, step: int) -> None:
     """fsync every file of `folder`, then list them with size and sha256 in manifest.json (written last)."""
     files = {}
     for path in sorted(folder.iterdir()):
+        normalize_mode(path)
         fsync_path(path)
         files[path.name] = {"bytes": path.stat().st_size, "sha256": sha256(path)}
     write_json(folder / MANIFEST, {"format": FORMAT_VERSION, "step": step, "files": files})
