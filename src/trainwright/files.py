@@ -112,6 +112,19 @@ def write_json(path: Path, data: Any) -> None:
         os.fsync(file.fileno())
 
 
+def append_whole(fd: int, data: bytes) -> None:
+    """Append `data` to a file opened with O_APPEND, all of it or nothing: if a write fails (a full disk)
+    the file is cut back to where `data` began and the OSError is raised."""
+    start = os.fstat(fd).st_size
+    try:
+        written = 0
+        while written < len(data):
+            written += os.write(fd, data[written:])
+    except OSError:
+        os.ftruncate(fd, start)
+        raise
+
+
 def normalize_mode(path: Path) -> None:
     """Give a file written by a library the usual mode (safetensors creates its files 0600)."""
     os.chmod(path, FILE_MODE)
