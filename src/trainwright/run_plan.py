@@ -17,7 +17,7 @@ from trainwright.errors import UserError
 from trainwright.files import warn
 from trainwright.launcher import resolve_precision
 from trainwright.recipe import Recipe
-from trainwright.rundir import RunDir
+from trainwright.rundir import DamagedFile, RunDir
 
 if TYPE_CHECKING:
     from trainwright.processes import Processes
@@ -43,9 +43,12 @@ class RunPlan:
     explicit: bool = False  # --resume: checkpoints after resume_from are moved aside
     damaged: list[tuple[Path, str]] = field(default_factory=list)  # newer checkpoints that failed verification
     allowed_changes: list[str] = field(default_factory=list)  # recipe keys changed in ways a resume allows
+    notes: list[str] = field(default_factory=list)  # run files found damaged or missing, and what is done about it
 
     def announce(self) -> None:
         """Tell the user what was found (main process)."""
+        for note in self.notes:
+            warn(note)
         for folder, problem in self.damaged:
             warn(f"checkpoint {folder} is damaged ({problem}); skipping it")
         if self.allowed_changes:
@@ -66,18 +69,45 @@ def plan_run(run: RunDir, recipe: Recipe, resume: str | Path | None = None, rest
     if resume is not None:
         folder = _explicit_checkpoint(resume)
         return RunPlan(run, resume_from=folder, explicit=True, allowed_changes=_changes_since(folder, recipe))
-    summary = run.completed_summary()
-    if summary is not None and run.saved_recipe_is(recipe):
-        return RunPlan(run, completed=summary)
-    if summary is not None and _reaches_total(summary, recipe):
-        allowed = _allowed_changes(run.saved_recipe(), recipe, f"the run in {run.path}")
-        return RunPlan(run, completed=summary, allowed_changes=allowed)
+    notes: list[str] = []
+    summary = _completed_summary(run, notes)
+    if summary is not None:
+        try:
+            if run.saved_recipe_is(recipe):
+                return RunPlan(run, completed=summary)
+            if _reaches_total(summary, recipe):
+                allowed = _allowed_changes(run.saved_recipe(), recipe, f"the run in {run.path}")
+                total = recipe.trainer.total_steps(summary["steps_per_epoch"])
+                if summary["step"] > total:
+                    notes.append(
+                        f"the run already trained {summary['step']} steps, more than the {total} this recipe asks for; "
+                        f"nothing is trained or rewritten, and its weights and {run.recipe_file.name} stay those of "
+                        f"the {summary['step']}-step run"
+                    )
+                return RunPlan(run, completed=summary, allowed_changes=allowed, notes=notes)
+        except DamagedFile as exc:
+            notes.append(f"{exc}; it is written again from the checkpoint")
     choice = retention.newest_valid(run.checkpoints)
     if choice.folder is None:
-        return RunPlan(run, damaged=choice.damaged)
+        return RunPlan(run, damaged=choice.damaged, notes=notes)
     return RunPlan(
-        run, resume_from=choice.folder, damaged=choice.damaged, allowed_changes=_changes_since(choice.folder, recipe)
+        run, resume_from=choice.folder, damaged=choice.damaged, allowed_changes=_changes_since(choice.folder, recipe),
+        notes=notes,
     )
+
+
+def _completed_summary(run: RunDir, notes: list[str]) -> dict[str, Any] | None:
+    """summary.json of a completed run whose final weights are there; a damaged summary or missing
+    weights are noted, and the run goes on from its newest checkpoint, which writes them again."""
+    try:
+        summary = run.completed_summary()
+    except DamagedFile as exc:
+        notes.append(f"{exc}; the run goes on from its newest checkpoint, which writes it again")
+        return None
+    if summary is not None and not run.model_file.is_file():
+        notes.append(f"{run.model_file} is missing; writing it again from the newest checkpoint")
+        return None
+    return summary
 
 
 def apply_plan(plan: RunPlan, recipe: Recipe, processes: Processes) -> None:
@@ -86,6 +116,7 @@ def apply_plan(plan: RunPlan, recipe: Recipe, processes: Processes) -> None:
     if processes.is_main:
         if plan.restart:
             print(f"--restart: the previous run was moved to {run.set_aside()}", flush=True)
+        run.create()
         retention.remove_unfinished(run.checkpoints)
         if plan.explicit:
             _set_aside_newer_checkpoints(run, plan.resume_from)

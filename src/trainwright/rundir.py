@@ -1,5 +1,6 @@
 """The run directory: the one place that knows where a run's files live.
 
+  .trainwright         marker: this folder is a run dir trainwright made (nothing else makes it)
   recipe.yaml          the resolved recipe
   metrics.jsonl        one JSON object per log event
   summary.json         written when the run completes
@@ -21,9 +22,16 @@ from typing import Any
 
 import yaml
 
+from trainwright import __version__
 from trainwright.errors import UserError
-from trainwright.files import write_text_atomic
-from trainwright.recipe import Recipe, read_yaml, validate
+from trainwright.files import write_json_atomic, write_text_atomic
+from trainwright.recipe import Recipe, parse_yaml, read_yaml, validate
+
+MARKER = ".trainwright"
+
+
+class DamagedFile(UserError):
+    """A run file that exists but cannot be read as what it should be."""
 
 
 class RunDir:
@@ -31,6 +39,7 @@ class RunDir:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.marker_file = self.path / MARKER
         self.recipe_file = self.path / "recipe.yaml"
         self.metrics_file = self.path / "metrics.jsonl"
         self.summary_file = self.path / "summary.json"
@@ -55,39 +64,63 @@ class RunDir:
     def existing(cls, path: str | Path) -> RunDir:
         """A run dir that must already hold a run (for eval, predict, plot)."""
         run = cls(path)
+        if run.path.is_file():
+            raise UserError(f"{run.path} is a file; give the run dir (the folder `trainwright train --run-dir` wrote)")
         if not run.path.is_dir():
             raise UserError(f"run dir not found: {run.path}")
-        if not run.recipe_file.is_file():
+        if not run.holds_run():
             raise UserError(
-                f"{run.path} is not a trainwright run dir (it has no recipe.yaml); "
+                f"{run.path} is not a trainwright run dir (it has no {MARKER} marker); "
                 "give the folder a `trainwright train ... --run-dir DIR` wrote"
             )
         return run
 
     def holds_run(self) -> bool:
-        return self.recipe_file.is_file()
+        """Whether trainwright made this folder (its marker is there: a recipe.yaml alone proves nothing)."""
+        return self.marker_file.is_file()
 
     def is_foreign(self) -> bool:
         """True when the folder exists, is not empty and is not a run: training there could clobber files."""
         return self.path.exists() and (not self.path.is_dir() or (any(self.path.iterdir()) and not self.holds_run()))
 
+    def create(self) -> None:
+        """Make the run dir and mark it as trainwright's."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        if not self.holds_run():
+            marker = {"trainwright_version": __version__, "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+            write_json_atomic(self.marker_file, marker)
+
     def recipe(self) -> Recipe:
         return validate(read_yaml(self.recipe_file), str(self.recipe_file))
 
     def write_recipe(self, recipe: Recipe) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.recipe_file, yaml.safe_dump(recipe.to_dict(), sort_keys=False))
 
-    def completed_summary(self) -> dict[str, Any] | None:
-        """summary.json of a run that completed, else None."""
-        if not self.summary_file.is_file():
+    def read_json(self, path: Path) -> Any:
+        """A JSON file of the run (None when missing); a damaged one is a DamagedFile error naming it."""
+        if not path.is_file():
             return None
-        summary = json.loads(self.summary_file.read_text())
-        return summary if summary.get("status") == "completed" else None
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise DamagedFile(f"{path} is damaged ({exc})") from None
+
+    def completed_summary(self) -> dict[str, Any] | None:
+        """summary.json of a run that completed, else None (DamagedFile when it cannot be read)."""
+        summary = self.read_json(self.summary_file)
+        if summary is not None and not isinstance(summary, dict):
+            raise DamagedFile(f"{self.summary_file} is damaged (not a JSON object)")
+        return summary if summary and summary.get("status") == "completed" else None
 
     def saved_recipe(self) -> dict[str, Any]:
-        """recipe.yaml as plain data."""
-        return yaml.safe_load(self.recipe_file.read_text())
+        """recipe.yaml as plain data (DamagedFile when it cannot be read)."""
+        try:
+            data = parse_yaml(self.recipe_file.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise DamagedFile(f"{self.recipe_file} is damaged ({str(exc).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise DamagedFile(f"{self.recipe_file} is damaged (not a recipe mapping)")
+        return data
 
     def saved_recipe_is(self, recipe: Recipe) -> bool:
         """Whether recipe.yaml holds exactly `recipe` (answered from the file alone)."""
@@ -95,6 +128,11 @@ class RunDir:
 
     def require_model(self) -> Path:
         if not self.model_file.is_file():
+            if self.completed_summary() is not None:
+                raise UserError(
+                    f"{self.model_file} is missing although the run completed; run `trainwright train` with its "
+                    f"recipe and --run-dir {self.path} to write it again from the last checkpoint"
+                )
             raise UserError(f"{self.path} has no model.safetensors yet: the run has not finished training")
         return self.model_file
 
@@ -117,3 +155,4 @@ class RunDir:
         target = self.path / f"superseded-{time.strftime('%Y%m%d-%H%M%S')}"
         target.mkdir()
         return target
+
