@@ -17,6 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from safetensors import SafetensorError
+
+# What a failed write raises: OSError, or safetensors' own error wrapping one ("I/O error: No space left").
+WRITE_ERRORS = (OSError, SafetensorError)
+
 TMP_SUFFIX = ".tmp"
 
 

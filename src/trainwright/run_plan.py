@@ -64,6 +64,7 @@ def plan_run(run: RunDir, recipe: Recipe, resume: str | Path | None = None, rest
         )
     if restart and resume is not None:
         raise UserError("--restart starts over and --resume continues a checkpoint: give one of them")
+    run.check_location(restart)
     if restart:
         return RunPlan(run, restart=run.holds_run())
     if resume is not None:

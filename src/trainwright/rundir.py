@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import time
 from pathlib import Path
@@ -83,6 +84,19 @@ class RunDir:
         """True when the folder exists, is not empty and is not a run: training there could clobber files."""
         return self.path.exists() and (not self.path.is_dir() or (any(self.path.iterdir()) and not self.holds_run()))
 
+    def check_location(self, restart: bool) -> None:
+        """Refuse a run dir that cannot be made or written, before anything is built (every process)."""
+        existing = next(p for p in [self.path.absolute(), *self.path.absolute().parents] if p.exists())
+        if not existing.is_dir():
+            raise UserError(f"--run-dir {self.path}: {existing} is a file, so no folder can be made under it")
+        if not os.access(existing, os.W_OK):
+            raise UserError(f"--run-dir {self.path}: {existing} is not writable ({_access_problem(existing)})")
+        if restart and Path.cwd().resolve().is_relative_to(self.path.resolve()):
+            raise UserError(
+                f"--restart would move {self.path} aside, and it holds the current folder; run the command from "
+                "outside it"
+            )
+
     def create(self) -> None:
         """Make the run dir and mark it as trainwright's."""
         self.path.mkdir(parents=True, exist_ok=True)
@@ -146,7 +160,11 @@ class RunDir:
 
     def set_aside(self) -> Path:
         """Rename the whole run dir to '<name>.old-<time>' (used by --restart; nothing is deleted)."""
-        target = self.path.with_name(f"{self.path.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+        stem = f"{self.path.name}.old-{time.strftime('%Y%m%d-%H%M%S')}"
+        target, count = self.path.with_name(stem), 1
+        while target.exists():  # two restarts within a second
+            count += 1
+            target = self.path.with_name(f"{stem}-{count}")
         self.path.rename(target)
         return target
 
@@ -156,3 +174,11 @@ class RunDir:
         target.mkdir()
         return target
 
+
+def _access_problem(path: Path) -> str:
+    """Why a folder cannot be written: a read-only file system or missing permission."""
+    try:
+        probe = os.statvfs(path)
+    except OSError:
+        return "permission denied"
+    return "read-only file system" if probe.f_flag & os.ST_RDONLY else "permission denied"

@@ -27,6 +27,7 @@ from trainwright.data.loading import batches_per_epoch, iterate, train_indices
 from trainwright.errors import UserError
 from trainwright.evaluation import Scoring, evaluate
 from trainwright.files import write_json_atomic
+from trainwright.guards import disk_writes
 from trainwright.processes import Processes
 from trainwright.recipe import Recipe
 from trainwright.rundir import RunDir
@@ -232,7 +233,8 @@ class Trainer:
     def _save(self) -> None:
         """Checkpoint the current step (the not-yet-logged loss is averaged over processes first)."""
         self.state.loss_sum = self.processes.mean(self._loss_sum.clone()).item()
-        self.checkpoints.save(self.state, self.recipe.to_dict())
+        with disk_writes("a checkpoint", self.state.step, self.run.checkpoints):
+            self.checkpoints.save(self.state, self.recipe.to_dict())
 
     @contextlib.contextmanager
     def _stop_signals(self) -> Iterator[None]:
@@ -284,8 +286,9 @@ class Trainer:
         }
         if self.processes.is_main:
             metadata = {"recipe": self.recipe.name, "trainwright_version": __version__, "step": str(state.step)}
-            save_weights(self.accelerator.unwrap_model(self.model), self.run.model_file, metadata)
-            write_json_atomic(self.run.summary_file, summary)
+            with disk_writes("the final weights and summary", state.step, self.run.checkpoints):
+                save_weights(self.accelerator.unwrap_model(self.model), self.run.model_file, metadata)
+                write_json_atomic(self.run.summary_file, summary)
             self.checkpoints.finish()
         self.processes.barrier()
         return summary

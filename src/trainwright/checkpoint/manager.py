@@ -26,7 +26,7 @@ from trainwright.checkpoint.format import (
 from trainwright.checkpoint.full import read_full_state, write_full_state
 from trainwright.checkpoint.objects import TrainObjects, fresh_rng, rng_from_files, rng_to_files
 from trainwright.checkpoint.policy import SavePolicy
-from trainwright.files import replace_dir, write_json
+from trainwright.files import WRITE_ERRORS, replace_dir, write_json
 from trainwright.processes import Processes
 from trainwright.recipe import CheckpointConfig
 
@@ -60,10 +60,14 @@ class CheckpointManager:
         write_json(tmp / f"rng_{processes.rank}.json", rng_meta)
         processes.barrier()
         if processes.is_main:
-            write_full_state(tmp, self.objects, state.step)
-            write_json(tmp / TRAINER_FILE, state.to_json())
-            write_json(tmp / RECIPE_FILE, recipe)
-            write_manifest(tmp, state.step)
+            try:
+                write_full_state(tmp, self.objects, state.step)
+                write_json(tmp / TRAINER_FILE, state.to_json())
+                write_json(tmp / RECIPE_FILE, recipe)
+                write_manifest(tmp, state.step)
+            except WRITE_ERRORS:  # a full disk: give the space back; the previous checkpoints are untouched
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
             replace_dir(tmp, final)
             retention.write_latest(self.folder, final)
             self.prune()
