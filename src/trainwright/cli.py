@@ -11,6 +11,7 @@ import yaml
 
 from trainwright import __version__
 from trainwright.errors import UserError
+from trainwright.launcher import report_to_launcher
 from trainwright.processes import launch_rank
 from trainwright.recipe import load_recipe
 from trainwright.run_plan import plan_run
@@ -159,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         message = f"trainwright: error: {exc}"
         if _is_main_process():
             print(message, file=sys.stderr, flush=True)
+        report_to_launcher(message)  # every process: whichever the launcher reports as the root cause names it
         return exc.exit_code
     except KeyboardInterrupt:
         print("trainwright: interrupted", file=sys.stderr)
