@@ -16,24 +16,26 @@ from trainwright.processes import launch_rank
 from trainwright.recipe import load_recipe
 from trainwright.run_plan import plan_run
 from trainwright.rundir import RunDir
+from trainwright.runlock import hold
 
 
 def _train(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     run = RunDir(args.run_dir or os.path.join("runs", recipe.name))
-    plan = plan_run(run, recipe, args.resume, args.restart)  # from files alone: no torch yet
-    if _is_main_process():
-        plan.announce()
-    if plan.completed is not None:
-        summary, state = plan.completed, "was already complete"
-    else:
-        from trainwright.training import execute  # torch and Accelerate: only to train
-        from trainwright.trainer import EXIT_PREEMPTED
+    with hold(run):
+        plan = plan_run(run, recipe, args.resume, args.restart)  # from files alone: no torch yet
+        if _is_main_process():
+            plan.announce()
+        if plan.completed is not None:
+            summary, state = plan.completed, "was already complete"
+        else:
+            from trainwright.training import execute  # torch and Accelerate: only to train
+            from trainwright.trainer import EXIT_PREEMPTED
 
-        outcome = execute(recipe, plan)
-        if outcome.status == "preempted":
-            return EXIT_PREEMPTED
-        summary, state = outcome.summary, "complete"
+            outcome = execute(recipe, plan)
+            if outcome.status == "preempted":
+                return EXIT_PREEMPTED
+            summary, state = outcome.summary, "complete"
     if _is_main_process():
         metrics = ", ".join(f"{k}={v:.4f}" for k, v in summary.items() if k.startswith("val/") and v is not None)
         print(f"Run {state} at step {summary['step']}: {metrics}")

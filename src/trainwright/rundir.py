@@ -10,6 +10,8 @@
   wandb/               W&B files; wandb_run_id.txt: the W&B run id, kept across restarts
   tensorboard/         TensorBoard event files
   samples/             rank<R>.jsonl: the sample indices each process trained on
+
+Beside it, `.<name>.trainwright-lock` exists while a `train` command holds the run dir (runlock.py).
 """
 
 from __future__ import annotations
@@ -53,6 +55,12 @@ class RunDir:
         self.wandb_id_file = self.path / "wandb_run_id.txt"
         self.tensorboard = self.path / "tensorboard"
         self.samples = self.path / "samples"
+
+    @property
+    def lock_file(self) -> Path:
+        """Beside the run dir, so it exists before the run dir and stays when --restart renames it."""
+        resolved = self.path.resolve()
+        return resolved.parent / f".{resolved.name}.trainwright-lock"
 
     def sample_file(self, rank: int) -> Path:
         return self.samples / f"rank{rank}.jsonl"

@@ -22,15 +22,18 @@ from trainwright.processes import Processes, launch_rank
 from trainwright.recipe import Recipe
 from trainwright.run_plan import RunPlan, apply_plan, plan_run
 from trainwright.rundir import RunDir
+from trainwright.runlock import hold
 from trainwright.trainer import Outcome, Trainer, steps_per_epoch
 
 
 def train(recipe: Recipe, run_dir: str | Path, resume: str | Path | None = None, restart: bool = False) -> Outcome:
     """Train `recipe` in `run_dir`: start, resume from its newest valid checkpoint, or report it complete."""
-    plan = plan_run(RunDir(run_dir), recipe, resume, restart)
-    if launch_rank() == 0:
-        plan.announce()
-    return execute(recipe, plan)
+    run = RunDir(run_dir)
+    with hold(run):
+        plan = plan_run(run, recipe, resume, restart)
+        if launch_rank() == 0:
+            plan.announce()
+        return execute(recipe, plan)
 
 
 def execute(recipe: Recipe, plan: RunPlan) -> Outcome:
