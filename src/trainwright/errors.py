@@ -6,6 +6,7 @@ import difflib
 from collections.abc import Iterable
 
 EXIT_USER_ERROR = 2  # bad input or environment: one message, nothing written
+EXIT_NONFINITE = 3  # training stopped at a non-finite loss; the last good checkpoint is kept
 
 
 class UserError(Exception):
@@ -13,6 +14,12 @@ class UserError(Exception):
     message, no traceback."""
 
     exit_code = EXIT_USER_ERROR
+
+
+class NonFiniteLoss(UserError):
+    """The loss became NaN or infinite: the run stops without saving the broken state."""
+
+    exit_code = EXIT_NONFINITE
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

@@ -27,7 +27,7 @@ from trainwright.data.loading import batches_per_epoch, iterate, train_indices
 from trainwright.errors import UserError
 from trainwright.evaluation import Scoring, evaluate
 from trainwright.files import write_json_atomic
-from trainwright.guards import disk_writes
+from trainwright.guards import disk_writes, require_finite
 from trainwright.processes import Processes
 from trainwright.recipe import Recipe
 from trainwright.rundir import RunDir
@@ -211,6 +211,7 @@ class Trainer:
     def _log_train_loss(self) -> None:
         state = self.state
         mean_loss = self.processes.mean(self._loss_sum).item() / max(state.loss_count, 1)
+        require_finite(mean_loss, "training loss", state.step, self.run.checkpoints)
         lr = self.optimizer.param_groups[0]["lr"]
         self.tracker.log({"train/loss": mean_loss, "lr": lr}, state.step, state.epoch + 1)
         self._loss_sum.zero_()
@@ -219,6 +220,7 @@ class Trainer:
     def _validate(self) -> None:
         state = self.state
         metrics = evaluate(self.accelerator.unwrap_model(self.model), self.data.val, self.scoring, self.processes)
+        require_finite(metrics["loss"], "validation loss", state.step, self.run.checkpoints)
         state.val_metrics = {f"val/{key}": value for key, value in metrics.items()}
         state.val_step = state.step
         monitored, mode = state.val_metrics.get(self.recipe.checkpoint.monitor), self.recipe.checkpoint.mode
@@ -233,6 +235,7 @@ class Trainer:
     def _save(self) -> None:
         """Checkpoint the current step (the not-yet-logged loss is averaged over processes first)."""
         self.state.loss_sum = self.processes.mean(self._loss_sum.clone()).item()
+        require_finite(self.state.loss_sum, "training loss", self.state.step, self.run.checkpoints)
         with disk_writes("a checkpoint", self.state.step, self.run.checkpoints):
             self.checkpoints.save(self.state, self.recipe.to_dict())
 
