@@ -18,6 +18,7 @@ from trainwright.components import (
 )
 from trainwright.errors import UserError
 from trainwright.launcher import resolve_precision, resolve_strategy
+from trainwright.preflight import check_startup
 from trainwright.processes import Processes, launch_rank
 from trainwright.recipe import Recipe
 from trainwright.run_plan import RunPlan, apply_plan, plan_run
@@ -60,6 +61,7 @@ def execute(recipe: Recipe, plan: RunPlan) -> Outcome:
     scoring = build_scoring(recipe, data)
     optimizer = build_optimizer(recipe, model)
     scheduler = build_scheduler(recipe, optimizer, total_steps)
+    check_startup(recipe, data, model, scoring, total_steps)  # before the run dir is touched
     model, optimizer = accelerator.prepare(model, optimizer)
     apply_plan(plan, recipe, processes)
     trainer = Trainer(recipe, plan.run, accelerator, processes, data, scoring, model, optimizer, scheduler)
