@@ -10,6 +10,7 @@ import sys
 import yaml
 
 from trainwright import __version__
+from trainwright.data.paths import ALLOW_FLAG, pin_paths
 from trainwright.errors import UserError
 from trainwright.launcher import report_to_launcher
 from trainwright.processes import launch_rank
@@ -20,10 +21,10 @@ from trainwright.runlock import hold
 
 
 def _train(args: argparse.Namespace) -> int:
-    recipe = load_recipe(args.recipe, args.overrides)
+    recipe = pin_paths(load_recipe(args.recipe, args.overrides))
     run = RunDir(args.run_dir or os.path.join("runs", recipe.name))
     with hold(run):
-        plan = plan_run(run, recipe, args.resume, args.restart)  # from files alone: no torch yet
+        plan = plan_run(run, recipe, args.resume, args.restart, args.allow_data_change)  # files alone: no torch yet
         if _is_main_process():
             plan.announce()
         if plan.completed is not None:
@@ -46,14 +47,15 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from trainwright.inference import evaluate_run, load_run
 
-    print(json.dumps(evaluate_run(load_run(RunDir.existing(args.run_dir))), indent=2))
+    trained = load_run(RunDir.existing(args.run_dir), args.allow_data_change)
+    print(json.dumps(evaluate_run(trained), indent=2))
     return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
     from trainwright.inference import load_run, prediction_lines
 
-    for line in prediction_lines(load_run(RunDir.existing(args.run_dir)), args.n):
+    for line in prediction_lines(load_run(RunDir.existing(args.run_dir), args.allow_data_change), args.n):
         print(line)
     return 0
 
@@ -87,6 +89,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _add_allow_data_change(command: argparse.ArgumentParser, what: str) -> None:
+    command.add_argument(
+        ALLOW_FLAG, action="store_true",
+        help=f"{what} even if the data differ from those the run trained on (recorded in <run dir>/data.json)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trainwright",
@@ -110,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--restart", action="store_true",
         help="start over: the existing run dir is renamed to <dir>.old-<time>, never deleted",
     )
+    _add_allow_data_change(train, "resume")
     train.set_defaults(handler=_train)
 
     for name, help_text, handler in (
@@ -121,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("run_dir", help="a run dir written by `trainwright train`")
         if name == "predict":
             command.add_argument("-n", type=_positive_int, default=10, help="number of items (default 10)")
+        if name != "plot":
+            _add_allow_data_change(command, name)
         command.set_defaults(handler=handler)
 
     check = commands.add_parser("check", help="validate a recipe and print it resolved")

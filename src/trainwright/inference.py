@@ -15,6 +15,7 @@ from trainwright.checkpoint.format import step_of
 from trainwright.checkpoint.retention import step_dirs
 from trainwright.components import build_data, build_model, build_scoring
 from trainwright.data.bundle import DataBundle
+from trainwright.data.fingerprint import check_same_data, data_record
 from trainwright.data.loading import eval_indices, iterate
 from trainwright.errors import UserError
 from trainwright.evaluation import EVAL_BATCH_SIZE, Scoring, evaluate
@@ -35,13 +36,14 @@ class TrainedRun:
     scoring: Scoring
 
 
-def load_run(run: RunDir) -> TrainedRun:
-    """The run's recipe, data and model with its final weights (on the CPU, in eval mode); says on stderr
-    which step the weights are from."""
+def load_run(run: RunDir, allow_data_change: bool = False) -> TrainedRun:
+    """The run's recipe, data (checked against data.json) and model with its final weights (on the CPU,
+    in eval mode); says on stderr which step the weights are from."""
     recipe = run.recipe()
     weights = run.require_model()
     step = _weights_step(weights)
     bundle = build_data(recipe)
+    check_same_data(run.read_json(run.data_file), data_record(bundle), run.path, allow_data_change)
     model = build_model(recipe)
     try:
         missing, unexpected = load_model(model, str(weights), strict=False)

@@ -4,24 +4,28 @@ is one message and no folder, instead of a traceback (or silent garbage) once tr
   * the loss fits the task (no cross-entropy on a one-output binary model, no BCE on regression),
   * the model fits the data: one batch through the model and the loss (shapes, classes, probabilities),
   * the optimizer and LR scheduler survive their first steps (on a throwaway parameter),
-  * checkpoint.monitor names a metric the run reports.
+  * checkpoint.monitor names a metric the run reports,
+  * resumed data are the data the run trained on (data.json).
 """
 
 from __future__ import annotations
 
 import inspect
 import math
+from typing import Any
 
 import torch
 from torch import nn
 
 from trainwright.components import build_optimizer, build_scheduler, check_monitor
 from trainwright.data.bundle import DataBundle
+from trainwright.data.fingerprint import check_same_data, data_record
 from trainwright.data.loading import iterate
 from trainwright.errors import UserError
 from trainwright.evaluation import Scoring
 from trainwright.recipe import Recipe
 from trainwright.registry import MODELS
+from trainwright.run_plan import RunPlan
 
 _CLASSIFICATION_LOSSES = (
     "bce_with_logits (one output), bce (one output through a sigmoid) or cross_entropy (one output per class)"
@@ -29,12 +33,18 @@ _CLASSIFICATION_LOSSES = (
 _REGRESSION_LOSSES = "mse, l1, smooth_l1 or huber"
 
 
-def check_startup(recipe: Recipe, data: DataBundle, model: nn.Module, scoring: Scoring, total_steps: int) -> None:
-    """Run every start-up check (UserError on the first problem)."""
+def check_startup(
+    recipe: Recipe, plan: RunPlan, data: DataBundle, model: nn.Module, scoring: Scoring, total_steps: int
+) -> dict[str, Any]:
+    """Run every start-up check (UserError on the first problem); returns the data record for data.json."""
     check_monitor(recipe, list(scoring.metrics))
     check_loss_fits_task(recipe, data, scoring)
     check_first_batch(recipe, data, model, scoring)
     dry_run_optimizer(recipe, total_steps)
+    record = data_record(data)
+    if plan.resume_from is not None:
+        check_same_data(plan.run.read_json(plan.run.data_file), record, plan.run.path, plan.allow_data_change)
+    return record
 
 
 def check_loss_fits_task(recipe: Recipe, data: DataBundle, scoring: Scoring) -> None:

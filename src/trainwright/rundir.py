@@ -1,7 +1,8 @@
 """The run directory: the one place that knows where a run's files live.
 
   .trainwright         marker: this folder is a run dir trainwright made (nothing else makes it)
-  recipe.yaml          the resolved recipe
+  recipe.yaml          the resolved recipe (data paths absolute)
+  data.json            the data's fingerprint and preprocessing statistics
   metrics.jsonl        one JSON object per log event
   summary.json         written when the run completes
   model.safetensors    final weights
@@ -44,6 +45,7 @@ class RunDir:
         self.path = Path(path)
         self.marker_file = self.path / MARKER
         self.recipe_file = self.path / "recipe.yaml"
+        self.data_file = self.path / "data.json"
         self.metrics_file = self.path / "metrics.jsonl"
         self.summary_file = self.path / "summary.json"
         self.model_file = self.path / "model.safetensors"

@@ -16,6 +16,7 @@ from trainwright.accelerate_compat import cache_lomo_probe
 from trainwright.components import (
     build_data, build_model, build_optimizer, build_scheduler, build_scoring, check_recipe,
 )
+from trainwright.data.paths import pin_paths
 from trainwright.errors import UserError
 from trainwright.launcher import resolve_precision, resolve_strategy
 from trainwright.preflight import check_startup
@@ -27,11 +28,14 @@ from trainwright.runlock import hold
 from trainwright.trainer import Outcome, Trainer, steps_per_epoch
 
 
-def train(recipe: Recipe, run_dir: str | Path, resume: str | Path | None = None, restart: bool = False) -> Outcome:
+def train(
+    recipe: Recipe, run_dir: str | Path, resume: str | Path | None = None, restart: bool = False,
+    allow_data_change: bool = False,
+) -> Outcome:
     """Train `recipe` in `run_dir`: start, resume from its newest valid checkpoint, or report it complete."""
-    run = RunDir(run_dir)
+    recipe, run = pin_paths(recipe), RunDir(run_dir)
     with hold(run):
-        plan = plan_run(run, recipe, resume, restart)
+        plan = plan_run(run, recipe, resume, restart, allow_data_change)
         if launch_rank() == 0:
             plan.announce()
         return execute(recipe, plan)
@@ -61,9 +65,9 @@ def execute(recipe: Recipe, plan: RunPlan) -> Outcome:
     scoring = build_scoring(recipe, data)
     optimizer = build_optimizer(recipe, model)
     scheduler = build_scheduler(recipe, optimizer, total_steps)
-    check_startup(recipe, data, model, scoring, total_steps)  # before the run dir is touched
+    data_record = check_startup(recipe, plan, data, model, scoring, total_steps)  # before the run dir is touched
     model, optimizer = accelerator.prepare(model, optimizer)
-    apply_plan(plan, recipe, processes)
+    apply_plan(plan, recipe, processes, data_record)
     trainer = Trainer(recipe, plan.run, accelerator, processes, data, scoring, model, optimizer, scheduler)
     outcome = trainer.fit(plan.resume_from)
     if outcome.status == "completed" and processes.is_main:

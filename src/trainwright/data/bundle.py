@@ -48,7 +48,7 @@ class DataBundle:
     """Train/val/test splits of one data set (test is val where the data set has no test split).
 
     `sources` names the files the data were read from (role -> path) and `preprocessing` holds the
-    statistics the preparation used (JSON-able)."""
+    statistics the preparation used (JSON-able); both are recorded in the run dir (data.json)."""
 
     train: Dataset
     val: Dataset

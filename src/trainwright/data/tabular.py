@@ -4,7 +4,7 @@ Missing numbers are filled with the column mean, categorical columns are one-hot
 extra column for missing values, and regression targets are standardized (metrics are reported in
 the target's own units). Every statistic (fill values, means and standard deviations, categories)
 comes from the TRAINING rows only, so nothing about the validation rows leaks into training; the
-statistics are kept in the data bundle (`preprocessing`).
+statistics are recorded in the run dir (data.json).
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def _split_rows(count: int, val_fraction: float, split_seed: int) -> tuple[torch
     return order[n_val:], order[:n_val]
 
 
-@DATASETS.register("csv")
+@DATASETS.register("csv")  # `path` is pinned (data/paths.py)
 def csv(
     path: str,
     target: str,

@@ -78,7 +78,7 @@ def _download(root: str) -> None:
         raise UserError(f"cannot download FashionMNIST into {root}: {exc}") from None
 
 
-@DATASETS.register("fashion_mnist")
+@DATASETS.register("fashion_mnist")  # `root` is pinned (data/paths.py)
 def fashion_mnist(root: str = "data", download: bool = False) -> DataBundle:
     """FashionMNIST from `<root>/FashionMNIST/raw/` (IDX files, plain or .gz); the test split serves for
     validation."""
