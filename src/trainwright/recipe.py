@@ -115,6 +115,9 @@ class WandbConfig(_Section):
     project: str = "trainwright"
     entity: str | None = None
     tags: list[str] = Field(default_factory=list)
+    init_timeout: float = Field(
+        10.0, gt=0, description="seconds to wait for W&B to start online before falling back to offline"
+    )
 
 
 class LoggingConfig(_Section):

@@ -98,7 +98,11 @@ def wandb_api_key_present() -> bool:
 
 
 class WandbLogger:
-    """A W&B run that continues across restarts (its id lives in the run dir) and never stops training."""
+    """A W&B run that continues across restarts (its id lives in the run dir) and never stops training.
+
+    An online start that fails (no network, a bad key) gives up after logging.wandb.init_timeout
+    seconds; W&B's service is then shut down (it would keep the run id taken) and the run is recorded
+    offline under the same id, to upload later with `wandb sync`."""
 
     def __init__(self, recipe: Recipe, run: RunDir, run_id: str) -> None:
         import wandb
@@ -114,13 +118,24 @@ class WandbLogger:
                 self.run = wandb.init(
                     project=cfg.project, entity=cfg.entity, tags=cfg.tags, name=recipe.name, config=recipe.to_dict(),
                     dir=str(run.wandb.parent), id=run_id, resume="allow", mode=attempt,
-                    settings=wandb.Settings(console="off", silent=True, init_timeout=60),
+                    settings=wandb.Settings(console="off", silent=True, init_timeout=cfg.init_timeout),
                 )
                 break
             except Exception as exc:  # W&B must never stop training
-                warn(f"W&B {attempt} start failed ({exc}); " + ("trying offline" if attempt != "offline" else "W&B is off for this run"))
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                if attempt != "offline":
+                    warn(f"W&B {attempt} start failed ({reason}); recording offline instead")
+                    self._shut_down_service()
+                else:
+                    warn(f"W&B offline start failed ({reason}); W&B is off for this run")
         if self.run is not None and attempt == "offline":
             warn(f"W&B is logging offline to {run.wandb}; upload later with: wandb sync {run.wandb}/offline-run-*")
+
+    def _shut_down_service(self) -> None:
+        try:
+            self._wandb.teardown()
+        except Exception as exc:
+            warn(f"W&B shutdown failed ({exc})")
 
     def log(self, metrics: Metrics, step: int, epoch: int) -> None:
         if self.run is None:
