@@ -83,6 +83,7 @@ class Trainer:
             precision=accelerator.mixed_precision,
         )
         self._stop_signal = 0
+        self._finishing = False  # the last step is done: a stop signal no longer changes anything
 
     # --- start-up -------------------------------------------------------------------------------
 
@@ -138,6 +139,7 @@ class Trainer:
                     return self._preempted()
                 if state.step >= self.total_steps:
                     break
+        self._finishing = True
         if state.val_step != state.step:
             self._validate()
         if self.checkpoints.should_save(state.step, state.epoch, finished=True):
@@ -245,8 +247,8 @@ class Trainer:
 
         def request_stop(signum: int, _frame: Any) -> None:
             if not self._stop_signal:
-                print(f"trainwright: got {signal.Signals(signum).name}; saving a checkpoint after this step",
-                      file=sys.stderr, flush=True)
+                then = "finishing the run first" if self._finishing else "saving a checkpoint after this step"
+                print(f"trainwright: got {signal.Signals(signum).name}; {then}", file=sys.stderr, flush=True)
             self._stop_signal = signum
 
         previous = {sig: signal.signal(sig, request_stop) for sig in STOP_SIGNALS}
