@@ -136,3 +136,14 @@ def test_restart_with_resume_moves_nothing(capsys, tmp_path):
     user_error(capsys, "train", HEART, *TINY, "--run-dir", run_dir, "--restart", "--resume",
                run_dir / "checkpoints" / "step_00000005", fragments=("--restart", "--resume"))
     assert snapshot(run_dir) == before and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_two_resumes_of_an_older_checkpoint_within_a_second_keep_every_later_checkpoint(capsys, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    monkeypatch.setattr(trainwright.rundir.time, "strftime", lambda fmt, *a: "20260101-000000")
+    train_ok(capsys, HEART, *TINY, "trainer.epochs=3", "--run-dir", run_dir)  # checkpoints at steps 10 and 15
+    for _ in range(2):
+        train_ok(capsys, HEART, *TINY, "trainer.epochs=3", "--run-dir", run_dir,
+                 "--resume", run_dir / "checkpoints" / "step_00000010")
+    moved = sorted(str(p.relative_to(run_dir)) for p in run_dir.glob("superseded-*/step_*"))
+    assert moved == ["superseded-20260101-000000-2/step_00000015", "superseded-20260101-000000/step_00000015"]

@@ -170,19 +170,24 @@ class RunDir:
 
     def set_aside(self) -> Path:
         """Rename the whole run dir to '<name>.old-<time>' (used by --restart; nothing is deleted)."""
-        stem = f"{self.path.name}.old-{time.strftime('%Y%m%d-%H%M%S')}"
-        target, count = self.path.with_name(stem), 1
-        while target.exists():  # two restarts within a second
-            count += 1
-            target = self.path.with_name(f"{stem}-{count}")
+        target = _free_name(self.path.parent, f"{self.path.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
         self.path.rename(target)
         return target
 
     def superseded_folder(self) -> Path:
         """A new folder for checkpoints that --resume of an older one put aside (nothing is deleted)."""
-        target = self.path / f"superseded-{time.strftime('%Y%m%d-%H%M%S')}"
+        target = _free_name(self.path, f"superseded-{time.strftime('%Y%m%d-%H%M%S')}")
         target.mkdir()
         return target
+
+
+def _free_name(folder: Path, stem: str) -> Path:
+    """`folder/stem`, or `folder/stem-2`, ... when that exists (two commands within one second)."""
+    target, count = folder / stem, 1
+    while target.exists():
+        count += 1
+        target = folder / f"{stem}-{count}"
+    return target
 
 
 def _access_problem(path: Path) -> str:
