@@ -102,6 +102,15 @@ def test_train_repairs_a_corrupt_summary_and_a_deleted_model_from_the_last_check
 
 # --- metrics.jsonl ------------------------------------------------------------------------------------
 
+def test_train_writes_a_truncated_model_again(capsys, finished):
+    model = finished / "model.safetensors"
+    weights = model.read_bytes()
+    model.write_bytes(weights[:-40])
+    out, err = train_ok(capsys, HEART, *TINY, "trainer.epochs=2", "--run-dir", finished)
+    assert "model.safetensors is damaged; writing it again" in err and "Run complete at step 10" in out
+    assert model.read_bytes() == weights
+
+
 # --- which weights -----------------------------------------------------------------------------------
 
 

@@ -113,8 +113,9 @@ def _completed_summary(run: RunDir, notes: list[str]) -> dict[str, Any] | None:
     except DamagedFile as exc:
         notes.append(f"{exc}; the run goes on from its newest checkpoint, which writes it again")
         return None
-    if summary is not None and not run.model_file.is_file():
-        notes.append(f"{run.model_file} is missing; writing it again from the newest checkpoint")
+    if summary is not None and not run.model_is_intact():
+        state = "damaged" if run.model_file.exists() else "missing"
+        notes.append(f"{run.model_file} is {state}; writing it again from the newest checkpoint")
         return None
     return summary
 

@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from trainwright import __version__
+from trainwright.checkpoint.format import looks_like_safetensors
 from trainwright.errors import UserError
 from trainwright.files import write_json_atomic, write_text_atomic
 from trainwright.recipe import Recipe, parse_yaml, read_yaml, validate
@@ -149,6 +150,10 @@ class RunDir:
     def saved_recipe_is(self, recipe: Recipe) -> bool:
         """Whether recipe.yaml holds exactly `recipe` (answered from the file alone)."""
         return self.recipe_file.is_file() and self.saved_recipe() == recipe.to_dict()
+
+    def model_is_intact(self) -> bool:
+        """Whether model.safetensors is there and whole (read as bytes: no torch)."""
+        return self.model_file.is_file() and looks_like_safetensors(self.model_file)
 
     def require_model(self) -> Path:
         if not self.model_file.is_file():

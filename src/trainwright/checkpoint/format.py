@@ -76,13 +76,23 @@ def step_of(folder: Path) -> int:
 
 
 def looks_like_safetensors(path: Path) -> bool:
-    """A safetensors file starts with an 8-byte little-endian header length, then a JSON object."""
+    """A whole safetensors file: an 8-byte little-endian header length, a JSON object, then exactly the
+    bytes its tensors' offsets cover (so a truncated file is caught without loading it)."""
+    size = path.stat().st_size
     with path.open("rb") as file:
         head = file.read(9)
-    if len(head) < 9:
-        return False
-    (header_len,) = struct.unpack("<Q", head[:8])
-    return head[8:9] == b"{" and 8 + header_len <= path.stat().st_size
+        if len(head) < 9 or head[8:9] != b"{":
+            return False
+        (header_len,) = struct.unpack("<Q", head[:8])
+        if 8 + header_len > size:
+            return False
+        file.seek(8)
+        try:
+            header = json.loads(file.read(header_len))
+            end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return False
+    return 8 + header_len + end == size
 
 
 def write_manifest(folder: Path, step: int) -> None:
