@@ -321,10 +321,10 @@ def test_predict_needs_a_positive_count(capsys, tmp_path, count):
 
 # Each damage has its own message: what is wrong, where, and what to do.
 FASHION_DAMAGES = {
-    "truncated": ("cannot read FashionMNIST from", "replace the damaged files"),
-    "not_idx": ("holds a file that is not in IDX format (bad header)", "replace it"),
-    "not_gzip": ("cannot unpack", "train-images-idx3-ubyte.gz", "Not a gzipped file", "replace the damaged file"),
-    "truncated_gzip": ("cannot unpack", "train-images-idx3-ubyte.gz", "ended before", "replace the damaged file"),
+    "truncated": ("train-images-idx3-ubyte is damaged or truncated", "1000x28x28 values, it holds 984", "replace it"),
+    "not_idx": ("train-images-idx3-ubyte is not an IDX file of unsigned bytes (bad header)", "replace it"),
+    "not_gzip": ("cannot read", "train-images-idx3-ubyte.gz", "Not a gzipped file", "replace the damaged file"),
+    "truncated_gzip": ("cannot read", "train-images-idx3-ubyte.gz", "ended before", "replace the damaged file"),
 }
 
 

@@ -476,11 +476,12 @@ def test_csv_preprocessing_fills_means_and_one_hot_encodes_missing(tmp_path):
     path = tmp_path / "house_tiny.csv"
     path.write_text("NumRooms,Alley,Price\nNA,Pave,127500\n2,NA,106000\n4,NA,178100\nNA,NA,140000\n3,Grvl,150000\n")
     prices = [127500, 106000, 178100, 140000, 150000]
-    rooms = [3.0, 2.0, 4.0, 3.0, 3.0]  # NA -> the mean of 2, 4 and 3
+    rooms = [3.0, 2.0, 4.0, 3.0, 3.0]  # NA -> the mean of the training rows' values (row 4's 3)
     alley = ["Pave", None, None, None, "Grvl"]
 
+    # split_seed 54 makes rows 1 and 2 the validation rows: statistics come from rows 0, 3 and 4 only
     bundle = csv(str(path), target="Price", numeric=["NumRooms"], categorical=["Alley"], standardize=False,
-                 val_fraction=0.4)
+                 val_fraction=0.4, split_seed=54)
     assert len(bundle.train) == 3 and len(bundle.val) == 2
     inputs, targets = _all_rows(bundle)
     assert inputs.shape == (5, 4)  # NumRooms + Alley_Grvl, Alley_Pave, Alley_nan
@@ -498,11 +499,11 @@ def test_csv_preprocessing_fills_means_and_one_hot_encodes_missing(tmp_path):
     assert all(len(v) == 1 for v in by_value.values())  # one code per value, missing included
     assert len({next(iter(v)) for v in by_value.values()}) == 3  # Pave, Grvl and missing all differ
 
-    # targets are served standardized, and decoded back to prices
-    scaled = torch.cat([bundle.train.targets, bundle.val.targets])[:, 0]
+    # targets are served standardized (by the training rows' mean and std), and decoded back to prices
+    scaled = bundle.train.targets[:, 0]
     assert scaled.mean().item() == pytest.approx(0.0, abs=1e-5)
     assert scaled.std().item() == pytest.approx(1.0, abs=1e-5)
-    assert bundle.task.target_mean == pytest.approx(np.mean(prices))
+    assert bundle.task.target_mean == pytest.approx(np.mean([prices[i] for i in (0, 3, 4)]))
 
 
 def test_csv_preprocessing_standardizes_after_filling(tmp_path):
@@ -512,8 +513,10 @@ def test_csv_preprocessing_standardizes_after_filling(tmp_path):
     path.write_text("NumRooms,Alley,Price\nNA,Pave,127500\n2,NA,106000\n4,NA,178100\nNA,NA,140000\n3,Grvl,150000\n")
     prices = [127500, 106000, 178100, 140000, 150000]
     filled = np.array([3.0, 2.0, 4.0, 3.0, 3.0])
-    expected = (filled - filled.mean()) / filled.std(ddof=1)
-    bundle = csv(str(path), target="Price", numeric=["NumRooms"], categorical=["Alley"], standardize=True)
+    train = filled[[0, 1, 2, 4]]  # split_seed 2 makes row 3 the validation row; statistics come from the others
+    expected = (filled - train.mean()) / train.std(ddof=1)
+    bundle = csv(str(path), target="Price", numeric=["NumRooms"], categorical=["Alley"], standardize=True,
+                 split_seed=2)
     inputs, targets = _all_rows(bundle)
     order = [prices.index(round(float(t))) for t in targets]
     assert np.allclose(inputs[:, 0], expected[order], atol=1e-6)

@@ -11,37 +11,40 @@ import time
 import yaml
 
 from trainwright import __version__
+from trainwright.data.paths import ALLOW_FLAG, pin_paths
 from trainwright.errors import UserError
+from trainwright.launcher import report_to_launcher
 from trainwright.processes import launch_rank
 from trainwright.recipe import load_recipe
 from trainwright.run_plan import plan_run
 from trainwright.rundir import RunDir
+from trainwright.runlock import hold
 
-EXIT_USER_ERROR = 2
 STARTED = time.perf_counter()  # for train/startup_seconds: from here to the first optimizer step
 
 
 def _train(args: argparse.Namespace) -> int:
-    recipe = load_recipe(args.recipe, args.overrides)
+    recipe = pin_paths(load_recipe(args.recipe, args.overrides))
     run = RunDir(args.run_dir or os.path.join("runs", recipe.name))
-    plan = plan_run(run, recipe, args.resume, args.restart)  # from files alone: no torch yet
-    if _is_main_process():
-        plan.announce()
-    if plan.completed is not None:
-        summary, state = plan.completed, "was already complete"
-    else:
-        from trainwright.training import end_processes, execute  # torch and Accelerate: only to train
-        from trainwright.trainer import EXIT_PREEMPTED
+    with hold(run):
+        plan = plan_run(run, recipe, args.resume, args.restart, args.allow_data_change)  # files alone: no torch yet
+        if _is_main_process():
+            plan.announce()
+        if plan.completed is not None:
+            summary, state = plan.completed, "was already complete"
+        else:
+            from trainwright.training import end_processes, execute  # torch and Accelerate: only to train
+            from trainwright.trainer import EXIT_PREEMPTED
 
-        try:
-            outcome = execute(recipe, plan, started=STARTED)
-        finally:
-            end_processes()
-        if outcome.status == "preempted":
-            return EXIT_PREEMPTED
-        summary, state = outcome.summary, "complete"
+            try:
+                outcome = execute(recipe, plan, started=STARTED)
+            finally:
+                end_processes()
+            if outcome.status == "preempted":
+                return EXIT_PREEMPTED
+            summary, state = outcome.summary, "complete"
     if _is_main_process():
-        metrics = ", ".join(f"{k}={v:.4f}" for k, v in summary.items() if k.startswith("val/"))
+        metrics = ", ".join(f"{k}={v:.4f}" for k, v in summary.items() if k.startswith("val/") and v is not None)
         print(f"Run {state} at step {summary['step']}: {metrics}")
         print(f"Run dir: {run.path}")
     return 0
@@ -50,14 +53,15 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from trainwright.inference import evaluate_run, load_run
 
-    print(json.dumps(evaluate_run(load_run(RunDir.existing(args.run_dir))), indent=2))
+    trained = load_run(RunDir.existing(args.run_dir), args.allow_data_change)
+    print(json.dumps(evaluate_run(trained), indent=2))
     return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
     from trainwright.inference import load_run, prediction_lines
 
-    for line in prediction_lines(load_run(RunDir.existing(args.run_dir)), args.n):
+    for line in prediction_lines(load_run(RunDir.existing(args.run_dir), args.allow_data_change), args.n):
         print(line)
     return 0
 
@@ -88,10 +92,20 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number (at least 1), got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def _add_allow_data_change(command: argparse.ArgumentParser, what: str) -> None:
+    command.add_argument(
+        ALLOW_FLAG, action="store_true",
+        help=f"{what} even if the data differ from those the run trained on (recorded in <run dir>/data.json)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,13 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a recipe. Run the same command again to resume a stopped run.",
     )
     train.add_argument("recipe", help="recipe YAML file, e.g. recipes/heart.yaml")
-    train.add_argument("overrides", nargs="*", metavar="key.path=value", help="override recipe keys (YAML values)")
+    train.add_argument(
+        "overrides", nargs="*", default=[], metavar="key.path=value", help="override recipe keys (YAML values)"
+    )
     train.add_argument("--run-dir", help="where the run lives (default: runs/<recipe name>)")
     train.add_argument("--resume", metavar="CHECKPOINT", help="resume from this checkpoint folder")
     train.add_argument(
         "--restart", action="store_true",
         help="start over: the existing run dir is renamed to <dir>.old-<time>, never deleted",
     )
+    _add_allow_data_change(train, "resume")
     train.set_defaults(handler=_train)
 
     for name, help_text, handler in (
@@ -126,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("run_dir", help="a run dir written by `trainwright train`")
         if name == "predict":
             command.add_argument("-n", type=_positive_int, default=10, help="number of items (default 10)")
+        if name != "plot":
+            _add_allow_data_change(command, name)
         command.set_defaults(handler=handler)
 
     export = commands.add_parser(
@@ -139,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="validate a recipe and print it resolved")
     check.add_argument("recipe", help="recipe YAML file")
-    check.add_argument("overrides", nargs="*", metavar="key.path=value", help="override recipe keys")
+    check.add_argument("overrides", nargs="*", default=[], metavar="key.path=value", help="override recipe keys")
     check.set_defaults(handler=_check)
     return parser
 
@@ -159,14 +178,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _os_error(exc: OSError) -> UserError:
+    """An environment error nothing more specific caught (a full disk, a read-only folder), as one message."""
+    names = " -> ".join(str(name) for name in (exc.filename, exc.filename2) if name)
+    return UserError(f"{exc.strerror or exc}" + (f": {names}" if names else ""))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        return args.handler(args)
+        try:
+            return args.handler(args)
+        except OSError as exc:
+            raise _os_error(exc) from None
     except UserError as exc:
+        message = f"trainwright: error: {exc}"
         if _is_main_process():
-            print(f"trainwright: error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
+            print(message, file=sys.stderr, flush=True)
+        report_to_launcher(message)  # every process: whichever the launcher reports as the root cause names it
+        return exc.exit_code
     except KeyboardInterrupt:
         print("trainwright: interrupted", file=sys.stderr)
         return 130

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from trainwright import losses, metrics, models, optim  # noqa: F401  (registers the built-ins)
-from trainwright.data.bundle import DataBundle
-from trainwright.errors import UserError
+from trainwright.data.bundle import DataBundle, Task
+from trainwright.errors import UserError, did_you_mean
 from trainwright.evaluation import MetricFn, Scoring
 from trainwright.recipe import Recipe
 from trainwright.registry import DATASETS, LOSSES, METRICS, MODELS, OPTIMIZERS, SCHEDULERS
@@ -33,6 +33,24 @@ def check_recipe(recipe: Recipe) -> None:
     SCHEDULERS.check(recipe.scheduler.name, recipe.scheduler.kwargs())
     for name in recipe.metrics or []:
         METRICS.get(name, key="metrics")
+    # Without the data the task is unknown, so the default metric may be either; start-up checks it exactly.
+    check_monitor(recipe, metric_names(recipe) if recipe.metrics else ["accuracy", "mae"])
+
+
+def metric_names(recipe: Recipe, task: Task | None = None) -> list[str]:
+    """The names the run reports its metrics under ('pkg.mod:f1' reports as 'f1'), without 'val/'."""
+    names = list(recipe.metrics) if recipe.metrics else metrics.default_metrics(task)
+    return [name.rpartition(":")[2] for name in names]
+
+
+def check_monitor(recipe: Recipe, names: list[str]) -> None:
+    """checkpoint.monitor must be one of the metrics the run reports, or keep_best would keep nothing."""
+    monitor, reported = recipe.checkpoint.monitor, ["val/loss", *(f"val/{name}" for name in names)]
+    if monitor not in reported:
+        raise UserError(
+            f"checkpoint.monitor: this run reports no '{monitor}'{did_you_mean(monitor, reported)} "
+            f"(it reports: {', '.join(reported)})"
+        )
 
 
 def build_data(recipe: Recipe) -> DataBundle:
@@ -55,7 +73,7 @@ def build_scoring(recipe: Recipe, bundle: DataBundle) -> Scoring:
     default_kind = "value" if bundle.task.kind == "regression" else "logits"
     names = list(recipe.metrics) if recipe.metrics else metrics.default_metrics(bundle.task)
     functions: dict[str, MetricFn] = {
-        name.rpartition(":")[2]: METRICS.get(name, key="metrics") for name in names  # 'pkg.mod:f1' reports as 'f1'
+        short: METRICS.get(name, key="metrics") for name, short in zip(names, metric_names(recipe, bundle.task))
     }
     return Scoring(
         loss_fn=LOSSES.build(recipe.loss.name, recipe.loss.kwargs()),

@@ -1,13 +1,25 @@
-"""The one error type users see: raised where a problem is detected, printed once by the CLI."""
+"""The errors users see: raised where a problem is detected, printed once by the CLI with their exit code."""
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
 
+EXIT_USER_ERROR = 2  # bad input or environment: one message, nothing written
+EXIT_NONFINITE = 3  # training stopped at a non-finite loss; the last good checkpoint is kept
+
 
 class UserError(Exception):
-    """A problem with the user's input (recipe, data, run dir): shown as one message, no traceback."""
+    """A problem with the user's input or environment (recipe, data, run dir, disk): shown as one
+    message, no traceback."""
+
+    exit_code = EXIT_USER_ERROR
+
+
+class NonFiniteLoss(UserError):
+    """The loss became NaN or infinite: the run stops without saving the broken state."""
+
+    exit_code = EXIT_NONFINITE
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

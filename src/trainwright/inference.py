@@ -4,16 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model
 from torch import nn
 
+from trainwright.checkpoint.format import step_of
+from trainwright.checkpoint.retention import step_dirs
 from trainwright.components import build_data, build_model, build_scoring
 from trainwright.data.bundle import DataBundle
+from trainwright.data.fingerprint import check_same_data, data_record
 from trainwright.data.loading import eval_indices, iterate
 from trainwright.errors import UserError
 from trainwright.evaluation import EVAL_BATCH_SIZE, Scoring, evaluate
+from trainwright.files import warn
 from trainwright.predictions import predicted_labels, probabilities
 from trainwright.processes import Processes
 from trainwright.recipe import Recipe
@@ -30,17 +36,43 @@ class TrainedRun:
     scoring: Scoring
 
 
-def load_run(run: RunDir) -> TrainedRun:
-    """The run's recipe, data and model with its final weights (on the CPU, in eval mode)."""
+def load_run(run: RunDir, allow_data_change: bool = False) -> TrainedRun:
+    """The run's recipe, data (checked against data.json) and model with its final weights (on the CPU,
+    in eval mode); says on stderr which step the weights are from."""
     recipe = run.recipe()
     weights = run.require_model()
+    step = _weights_step(weights)
     bundle = build_data(recipe)
+    check_same_data(run.read_json(run.data_file), data_record(bundle), run.path, allow_data_change)
     model = build_model(recipe)
-    missing, unexpected = load_model(model, str(weights), strict=False)
+    try:
+        missing, unexpected = load_model(model, str(weights), strict=False)
+    except (SafetensorError, RuntimeError) as exc:
+        raise UserError(f"{weights} is damaged or does not fit the run's model: {str(exc).splitlines()[0]}") from None
     if missing or unexpected:
         raise UserError(f"{weights} does not fit the run's model (missing {missing}, unexpected {unexpected})")
     model.eval()
+    _say_which_weights(run, weights, step)
     return TrainedRun(recipe, bundle, model, build_scoring(recipe, bundle))
+
+
+def _weights_step(weights: Path) -> int | None:
+    """The training step recorded in model.safetensors (None when it has none); damaged files are a UserError."""
+    try:
+        with safe_open(str(weights), "pt") as file:
+            step = (file.metadata() or {}).get("step")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserError(f"{weights} is damaged: {str(exc).splitlines()[0]}") from None
+    return int(step) if step and step.isdigit() else None
+
+
+def _say_which_weights(run: RunDir, weights: Path, step: int | None) -> None:
+    """The weights are the final ones of a completed run, or older than what the run trained since."""
+    newest = max((step_of(folder) for folder in step_dirs(run.checkpoints)), default=None)
+    note = f"using the weights of step {step} ({weights})"
+    if newest is not None and step is not None and newest > step:
+        note += f"; the run has trained on to step {newest} since and is not finished (train it again to complete it)"
+    warn(note)
 
 
 def evaluate_run(trained: TrainedRun) -> dict[str, float]:

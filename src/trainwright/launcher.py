@@ -1,4 +1,5 @@
-"""What the launcher asked for, reconciled with the recipe: mixed precision and the parallel strategy.
+"""What the launcher asked for, reconciled with the recipe (mixed precision and the parallel strategy),
+and what a failed worker tells it.
 
 `accelerate launch` passes its choices to the processes it starts through environment variables:
 `--mixed_precision` or a config's `mixed_precision` as ACCELERATE_MIXED_PRECISION, a config with
@@ -10,12 +11,16 @@ never contradicts a recipe.
 from __future__ import annotations
 
 import os
+import time
+from pathlib import Path
 
 from trainwright.errors import UserError
+from trainwright.files import write_json_atomic
 from trainwright.recipe import Recipe
 
 PRECISION_VARIABLE = "ACCELERATE_MIXED_PRECISION"
 FSDP_VARIABLE = "ACCELERATE_USE_FSDP"
+ERROR_FILE_VARIABLE = "TORCHELASTIC_ERROR_FILE"  # where torchrun's agent reads a failed worker's reason
 
 
 def launcher_precision() -> str | None:
@@ -57,3 +62,13 @@ def resolve_strategy(recipe: Recipe) -> str:
             )
         return "fsdp"
     return "ddp" if asked == "auto" else asked
+
+
+def report_to_launcher(message: str) -> None:
+    """Under torchrun (accelerate launch with several processes), hand the agent the error message: its
+    failure report, which ends the launcher's output, then shows it as the root cause instead of
+    'To enable traceback see: ...'. (The report and the traceback above it are the launcher's and cannot
+    be shortened from a worker.) Does nothing without a launcher."""
+    error_file = os.environ.get(ERROR_FILE_VARIABLE)
+    if error_file:
+        write_json_atomic(Path(error_file), {"message": message, "timestamp": int(time.time())})

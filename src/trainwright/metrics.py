@@ -22,14 +22,14 @@ def accuracy(outputs: torch.Tensor, targets: torch.Tensor, task: Task, output_ki
 
 @METRICS.register("mae")
 def mae(outputs: torch.Tensor, targets: torch.Tensor, task: Task, output_kind: str) -> torch.Tensor:
-    """Absolute errors in the target's own units (regression)."""
-    return (task.decode(outputs) - task.decode(targets)).abs().sum()
+    """Absolute errors in the target's own units (regression; in float64, as large units overflow float32)."""
+    return (task.decode(outputs.double()) - task.decode(targets.double())).abs().sum()
 
 
 @METRICS.register("mse")
 def mse(outputs: torch.Tensor, targets: torch.Tensor, task: Task, output_kind: str) -> torch.Tensor:
-    """Squared errors in the target's own units (regression)."""
-    return ((task.decode(outputs) - task.decode(targets)) ** 2).sum()
+    """Squared errors in the target's own units (regression; in float64, as large units overflow float32)."""
+    return ((task.decode(outputs.double()) - task.decode(targets.double())) ** 2).sum()
 
 
 def default_metrics(task: Task) -> list[str]:

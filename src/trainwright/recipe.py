@@ -4,29 +4,54 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trainwright.errors import UserError, did_you_mean
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """PyYAML follows YAML 1.1, which reads `1e-5` or `5e-4` (no dot) as strings; read them as the numbers
+    they are (as YAML 1.2 does). Everything else is as `yaml.safe_load` reads it."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text as data, with exponent numbers read as numbers (recipes, overrides, saved recipes)."""
+    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
+# Values are taken as written: `true` is not an int and `64.0` is not a batch size (strict types).
 class _Section(BaseModel):
     """A recipe section with a fixed set of keys (a key that is a Python keyword, like `async`, is spelt
     with a trailing underscore in the code)."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
 
 
 class _Component(BaseModel):
     """A section naming a component; keys beyond the fixed ones are the component's keyword arguments."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     name: str = Field(description="registry name or import path 'package.module:attr'")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_removes_an_argument(cls, data: Any) -> Any:
+        """`optimizer.momentum=null` (or `momentum: null`) removes the argument, so the component's default applies."""
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None or k in cls.model_fields}
+        return data
 
     def kwargs(self) -> dict[str, Any]:
         """The component's keyword arguments (every key but the fixed ones)."""
@@ -97,6 +122,9 @@ class WandbConfig(_Section):
     project: str = "trainwright"
     entity: str | None = None
     tags: list[str] = Field(default_factory=list)
+    init_timeout: float = Field(
+        10.0, gt=0, description="seconds to wait for W&B to start online before falling back to offline"
+    )
 
 
 class LoggingConfig(_Section):
@@ -157,7 +185,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read recipe file {path}: {exc}") from None
     try:
-        data = yaml.safe_load(text)
+        data = parse_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -174,7 +202,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key or any(not part for part in key.split(".")):
         raise UserError(f"bad override '{text}': expected key.path=value, e.g. trainer.epochs=3")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = parse_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         if raw.lstrip()[:1] in ("[", "{", '"', "'"):
             raise UserError(f"bad override '{text}': the value is not valid YAML ({getattr(exc, 'problem', exc)})") from None

@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
+import typing
 from collections.abc import Callable
 from typing import Any
+
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from trainwright.errors import UserError, did_you_mean
 
@@ -94,13 +98,56 @@ class Registry:
         ]
         if missing:
             raise UserError(f"{self.section}: {self.kind} '{name}' needs {', '.join(self.section + '.' + m for m in missing)}")
+        hints = _type_hints(builder)
+        for key, value in kwargs.items():
+            problem = _type_problem(hints.get(key), value)
+            if problem:
+                raise UserError(
+                    f"{self.section}.{key}: {problem} (got {value!r}; {self.kind} '{name}' takes {_show(hints[key])})"
+                )
 
     def build(self, name: str, kwargs: dict[str, Any], **provided: Any) -> Any:
         """Call the builder (its arguments were checked with `check`); bad argument values become a UserError."""
         try:
             return self.get(name)(**provided, **kwargs)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RuntimeError) as exc:  # torch raises RuntimeError for impossible shapes
             raise UserError(f"{self.section}: cannot build {self.kind} '{name}' from {kwargs}: {exc}") from None
+
+
+def _type_hints(builder: Callable[..., Any]) -> dict[str, Any]:
+    """The builder's parameter annotations as types ({} where they cannot be resolved)."""
+    target = builder.__init__ if inspect.isclass(builder) else builder
+    try:
+        return typing.get_type_hints(target)
+    except Exception:  # annotations naming what cannot be imported here: nothing to check against
+        return {}
+
+
+_ANY_TYPE = ConfigDict(arbitrary_types_allowed=True)  # e.g. `float | torch.Tensor` (a recipe gives the float)
+
+
+def _type_problem(annotation: Any, value: Any) -> str | None:
+    """Why `value` (from YAML) does not fit `annotation`, or None. Strict, as values are written in the
+    recipe: `true` is not an int, `64.0` is not an int, `'1e-5'` is not a float; lists stand for tuples."""
+    if annotation is None or annotation is Any:
+        return None
+    try:
+        adapter = TypeAdapter(annotation, config=_ANY_TYPE)
+        adapter.validate_json(json.dumps(value), strict=True)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = "".join(f"[{part}]" for part in error["loc"] if isinstance(part, int))
+        return f"item {where}: {error['msg']}" if where else error["msg"]
+    except Exception:  # an annotation pydantic cannot check, or a value JSON cannot hold: leave it to the builder
+        return None
+    return None
+
+
+def _show(annotation: Any) -> str:
+    """`int`, `list[int]`, `float | torch.Tensor`: an annotation as it is written."""
+    if isinstance(annotation, type) and typing.get_origin(annotation) is None:
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
 
 
 def _import(path: str, key: str) -> Callable[..., Any]:

@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 from trainwright.checkpoint import retention
 from trainwright.checkpoint.format import read_recipe, read_train_state, step_of, verify
+from trainwright.data.paths import path_keys
 from trainwright.errors import UserError
-from trainwright.files import warn
+from trainwright.files import warn, write_json_atomic
 from trainwright.launcher import resolve_precision
 from trainwright.recipe import Recipe
-from trainwright.rundir import RunDir
+from trainwright.rundir import DamagedFile, RunDir
 
 if TYPE_CHECKING:
     from trainwright.processes import Processes
@@ -43,16 +44,23 @@ class RunPlan:
     explicit: bool = False  # --resume: checkpoints after resume_from are moved aside
     damaged: list[tuple[Path, str]] = field(default_factory=list)  # newer checkpoints that failed verification
     allowed_changes: list[str] = field(default_factory=list)  # recipe keys changed in ways a resume allows
+    notes: list[str] = field(default_factory=list)  # run files found damaged or missing, and what is done about it
+    allow_data_change: bool = False  # --allow-data-change: resume even if the data differ from data.json
 
     def announce(self) -> None:
         """Tell the user what was found (main process)."""
+        for note in self.notes:
+            warn(note)
         for folder, problem in self.damaged:
             warn(f"checkpoint {folder} is damaged ({problem}); skipping it")
         if self.allowed_changes:
             print("Recipe changed since the checkpoint (allowed): " + "; ".join(self.allowed_changes), flush=True)
 
 
-def plan_run(run: RunDir, recipe: Recipe, resume: str | Path | None = None, restart: bool = False) -> RunPlan:
+def plan_run(
+    run: RunDir, recipe: Recipe, resume: str | Path | None = None, restart: bool = False,
+    allow_data_change: bool = False,
+) -> RunPlan:
     """Decide what to do; raises UserError for a folder or a recipe change that must not be used."""
     if run.is_foreign():
         raise UserError(
@@ -61,35 +69,70 @@ def plan_run(run: RunDir, recipe: Recipe, resume: str | Path | None = None, rest
         )
     if restart and resume is not None:
         raise UserError("--restart starts over and --resume continues a checkpoint: give one of them")
+    run.check_location(restart)
     if restart:
         return RunPlan(run, restart=run.holds_run())
     if resume is not None:
         folder = _explicit_checkpoint(resume)
-        return RunPlan(run, resume_from=folder, explicit=True, allowed_changes=_changes_since(folder, recipe))
-    summary = run.completed_summary()
-    if summary is not None and run.saved_recipe_is(recipe):
-        return RunPlan(run, completed=summary)
-    if summary is not None and _reaches_total(summary, recipe):
-        allowed = _allowed_changes(run.saved_recipe(), recipe, f"the run in {run.path}")
-        return RunPlan(run, completed=summary, allowed_changes=allowed)
+        return RunPlan(
+            run, resume_from=folder, explicit=True, allowed_changes=_changes_since(folder, recipe),
+            allow_data_change=allow_data_change,
+        )
+    notes: list[str] = []
+    summary = _completed_summary(run, notes)
+    if summary is not None:
+        try:
+            if run.saved_recipe_is(recipe):
+                return RunPlan(run, completed=summary)
+            if _reaches_total(summary, recipe):
+                allowed = _allowed_changes(run.saved_recipe(), recipe, f"the run in {run.path}")
+                total = recipe.trainer.total_steps(summary["steps_per_epoch"])
+                if summary["step"] > total:
+                    notes.append(
+                        f"the run already trained {summary['step']} steps, more than the {total} this recipe asks for; "
+                        f"nothing is trained or rewritten, and its weights and {run.recipe_file.name} stay those of "
+                        f"the {summary['step']}-step run"
+                    )
+                return RunPlan(run, completed=summary, allowed_changes=allowed, notes=notes)
+        except DamagedFile as exc:
+            notes.append(f"{exc}; it is written again from the checkpoint")
     choice = retention.newest_valid(run.checkpoints)
     if choice.folder is None:
-        return RunPlan(run, damaged=choice.damaged)
+        return RunPlan(run, damaged=choice.damaged, notes=notes)
     return RunPlan(
-        run, resume_from=choice.folder, damaged=choice.damaged, allowed_changes=_changes_since(choice.folder, recipe)
+        run, resume_from=choice.folder, damaged=choice.damaged, allowed_changes=_changes_since(choice.folder, recipe),
+        notes=notes, allow_data_change=allow_data_change,
     )
 
 
-def apply_plan(plan: RunPlan, recipe: Recipe, processes: Processes) -> None:
-    """Get the run dir ready (main process: set aside, clean up, write the recipe); every process calls it."""
+def _completed_summary(run: RunDir, notes: list[str]) -> dict[str, Any] | None:
+    """summary.json of a completed run whose final weights are there; a damaged summary or missing
+    weights are noted, and the run goes on from its newest checkpoint, which writes them again."""
+    try:
+        summary = run.completed_summary()
+    except DamagedFile as exc:
+        notes.append(f"{exc}; the run goes on from its newest checkpoint, which writes it again")
+        return None
+    if summary is not None and not run.model_is_intact():
+        state = "damaged" if run.model_file.exists() else "missing"
+        notes.append(f"{run.model_file} is {state}; writing it again from the newest checkpoint")
+        return None
+    return summary
+
+
+def apply_plan(plan: RunPlan, recipe: Recipe, processes: Processes, data_record: dict[str, Any]) -> None:
+    """Get the run dir ready (main process: set aside, clean up, write the recipe and data record);
+    every process calls it."""
     run = plan.run
     if processes.is_main:
         if plan.restart:
             print(f"--restart: the previous run was moved to {run.set_aside()}", flush=True)
+        run.create()
         retention.remove_unfinished(run.checkpoints)
         if plan.explicit:
             _set_aside_newer_checkpoints(run, plan.resume_from)
         run.write_recipe(recipe)
+        write_json_atomic(run.data_file, data_record)
         run.summary_file.unlink(missing_ok=True)  # written again when this run completes
     processes.barrier()
 
@@ -151,7 +194,7 @@ def _check_schedule_length(saved: dict[str, Any], recipe: Recipe, steps_per_epoc
 
 
 def _allowed_changes(saved: dict[str, Any], recipe: Recipe, since: str) -> list[str]:
-    allowed, refused = recipe_changes(saved, recipe.to_dict())
+    allowed, refused = recipe_changes(saved, recipe.to_dict(), tuple(path_keys(recipe)))
     if refused:
         raise UserError(
             f"the recipe changed since {since} in ways that change the work already done:\n  "
@@ -184,10 +227,13 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def recipe_changes(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """Keys that differ between two resolved recipes, as (allowed on resume, refused on resume)."""
+def recipe_changes(
+    old: dict[str, Any], new: dict[str, Any], also_allowed: tuple[str, ...] = ()
+) -> tuple[list[str], list[str]]:
+    """Keys that differ between two resolved recipes, as (allowed on resume, refused on resume);
+    `also_allowed`: further keys a resume may change (the data paths: the data's fingerprint decides)."""
     before, after = flatten(old), flatten(new)
     changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
     described = [f"{k} ({before.get(k)!r} -> {after.get(k)!r})" for k in changed]
-    allowed = [d for k, d in zip(changed, described) if k.startswith(RESUMABLE_CHANGES)]
+    allowed = [d for k, d in zip(changed, described) if k.startswith(RESUMABLE_CHANGES) or k in also_allowed]
     return allowed, [d for d in described if d not in allowed]

@@ -31,6 +31,7 @@ class StopSignals:
         self.processes = processes
         self.received = 0  # the signal number, once one arrived here
         self.stopping = False  # whether the processes agreed to stop
+        self.finishing = False  # the last step is done: a stop signal no longer changes anything
         self._next_check = 0
         self._since: tuple[int, float] | None = None  # (step, time) of the last agreement
 
@@ -40,8 +41,8 @@ class StopSignals:
 
         def request_stop(signum: int, _frame: Any) -> None:
             if not self.received:
-                print(f"trainwright: got {signal.Signals(signum).name}; saving a checkpoint after this step",
-                      file=sys.stderr, flush=True)
+                then = "finishing the run first" if self.finishing else "saving a checkpoint after this step"
+                print(f"trainwright: got {signal.Signals(signum).name}; {then}", file=sys.stderr, flush=True)
             self.received = signum
 
         previous = {sig: signal.signal(sig, request_stop) for sig in STOP_SIGNALS}
@@ -52,7 +53,7 @@ class StopSignals:
                 # Once stopping (here or on another process), ignore further signals so they cannot turn the
                 # exit code 75 into a kill: the launcher may signal every worker as soon as one has exited.
                 # (Python resets its own handlers to the default while it shuts down, but keeps SIG_IGN.)
-                signal.signal(sig, signal.SIG_IGN if self.stopping else handler)
+                signal.signal(sig, signal.SIG_IGN if self.stopping or self.received else handler)
 
     def stop_at(self, step: int) -> bool:
         """Whether to stop after optimizer step `step`; the same answer on every process."""

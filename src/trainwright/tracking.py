@@ -10,35 +10,65 @@ from typing import Any
 from urllib.parse import urlparse
 
 from trainwright.errors import UserError
-from trainwright.files import warn, write_text_atomic
+from trainwright.files import FILE_MODE, append_whole, json_line, warn, write_text_atomic
 from trainwright.recipe import Recipe
 from trainwright.rundir import RunDir
 
 Metrics = dict[str, float]
 
 
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file ([] when there is none). A line that is not a JSON object (a
+    crash or a full disk cut the last one short) is skipped with a warning naming it."""
+    if not path.exists():
+        return []
+    records, damaged = [], []
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            records.append(record)
+        else:
+            damaged.append(number)
+    if damaged:
+        warn(f"{path}: skipping damaged line(s) {', '.join(map(str, damaged))} (cut short by a crash or a full disk?)")
+    return records
+
+
 def drop_records_after(path: Path, step: int) -> None:
-    """Keep only the JSON lines with `step` <= step: a resumed run forgets what a killed run wrote
-    after its checkpoint, so no step appears twice. Step 0 (a fresh start) empties the file."""
+    """Keep only the records with `step` <= step (and no damaged line): a resumed run forgets what a
+    killed run wrote after its checkpoint, so no step appears twice. Step 0 (a fresh start) empties the file."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-    write_text_atomic(path, "".join(line + "\n" for line in kept))
+    kept = [record for record in read_records(path) if record["step"] <= step]
+    write_text_atomic(path, "".join(json_line(record) for record in kept))
 
 
 class JsonLinesFile:
-    """A JSON-lines file of records with `step` and `epoch`, continued where a resumed run left off."""
+    """A JSON-lines file of records with `step` and `epoch`, continued where a resumed run left off.
+
+    A record that cannot be written whole (a full disk) is cut off again, so the file never ends in half a line."""
 
     def __init__(self, path: Path, resume_step: int) -> None:
         drop_records_after(path, resume_step)
-        self._file = path.open("a", encoding="utf-8")
+        self.path = path
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
 
     def log(self, fields: dict[str, Any], step: int, epoch: int) -> None:
-        self._file.write(json.dumps({"step": step, "epoch": epoch, **fields}) + "\n")
-        self._file.flush()
+        try:
+            append_whole(self._fd, json_line({"step": step, "epoch": epoch, **fields}).encode())
+        except OSError as exc:
+            raise UserError(
+                f"cannot write {self.path}: {exc.strerror}; training stopped at step {step} (its newest checkpoint "
+                "is kept: free space and run the same command to resume)"
+            ) from None
 
     def close(self) -> None:
-        self._file.close()
+        os.close(self._fd)
 
 
 def sample_log(run: RunDir, rank: int, world_size: int, resume_step: int) -> JsonLinesFile:
@@ -52,10 +82,8 @@ def sample_log(run: RunDir, rank: int, world_size: int, resume_step: int) -> Jso
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """All records of a metrics.jsonl file ([] when there is none)."""
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """All records of a metrics.jsonl file ([] when there is none; damaged lines are skipped and reported)."""
+    return read_records(path)
 
 
 def wandb_api_key_present() -> bool:
@@ -70,7 +98,11 @@ def wandb_api_key_present() -> bool:
 
 
 class WandbLogger:
-    """A W&B run that continues across restarts (its id lives in the run dir) and never stops training."""
+    """A W&B run that continues across restarts (its id lives in the run dir) and never stops training.
+
+    An online start that fails (no network, a bad key) gives up after logging.wandb.init_timeout
+    seconds; W&B's service is then shut down (it would keep the run id taken) and the run is recorded
+    offline under the same id, to upload later with `wandb sync`."""
 
     def __init__(self, recipe: Recipe, run: RunDir, run_id: str) -> None:
         import wandb
@@ -86,17 +118,24 @@ class WandbLogger:
                 self.run = wandb.init(
                     project=cfg.project, entity=cfg.entity, tags=cfg.tags, name=recipe.name, config=recipe.to_dict(),
                     dir=str(run.wandb.parent), id=run_id, resume="allow", mode=attempt,
-                    settings=wandb.Settings(console="off", silent=True, init_timeout=60),
+                    settings=wandb.Settings(console="off", silent=True, init_timeout=cfg.init_timeout),
                 )
                 break
             except Exception as exc:  # W&B must never stop training
-                warn(f"W&B {attempt} start failed ({exc}); " + ("trying offline" if attempt != "offline" else "W&B is off for this run"))
-                try:  # a failed start can leave the run id claimed in W&B's service: the offline try would fail
-                    wandb.teardown()
-                except Exception:
-                    pass
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                if attempt != "offline":
+                    warn(f"W&B {attempt} start failed ({reason}); trying offline (same run id)")
+                    self._shut_down_service()
+                else:
+                    warn(f"W&B offline start failed ({reason}); W&B is off for this run")
         if self.run is not None and attempt == "offline":
             warn(f"W&B is logging offline to {run.wandb}; upload later with: wandb sync {run.wandb}/offline-run-*")
+
+    def _shut_down_service(self) -> None:
+        try:
+            self._wandb.teardown()
+        except Exception as exc:
+            warn(f"W&B shutdown failed ({exc})")
 
     def log(self, metrics: Metrics, step: int, epoch: int) -> None:
         if self.run is None:

@@ -26,6 +26,7 @@ from trainwright.data.loading import batches_per_epoch, iterate, train_indices
 from trainwright.errors import UserError
 from trainwright.evaluation import Scoring, evaluate
 from trainwright.files import write_json_atomic
+from trainwright.guards import disk_writes, require_finite
 from trainwright.parallel import Strategy
 from trainwright.processes import Processes
 from trainwright.recipe import Recipe
@@ -125,7 +126,15 @@ class Trainer:
             with self.stops.caught():
                 return self._loop()
         finally:
-            self.checkpoints.close()  # also on errors: a pending checkpoint is finished, never left half-written
+            self._close()
+
+    def _close(self) -> None:
+        """Every way out of training: a pending checkpoint is finished (never left half-written), the writer
+        thread and the logs are closed."""
+        try:
+            self._wait_for_checkpoint()
+        finally:
+            self.checkpoints.close()
             self.tracker.close()
             if self.sample_log is not None:
                 self.sample_log.close()
@@ -145,6 +154,7 @@ class Trainer:
                     return self._preempted()
                 if state.step >= self.total_steps:
                     break
+        self.stops.finishing = True
         if state.val_step != state.step:
             self._validate()
         if self.checkpoints.should_save(state.step, state.epoch, finished=True):
@@ -221,6 +231,7 @@ class Trainer:
     def _log_train_loss(self) -> None:
         state = self.state
         mean_loss = self.processes.mean(self._loss_sum).item() / max(state.loss_count, 1)
+        require_finite(mean_loss, "training loss", state.step, self.run.checkpoints)
         lr = self.optimizer.param_groups[0]["lr"]
         self.tracker.log({"train/loss": mean_loss, "lr": lr}, state.step, state.epoch + 1)
         self._loss_sum.zero_()
@@ -229,6 +240,7 @@ class Trainer:
     def _validate(self) -> None:
         state = self.state
         metrics = evaluate(self.accelerator.unwrap_model(self.model), self.data.val, self.scoring, self.processes)
+        require_finite(metrics["loss"], "validation loss", state.step, self.run.checkpoints)
         state.val_metrics = {f"val/{key}": value for key, value in metrics.items()}
         state.val_step = state.step
         monitored, mode = state.val_metrics.get(self.recipe.checkpoint.monitor), self.recipe.checkpoint.mode
@@ -244,16 +256,24 @@ class Trainer:
         """Checkpoint the current step (the not-yet-logged loss is averaged over processes first); log how
         long training waited for it and how long the previous checkpoint took to write in the background."""
         started = time.perf_counter()
-        written = self.checkpoints.wait()
+        written = self._wait_for_checkpoint()
         self.state.loss_sum = self.processes.mean(self._loss_sum.clone()).item()
-        self.checkpoints.save(self.state, self.recipe.to_dict())
+        require_finite(self.state.loss_sum, "training loss", self.state.step, self.run.checkpoints)
+        with disk_writes("a checkpoint", self.state.step, self.run.checkpoints):
+            self.checkpoints.save(self.state, self.recipe.to_dict())
         times = {"checkpoint/stall_seconds": time.perf_counter() - started}
         if written is not None:  # the previous save's (the last save's write time is not logged)
             times["checkpoint/write_seconds"] = written
         self.tracker.log(times, self.state.step, self.state.epoch)
 
+    def _wait_for_checkpoint(self) -> float | None:
+        """Wait for the checkpoint being written in the background; a failed write (a full disk) is one
+        message. Returns the seconds the write took (None when none was pending)."""
+        with disk_writes("a checkpoint", self.checkpoints.pending_step or self.state.step, self.run.checkpoints):
+            return self.checkpoints.wait()
+
     def _preempted(self) -> Outcome:
-        self.checkpoints.wait()  # the checkpoint is on disk before exit 75
+        self._wait_for_checkpoint()  # the checkpoint is on disk before exit 75
         step = self.state.step
         if self.processes.is_main:
             print(
@@ -275,12 +295,13 @@ class Trainer:
             "steps_per_epoch": self.steps_per_epoch,
             **state.val_metrics,
         }
-        self.checkpoints.wait()  # the last checkpoint is on disk first
+        self._wait_for_checkpoint()  # the last checkpoint is on disk first
         weights = self.strategy.full_weights(self.model)  # a collective under fsdp
         if self.processes.is_main:
             metadata = {"recipe": self.recipe.name, "trainwright_version": __version__, "step": str(state.step)}
-            save_weights(weights, self.run.model_file, metadata)
-            write_json_atomic(self.run.summary_file, summary)
+            with disk_writes("the final weights and summary", state.step, self.run.checkpoints):
+                save_weights(weights, self.run.model_file, metadata)
+                write_json_atomic(self.run.summary_file, summary)
             self.checkpoints.finish()
         self.processes.barrier()
         return summary

@@ -17,23 +17,31 @@ from trainwright.accelerate_compat import cache_lomo_probe, keep_accelerate_fsdp
 from trainwright.components import (
     build_data, build_model, build_optimizer, build_scheduler, build_scoring, check_recipe,
 )
+from trainwright.data.paths import pin_paths
 from trainwright.errors import UserError
 from trainwright.launcher import resolve_precision, resolve_strategy
 from trainwright.parallel import strategy_for
+from trainwright.preflight import check_startup
 from trainwright.processes import Processes, launch_rank
 from trainwright.recipe import Recipe
 from trainwright.run_plan import RunPlan, apply_plan, plan_run
 from trainwright.rundir import RunDir
+from trainwright.runlock import hold
 from trainwright.trainer import Outcome, Trainer, steps_per_epoch
 
 
-def train(recipe: Recipe, run_dir: str | Path, resume: str | Path | None = None, restart: bool = False) -> Outcome:
+def train(
+    recipe: Recipe, run_dir: str | Path, resume: str | Path | None = None, restart: bool = False,
+    allow_data_change: bool = False,
+) -> Outcome:
     """Train `recipe` in `run_dir`: start, resume from its newest valid checkpoint, or report it complete."""
     started = time.perf_counter()
-    plan = plan_run(RunDir(run_dir), recipe, resume, restart)
-    if launch_rank() == 0:
-        plan.announce()
-    return execute(recipe, plan, started)
+    recipe, run = pin_paths(recipe), RunDir(run_dir)
+    with hold(run):
+        plan = plan_run(run, recipe, resume, restart, allow_data_change)
+        if launch_rank() == 0:
+            plan.announce()
+        return execute(recipe, plan, started)
 
 
 def execute(recipe: Recipe, plan: RunPlan, started: float) -> Outcome:
@@ -60,11 +68,12 @@ def execute(recipe: Recipe, plan: RunPlan, started: float) -> Outcome:
     set_seed(recipe.seed)  # the model's initial weights depend on the seed alone
     model = build_model(recipe)
     scoring = build_scoring(recipe, data)
+    data_record = check_startup(recipe, plan, data, model, scoring, total_steps)  # before the run dir is touched
     compile_mode = recipe.trainer.compile_mode if recipe.trainer.compile else None
     strategy = strategy_for(accelerator, processes, recipe.distributed, precision, compile_mode)
     model, optimizer = strategy.prepare(model, lambda module: build_optimizer(recipe, module))
     scheduler = build_scheduler(recipe, optimizer, total_steps)
-    apply_plan(plan, recipe, processes)
+    apply_plan(plan, recipe, processes, data_record)
     trainer = Trainer(recipe, plan.run, accelerator, processes, strategy, data, scoring, model, optimizer, scheduler)
     return trainer.fit(plan.resume_from, started)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainwright.files import fsync_path, sha256, write_json
+from trainwright.files import fsync_path, normalize_mode, sha256, write_json
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -83,13 +83,23 @@ def step_of(folder: Path) -> int:
 
 
 def looks_like_safetensors(path: Path) -> bool:
-    """A safetensors file starts with an 8-byte little-endian header length, then a JSON object."""
+    """A whole safetensors file: an 8-byte little-endian header length, a JSON object, then exactly the
+    bytes its tensors' offsets cover (so a truncated file is caught without loading it)."""
+    size = path.stat().st_size
     with path.open("rb") as file:
         head = file.read(9)
-    if len(head) < 9:
-        return False
-    (header_len,) = struct.unpack("<Q", head[:8])
-    return head[8:9] == b"{" and 8 + header_len <= path.stat().st_size
+        if len(head) < 9 or head[8:9] != b"{":
+            return False
+        (header_len,) = struct.unpack("<Q", head[:8])
+        if 8 + header_len > size:
+            return False
+        file.seek(8)
+        try:
+            header = json.loads(file.read(header_len))
+            end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return False
+    return 8 + header_len + end == size
 
 
 def _files(folder: Path) -> list[Path]:
@@ -102,6 +112,7 @@ def write_manifest(folder: Path, step: int) -> None:
     sha256 in manifest.json, written last."""
     files = {}
     for path in _files(folder):
+        normalize_mode(path)
         fsync_path(path)
         files[path.relative_to(folder).as_posix()] = {"bytes": path.stat().st_size, "sha256": sha256(path)}
     for sub in sorted(p for p in folder.rglob("*") if p.is_dir()):

@@ -32,7 +32,7 @@ from trainwright.checkpoint.format import (
 from trainwright.checkpoint.full import FullState, read_full_state
 from trainwright.checkpoint.objects import TrainObjects, fresh_rng, rng_from_files, rng_to_files
 from trainwright.checkpoint.policy import SavePolicy
-from trainwright.files import replace_dir, write_json
+from trainwright.files import WRITE_ERRORS, replace_dir, write_json
 from trainwright.processes import Processes
 from trainwright.recipe import CheckpointConfig
 
@@ -49,6 +49,7 @@ class CheckpointManager:
         self.resumed_from: Path | None = None  # never pruned until this run completes
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer")
         self._pending: Future[float] | None = None
+        self._pending_step = 0
 
     def should_save(self, step: int, epoch: int, **when: bool) -> bool:
         """Ask the save policy (see SavePolicy.should_save); every process gets the same answer."""
@@ -80,7 +81,13 @@ class CheckpointManager:
         if processes.is_main:
             job = functools.partial(self._complete, tmp, final, full, state.to_json(), recipe)
             self._pending = self._writer.submit(job) if self.config.async_ else _done(job())
+            self._pending_step = state.step
         return final
+
+    @property
+    def pending_step(self) -> int | None:
+        """The step of the save being written in the background, if any."""
+        return self._pending_step if self._pending is not None else None
 
     def wait(self) -> float | None:
         """Wait for the save being written in the background (main process) and return the seconds its
@@ -91,11 +98,15 @@ class CheckpointManager:
     def _complete(self, tmp: Path, final: Path, full: FullState | None, state: dict[str, Any], recipe: dict[str, Any]) -> float:
         """Write the main process's files, the manifest last, and move the folder to its final name."""
         started = time.perf_counter()
-        if full is not None:
-            full.write(tmp, state["step"])
-        write_json(tmp / TRAINER_FILE, state)
-        write_json(tmp / RECIPE_FILE, recipe)
-        write_manifest(tmp, state["step"])
+        try:
+            if full is not None:
+                full.write(tmp, state["step"])
+            write_json(tmp / TRAINER_FILE, state)
+            write_json(tmp / RECIPE_FILE, recipe)
+            write_manifest(tmp, state["step"])
+        except WRITE_ERRORS:  # a full disk: give the space back; the previous checkpoints are untouched
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         replace_dir(tmp, final)
         retention.write_latest(self.folder, final)
         self.prune()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 from torch.utils.data import Dataset
@@ -44,13 +45,18 @@ class Task:
 
 @dataclass
 class DataBundle:
-    """Train/val/test splits of one data set (test is val where the data set has no test split)."""
+    """Train/val/test splits of one data set (test is val where the data set has no test split).
+
+    `sources` names the files the data were read from (role -> path) and `preprocessing` holds the
+    statistics the preparation used (JSON-able); both are recorded in the run dir (data.json)."""
 
     train: Dataset
     val: Dataset
     task: Task
     test: Dataset | None = None
     describe_input: Callable[[int], str] | None = field(default=None, repr=False)  # item i of eval_split
+    sources: dict[str, Path] = field(default_factory=dict)
+    preprocessing: dict[str, Any] = field(default_factory=dict)
 
     @property
     def eval_split(self) -> Dataset:

@@ -1,0 +1,179 @@
+"""Start-up checks on the built components, before the run dir is touched: a recipe that cannot train
+is one message and no folder, instead of a traceback (or silent garbage) once training has started.
+
+  * the loss fits the task (no cross-entropy on a one-output binary model, no BCE on regression),
+  * the model fits the data: one batch through the model and the loss (shapes, classes, probabilities),
+  * the optimizer and LR scheduler survive their first steps (on a throwaway parameter),
+  * checkpoint.monitor names a metric the run reports,
+  * resumed data are the data the run trained on (data.json).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from trainwright.components import build_optimizer, build_scheduler, check_monitor
+from trainwright.data.bundle import DataBundle
+from trainwright.data.fingerprint import check_same_data, data_record
+from trainwright.data.loading import iterate
+from trainwright.errors import UserError
+from trainwright.evaluation import Scoring
+from trainwright.recipe import Recipe
+from trainwright.registry import MODELS
+from trainwright.run_plan import RunPlan
+
+_CLASSIFICATION_LOSSES = (
+    "bce_with_logits (one output), bce (one output through a sigmoid) or cross_entropy (one output per class)"
+)
+_REGRESSION_LOSSES = "mse, l1, smooth_l1 or huber"
+
+
+def check_startup(
+    recipe: Recipe, plan: RunPlan, data: DataBundle, model: nn.Module, scoring: Scoring, total_steps: int
+) -> dict[str, Any]:
+    """Run every start-up check (UserError on the first problem); returns the data record for data.json."""
+    check_monitor(recipe, list(scoring.metrics))
+    check_loss_fits_task(recipe, data, scoring)
+    check_first_batch(recipe, data, model, scoring)
+    dry_run_optimizer(recipe, total_steps)
+    record = data_record(data)
+    if plan.resume_from is not None:
+        check_same_data(plan.run.read_json(plan.run.data_file), record, plan.run.path, plan.allow_data_change)
+    return record
+
+
+def check_loss_fits_task(recipe: Recipe, data: DataBundle, scoring: Scoring) -> None:
+    """A classification loss on regression data, or the reverse, cannot learn the task."""
+    loss, task = recipe.loss.name, data.task.kind
+    if task == "regression" and scoring.output_kind != "value":
+        raise UserError(
+            f"loss.name={loss} is a classification loss, but data set '{recipe.data.name}' is a regression task; "
+            f"use {_REGRESSION_LOSSES}"
+        )
+    if task != "regression" and scoring.output_kind == "value":
+        raise UserError(
+            f"loss.name={loss} is a regression loss, but data set '{recipe.data.name}' is a {task} classification "
+            f"task; use {_CLASSIFICATION_LOSSES}"
+        )
+    if task == "binary" and loss == "cross_entropy":
+        raise UserError(
+            f"loss.name=cross_entropy needs one output per class and class indices, but data set "
+            f"'{recipe.data.name}' is a binary task with one 0/1 target per item; use bce_with_logits (one output) "
+            "or bce (one output through a sigmoid)"
+        )
+    if task == "multiclass" and loss in ("bce", "bce_with_logits"):
+        raise UserError(
+            f"loss.name={loss} is for binary tasks, but data set '{recipe.data.name}' has "
+            f"{len(data.task.class_names) or 'several'} classes; use cross_entropy"
+        )
+
+
+def _output_argument(recipe: Recipe) -> str:
+    """Which model argument sets the number of outputs, for messages ('model.out_features', ...)."""
+    try:
+        params = inspect.signature(MODELS.get(recipe.model.name)).parameters
+    except (TypeError, ValueError):
+        return "the model's number of outputs"
+    name = next((p for p in ("num_classes", "out_features", "num_outputs", "outputs") if p in params), None)
+    return f"model.{name}" if name else "the model's number of outputs"
+
+
+@torch.no_grad()
+def check_first_batch(recipe: Recipe, data: DataBundle, model: nn.Module, scoring: Scoring) -> None:
+    """One batch of training data through the model (eval mode, RNG untouched) and the loss."""
+    count = min(recipe.data.batch_size, len(data.train))
+    inputs, targets = next(iterate(data.train, iter([torch.arange(count)])))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            outputs = model(inputs)
+    except Exception as exc:
+        raise UserError(
+            f"model '{recipe.model.name}' does not fit the data: a batch of inputs of shape {tuple(inputs.shape)} "
+            f"from data set '{recipe.data.name}' fails in its forward pass ({type(exc).__name__}: {exc}); "
+            "check the model's input size (e.g. model.in_features)"
+        ) from None
+    finally:
+        model.train(was_training)
+    if not isinstance(outputs, torch.Tensor):
+        raise UserError(f"model '{recipe.model.name}' returns {type(outputs).__name__}, not a tensor")
+    _check_output_shape(recipe, data, outputs.float(), targets)
+    try:
+        loss = scoring.loss_fn(outputs.float(), targets)
+    except Exception as exc:
+        raise UserError(
+            f"loss '{recipe.loss.name}' fails on the model's outputs (shape {tuple(outputs.shape)}) and the "
+            f"targets (shape {tuple(targets.shape)}): {type(exc).__name__}: {exc}"
+        ) from None
+    if loss.numel() != 1:
+        raise UserError(
+            f"loss '{recipe.loss.name}' gives {tuple(loss.shape)} values, not one number; use reduction 'mean'"
+        )
+    if not math.isfinite(loss.item()):
+        raise UserError(f"the loss on the first batch is already {loss.item()}: check the data and the model's outputs")
+
+
+def _check_output_shape(recipe: Recipe, data: DataBundle, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+    task, shape, argument = data.task, tuple(outputs.shape), _output_argument(recipe)
+    if outputs.ndim == 0 or len(outputs) != len(targets):
+        raise UserError(
+            f"model '{recipe.model.name}' gives outputs of shape {shape} for a batch of {len(targets)} items"
+        )
+    if task.kind == "multiclass":
+        classes = len(task.class_names) or int(targets.max()) + 1
+        if outputs.ndim != 2 or shape[1] != classes:
+            raise UserError(
+                f"model '{recipe.model.name}' gives outputs of shape {shape} per batch, but data set "
+                f"'{recipe.data.name}' has {classes} classes (one output per class: "
+                f"shape ({len(targets)}, {classes})); "
+                f"set {argument}={classes}"
+            )
+        return
+    if shape != tuple(targets.shape):
+        per_item = targets.shape[1] if targets.ndim == 2 else 1
+        raise UserError(
+            f"model '{recipe.model.name}' gives outputs of shape {shape} per batch, but the {task.kind} targets of "
+            f"data set '{recipe.data.name}' have shape {tuple(targets.shape)}; set {argument}={per_item}"
+        )
+    if recipe.loss.name == "bce" and (outputs.min() < 0 or outputs.max() > 1):
+        raise UserError(
+            f"loss.name=bce reads the model's outputs as probabilities, but on the first batch they range over "
+            f"[{outputs.min().item():.3g}, {outputs.max().item():.3g}]; end the model with a sigmoid "
+            "(model.output_activation=sigmoid for mlp) or use loss.name=bce_with_logits"
+        )
+
+
+class _Throwaway(nn.Module):
+    """One parameter, for trying the optimizer and LR scheduler before the real ones take a step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+
+
+def dry_run_optimizer(recipe: Recipe, total_steps: int, steps: int = 2) -> None:
+    """Values that fail only once training starts (scheduler.step_size=0, an optimizer argument of the
+    right type but an impossible value) fail here instead, before any folder is made."""
+    throwaway = _Throwaway()
+    optimizer = build_optimizer(recipe, throwaway)
+    scheduler = build_scheduler(recipe, optimizer, total_steps)
+    for step in range(1, steps + 1):
+        throwaway.weight.grad = torch.ones(1)
+        for section, act in (("optimizer", optimizer.step), ("scheduler", scheduler.step if scheduler else None)):
+            if act is None:
+                continue
+            try:
+                act()
+            except Exception as exc:
+                name = getattr(recipe, section).name
+                raise UserError(
+                    f"{section}: '{name}' fails at step {step} with {getattr(recipe, section).kwargs()}: "
+                    f"{type(exc).__name__}: {exc or 'no message'}"
+                ) from None
+        optimizer.zero_grad(set_to_none=True)

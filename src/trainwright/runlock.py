@@ -1,0 +1,179 @@
+"""One `train` at a time per run dir: an exclusive lock held by the main process for the whole command.
+
+The lock is a file beside the run dir (`.<name>.trainwright-lock`, so it exists before the run dir does
+and stays put when --restart renames the run dir), locked with flock(2) and removed on release. It
+names its holder (pid, host, since when) for the message a second command gets.
+
+What is guaranteed:
+  * On one machine, and on shared file systems whose locks work across machines (NFSv4, NFSv3 with
+    lockd, Lustre mounted with `flock`, GPFS, BeeGFS): at most one holder. The kernel (or the NFS
+    server's lease) drops the lock of a process that dies, even by SIGKILL; the next command takes it
+    over and says whose it was.
+  * On file systems whose locks are local to a machine (NFS mounted `nolock` or `local_lock=all`,
+    Lustre with `localflock`): the holder refreshes the file's time every HEARTBEAT seconds, and a
+    command on another machine is refused while that is fresher than STALE_AFTER seconds. Two commands
+    started within the same moment on two machines can still both run there.
+  * Where flock is not supported at all, training is refused with a message.
+
+The holder record is written through the locked file descriptor, not with files.py's atomic rename
+(renaming would replace the locked file)."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+
+from trainwright.errors import UserError
+from trainwright.files import warn
+from trainwright.processes import launch_rank
+from trainwright.rundir import RunDir
+
+HEARTBEAT = 30.0  # seconds between refreshes of the lock file's time by its holder
+STALE_AFTER = 120.0  # a record from another machine older than this is from a holder that is gone
+
+
+def hold(run: RunDir) -> contextlib.AbstractContextManager:
+    """The run dir's lock for a `train` command: taken by the main process of a launch (rank 0, known
+    from the launcher's variables before any process group exists), before anything is read or planned.
+    The other processes rely on it; if it is refused, rank 0 exits with the message and the launcher
+    (torchrun/accelerate launch) ends the others."""
+    return RunLock(run) if launch_rank() == 0 else contextlib.nullcontext()
+
+
+class RunLock:
+    """`with RunLock(run): ...` holds the run dir's lock; a second holder is refused with a UserError."""
+
+    def __init__(self, run: RunDir) -> None:
+        self.run = run
+        self.path = run.lock_file
+        self._fd: int | None = None
+        self._made: list[Path] = []  # folders made to hold the lock file, removed again if left empty
+        self._stop = threading.Event()
+
+    def __enter__(self) -> RunLock:
+        self.run.check_location(restart=False)  # a folder that cannot be made or written is said as such
+        self._make_parent()
+        try:
+            self._fd = self._acquire()
+        except BaseException:
+            self._remove_made_folders()
+            raise
+        threading.Thread(target=self._heartbeat, name="trainwright-lock", daemon=True).start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self._stop.set()
+        if self._fd is not None:
+            self.path.unlink(missing_ok=True)  # while still locked, so no one can lock the old file meanwhile
+            os.close(self._fd)
+            self._fd = None
+        self._remove_made_folders()
+
+    def _make_parent(self) -> None:
+        missing = [p for p in [self.path.parent, *self.path.parent.parents] if not p.exists()]
+        for folder in reversed(missing):
+            try:
+                folder.mkdir()
+            except OSError as exc:
+                raise UserError(
+                    f"--run-dir {self.run.path}: cannot create the folder {folder}: {exc.strerror}"
+                ) from None
+            self._made.append(folder)
+
+    def _remove_made_folders(self) -> None:
+        for folder in reversed(self._made):
+            try:
+                folder.rmdir()
+            except OSError:  # the run dir (or something else) is in it now
+                break
+        self._made = []
+
+    def _acquire(self) -> int:
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise UserError(
+                    f"cannot lock the run dir {self.run.path}: cannot write {self.path}: {exc.strerror}"
+                ) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                record = _read(fd)
+                os.close(fd)
+                if exc.errno in (errno.EAGAIN, errno.EACCES):
+                    raise UserError(
+                        f"{self.run.path} is in use by another trainwright run ({_describe(record)}); wait for it to "
+                        "end or stop it, or choose another --run-dir"
+                    ) from None
+                raise UserError(
+                    f"cannot lock the run dir {self.run.path}: this file system does not support file locks "
+                    f"({exc.strerror}); use a run dir on a file system that does (see the README, 'Run dir lock')"
+                ) from None
+            if _same_file(fd, self.path):
+                break
+            os.close(fd)  # its holder removed the file on release just before we locked it: lock the new one
+        previous = _read(fd)
+        if previous:
+            self._check_other_machine(fd, previous)
+            warn(
+                f"taking over the lock of {self.run.path} from {_describe(previous)}, which ended without "
+                "releasing it"
+            )
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+                  "command": " ".join(sys.argv)}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(record).encode(), 0)
+        os.fsync(fd)
+        return fd
+
+    def _check_other_machine(self, fd: int, previous: dict) -> None:
+        """A fresh record from another machine means its holder may be alive where the lock does not reach."""
+        age = time.time() - os.fstat(fd).st_mtime
+        if previous.get("host") not in (None, socket.gethostname()) and age < STALE_AFTER:
+            os.close(fd)
+            raise UserError(
+                f"{self.run.path} is in use by another trainwright run ({_describe(previous)}, seen {age:.0f} s ago). "
+                f"If that run was killed, run again in {STALE_AFTER - age:.0f} s or delete {self.path}; if it is "
+                "alive, this file system's locks do not reach across machines (see the README, 'Run dir lock')"
+            )
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(HEARTBEAT):
+            fd = self._fd
+            if fd is not None:
+                try:
+                    os.utime(fd)
+                except OSError:
+                    pass  # the run goes on; only another machine's takeover check would be affected
+
+
+def _read(fd: int) -> dict:
+    """The holder record in a lock file ({} when empty or unreadable)."""
+    try:
+        data = json.loads(os.pread(fd, 4096, 0) or b"{}")
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _describe(record: dict) -> str:
+    if not record:
+        return "holder unknown"
+    return f"pid {record.get('pid')} on host {record.get('host')} since {record.get('since')}"
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False

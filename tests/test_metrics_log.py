@@ -1,0 +1,47 @@
+"""metrics.jsonl survives a cut-off last line: readers skip and report it, writers never leave one."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+
+import pytest
+
+from reliability_helpers import HEART, TINY, call, train_ok
+
+
+def test_a_cut_off_last_metrics_line_is_skipped_and_reported(capsys, tmp_path):
+    run_dir = tmp_path / "run"
+    train_ok(capsys, HEART, *TINY, "trainer.epochs=2", "trainer.log_every_steps=1", "--run-dir", run_dir)
+    metrics = run_dir / "metrics.jsonl"
+    with metrics.open("a") as file:
+        file.write('{"step": 11, "epoch": 3, "train/lo')  # a crash or a full disk mid-write
+    code, out, err = call(capsys, "plot", run_dir)
+    assert code == 0 and "skipping damaged line" in err and "Traceback" not in err
+    out, err = train_ok(capsys, HEART, *TINY, "trainer.epochs=3", "trainer.log_every_steps=1", "--run-dir", run_dir)
+    assert "Resuming from step 10" in out
+    lines = metrics.read_text().splitlines()
+    assert all(json.loads(line) for line in lines)  # the writer repaired the file
+    assert [json.loads(line)["step"] for line in lines if "train/loss" in line] == list(range(1, 16))
+
+
+def test_a_failed_metrics_write_leaves_no_half_line(tmp_path, monkeypatch):
+    from trainwright.errors import UserError
+    from trainwright.tracking import JsonLinesFile
+
+    path = tmp_path / "metrics.jsonl"
+    log = JsonLinesFile(path, 0)
+    log.log({"train/loss": 0.5}, 1, 1)
+    real_write = os.write
+
+    def full_disk(fd: int, data: bytes) -> int:
+        real_write(fd, data[:7])  # part of the line gets out, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full_disk)
+    with pytest.raises(UserError, match="No space left on device"):
+        log.log({"train/loss": 0.25}, 2, 1)
+    monkeypatch.undo()
+    log.close()
+    assert path.read_text() == '{"step": 1, "epoch": 1, "train/loss": 0.5}\n'

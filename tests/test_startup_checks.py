@@ -1,0 +1,74 @@
+"""Everything that can be checked before training is checked before any folder is made: values that
+would fail only once training starts, the loss against the model's output and the task, and
+checkpoint.monitor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import RECIPES, write_fashion_mnist
+from reliability_helpers import HEART, HOUSE, TINY, user_error
+
+
+def refused_without_a_folder(capsys, tmp_path: Path, recipe: Path, *overrides: str, fragments: tuple[str, ...]) -> str:
+    message = user_error(capsys, "train", recipe, *overrides, "--run-dir", tmp_path / "run", fragments=fragments)
+    assert not (tmp_path / "run").exists()
+    return message
+
+
+# --- values that would fail only once training starts --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragments"),
+    [(["scheduler.name=step", "scheduler.step_size=0"], ("scheduler", "step_size", "ZeroDivisionError")),
+     (["model.hidden=[-1]"], ("model", "negative dimension")),
+     (["data.seed=abc"], ("data.seed",))],
+)
+def test_values_failing_at_the_first_step_are_one_message_and_no_folder(capsys, tmp_path, overrides, fragments):
+    refused_without_a_folder(capsys, tmp_path, HEART, *TINY, *overrides, fragments=fragments)
+
+
+# --- the loss, the model's output and the task ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragments"),
+    [(["loss.name=cross_entropy"], ("cross_entropy", "binary", "bce_with_logits")),
+     (["model.in_features=3"], ("(64, 2)", "model.in_features")),
+     (["model.out_features=2"], ("(64, 2)", "model.out_features=1")),
+     (["model.output_activation=null"], ("loss.name=bce", "probabilities", "bce_with_logits")),
+     (["loss.name=mse"], ("regression loss", "binary"))],
+)
+def test_a_loss_or_model_that_cannot_fit_heart_is_refused(capsys, tmp_path, overrides, fragments):
+    refused_without_a_folder(capsys, tmp_path, HEART, *TINY, *overrides, fragments=fragments)
+
+
+def test_bce_on_regression_is_refused(capsys, tmp_path):
+    refused_without_a_folder(capsys, tmp_path, HOUSE, "logging.wandb=false", "loss.name=bce",
+                             fragments=("classification loss", "regression", "mse"))
+
+
+def test_lenet_with_too_few_classes_is_refused(capsys, tmp_path):
+    root = tmp_path / "data"
+    write_fashion_mnist(root)
+    user_error(capsys, "train", RECIPES / "fashion_mnist_lenet.yaml", f"data.root={root}", "logging.wandb=false",
+               "model.num_classes=5", "--run-dir", tmp_path / "run", fragments=("10 classes", "model.num_classes=10"))
+    assert not (tmp_path / "run").exists()
+
+
+# --- checkpoint.monitor ----------------------------------------------------------------------------
+
+
+def test_a_misspelt_monitor_is_refused_by_check_and_train(capsys, tmp_path):
+    overrides = ["checkpoint.monitor=val/acuracy", "checkpoint.keep_best=1"]
+    user_error(capsys, "check", HEART, *overrides, fragments=("checkpoint.monitor", "did you mean 'val/accuracy'"))
+    refused_without_a_folder(capsys, tmp_path, HEART, *TINY, *overrides, fragments=("did you mean 'val/accuracy'",))
+
+
+def test_a_monitor_the_task_does_not_report_is_refused_at_start(capsys, tmp_path):
+    """val/mae is a valid name for `check` (the task is unknown there), but heart reports accuracy."""
+    refused_without_a_folder(capsys, tmp_path, HEART, *TINY, "checkpoint.monitor=val/mae",
+                             fragments=("no 'val/mae'", "val/accuracy"))
