@@ -46,7 +46,8 @@ README_DEFAULTS = {
                 "compile_mode": "default"},
     "checkpoint": {"every_steps": None, "every_epochs": 1, "keep_last": 2, "keep_best": 0, "monitor": "val/loss",
                    "mode": "min", "async": True},
-    "logging": {"wandb": {"mode": "auto", "project": "trainwright", "entity": None, "tags": []}, "tensorboard": False},
+    "logging": {"wandb": {"mode": "auto", "project": "trainwright", "entity": None, "tags": [], "init_timeout": 10.0},
+                "tensorboard": False},
     "distributed": {"strategy": "auto", "shard_modules": None, "reshard_after_forward": True},
 }
 
@@ -585,7 +586,11 @@ def test_every_workflow_is_covered(request):
         job = trained(request.getfixturevalue(name))
         path = RECIPES / f"{job['recipe']}.yaml"
         saved = yaml.safe_load((job["dir"] / "recipe.yaml").read_text())
-        assert saved == resolved_recipe(path, job["overrides"]), name
+        expected = resolved_recipe(path, job["overrides"])
+        for key in ("path", "root"):  # a run pins its data paths: absolute, from the folder it ran in (the repo)
+            if key in expected["data"]:
+                expected["data"][key] = str(REPO / expected["data"][key])
+        assert saved == expected, name
         summary = json.loads((job["dir"] / "summary.json").read_text())
         assert summary["status"] == "completed", name
         covered[job["recipe"]] = name
@@ -624,7 +629,8 @@ def test_check_prints_heart_with_its_defaults(capsys):
                     "compile": False, "compile_mode": "default"},
         "checkpoint": {"every_steps": 1000, "every_epochs": 1, "keep_last": 2, "keep_best": 0,
                        "monitor": "val/loss", "mode": "min", "async": True},
-        "logging": {"wandb": {"mode": "auto", "project": "trainwright", "entity": None, "tags": ["heart"]},
+        "logging": {"wandb": {"mode": "auto", "project": "trainwright", "entity": None, "tags": ["heart"],
+                              "init_timeout": 10.0},
                     "tensorboard": False},
         "distributed": {"strategy": "auto", "shard_modules": None, "reshard_after_forward": True},
     }
@@ -640,6 +646,7 @@ def test_check_subprocess_applies_overrides(check_with_overrides):
     printed = yaml.safe_load(result.stdout)
     assert printed["trainer"]["epochs"] == 7
     assert printed["model"]["hidden"] == [8, 4]
-    assert printed["logging"]["wandb"] == {"mode": "disabled", "project": "trainwright", "entity": None, "tags": []}
+    assert printed["logging"]["wandb"] == {"mode": "disabled", "project": "trainwright", "entity": None, "tags": [],
+                                           "init_timeout": 10.0}
     assert printed == resolved_recipe(RECIPES / "heart.yaml", ["trainer.epochs=7", "model.hidden=[8, 4]",
                                                                 "logging.wandb=false"])

@@ -231,7 +231,7 @@ class Trainer:
     def _log_train_loss(self) -> None:
         state = self.state
         mean_loss = self.processes.mean(self._loss_sum).item() / max(state.loss_count, 1)
-        require_finite(mean_loss, "training loss", state.step, self.run.checkpoints)
+        self._require_finite(mean_loss, "training loss")
         lr = self.optimizer.param_groups[0]["lr"]
         self.tracker.log({"train/loss": mean_loss, "lr": lr}, state.step, state.epoch + 1)
         self._loss_sum.zero_()
@@ -240,7 +240,7 @@ class Trainer:
     def _validate(self) -> None:
         state = self.state
         metrics = evaluate(self.accelerator.unwrap_model(self.model), self.data.val, self.scoring, self.processes)
-        require_finite(metrics["loss"], "validation loss", state.step, self.run.checkpoints)
+        self._require_finite(metrics["loss"], "validation loss")
         state.val_metrics = {f"val/{key}": value for key, value in metrics.items()}
         state.val_step = state.step
         monitored, mode = state.val_metrics.get(self.recipe.checkpoint.monitor), self.recipe.checkpoint.mode
@@ -258,13 +258,20 @@ class Trainer:
         started = time.perf_counter()
         written = self._wait_for_checkpoint()
         self.state.loss_sum = self.processes.mean(self._loss_sum.clone()).item()
-        require_finite(self.state.loss_sum, "training loss", self.state.step, self.run.checkpoints)
+        self._require_finite(self.state.loss_sum, "training loss")
         with disk_writes("a checkpoint", self.state.step, self.run.checkpoints):
             self.checkpoints.save(self.state, self.recipe.to_dict())
         times = {"checkpoint/stall_seconds": time.perf_counter() - started}
         if written is not None:  # the previous save's (the last save's write time is not logged)
             times["checkpoint/write_seconds"] = written
         self.tracker.log(times, self.state.step, self.state.epoch)
+
+    def _require_finite(self, value: float, what: str) -> None:
+        """Stop on a non-finite loss (NonFiniteLoss); a checkpoint being written is finished first, so the
+        message names the newest one kept."""
+        if not math.isfinite(value):
+            self._wait_for_checkpoint()
+        require_finite(value, what, self.state.step, self.run.checkpoints)
 
     def _wait_for_checkpoint(self) -> float | None:
         """Wait for the checkpoint being written in the background; a failed write (a full disk) is one
