@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -288,3 +289,21 @@ def workflow(fn: Callable[[Path], Any]) -> Any:
 
     fixture.__doc__ = fn.__doc__
     return fixture
+
+
+@pytest.fixture
+def house_csv(tmp_path: Path) -> Path:
+    """houses.csv (150 rows) in a folder of its own, as the current folder of the tests that use it."""
+    folder = tmp_path / "project"
+    folder.mkdir()
+    house_frame(150).to_csv(folder / "houses.csv", index=False)
+    return folder / "houses.csv"
+
+
+@pytest.fixture
+def keep_signal_handlers() -> Iterator[None]:
+    """The trainer leaves stop signals ignored once one arrived (the CLI exits then); tests go on."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)

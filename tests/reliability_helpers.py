@@ -19,6 +19,7 @@ HEART = RECIPES / "heart.yaml"
 HOUSE = RECIPES / "house_prices.yaml"
 # 320 training points in batches of 64: 5 steps per epoch.
 TINY = ["data.num_points=400", "trainer.epochs=1", "logging.wandb=false"]
+HOUSE_SMALL = ["logging.wandb=false", "trainer.epochs=4", "trainer.eval_every_epochs=2", "checkpoint.every_epochs=2"]
 
 
 def call(capsys: pytest.CaptureFixture, *argv: object) -> tuple[int, str, str]:

@@ -3,24 +3,14 @@ refused naming their column and line."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import house_frame
-from reliability_helpers import HOUSE, user_error
-
-HOUSE_SMALL = ["logging.wandb=false", "trainer.epochs=4", "trainer.eval_every_epochs=2", "checkpoint.every_epochs=2"]
+from reliability_helpers import HOUSE, HOUSE_SMALL, user_error
 
 
-@pytest.fixture
-def house_csv(tmp_path: Path) -> Path:
-    """houses.csv (150 rows) in a folder of its own, as the current folder of the tests that use it."""
-    folder = tmp_path / "project"
-    folder.mkdir()
-    house_frame(150).to_csv(folder / "houses.csv", index=False)
-    return folder / "houses.csv"
 
 def test_csv_statistics_come_from_the_training_rows_only(tmp_path):
     from trainwright.data.tabular import csv

@@ -7,22 +7,12 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
 import yaml
 
 from conftest import house_frame
-from reliability_helpers import HEART, HOUSE, call, snapshot, train_ok, user_error
-
-HOUSE_SMALL = ["logging.wandb=false", "trainer.epochs=4", "trainer.eval_every_epochs=2", "checkpoint.every_epochs=2"]
+from reliability_helpers import HEART, HOUSE, HOUSE_SMALL, call, snapshot, train_ok, user_error
 
 
-@pytest.fixture
-def house_csv(tmp_path: Path) -> Path:
-    """houses.csv (150 rows) in a folder of its own, as the current folder of the tests that use it."""
-    folder = tmp_path / "project"
-    folder.mkdir()
-    house_frame(150).to_csv(folder / "houses.csv", index=False)
-    return folder / "houses.csv"
 
 
 def eval_json(capsys, run_dir: Path, *extra: str) -> tuple[dict, str]:

@@ -10,13 +10,7 @@ import pytest
 from reliability_helpers import HEART, TINY, call
 
 
-@pytest.fixture(autouse=True)
-def _keep_signal_handlers():
-    """The trainer leaves stop signals ignored once one arrived (the CLI exits then); tests go on."""
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
+pytestmark = pytest.mark.usefixtures("keep_signal_handlers")
 
 
 def test_sigterm_during_the_final_write_finishes_the_run_and_says_so(capsys, tmp_path, monkeypatch):

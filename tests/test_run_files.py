@@ -13,13 +13,7 @@ import trainwright.stopping
 from reliability_helpers import HEART, TINY, call, snapshot, train_ok, user_error
 
 
-@pytest.fixture(autouse=True)
-def _keep_signal_handlers():
-    """The trainer leaves stop signals ignored once one arrived (the CLI exits then); tests go on."""
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
+pytestmark = pytest.mark.usefixtures("keep_signal_handlers")
 
 
 @pytest.fixture
