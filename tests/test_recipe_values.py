@@ -36,3 +36,10 @@ def test_null_removes_a_component_argument(capsys):
     code, out, err = call(capsys, "check", HEART, "optimizer.momentum=null")
     assert code == 0, err
     assert "momentum" not in yaml.safe_load(out)["optimizer"]
+
+
+def test_a_scheduled_run_raises_no_scheduler_order_warning(capsys, tmp_path, recwarn):
+    """The loop may step the torch optimizer directly; the scheduler must still see that step (torch warns
+    'lr_scheduler.step() before optimizer.step()' and the user would think a step was skipped)."""
+    train_ok(capsys, HEART, *TINY, "scheduler.name=step", "scheduler.step_size=2", "--run-dir", tmp_path / "run")
+    assert not [str(w.message) for w in recwarn if "lr_scheduler" in str(w.message)]

@@ -72,7 +72,8 @@ def execute(recipe: Recipe, plan: RunPlan, started: float) -> Outcome:
     compile_mode = recipe.trainer.compile_mode if recipe.trainer.compile else None
     strategy = strategy_for(accelerator, processes, recipe.distributed, precision, compile_mode)
     model, optimizer = strategy.prepare(model, lambda module: build_optimizer(recipe, module))
-    scheduler = build_scheduler(recipe, optimizer, total_steps)
+    # On the torch optimizer inside Accelerate's wrapper: the loop may call its step directly (step_calls).
+    scheduler = build_scheduler(recipe, getattr(optimizer, "optimizer", optimizer), total_steps)
     apply_plan(plan, recipe, processes, data_record)
     trainer = Trainer(recipe, plan.run, accelerator, processes, strategy, data, scoring, model, optimizer, scheduler)
     return trainer.fit(plan.resume_from, started)
