@@ -44,7 +44,7 @@ def setup(workload: Workload) -> Setup:
     data = build_data(recipe)
     torch.manual_seed(recipe.seed)  # trainwright seeds the same way before it builds the model
     model = build_model(recipe)
-    loss_fn = build_scoring(recipe, data).loss_fn
+    loss_fn = build_scoring(recipe, data.task).loss_fn
     return Setup(recipe, data.train.inputs, data.train.targets, model, loss_fn, build_optimizer(recipe, model))
 
 

@@ -47,7 +47,7 @@ def test_batch_order_does_not_depend_on_the_process_count():
 def test_metrics_from_the_registry_and_from_user_code(tmp_path, monkeypatch):
     """A metric returns per-batch sums; the reported value is the mean over items, named after the function."""
     from trainwright.components import build_scoring
-    from trainwright.data.bundle import DataBundle, Task, TensorSplit
+    from trainwright.data.bundle import Task, TensorSplit
     from trainwright.evaluation import evaluate
     from trainwright.processes import Processes
     from trainwright.recipe import load_recipe
@@ -62,6 +62,6 @@ def test_metrics_from_the_registry_and_from_user_code(tmp_path, monkeypatch):
     targets[:2] += 3  # two items off by 3
     split = TensorSplit(inputs, targets)
     recipe = load_recipe(RECIPES / "linear_regression.yaml", ["metrics=[mae, mse, user_metrics:off_by_more_than_one]"])
-    scoring = build_scoring(recipe, DataBundle(train=split, val=split, task=Task("regression")))
+    scoring = build_scoring(recipe, Task("regression"))
     metrics = evaluate(torch.nn.Identity(), split, scoring, Processes.single(), batch_size=4)
     assert metrics == pytest.approx({"loss": 1.0, "mae": 1.0, "mse": 3.0, "off_by_more_than_one": 2 / 6})

@@ -11,7 +11,6 @@ from conftest import house_frame
 from reliability_helpers import HOUSE, HOUSE_SMALL, user_error
 
 
-
 def test_csv_statistics_come_from_the_training_rows_only(tmp_path):
     from trainwright.data.tabular import csv
 
@@ -34,6 +33,7 @@ def test_csv_statistics_come_from_the_training_rows_only(tmp_path):
     assert stats["standardize"]["NumRooms"]["mean"] == pytest.approx(
         np.mean([float(r[0]) if r[0] else np.mean(rooms) for r in train_rows])
     )
+
 
 @pytest.mark.parametrize(("column", "value"), [("Price", "inf"), ("Price", "1e400"), ("NumRooms", "-inf"),
                                                ("NumRooms", "1e39")])

@@ -13,8 +13,6 @@ from conftest import house_frame
 from reliability_helpers import HEART, HOUSE, HOUSE_SMALL, call, snapshot, train_ok, user_error
 
 
-
-
 def eval_json(capsys, run_dir: Path, *extra: str) -> tuple[dict, str]:
     code, out, err = call(capsys, "eval", run_dir, *extra)
     assert code == 0, err
@@ -111,10 +109,12 @@ def test_generated_data_are_fingerprinted_too(capsys, tmp_path, monkeypatch):
     user_error(capsys, "train", HEART, *common, "trainer.epochs=2", "--run-dir", run_dir,
                fragments=("data differ", "train split"))
 
+
 def test_csv_statistics_are_recorded_in_the_run(capsys, tmp_path, house_csv):
     run_dir = tmp_path / "run"
     train_ok(capsys, HOUSE, f"data.path={house_csv}", *HOUSE_SMALL, "--run-dir", run_dir)
     stats = json.loads((run_dir / "data.json").read_text())["preprocessing"]
-    assert set(stats) == {"fill", "standardize", "categories", "target"}
+    assert set(stats) == {"numeric", "categorical", "fill", "standardize", "categories", "target"}
+    assert stats["numeric"] == ["NumRooms"] and stats["categorical"] == ["Alley"]
     assert stats["categories"]["Alley"] == ["Grvl", "Pave"]
     assert stats["target"]["column"] == "Price" and stats["target"]["std"] > 0

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import yaml
 
@@ -51,18 +52,41 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from trainwright.inference import evaluate_run, load_run
+    from trainwright.inference import load_run
 
-    trained = load_run(RunDir.existing(args.run_dir), args.allow_data_change)
-    print(json.dumps(evaluate_run(trained), indent=2))
+    run = load_run(args.run_dir, args.checkpoint, allow_data_change=args.allow_data_change)
+    print(json.dumps(run.evaluate(), indent=2))
     return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from trainwright.inference import load_run, prediction_lines
+    from trainwright.inference import load_run
 
-    for line in prediction_lines(load_run(RunDir.existing(args.run_dir), args.allow_data_change), args.n):
-        print(line)
+    if args.output is not None:
+        from trainwright.prediction_files import check_output
+
+        if args.input is None:
+            raise UserError("--output writes the predictions for --input; give --input FILE as well")
+        check_output(Path(args.output))  # before anything is read
+    run = load_run(args.run_dir, args.checkpoint, args.device, args.allow_data_change)
+    if args.input is None:  # the first N items of the run's own evaluation split
+        _, predictions = run.predict_split(args.n)
+        print("\n".join(predictions.lines()))
+    elif args.output is None:
+        predictions = next(run.predict_stream(args.input, batch_size=args.n + 1))  # one more: are there more?
+        print("\n".join(predictions.lines()[: args.n]))
+        if len(predictions) > args.n:
+            print(f"trainwright: showing the first {args.n} predictions; --output FILE.csv writes one row per input",
+                  file=sys.stderr)
+    else:
+        from tqdm.auto import tqdm
+
+        from trainwright.prediction_files import write_predictions
+
+        with tqdm(unit=" items", desc="predicting", file=sys.stderr, disable=None) as progress:
+            batches = (progress.update(len(p)) or p for p in run.predict_stream(args.input, args.batch_size))
+            count = write_predictions(batches, Path(args.output))
+        print(f"Wrote {count} predictions to {args.output}")
     return 0
 
 
@@ -108,6 +132,23 @@ def _add_allow_data_change(command: argparse.ArgumentParser, what: str) -> None:
     )
 
 
+def _add_predict_options(predict: argparse.ArgumentParser) -> None:
+    predict.add_argument(
+        "--input", metavar="PATH",
+        help="new inputs: a CSV with the training's columns (tabular runs), a CSV of points (x,y for heart, x for "
+        "linear regression), an image file, a folder of images or an IDX file (image runs)",
+    )
+    predict.add_argument(
+        "--output", metavar="FILE",
+        help="write one row per input to FILE.csv or FILE.jsonl (id, prediction, actual where given, class "
+        "probabilities); must not exist",
+    )
+    predict.add_argument("-n", type=_positive_int, default=10, help="items to print without --output (default 10)")
+    predict.add_argument("--batch-size", type=_positive_int, default=1024, help="inputs per batch (default 1024)")
+    predict.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                         help="where the model runs (default auto: a CUDA GPU when there is one)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trainwright",
@@ -136,14 +177,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, help_text, handler in (
         ("eval", "print test/val metrics of a finished run as JSON", _eval),
-        ("predict", "print predictions for the first N test items", _predict),
+        ("predict", "predict on new inputs (--input), or on the first N test items", _predict),
         ("plot", "write loss curves and prediction plots to <run dir>/plots/", _plot),
     ):
         command = commands.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
         command.add_argument("run_dir", help="a run dir written by `trainwright train`")
         if name == "predict":
-            command.add_argument("-n", type=_positive_int, default=10, help="number of items (default 10)")
+            _add_predict_options(command)
         if name != "plot":
+            command.add_argument(
+                "--checkpoint", metavar="latest|DIR",
+                help="use a checkpoint's weights (the newest valid one, or a checkpoint folder) instead of the final "
+                "ones, e.g. for a run that has not finished",
+            )
             _add_allow_data_change(command, name)
         command.set_defaults(handler=handler)
 

@@ -1,11 +1,12 @@
-"""Recipe -> components: data, model, scoring (loss and metrics), optimizer, scheduler.
+"""Recipe -> components: data (and how to read new inputs for it), model, scoring (loss and metrics), optimizer, scheduler.
 
 The one place that registers the built-in components (by importing their modules) and checks a
 recipe's component sections. No devices and no Accelerate here."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -15,13 +16,21 @@ from trainwright.data.bundle import DataBundle, Task
 from trainwright.errors import UserError, did_you_mean
 from trainwright.evaluation import MetricFn, Scoring
 from trainwright.recipe import Recipe
-from trainwright.registry import DATASETS, LOSSES, METRICS, MODELS, OPTIMIZERS, SCHEDULERS
+from trainwright.registry import DATASETS, LOSSES, METRICS, MODELS, OPTIMIZERS, SCHEDULERS, import_attr
+
+if TYPE_CHECKING:
+    from trainwright.data.inputs import InputBatch  # pandas: imported only by runs that read new inputs
+
+InputReader = Callable[[Any, dict[str, Any], int], "Iterator[InputBatch]"]  # (source, data.json, batch size)
 
 # The built-in data sets, imported when a recipe names them (pandas and torchvision load only then).
-DATASETS.register_path("heart", "trainwright.data.synthetic:heart")
-DATASETS.register_path("linear", "trainwright.data.synthetic:linear")
-DATASETS.register_path("csv", "trainwright.data.tabular:csv")
-DATASETS.register_path("fashion_mnist", "trainwright.data.vision:fashion_mnist")
+# `inputs`: how `predict --input` reads new inputs for a run of the data set (data/inputs.py).
+DATASETS.register_path("heart", "trainwright.data.synthetic:heart", inputs="trainwright.data.inputs:heart_points")
+DATASETS.register_path("linear", "trainwright.data.synthetic:linear", inputs="trainwright.data.inputs:line_points")
+DATASETS.register_path("csv", "trainwright.data.tabular:csv", inputs="trainwright.data.inputs:table_rows")
+DATASETS.register_path(
+    "fashion_mnist", "trainwright.data.vision:fashion_mnist", inputs="trainwright.data.images:fashion_images"
+)
 
 
 def check_recipe(recipe: Recipe) -> None:
@@ -60,6 +69,19 @@ def build_data(recipe: Recipe) -> DataBundle:
     return bundle
 
 
+def input_reader(recipe: Recipe) -> InputReader:
+    """How new inputs are read for a run of the recipe's data set (registered as `inputs=`: a function or
+    an import path); a data set without one is a UserError."""
+    reader = DATASETS.meta(recipe.data.name).get("inputs")
+    if reader is None:
+        raise UserError(
+            f"data set '{recipe.data.name}' has no reader for new inputs (register one with "
+            "DATASETS.register(name, inputs=...)); in Python, give the model's inputs as a tensor: "
+            "trainwright.load_run(RUN_DIR).predict(tensor)"
+        )
+    return import_attr(reader, "data.name") if isinstance(reader, str) else reader
+
+
 def build_model(recipe: Recipe) -> nn.Module:
     model = MODELS.build(recipe.model.name, recipe.model.kwargs())
     if not isinstance(model, nn.Module):
@@ -67,17 +89,17 @@ def build_model(recipe: Recipe) -> nn.Module:
     return model
 
 
-def build_scoring(recipe: Recipe, bundle: DataBundle) -> Scoring:
+def build_scoring(recipe: Recipe, task: Task) -> Scoring:
     """The loss, what the model's outputs mean (from the loss; imported losses: by task) and the metrics
     (the recipe's, or the task's default: accuracy for classifiers, MAE for regression)."""
-    default_kind = "value" if bundle.task.kind == "regression" else "logits"
-    names = list(recipe.metrics) if recipe.metrics else metrics.default_metrics(bundle.task)
+    default_kind = "value" if task.kind == "regression" else "logits"
+    names = list(recipe.metrics) if recipe.metrics else metrics.default_metrics(task)
     functions: dict[str, MetricFn] = {
-        short: METRICS.get(name, key="metrics") for name, short in zip(names, metric_names(recipe, bundle.task))
+        short: METRICS.get(name, key="metrics") for name, short in zip(names, metric_names(recipe, task))
     }
     return Scoring(
         loss_fn=LOSSES.build(recipe.loss.name, recipe.loss.kwargs()),
-        task=bundle.task,
+        task=task,
         output_kind=LOSSES.meta(recipe.loss.name).get("output", default_kind),
         metrics=functions,
     )

@@ -1,14 +1,16 @@
 """`trainwright export`: the whole model's weights of any checkpoint, full or sharded, as one safetensors
-file, in one CPU process (no launcher, no process group)."""
+file, in one CPU process (no launcher, no process group). Also finds and reads the checkpoint for
+`predict --checkpoint`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from trainwright.checkpoint import retention
 from trainwright.checkpoint.format import MANIFEST, read_train_state, verify
-from trainwright.checkpoint.sharded import consolidated_weights
 from trainwright.checkpoint.weights import save_weights
 from trainwright.errors import UserError
 from trainwright.rundir import RunDir
@@ -30,14 +32,22 @@ def export_weights(source: str | Path, out: str | Path) -> Exported:
         raise UserError(f"--out {out} exists; trainwright does not overwrite it (choose another name or remove it)")
     if not out.parent.is_dir():
         raise UserError(f"--out {out}: folder {out.parent} does not exist")
-    checkpoint = _checkpoint(Path(source))
-    weights = consolidated_weights(checkpoint)
+    checkpoint = find_checkpoint(Path(source))
+    weights = checkpoint_weights(checkpoint)
     step = read_train_state(checkpoint).step
     save_weights(weights, out, {"step": str(step), "exported_from": str(checkpoint)})
     return Exported(checkpoint, step, len(weights), sum(t.numel() for t in weights.values()))
 
 
-def _checkpoint(source: Path) -> Path:
+def checkpoint_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """The whole model's weights of a verified checkpoint, full or sharded."""
+    from trainwright.checkpoint.sharded import consolidated_weights  # torch's DCP: a second to import
+
+    return consolidated_weights(folder)
+
+
+def find_checkpoint(source: Path) -> Path:
+    """`source` if it is a checkpoint folder, else the newest valid checkpoint of the run dir `source`."""
     if not source.is_dir():
         raise UserError(f"{source} is not a checkpoint folder or a run dir")
     if (source / MANIFEST).is_file():

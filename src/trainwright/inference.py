@@ -1,117 +1,194 @@
-"""Using a finished run: reload its recipe, data and final weights; evaluate and predict."""
+"""Using a trained run: `load_run` gives its recipe and model with the trained weights; `Run.predict` on
+new inputs (tensors, DataFrames, files, images), `Run.evaluate` and `Run.predict_split` on its own data.
+The CLI's eval, predict and plot use the same functions.
+
+New inputs are read by the data set's reader (data/inputs.py) with the statistics recorded in the run
+(data.json), so predicting needs neither the training data nor a recomputation from the new inputs.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_model
+from safetensors.torch import load_file
 from torch import nn
 
-from trainwright.checkpoint.format import step_of
+from trainwright.checkpoint.format import read_train_state, step_of
 from trainwright.checkpoint.retention import step_dirs
-from trainwright.components import build_data, build_model, build_scoring
-from trainwright.data.bundle import DataBundle
+from trainwright.components import build_data, build_model, build_scoring, input_reader
+from trainwright.data.bundle import DataBundle, Task
 from trainwright.data.fingerprint import check_same_data, data_record
+from trainwright.data.inputs import InputBatch
 from trainwright.data.loading import eval_indices, iterate
 from trainwright.errors import UserError
+from trainwright.export import checkpoint_weights, find_checkpoint
 from trainwright.evaluation import EVAL_BATCH_SIZE, Scoring, evaluate
 from trainwright.files import warn
-from trainwright.predictions import predicted_labels, probabilities
+from trainwright.predictions import Predictions
 from trainwright.processes import Processes
 from trainwright.recipe import Recipe
 from trainwright.rundir import RunDir
 
+DEVICES = ("auto", "cpu", "cuda")
+
 
 @dataclass
-class TrainedRun:
-    """A finished run's recipe, data and model with its final weights."""
+class Run:
+    """A trained run: its recipe, its model with the trained weights (in eval mode on `device`), and where
+    the weights come from (`step`)."""
 
+    run_dir: RunDir
     recipe: Recipe
-    bundle: DataBundle
     model: nn.Module
-    scoring: Scoring
+    step: int | None
+    device: torch.device
+    allow_data_change: bool = False
+    _record: dict[str, Any] | None = field(default=None, repr=False)  # data.json
+
+    @cached_property
+    def data(self) -> DataBundle:
+        """The run's data set, built from its recipe and checked against data.json (for eval and predict -n)."""
+        bundle = build_data(self.recipe)
+        check_same_data(self._record, data_record(bundle), self.run_dir.path, self.allow_data_change)
+        return bundle
+
+    @cached_property
+    def task(self) -> Task:
+        """Recorded in data.json; for runs older than that record, taken from the data set."""
+        if self._record and "task" in self._record:
+            return Task.from_record(self._record["task"])
+        return self.data.task
+
+    @cached_property
+    def scoring(self) -> Scoring:
+        return build_scoring(self.recipe, self.task)
+
+    def evaluate(self, split: str | None = None) -> dict[str, float]:
+        """Metrics on `split` ('val' or 'test'; default: test, or val where the data set has no test split)."""
+        split = split or ("test" if self.data.test is not None else "val")
+        dataset = {"val": self.data.val, "test": self.data.test}.get(split)
+        if dataset is None:
+            raise UserError(f"split must be 'val' or 'test' (a data set with a test split), got {split!r}")
+        metrics = evaluate(self.model.cpu(), dataset, self.scoring, Processes.single())
+        self.model.to(self.device)
+        return {f"{split}/{key}": value for key, value in metrics.items()}
+
+    @torch.no_grad()
+    def outputs(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The model's outputs for a batch of prepared inputs, as floats on the CPU."""
+        return self.model(inputs.to(self.device)).float().cpu()
+
+    def predict(self, inputs: Any, batch_size: int = EVAL_BATCH_SIZE) -> Predictions:
+        """Predictions for `inputs`: a tensor of prepared model inputs, a pandas DataFrame (the training's
+        columns), a file or folder path, a PIL image, or a list of image paths or PIL images."""
+        if isinstance(inputs, torch.Tensor):
+            ids = [str(i) for i in range(len(inputs))]
+            return self._predictions(InputBatch(ids, inputs, ids.__getitem__))
+        return _joined(list(self.predict_stream(inputs, batch_size)), self.task, self.scoring.output_kind)
+
+    def predict_stream(self, source: Any, batch_size: int = EVAL_BATCH_SIZE) -> Iterator[Predictions]:
+        """Predictions `batch_size` items at a time (bounded memory for large files)."""
+        if isinstance(source, str):
+            source = Path(source)
+        if isinstance(source, Path) and not source.exists():
+            raise UserError(f"--input {source} does not exist")
+        reader = input_reader(self.recipe)
+        for batch in reader(source, self._record or {}, batch_size):
+            yield self._predictions(batch)
+
+    def predict_split(self, count: int | None = None) -> tuple[torch.Tensor, Predictions]:
+        """(inputs, predictions) for the first `count` items of the evaluation split (actual values known)."""
+        split = self.data.eval_split
+        size = len(split) if count is None else min(count, len(split))
+        batches = list(iterate(split, (index for index, _ in eval_indices(size, EVAL_BATCH_SIZE, 0, 1))))
+        inputs, targets = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+        actual = self.task.decode(targets) if self.task.kind == "regression" else targets
+        ids = [str(i) for i in range(size)]
+        describe = self.data.describe_input
+        return inputs, self._predictions(InputBatch(ids, inputs, describe or ids.__getitem__, actual), bool(describe))
+
+    def _predictions(self, batch: InputBatch, describe: bool = True) -> Predictions:
+        return Predictions(
+            batch.ids, self.outputs(batch.inputs), self.task, self.scoring.output_kind, batch.actual,
+            batch.describe if describe else None,
+        )
 
 
-def load_run(run: RunDir, allow_data_change: bool = False) -> TrainedRun:
-    """The run's recipe, data (checked against data.json) and model with its final weights (on the CPU,
-    in eval mode); says on stderr which step the weights are from."""
+def _joined(parts: list[Predictions], task: Task, output_kind: str) -> Predictions:
+    """Several batches' predictions as one."""
+    actual = None if any(p.actual is None for p in parts) else torch.cat([p.actual for p in parts])
+    ids = [item for p in parts for item in p.ids]
+    describers = [(len(p), p.describe) for p in parts]
+
+    def describe(index: int) -> str:
+        for size, part in describers:
+            if index < size:
+                return part(index) if part else ids[index]
+            index -= size
+        raise IndexError(index)
+
+    return Predictions(ids, torch.cat([p.outputs for p in parts]), task, output_kind, actual, describe)
+
+
+def load_run(
+    run_dir: str | Path | RunDir, checkpoint: str | Path | None = None, device: str = "cpu",
+    allow_data_change: bool = False,
+) -> Run:
+    """A trained run: its final weights (model.safetensors), or with `checkpoint` ('latest' or a checkpoint
+    folder) a checkpoint's, e.g. of a run that has not finished. `device`: 'cpu', 'cuda' or 'auto'. Says on
+    stderr which step the weights are from."""
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir.existing(run_dir)
     recipe = run.recipe()
-    weights = run.require_model()
-    step = _weights_step(weights)
-    bundle = build_data(recipe)
-    check_same_data(run.read_json(run.data_file), data_record(bundle), run.path, allow_data_change)
     model = build_model(recipe)
+    if checkpoint is None:
+        source, weights, step = _final_weights(run)
+    else:
+        source = find_checkpoint(run.path if str(checkpoint) == "latest" else Path(checkpoint))
+        weights, step = checkpoint_weights(source), read_train_state(source).step
+        warn(f"using the weights of checkpoint step {step} ({source})")
     try:
-        missing, unexpected = load_model(model, str(weights), strict=False)
-    except (SafetensorError, RuntimeError) as exc:
-        raise UserError(f"{weights} is damaged or does not fit the run's model: {str(exc).splitlines()[0]}") from None
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as exc:  # shapes that differ
+        raise UserError(f"{source} does not fit the run's model: {str(exc).splitlines()[-1].strip()}") from None
     if missing or unexpected:
-        raise UserError(f"{weights} does not fit the run's model (missing {missing}, unexpected {unexpected})")
+        raise UserError(f"{source} does not fit the run's model (missing {missing}, unexpected {unexpected})")
     model.eval()
-    _say_which_weights(run, weights, step)
-    return TrainedRun(recipe, bundle, model, build_scoring(recipe, bundle))
+    target = _device(device)
+    return Run(run, recipe, model.to(target), step, target, allow_data_change, run.read_json(run.data_file))
 
 
-def _weights_step(weights: Path) -> int | None:
-    """The training step recorded in model.safetensors (None when it has none); damaged files are a UserError."""
-    try:
-        with safe_open(str(weights), "pt") as file:
-            step = (file.metadata() or {}).get("step")
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise UserError(f"{weights} is damaged: {str(exc).splitlines()[0]}") from None
-    return int(step) if step and step.isdigit() else None
+def _device(name: str) -> torch.device:
+    if name not in DEVICES:
+        raise UserError(f"--device must be one of {', '.join(DEVICES)}, got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU is available here; use --device cpu (or auto)")
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
 
 
-def _say_which_weights(run: RunDir, weights: Path, step: int | None) -> None:
-    """The weights are the final ones of a completed run, or older than what the run trained since."""
+def _final_weights(run: RunDir) -> tuple[Path, dict[str, torch.Tensor], int | None]:
+    """The run's model.safetensors and its step; a run that has not finished says so and offers --checkpoint."""
     newest = max((step_of(folder) for folder in step_dirs(run.checkpoints)), default=None)
-    note = f"using the weights of step {step} ({weights})"
+    if not run.model_file.is_file() and run.completed_summary() is None and newest is not None:
+        raise UserError(
+            f"{run.path} has not finished training (it has no model.safetensors yet); pass --checkpoint latest to "
+            f"use its newest checkpoint (step {newest}), or run `trainwright train` again to finish it"
+        )
+    weights_file = run.require_model()
+    try:
+        with safe_open(str(weights_file), "pt") as file:
+            recorded = (file.metadata() or {}).get("step")
+        weights = load_file(weights_file)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise UserError(f"{weights_file} is damaged: {str(exc).splitlines()[0]}") from None
+    step = int(recorded) if recorded and recorded.isdigit() else None
+    note = f"using the weights of step {step} ({weights_file})"
     if newest is not None and step is not None and newest > step:
         note += f"; the run has trained on to step {newest} since and is not finished (train it again to complete it)"
     warn(note)
-
-
-def evaluate_run(trained: TrainedRun) -> dict[str, float]:
-    """Metrics on the test split (the validation split where the data set has no test split)."""
-    split = "test" if trained.bundle.test is not None else "val"
-    metrics = evaluate(trained.model, trained.bundle.eval_split, trained.scoring, Processes.single())
-    return {f"{split}/{key}": value for key, value in metrics.items()}
-
-
-@torch.no_grad()
-def model_outputs(trained: TrainedRun, count: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(inputs, outputs, targets) for the first `count` items of the evaluation split."""
-    split = trained.bundle.eval_split
-    size = len(split) if count is None else min(count, len(split))
-    batches = list(iterate(split, (index for index, _ in eval_indices(size, EVAL_BATCH_SIZE, 0, 1))))
-    inputs = torch.cat([b[0] for b in batches])
-    targets = torch.cat([b[1] for b in batches])
-    return inputs, trained.model(inputs).float(), targets
-
-
-def _number(value: float) -> str:
-    return f"{value:.3f}" if abs(value) < 1e4 else f"{value:.1f}"
-
-
-def prediction_lines(trained: TrainedRun, count: int) -> Iterator[str]:
-    """One line per item, in the tutorials' form."""
-    task, describe = trained.bundle.task, trained.bundle.describe_input
-    _, outputs, targets = model_outputs(trained, count)
-    for i in range(len(outputs)):
-        prefix = f"{describe(i)} " if describe else ""
-        if task.kind == "regression":
-            predicted, actual = task.decode(outputs[i]).item(), task.decode(targets[i]).item()
-            yield f"{prefix}Predicted: {_number(predicted)}, Actual: {_number(actual)}"
-            continue
-        label = int(predicted_labels(outputs[i : i + 1], task, trained.scoring.output_kind)[0])
-        actual_label = int(targets[i].reshape(-1)[0])
-        names = task.class_names or tuple(str(c) for c in range(max(label, actual_label) + 1))
-        if task.kind == "binary":
-            p = probabilities(outputs[i : i + 1], task, trained.scoring.output_kind).reshape(-1)[0].item()
-            yield f"{prefix}Predicted: {names[label]} (p={p:.2f}), Actual: {names[actual_label]}"
-        else:
-            yield f'{prefix}Predicted: "{names[label]}", Actual: "{names[actual_label]}"'
+    return weights_file, weights, step

@@ -8,43 +8,40 @@ import matplotlib.pyplot as plt
 
 from trainwright.curves import plot_curves, save_figure
 from trainwright.data.bundle import TensorSplit
-from trainwright.inference import TrainedRun, load_run, model_outputs
-from trainwright.predictions import predicted_labels
+from trainwright.inference import Run, load_run
 from trainwright.rundir import RunDir
 from trainwright.tracking import read_metrics
 
 
-def plot_predictions(trained: TrainedRun, path: Path) -> Path | None:
+def plot_predictions(trained: Run, path: Path) -> Path | None:
     """2-D binary: predicted labels over the plane; 1-D regression: data and fitted line;
     other regression: predicted vs actual; images: a grid with predicted/actual names."""
-    task, train = trained.bundle.task, trained.bundle.train
-    inputs, outputs, targets = model_outputs(trained)
+    task, train = trained.task, trained.data.train
+    inputs, predictions = trained.predict_split()
+    actual = predictions.actual.reshape(len(predictions), -1)[:, 0]
     fig, ax = plt.subplots(figsize=(6, 6))
     if task.kind == "binary" and inputs.dim() == 2 and inputs.shape[1] == 2:
-        labels = predicted_labels(outputs, task, trained.scoring.output_kind)
-        ax.scatter(inputs[:, 0], inputs[:, 1], c=labels, cmap="RdYlBu_r", s=2)
+        ax.scatter(inputs[:, 0], inputs[:, 1], c=predictions.label_indices, cmap="RdYlBu_r", s=2)
         ax.set(title="Predicted labels (validation points)", xlabel="x", ylabel="y", aspect="equal")
     elif task.kind == "regression" and inputs.dim() == 2 and inputs.shape[1] == 1 and isinstance(train, TensorSplit):
         ax.scatter(train.inputs[:, 0], task.decode(train.targets[:, 0]), s=8, c="b", label="training data")
-        ax.scatter(inputs[:, 0], task.decode(targets[:, 0]), s=8, c="g", label="test data")
-        ax.scatter(inputs[:, 0], task.decode(outputs[:, 0]), s=8, c="r", label="predictions")
+        ax.scatter(inputs[:, 0], actual, s=8, c="g", label="test data")
+        ax.scatter(inputs[:, 0], predictions.values, s=8, c="r", label="predictions")
         weight = dict(trained.model.named_parameters())
         if {"weight", "bias"} <= weight.keys():
             ax.set_title(f"fitted y = {weight['weight'].item():.3f} x + {weight['bias'].item():.3f}")
         ax.legend()
     elif task.kind == "regression":
-        actual, predicted = task.decode(targets[:, 0]), task.decode(outputs[:, 0])
-        ax.scatter(actual, predicted, s=8)
+        ax.scatter(actual, predictions.values, s=8)
         low, high = float(actual.min()), float(actual.max())
         ax.plot([low, high], [low, high], "k--", linewidth=1)
         ax.set(title="Predicted vs actual", xlabel="actual", ylabel="predicted")
     elif task.kind == "multiclass" and inputs.dim() == 4:
         plt.close(fig)
-        labels = predicted_labels(outputs, task, trained.scoring.output_kind)
         fig, axes = plt.subplots(3, 3, figsize=(7, 7))
         for i, cell in enumerate(axes.flat[: len(inputs)]):
             cell.imshow(inputs[i, 0], cmap="gray")
-            cell.set_title(f"{task.class_names[labels[i]]}\n({task.class_names[int(targets[i])]})", fontsize=8)
+            cell.set_title(f"{predictions.labels[i]}\n({predictions.class_name(int(actual[i]))})", fontsize=8)
             cell.axis("off")
         fig.suptitle("predicted (actual)")
     else:

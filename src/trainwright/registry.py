@@ -57,10 +57,10 @@ class Registry:
         if name in self._entries:
             return self._entries[name]
         if name in self._paths:
-            self._entries[name] = _import(self._paths[name], key)
+            self._entries[name] = import_attr(self._paths[name], key)
             return self._entries[name]
         if ":" in name:
-            return _import(name, key)
+            return import_attr(name, key)
         raise UserError(
             f"{key}: unknown {self.kind} '{name}'{did_you_mean(name, self.names())} "
             f"(built in: {', '.join(self.names())}; or an import path 'package.module:attr')"
@@ -150,7 +150,8 @@ def _show(annotation: Any) -> str:
     return str(annotation).replace("typing.", "")
 
 
-def _import(path: str, key: str) -> Callable[..., Any]:
+def import_attr(path: str, key: str) -> Callable[..., Any]:
+    """The attribute at 'package.module:attr'; a path that cannot be imported is a UserError naming `key`."""
     module_name, _, attr = path.partition(":")
     try:
         module = importlib.import_module(module_name)

@@ -42,6 +42,15 @@ class Task:
         """Regression outputs/targets in the data's own units."""
         return values * self.target_std + self.target_mean
 
+    def to_record(self) -> dict[str, Any]:
+        """As data.json holds it, so a run can predict without reading its training data again."""
+        return {"kind": self.kind, "class_names": list(self.class_names), "target_mean": self.target_mean,
+                "target_std": self.target_std}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Task:
+        return cls(record["kind"], tuple(record["class_names"]), record["target_mean"], record["target_std"])
+
 
 @dataclass
 class DataBundle:

@@ -1,6 +1,7 @@
-"""The record of the data a run trained on (the run dir's data.json): their fingerprint and
-preprocessing statistics, which every later command (resume, eval, predict) compares its own data
-against. (Their paths are pinned in the recipe: data/paths.py.)
+"""The record of the data a run trained on (the run dir's data.json): their fingerprint, which every
+later command (resume, eval) compares its own data against, the preprocessing statistics, and the task
+(which `predict --input` uses without the training data). (Their paths are pinned in the recipe:
+data/paths.py.)
 
 The fingerprint holds the size and sha256 of every file the data set read and the sha256 of every
 split's tensors (for data generated in memory, that is all there is), so data that differ in any
@@ -41,7 +42,7 @@ def _split_fingerprint(split: Dataset) -> dict[str, Any]:
 
 
 def data_record(bundle: DataBundle) -> dict[str, Any]:
-    """What data.json holds: the fingerprint (files and splits) and the preprocessing statistics."""
+    """What data.json holds: the fingerprint (files and splits), the preprocessing statistics and the task."""
     splits = {"train": bundle.train, "val": bundle.val}
     if bundle.test is not None and bundle.test is not bundle.val:
         splits["test"] = bundle.test
@@ -52,6 +53,7 @@ def data_record(bundle: DataBundle) -> dict[str, Any]:
         },
         "splits": {name: _split_fingerprint(split) for name, split in splits.items()},
         "preprocessing": bundle.preprocessing,
+        "task": bundle.task.to_record(),
     }
 
 

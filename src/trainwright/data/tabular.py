@@ -34,16 +34,18 @@ def read_table(path: Path) -> pd.DataFrame:
         raise UserError(f"data.path: cannot parse {path}: {str(exc).strip()}") from None
 
 
-def _numbers(frame: pd.DataFrame, column: str, path: Path) -> pd.Series:
+TRAINING_FIX = "fix the value, leave it empty for 'missing', or list the column under data.categorical"
+
+
+def numbers(frame: pd.DataFrame, column: str, path: Path | str, fix: str = TRAINING_FIX) -> pd.Series:
     """The column as floats; a value that is present but not a finite number a float32 tensor can hold
-    is an error naming it."""
+    is an error naming it (and `fix`, how to mend it)."""
     values = pd.to_numeric(frame[column], errors="coerce")
     bad = frame[column].notna() & values.isna()
     if bad.any():
         row = int(bad.idxmax())
         raise UserError(
-            f"{path}: column '{column}' must hold numbers, but line {row + 2} has {frame[column][row]!r}; "
-            "fix the value, leave it empty for 'missing', or list the column under data.categorical"
+            f"{path}: column '{column}' must hold numbers, but line {row + 2} has {frame[column][row]!r}; {fix}"
         )
     values = values.astype("float64")
     huge = values.notna() & ~(values.abs() <= FLOAT32_MAX)  # inf, -inf, 1e400 and beyond float32
@@ -77,36 +79,65 @@ def _finite(value: float, what: str, path: Path) -> float:
     return value
 
 
-def prepare_features(
+def fit_statistics(
     frame: pd.DataFrame, numeric: list[str], categorical: list[str], path: Path, standardize: bool,
     train_rows: np.ndarray,
-) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Mean-fill (and optionally standardize) numeric columns, one-hot categoricals with a column for
-    missing values; every statistic from the training rows. Returns the table and the statistics."""
-    stats: dict[str, Any] = {"fill": {}, "standardize": {}, "categories": {}}
-    parts = []
+) -> dict[str, Any]:
+    """What the preparation uses, from the training rows only: the fill value (mean) of each numeric column,
+    its mean and standard deviation when standardizing, and the categories of each categorical column."""
+    # the column order is kept in lists: data.json sorts the keys of its objects
+    stats: dict[str, Any] = {
+        "numeric": list(numeric), "categorical": list(categorical), "fill": {}, "standardize": {}, "categories": {},
+    }
     for column in numeric:
-        values = _numbers(frame, column, path)
-        train = values.iloc[train_rows]
+        train = numbers(frame, column, path).iloc[train_rows]
         if train.isna().all():
             raise UserError(f"{path}: numeric column '{column}' has no values in the training rows")
         fill = stats["fill"][column] = _finite(float(train.mean()), f"mean of '{column}'", path)
-        values = values.fillna(fill)
-        std = float(values.iloc[train_rows].std())
+        train = train.fillna(fill)
+        std = float(train.std())
         if standardize and std > 0:
-            mean = float(values.iloc[train_rows].mean())
             _finite(std, f"standard deviation of '{column}'", path)
-            stats["standardize"][column] = {"mean": mean, "std": std}
-            values = (values - mean) / std
+            stats["standardize"][column] = {"mean": float(train.mean()), "std": std}
+    for column in categorical:
+        stats["categories"][column] = sorted(frame[column].astype("string").iloc[train_rows].dropna().unique().tolist())
+    return stats
+
+
+def feature_columns(stats: dict[str, Any]) -> list[str]:
+    """The input columns the statistics prepare: the numeric ones, then the categorical ones."""
+    return [*stats["numeric"], *stats["categorical"]]
+
+
+def apply_statistics(
+    frame: pd.DataFrame, stats: dict[str, Any], path: Path | str, fix: str = TRAINING_FIX
+) -> tuple[pd.DataFrame, dict[str, list[str]]]:
+    """The feature table: numeric columns mean-filled (and standardized), categorical ones one-hot with a
+    column for missing values, a category the statistics do not know counting as missing. Returns the
+    table and the unknown categories found, per column."""
+    parts = []
+    for column in stats["numeric"]:
+        values = numbers(frame, column, path, fix).fillna(stats["fill"][column])
+        if column in stats["standardize"]:
+            values = (values - stats["standardize"][column]["mean"]) / stats["standardize"][column]["std"]
         parts.append(values.rename(column))
-    if categorical:
+    unknown: dict[str, list[str]] = {}
+    if stats["categorical"]:
         columns = {}
-        for column in categorical:
+        for column in stats["categorical"]:
+            known = stats["categories"][column]
             text = frame[column].astype("string")
-            known = stats["categories"][column] = sorted(text.iloc[train_rows].dropna().unique().tolist())
-            columns[column] = pd.Categorical(text.where(text.isin(known)), categories=known)  # unseen: missing
-        parts.append(pd.get_dummies(pd.DataFrame(columns), dummy_na=True, dtype="float64"))
-    return pd.concat(parts, axis=1), stats
+            seen = text.isin(known)
+            if (text.notna() & ~seen).any():
+                unknown[column] = sorted(text[text.notna() & ~seen].unique().tolist())
+            columns[column] = pd.Categorical(text.where(seen), categories=known)
+        parts.append(pd.get_dummies(pd.DataFrame(columns, index=frame.index), dummy_na=True, dtype="float64"))
+    return pd.concat(parts, axis=1), unknown
+
+
+def describe_row(row: pd.Series) -> str:
+    """A row as 'NumRooms=3.0, Alley=NA' (the lines of `predict`)."""
+    return ", ".join(f"{name}={'NA' if pd.isna(value) else value}" for name, value in row.items())
 
 
 def _split_rows(count: int, val_fraction: float, split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,7 +176,7 @@ def csv(
     _check_columns(categorical, frame, file, "data.categorical")
     if not numeric and not categorical:
         raise UserError(f"{file}: no feature columns besides the target '{target}'")
-    targets = _numbers(frame, target, file)
+    targets = numbers(frame, target, file)
     if targets.isna().any():
         row = int(targets.isna().idxmax())
         raise UserError(f"{file}: target column '{target}' is empty on line {row + 2}; every row needs a target")
@@ -153,7 +184,8 @@ def csv(
         raise UserError(f"{file}: needs at least 2 data rows, found {len(frame)}")
     train_rows, val_rows = _split_rows(len(frame), val_fraction, split_seed)
 
-    table, stats = prepare_features(frame, numeric, categorical, file, standardize, train_rows.numpy())
+    stats = fit_statistics(frame, numeric, categorical, file, standardize, train_rows.numpy())
+    table, _ = apply_statistics(frame, stats, file)  # categories unseen in training rows count as missing
     inputs = torch.tensor(table.to_numpy(), dtype=torch.float32)
     train_targets = targets.iloc[train_rows.numpy()]
     mean = _finite(float(train_targets.mean()), f"mean of '{target}'", file)
@@ -164,8 +196,7 @@ def csv(
     shown = frame[numeric + categorical]
 
     def describe(index: int) -> str:
-        row = shown.iloc[int(val_rows[index])]
-        return ", ".join(f"{name}={'NA' if pd.isna(value) else value}" for name, value in row.items())
+        return describe_row(shown.iloc[int(val_rows[index])])
 
     return DataBundle(
         train=TensorSplit(inputs[train_rows], scaled[train_rows]),
