@@ -30,9 +30,10 @@ from conftest import REQUIRE_SLURM_VAR, checkpoint_dir, checkpoint_problem, read
 ROOT = Path(__file__).resolve().parent.parent
 SLURM = ROOT / "slurm"
 RECIPE = ROOT / "recipes" / "heart.yaml"
-# 16,000 training points / batch 64 = 250 steps per epoch: 500 steps, checkpoints every 50.
-OVERRIDES = ["data.num_points=20000", "trainer.epochs=2", "checkpoint.every_steps=50", "logging.wandb=false"]
-TOTAL_STEPS = 500
+# 16,000 training points / batch 64 = 250 steps per epoch: 2000 steps (several seconds, so that the signal
+# sent after the first checkpoint lands well before the end), checkpoints every 50.
+OVERRIDES = ["data.num_points=20000", "trainer.epochs=8", "checkpoint.every_steps=50", "logging.wandb=false"]
+TOTAL_STEPS = 2000
 
 pytestmark = pytest.mark.slow
 
