@@ -1,5 +1,5 @@
 """Per-process memory of model + gradients + optimizer state under DDP and FSDP, through trainwright's own
-parallel path (`trainwright.parallel.strategy_for(...).prepare`), for an MLP of ~54M parameters with AdamW.
+parallel path (`trainwright.training.strategy_for(...).prepare`), for an MLP of ~54M parameters with AdamW.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fsdp_memory.py --out benchmarks/results-fsdp-memory.md
 
@@ -32,7 +32,7 @@ def worker() -> None:
 
     from trainwright.components import build_model, build_optimizer
     from trainwright.launcher import resolve_strategy
-    from trainwright.parallel import strategy_for
+    from trainwright.training import strategy_for
     from trainwright.processes import Processes
     from trainwright.recipe import load_recipe
     from trainwright.training import make_accelerator

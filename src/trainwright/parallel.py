@@ -1,10 +1,11 @@
-"""How the processes share the model: one strategy object per run, chosen from `Processes.strategy`.
+"""How the processes share the model: one strategy object per run, chosen from `Processes.strategy`
+(training.strategy_for).
 
 - ddp (`DataParallel`): every process holds the whole model; Accelerate wraps it (DistributedDataParallel
   with several processes) and all-reduces the gradients.
 - fsdp (`trainwright.fsdp.FullySharded`): every process holds a shard of the parameters, gradients and
-  optimizer state; imported only for runs that use it (torch's FSDP and checkpoint packages take a
-  second to import).
+  optimizer state; training.py imports it only for runs that use it (torch's FSDP and checkpoint
+  packages take a second to import).
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from trainwright.processes import Processes
-from trainwright.recipe import DistributedConfig
 
 BuildOptimizer = Callable[[nn.Module], torch.optim.Optimizer]
 _SYNC = contextlib.nullcontext()  # gradients are reduced as usual
@@ -51,17 +50,6 @@ class DataParallel:
 
     def full_weights(self, model: nn.Module) -> nn.Module:
         return self.accelerator.unwrap_model(model)
-
-
-def strategy_for(
-    accelerator: Accelerator, processes: Processes, config: DistributedConfig, precision: str, compile_mode: str | None
-) -> Strategy:
-    """The strategy of `processes.strategy`; `compile_mode`: torch.compile the model in that mode (None: not)."""
-    if processes.strategy != "fsdp":
-        return DataParallel(accelerator, compile_mode)
-    from trainwright.fsdp import FullySharded
-
-    return FullySharded(accelerator, processes, config, precision, compile_mode)
 
 
 def compile_in_place(model: nn.Module, mode: str | None) -> None:

@@ -20,10 +20,10 @@ from trainwright.components import (
 from trainwright.data.paths import pin_paths
 from trainwright.errors import UserError
 from trainwright.launcher import resolve_precision, resolve_strategy
-from trainwright.parallel import strategy_for
+from trainwright.parallel import DataParallel, Strategy
 from trainwright.preflight import check_startup
 from trainwright.processes import Processes, launch_rank
-from trainwright.recipe import Recipe
+from trainwright.recipe import DistributedConfig, Recipe
 from trainwright.run_plan import RunPlan, apply_plan, plan_run
 from trainwright.rundir import RunDir
 from trainwright.runlock import hold
@@ -91,6 +91,18 @@ def make_accelerator(precision: str) -> Accelerator:
         return Accelerator(cpu=on_cpu, mixed_precision=precision, step_scheduler_with_optimizer=False)
     except ValueError as exc:
         raise UserError(f"trainer.mixed_precision={precision} cannot run here: {exc}") from None
+
+
+def strategy_for(
+    accelerator: Accelerator, processes: Processes, config: DistributedConfig, precision: str, compile_mode: str | None
+) -> Strategy:
+    """The strategy of `processes.strategy` (parallel.py); `compile_mode`: torch.compile the model in that
+    mode (None: not). FSDP is imported only for runs that use it."""
+    if processes.strategy != "fsdp":
+        return DataParallel(accelerator, compile_mode)
+    from trainwright.fsdp import FullySharded
+
+    return FullySharded(accelerator, processes, config, precision, compile_mode)
 
 
 def end_processes() -> None:
