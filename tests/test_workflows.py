@@ -46,9 +46,10 @@ README_DEFAULTS = {
                 "compile_mode": "default"},
     "checkpoint": {"every_steps": None, "every_epochs": 1, "keep_last": 2, "keep_best": 0, "monitor": "val/loss",
                    "mode": "min", "async": True},
-    "logging": {"wandb": {"mode": "auto", "project": "trainwright", "entity": None, "tags": [], "init_timeout": 10.0},
+    "logging": {"wandb": {"mode": "auto", "project": "trainwright", "entity": None, "tags": [], "group": None, "init_timeout": 10.0},
                 "tensorboard": False},
     "distributed": {"strategy": "auto", "shard_modules": None, "reshard_after_forward": True},
+    "cv": None,
 }
 
 
@@ -630,9 +631,10 @@ def test_check_prints_heart_with_its_defaults(capsys):
         "checkpoint": {"every_steps": 1000, "every_epochs": 1, "keep_last": 2, "keep_best": 0,
                        "monitor": "val/loss", "mode": "min", "async": True},
         "logging": {"wandb": {"mode": "auto", "project": "trainwright", "entity": None, "tags": ["heart"],
-                              "init_timeout": 10.0},
+                              "group": None, "init_timeout": 10.0},
                     "tensorboard": False},
         "distributed": {"strategy": "auto", "shard_modules": None, "reshard_after_forward": True},
+        "cv": None,
     }
 
 
@@ -647,6 +649,6 @@ def test_check_subprocess_applies_overrides(check_with_overrides):
     assert printed["trainer"]["epochs"] == 7
     assert printed["model"]["hidden"] == [8, 4]
     assert printed["logging"]["wandb"] == {"mode": "disabled", "project": "trainwright", "entity": None, "tags": [],
-                                           "init_timeout": 10.0}
+                                           "group": None, "init_timeout": 10.0}
     assert printed == resolved_recipe(RECIPES / "heart.yaml", ["trainer.epochs=7", "model.hidden=[8, 4]",
                                                                 "logging.wandb=false"])

@@ -1,118 +1,16 @@
-"""`trainwright train | eval | predict | plot | check`: argument parsing and user-error reporting only."""
+"""The `trainwright` command line: argument parsing and user-error reporting only; what each command
+does is in commands.py."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import time
-from pathlib import Path
 
-import yaml
-
-from trainwright import __version__
-from trainwright.data.paths import ALLOW_FLAG, pin_paths
+from trainwright import __version__, commands
+from trainwright.data.paths import ALLOW_FLAG
 from trainwright.errors import UserError
 from trainwright.launcher import report_to_launcher
 from trainwright.processes import launch_rank
-from trainwright.recipe import load_recipe
-from trainwright.run_plan import plan_run
-from trainwright.rundir import RunDir
-from trainwright.runlock import hold
-
-STARTED = time.perf_counter()  # for train/startup_seconds: from here to the first optimizer step
-
-
-def _train(args: argparse.Namespace) -> int:
-    recipe = pin_paths(load_recipe(args.recipe, args.overrides))
-    run = RunDir(args.run_dir or os.path.join("runs", recipe.name))
-    with hold(run):
-        plan = plan_run(run, recipe, args.resume, args.restart, args.allow_data_change)  # files alone: no torch yet
-        if _is_main_process():
-            plan.announce()
-        if plan.completed is not None:
-            summary, state = plan.completed, "was already complete"
-        else:
-            from trainwright.training import end_processes, execute  # torch and Accelerate: only to train
-            from trainwright.trainer import EXIT_PREEMPTED
-
-            try:
-                outcome = execute(recipe, plan, started=STARTED)
-            finally:
-                end_processes()
-            if outcome.status == "preempted":
-                return EXIT_PREEMPTED
-            summary, state = outcome.summary, "complete"
-    if _is_main_process():
-        metrics = ", ".join(f"{k}={v:.4f}" for k, v in summary.items() if k.startswith("val/") and v is not None)
-        print(f"Run {state} at step {summary['step']}: {metrics}")
-        print(f"Run dir: {run.path}")
-    return 0
-
-
-def _eval(args: argparse.Namespace) -> int:
-    from trainwright.inference import load_run
-
-    run = load_run(args.run_dir, args.checkpoint, allow_data_change=args.allow_data_change)
-    print(json.dumps(run.evaluate(), indent=2))
-    return 0
-
-
-def _predict(args: argparse.Namespace) -> int:
-    from trainwright.inference import load_run
-
-    if args.output is not None:
-        from trainwright.prediction_files import check_output
-
-        if args.input is None:
-            raise UserError("--output writes the predictions for --input; give --input FILE as well")
-        check_output(Path(args.output))  # before anything is read
-    run = load_run(args.run_dir, args.checkpoint, args.device, args.allow_data_change)
-    if args.input is None:  # the first N items of the run's own evaluation split
-        _, predictions = run.predict_split(args.n)
-        print("\n".join(predictions.lines()))
-    elif args.output is None:
-        predictions = next(run.predict_stream(args.input, batch_size=args.n + 1))  # one more: are there more?
-        print("\n".join(predictions.lines()[: args.n]))
-        if len(predictions) > args.n:
-            print(f"trainwright: showing the first {args.n} predictions; --output FILE.csv writes one row per input",
-                  file=sys.stderr)
-    else:
-        from tqdm.auto import tqdm
-
-        from trainwright.prediction_files import write_predictions
-
-        with tqdm(unit=" items", desc="predicting", file=sys.stderr, disable=None) as progress:
-            batches = (progress.update(len(p)) or p for p in run.predict_stream(args.input, args.batch_size))
-            count = write_predictions(batches, Path(args.output))
-        print(f"Wrote {count} predictions to {args.output}")
-    return 0
-
-
-def _plot(args: argparse.Namespace) -> int:
-    from trainwright.plots import plot_run
-
-    for path in plot_run(RunDir.existing(args.run_dir)):
-        print(path)
-    return 0
-
-
-def _export(args: argparse.Namespace) -> int:
-    from trainwright.export import export_weights
-
-    done = export_weights(args.source, args.out)
-    print(f"Exported step {done.step} of {done.checkpoint} ({done.tensors} tensors, {done.parameters:,} parameters) to {args.out}")
-    return 0
-
-
-def _check(args: argparse.Namespace) -> int:
-    from trainwright.components import check_recipe
-
-    recipe = load_recipe(args.recipe, args.overrides)
-    check_recipe(recipe)
-    print(yaml.safe_dump(recipe.to_dict(), sort_keys=False), end="")
-    return 0
 
 
 def _positive_int(text: str) -> int:
@@ -149,6 +47,23 @@ def _add_predict_options(predict: argparse.ArgumentParser) -> None:
                          help="where the model runs (default auto: a CUDA GPU when there is one)")
 
 
+def _add_recipe(command: argparse.ArgumentParser, name: str = "recipe", what: str = "recipe YAML file",
+                overrides: str = "override recipe keys (YAML values)") -> None:
+    """The positional recipe (or spec) file and the key.path=value overrides after it."""
+    command.add_argument(name, help=what)
+    command.add_argument("overrides", nargs="*", default=[], metavar="key.path=value", help=overrides)
+
+
+def _add_study(subcommands: argparse._SubParsersAction, name: str, help_text: str, description: str,
+               default_dir: str, what: str) -> argparse.ArgumentParser:
+    """`cv` or `sweep`: many run dirs in one folder, trained one after another or N at a time."""
+    command = subcommands.add_parser(name, help=help_text, description=description)
+    command.add_argument("--run-dir", help=f"where the {what}' run dirs go (default: {default_dir})")
+    command.add_argument("--parallel", type=_positive_int, default=1,
+                         help=f"{what} to train at once on this machine, sharing its cores (default 1)")
+    return command
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trainwright",
@@ -156,16 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: trainwright train recipes/heart.yaml trainer.epochs=3 --run-dir runs/heart",
     )
     parser.add_argument("--version", action="version", version=f"trainwright {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    train = commands.add_parser(
+    train = subcommands.add_parser(
         "train", help="train a recipe (resumes from the run dir's newest valid checkpoint)",
         description="Train a recipe. Run the same command again to resume a stopped run.",
     )
-    train.add_argument("recipe", help="recipe YAML file, e.g. recipes/heart.yaml")
-    train.add_argument(
-        "overrides", nargs="*", default=[], metavar="key.path=value", help="override recipe keys (YAML values)"
-    )
+    _add_recipe(train, what="recipe YAML file, e.g. recipes/heart.yaml")
     train.add_argument("--run-dir", help="where the run lives (default: runs/<recipe name>)")
     train.add_argument("--resume", metavar="CHECKPOINT", help="resume from this checkpoint folder")
     train.add_argument(
@@ -173,14 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="start over: the existing run dir is renamed to <dir>.old-<time>, never deleted",
     )
     _add_allow_data_change(train, "resume")
-    train.set_defaults(handler=_train)
+    train.set_defaults(handler=commands.train_command)
 
     for name, help_text, handler in (
-        ("eval", "print test/val metrics of a finished run as JSON", _eval),
-        ("predict", "predict on new inputs (--input), or on the first N test items", _predict),
-        ("plot", "write loss curves and prediction plots to <run dir>/plots/", _plot),
+        ("eval", "print test/val metrics of a finished run as JSON", commands.eval_command),
+        ("predict", "predict on new inputs (--input), or on the first N test items", commands.predict_command),
+        ("plot", "write loss curves and prediction plots to <run dir>/plots/ (on a cv or sweep folder: the "
+         "comparison of its runs)", commands.plot_command),
     ):
-        command = commands.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
+        command = subcommands.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
         command.add_argument("run_dir", help="a run dir written by `trainwright train`")
         if name == "predict":
             _add_predict_options(command)
@@ -193,19 +106,39 @@ def build_parser() -> argparse.ArgumentParser:
             _add_allow_data_change(command, name)
         command.set_defaults(handler=handler)
 
-    export = commands.add_parser(
+    cv = _add_study(
+        subcommands, "cv", "k-fold cross-validation: one run per fold, then each fold's metrics with mean and std",
+        "Train the recipe once per fold (DIR/fold_k), validating on fold k and training on the others; write "
+        "DIR/cv_summary.json. Run the same command again to go on after a stop.", "runs/<recipe name>-cv", "folds",
+    )
+    _add_recipe(cv)
+    cv.add_argument("--folds", type=_positive_int, help="number of folds K (default: the recipe's cv.folds)")
+    cv.set_defaults(handler=commands.cv_command)
+
+    sweep = _add_study(
+        subcommands, "sweep", "hyperparameter sweep: one run per trial of a search space, then a leaderboard",
+        "Train one run per trial of the spec's search space (DIR/trial_NNN) and rank them by the spec's metric "
+        "(DIR/sweep.json, DIR/sweep.csv). Run the same command again to go on after a stop.", "runs/<spec name>",
+        "trials",
+    )
+    _add_recipe(sweep, "spec", "sweep spec YAML (recipe, method, metric, parameters), e.g. recipes/sweeps/...",
+                "override keys of every trial")
+    sweep.add_argument("--slurm", action="store_true",
+                       help="write DIR/sweep.sbatch, a Slurm job array of one preemptible task per trial, and submit it")
+    sweep.set_defaults(handler=commands.sweep_command)
+
+    export = subcommands.add_parser(
         "export", help="write the model weights of a checkpoint (full or sharded) to one safetensors file",
         description="Write the whole model's weights of a checkpoint folder, or of a run dir's newest valid "
         "checkpoint, to one safetensors file (sharded checkpoints are consolidated; no launcher needed).",
     )
     export.add_argument("source", help="a checkpoint folder (runs/X/checkpoints/step_...) or a run dir")
     export.add_argument("--out", required=True, help="the safetensors file to write (must not exist)")
-    export.set_defaults(handler=_export)
+    export.set_defaults(handler=commands.export_command)
 
-    check = commands.add_parser("check", help="validate a recipe and print it resolved")
-    check.add_argument("recipe", help="recipe YAML file")
-    check.add_argument("overrides", nargs="*", default=[], metavar="key.path=value", help="override recipe keys")
-    check.set_defaults(handler=_check)
+    check = subcommands.add_parser("check", help="validate a recipe and print it resolved")
+    _add_recipe(check)
+    check.set_defaults(handler=commands.check_command)
     return parser
 
 

@@ -5,6 +5,7 @@ recipe's component sections. No devices and no Accelerate here."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +14,7 @@ from torch import nn
 
 from trainwright import losses, metrics, models, optim  # noqa: F401  (registers the built-ins)
 from trainwright.data.bundle import DataBundle, Task
+from trainwright.data.folds import Fold, fold_of
 from trainwright.errors import UserError, did_you_mean
 from trainwright.evaluation import MetricFn, Scoring
 from trainwright.recipe import Recipe
@@ -63,10 +65,25 @@ def check_monitor(recipe: Recipe, names: list[str]) -> None:
 
 
 def build_data(recipe: Recipe) -> DataBundle:
-    bundle = DATASETS.build(recipe.data.name, recipe.data.kwargs())
+    """The recipe's data set; with `cv.fold`, fold cv.fold validates and the other folds train (a builder
+    that takes a `fold` argument splits its rows itself, see data/folds.py)."""
+    fold = _fold(recipe)
+    splits_itself = fold is not None and "fold" in inspect.signature(DATASETS.get(recipe.data.name)).parameters
+    bundle = DATASETS.build(recipe.data.name, recipe.data.kwargs(), **({"fold": fold} if splits_itself else {}))
     if not isinstance(bundle, DataBundle):
         raise UserError(f"data.name: '{recipe.data.name}' returned {type(bundle).__name__}, not a DataBundle")
-    return bundle
+    return fold_of(bundle, fold) if fold is not None and not splits_itself else bundle
+
+
+def _fold(recipe: Recipe) -> Fold | None:
+    if recipe.cv is None:
+        return None
+    if recipe.cv.fold is None:
+        raise UserError(
+            f"cv.folds={recipe.cv.folds} but no cv.fold: set cv.fold (1..{recipe.cv.folds}) to train one fold, or run "
+            "every fold with `trainwright cv`"
+        )
+    return Fold(recipe.cv.fold, recipe.cv.folds, recipe.seed, recipe.cv.stratify)
 
 
 def input_reader(recipe: Recipe) -> InputReader:

@@ -122,6 +122,7 @@ class WandbConfig(_Section):
     project: str = "trainwright"
     entity: str | None = None
     tags: list[str] = Field(default_factory=list)
+    group: str | None = Field(None, description="W&B group (`cv` and `sweep` set it to their run dir's name)")
     init_timeout: float = Field(
         10.0, gt=0, description="seconds to wait for W&B to start online before falling back to offline"
     )
@@ -150,6 +151,18 @@ class DistributedConfig(_Section):
     reshard_after_forward: bool = Field(True, description="fsdp: free gathered parameters after forward")
 
 
+class CvConfig(_Section):
+    folds: int = Field(ge=2, description="split the data into this many folds (stratified for classifiers)")
+    fold: int | None = Field(None, ge=1, description="validate on this fold (1..folds), train on the others")
+    stratify: bool = Field(True, description="classifiers: every fold holds the classes in the same proportions")
+
+    @model_validator(mode="after")
+    def _fold_in_range(self) -> CvConfig:
+        if self.fold is not None and self.fold > self.folds:
+            raise ValueError(f"cv.fold must be between 1 and cv.folds ({self.folds}), got {self.fold}")
+        return self
+
+
 class Recipe(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     seed: int = 0
@@ -163,6 +176,7 @@ class Recipe(_Section):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    cv: CvConfig | None = Field(None, description="k-fold cross-validation (`trainwright cv` sets cv.fold per run)")
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved recipe as plain data (what is written to the run dir and to W&B)."""

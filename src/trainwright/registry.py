@@ -20,10 +20,11 @@ from trainwright.errors import UserError, did_you_mean
 class Registry:
     """Named builders of one kind of component (datasets, models, losses, ...)."""
 
-    def __init__(self, kind: str, section: str, provided: tuple[str, ...] = ()) -> None:
+    def __init__(self, kind: str, section: str, provided: tuple[str, ...] = (), reserved: tuple[str, ...] = ()) -> None:
         self.kind = kind
         self.section = section
         self.provided = set(provided)  # arguments trainwright passes itself (e.g. an optimizer's params)
+        self.reserved = set(provided) | set(reserved)  # ... and those it may pass (never set in a recipe)
         self._entries: dict[str, Callable[..., Any]] = {}
         self._paths: dict[str, str] = {}
         self._meta: dict[str, dict[str, Any]] = {}
@@ -81,7 +82,7 @@ class Registry:
                 f"{self.section}.name: {self.kind} '{name}' must take the argument(s) {', '.join(not_taken)}, "
                 "which trainwright passes; wrap it in a function that does"
             )
-        accepted = [n for n in params if n not in self.provided and n != "self"]
+        accepted = [n for n in params if n not in self.reserved and n != "self"]
         for key in kwargs:
             if key not in accepted:
                 raise UserError(
@@ -93,7 +94,7 @@ class Registry:
             for n, p in params.items()
             if p.default is inspect.Parameter.empty
             and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-            and n not in self.provided
+            and n not in self.reserved
             and n not in kwargs
         ]
         if missing:
@@ -164,7 +165,7 @@ def import_attr(path: str, key: str) -> Callable[..., Any]:
         raise UserError(f"{key}: module '{module_name}' has no '{attr}'{did_you_mean(attr, public)}") from None
 
 
-DATASETS = Registry("data set", "data")
+DATASETS = Registry("data set", "data", reserved=("fold",))  # fold: data/folds.py
 MODELS = Registry("model", "model")
 LOSSES = Registry("loss", "loss")
 OPTIMIZERS = Registry("optimizer", "optimizer", provided=("params", "lr"))

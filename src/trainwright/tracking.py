@@ -116,7 +116,8 @@ class WandbLogger:
         for attempt in dict.fromkeys([mode, "offline"]):
             try:
                 self.run = wandb.init(
-                    project=cfg.project, entity=cfg.entity, tags=cfg.tags, name=recipe.name, config=recipe.to_dict(),
+                    project=cfg.project, entity=cfg.entity, group=cfg.group, tags=cfg.tags, name=recipe.name,
+                    config=recipe.to_dict(),
                     dir=str(run.wandb.parent), id=run_id, resume="allow", mode=attempt,
                     settings=wandb.Settings(console="off", silent=True, init_timeout=cfg.init_timeout),
                 )

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from trainwright.data.bundle import DataBundle, Task, TensorSplit
+from trainwright.data.folds import Fold
 from trainwright.errors import UserError, did_you_mean
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -158,6 +159,7 @@ def csv(
     standardize: bool = True,
     val_fraction: float = 0.2,
     split_seed: int = 0,
+    fold: Fold | None = None,
 ) -> DataBundle:
     """Regression on column `target` of the CSV at `path`.
 
@@ -182,7 +184,7 @@ def csv(
         raise UserError(f"{file}: target column '{target}' is empty on line {row + 2}; every row needs a target")
     if len(frame) < 2:
         raise UserError(f"{file}: needs at least 2 data rows, found {len(frame)}")
-    train_rows, val_rows = _split_rows(len(frame), val_fraction, split_seed)
+    train_rows, val_rows = fold.rows(len(frame)) if fold else _split_rows(len(frame), val_fraction, split_seed)
 
     stats = fit_statistics(frame, numeric, categorical, file, standardize, train_rows.numpy())
     table, _ = apply_statistics(frame, stats, file)  # categories unseen in training rows count as missing

@@ -1,0 +1,132 @@
+"""What each `trainwright` command does: a thin call into the package per command (cli.py parses the
+arguments and reports errors). Heavy imports (torch, Accelerate, matplotlib) happen inside the command
+that needs them, so `check` and an already complete `train` stay fast."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from trainwright.data.paths import pin_paths
+from trainwright.errors import UserError
+from trainwright.processes import launch_rank
+from trainwright.recipe import load_recipe
+from trainwright.run_plan import plan_run
+from trainwright.rundir import RunDir
+from trainwright.runlock import hold
+
+STARTED = time.perf_counter()  # for train/startup_seconds: from here to the first optimizer step
+
+
+def train_command(args: argparse.Namespace) -> int:
+    recipe = pin_paths(load_recipe(args.recipe, args.overrides))
+    run = RunDir(args.run_dir or os.path.join("runs", recipe.name))
+    with hold(run):
+        plan = plan_run(run, recipe, args.resume, args.restart, args.allow_data_change)  # files alone: no torch yet
+        if launch_rank() == 0:
+            plan.announce()
+        if plan.completed is not None:
+            summary, state = plan.completed, "was already complete"
+        else:
+            from trainwright.training import end_processes, execute  # torch and Accelerate: only to train
+            from trainwright.trainer import EXIT_PREEMPTED
+
+            try:
+                outcome = execute(recipe, plan, started=STARTED)
+            finally:
+                end_processes()
+            if outcome.status == "preempted":
+                return EXIT_PREEMPTED
+            summary, state = outcome.summary, "complete"
+    if launch_rank() == 0:
+        metrics = ", ".join(f"{k}={v:.4f}" for k, v in summary.items() if k.startswith("val/") and v is not None)
+        print(f"Run {state} at step {summary['step']}: {metrics}")
+        print(f"Run dir: {run.path}")
+    return 0
+
+
+def eval_command(args: argparse.Namespace) -> int:
+    from trainwright.inference import load_run
+
+    run = load_run(args.run_dir, args.checkpoint, allow_data_change=args.allow_data_change)
+    print(json.dumps(run.evaluate(), indent=2))
+    return 0
+
+
+def predict_command(args: argparse.Namespace) -> int:
+    from trainwright.inference import load_run
+
+    if args.output is not None:
+        from trainwright.prediction_files import check_output
+
+        if args.input is None:
+            raise UserError("--output writes the predictions for --input; give --input FILE as well")
+        check_output(Path(args.output))  # before anything is read
+    run = load_run(args.run_dir, args.checkpoint, args.device, args.allow_data_change)
+    if args.input is None:  # the first N items of the run's own evaluation split
+        _, predictions = run.predict_split(args.n)
+        print("\n".join(predictions.lines()))
+    elif args.output is None:
+        predictions = next(run.predict_stream(args.input, batch_size=args.n + 1))  # one more: are there more?
+        print("\n".join(predictions.lines()[: args.n]))
+        if len(predictions) > args.n:
+            print(f"trainwright: showing the first {args.n} predictions; --output FILE.csv writes one row per input",
+                  file=sys.stderr)
+    else:
+        from tqdm.auto import tqdm
+
+        from trainwright.prediction_files import write_predictions
+
+        with tqdm(unit=" items", desc="predicting", file=sys.stderr, disable=None) as progress:
+            batches = (progress.update(len(p)) or p for p in run.predict_stream(args.input, args.batch_size))
+            count = write_predictions(batches, Path(args.output))
+        print(f"Wrote {count} predictions to {args.output}")
+    return 0
+
+
+def plot_command(args: argparse.Namespace) -> int:
+    from trainwright.tuning.plots import is_study, plot_study
+
+    if is_study(Path(args.run_dir)):
+        paths = plot_study(Path(args.run_dir))
+    else:
+        from trainwright.plots import plot_run
+
+        paths = plot_run(RunDir.existing(args.run_dir))
+    print("\n".join(map(str, paths)))
+    return 0
+
+
+def export_command(args: argparse.Namespace) -> int:
+    from trainwright.export import export_weights
+
+    done = export_weights(args.source, args.out)
+    print(f"Exported step {done.step} of {done.checkpoint} ({done.tensors} tensors, {done.parameters:,} parameters) to {args.out}")
+    return 0
+
+
+def check_command(args: argparse.Namespace) -> int:
+    from trainwright.components import check_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    check_recipe(recipe)
+    print(yaml.safe_dump(recipe.to_dict(), sort_keys=False), end="")
+    return 0
+
+
+def cv_command(args: argparse.Namespace) -> int:
+    from trainwright.tuning.cv import cross_validate
+
+    return cross_validate(Path(args.recipe), args.overrides, args.folds, args.run_dir, args.parallel)
+
+
+def sweep_command(args: argparse.Namespace) -> int:
+    from trainwright.tuning.sweep import sweep
+
+    return sweep(Path(args.spec), args.overrides, args.run_dir, args.parallel, args.slurm)

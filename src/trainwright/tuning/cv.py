@@ -1,0 +1,71 @@
+"""`trainwright cv RECIPE --folds K`: k-fold cross-validation. Fold k is the run dir DIR/fold_k, trained
+with `cv.folds=K cv.fold=k` (data/folds.py makes the split); DIR/cv_summary.json and a printed table give
+each fold's final validation metrics and their mean and standard deviation."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+from trainwright.components import build_data, check_recipe
+from trainwright.errors import UserError
+from trainwright.files import write_json_atomic
+from trainwright.recipe import Recipe, load_recipe
+from trainwright.tuning.runner import Job, run_jobs
+from trainwright.tuning.study import claim, final_metrics, run_labels
+
+SPEC_FILE = "cv.json"
+SUMMARY_FILE = "cv_summary.json"
+
+
+def fold_jobs(recipe_path: Path, overrides: list[str], recipe: Recipe, folds: int, folder: Path) -> list[Job]:
+    """One job per fold; each W&B run is in the group named after the CV folder, tagged with its fold."""
+    return [
+        Job(f"fold_{k}", recipe_path,
+            [*overrides, f"cv.folds={folds}", f"cv.fold={k}", *run_labels(recipe, f"{recipe.name}-fold_{k}", folder,
+                                                                           ["cv", f"fold_{k}"])],
+            folder / f"fold_{k}")
+        for k in range(1, folds + 1)
+    ]
+
+
+def cross_validate(recipe_path: Path, overrides: list[str], folds: int | None, run_dir: str | None, parallel: int) -> int:
+    recipe = load_recipe(recipe_path, overrides)
+    folds = folds or (recipe.cv.folds if recipe.cv else None)
+    if folds is None:
+        raise UserError("cv: give --folds K (or a recipe section cv: {folds: K})")
+    if folds < 2:
+        raise UserError(f"--folds must be at least 2, got {folds}")
+    folder = Path(run_dir or Path("runs") / f"{recipe.name}-cv")
+    jobs = fold_jobs(recipe_path.absolute(), overrides, recipe, folds, folder)
+    first = load_recipe(recipe_path, jobs[0].overrides)  # every check before any run starts
+    check_recipe(first)
+    build_data(first)  # the folds can be made (K is at most the number of items)
+    claim(folder, SPEC_FILE, {"recipe": str(recipe_path.absolute()), "overrides": overrides, "folds": folds}, "cv")
+    code = run_jobs(jobs, parallel, folder)
+    if code == 0:
+        print_table(write_summary(folder, jobs))
+    return code
+
+
+def write_summary(folder: Path, jobs: list[Job]) -> dict[str, Any]:
+    """cv_summary.json: every fold's final metrics, and their mean and (population) standard deviation."""
+    per_fold = {job.name: final_metrics(job.completed()) for job in jobs}
+    names = sorted({name for metrics in per_fold.values() for name in metrics})
+    values = {name: [m[name] for m in per_fold.values() if name in m] for name in names}
+    summary = {
+        "folds": per_fold,
+        "mean": {name: statistics.fmean(v) for name, v in values.items()},
+        "std": {name: statistics.pstdev(v) for name, v in values.items()},
+    }
+    write_json_atomic(folder / SUMMARY_FILE, summary)
+    return summary
+
+
+def print_table(summary: dict[str, Any]) -> None:
+    names = list(summary["mean"])
+    print("fold      " + "".join(f"{name:>16}" for name in names))
+    for fold, metrics in summary["folds"].items():
+        print(f"{fold:<10}" + "".join(f"{metrics.get(name, float('nan')):>16.4f}" for name in names))
+    print("mean±std  " + "".join(f"{summary['mean'][n]:>9.4f}±{summary['std'][n]:<6.4f}" for n in names))
