@@ -80,6 +80,7 @@ class RowResult:
     seconds: Samples = field(default_factory=Samples)
     peak_rss_mib: Samples = field(default_factory=Samples)
     threads: set[int] = field(default_factory=set)
+    first_epoch: Samples = field(default_factory=Samples)  # rows that train two epochs: the first one's seconds
 
 
 def interleaved(workload: Workload, context: Context, repeats: int) -> dict[str, RowResult]:
@@ -93,5 +94,7 @@ def interleaved(workload: Workload, context: Context, repeats: int) -> dict[str,
             result.seconds.values.append(figures["seconds"])
             result.peak_rss_mib.values.append(figures["peak_rss_mib"])
             result.threads.add(figures["threads"])
+            if "first_epoch_seconds" in figures:
+                result.first_epoch.values.append(figures["first_epoch_seconds"])
             print(f"[{workload.key} {repeat + 1}/{repeats}] {row.key}: {figures['seconds']:.2f} s", file=sys.stderr, flush=True)
     return results

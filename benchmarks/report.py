@@ -79,6 +79,11 @@ def training_table(workload: Workload, results: dict[str, RowResult], threads: i
                      f"{result.peak_rss_mib.median:.0f} |")
         if result.threads != {threads}:
             notes.append(f"The {row.key} row ran with {sorted(result.threads)} threads, not {threads}.")
+        if result.first_epoch.values:
+            notes.append(f"With `trainer.compile=true` the first epoch took {result.first_epoch.median:.2f} s "
+                         f"(range {result.first_epoch.spread()}; torch.compile's work included, from its on-disk "
+                         f"cache after the first repeat), the second {result.seconds.median:.2f} s against "
+                         f"{mine:.2f} s without compile.")
     return "\n".join(lines + [""] + notes).rstrip()
 
 
@@ -129,8 +134,11 @@ def large_state_table(title: str, large: LargeState, scale: Scale) -> str:
         "|---|---:|---:|",
         f"| in-memory copy of the state (`clone()` of every tensor) | {_seconds(large.copy)} |",
         f"| reference: `safetensors.torch.save_file` of the state + fsync | {_seconds(large.save)} |",
-        _logged_row("trainwright `checkpoint/stall_seconds`, per save", large.stall),
-        _logged_row("trainwright `checkpoint/write_seconds`, per save", large.write),
+        _logged_row("trainwright `checkpoint/stall_seconds`, synchronous (`checkpoint.async=false`), per save",
+                    large.sync_stall),
+        _logged_row("trainwright `checkpoint/stall_seconds`, background (default), a run's first save", large.first_stall),
+        _logged_row("trainwright `checkpoint/stall_seconds`, background (default), later saves", large.stall),
+        _logged_row("trainwright `checkpoint/write_seconds` (in the background), per save", large.write),
         f"| trainwright epoch, no checkpoint | {_seconds(large.epoch_plain)} |",
         f"| trainwright epoch, a checkpoint every {scale.save_every} steps ({saves} inside the epoch) | "
         f"{_seconds(large.epoch_with_saves)} |",
@@ -139,6 +147,7 @@ def large_state_table(title: str, large: LargeState, scale: Scale) -> str:
         "",
         f"Cost per checkpoint / reference save: {large.cost_per_save(saves) / reference:.2f}.",
     ]
-    if large.stall.values:
-        lines.append(f"Logged stall / reference save: {large.stall.median / reference:.2f}.")
+    if large.stall.values and large.sync_stall.values:
+        lines.append(f"Background stall of later saves / synchronous stall: {large.stall.median / large.sync_stall.median:.2f}; "
+                     f"/ in-memory copy: {large.stall.median / large.copy.median:.2f}.")
     return "\n".join(lines)

@@ -31,7 +31,7 @@ class Scale:
 
 
 FULL = Scale(heart_points=100_000, images=19_200, test_images=1_000, large_hidden=4096, large_steps=16,
-             save_every=5, repeats=3, startup_runs=5)
+             save_every=4, repeats=3, startup_runs=5)
 QUICK = Scale(heart_points=10_000, images=2_560, test_images=256, large_hidden=1024, large_steps=10,
               save_every=5, repeats=1, startup_runs=1)
 
@@ -75,21 +75,24 @@ def training_workloads(data_root: Path, scale: Scale) -> list[Workload]:
     ]
 
 
-def large_state_workload(data_root: Path, scale: Scale, saves: bool) -> Workload:
+def large_state_workload(data_root: Path, scale: Scale, saves: bool, background: bool = True) -> Workload:
     """MLP 784-H-H-H-10 with AdamW for one epoch of `large_steps` steps, with a checkpoint every
-    `save_every` steps (saves=True) or none during the epoch (saves=False)."""
+    `save_every` steps (saves=True) or none during the epoch (saves=False); `background`: checkpoint.async."""
     hidden = scale.large_hidden
     every = f"checkpoint.every_steps={scale.save_every}" if saves else "checkpoint.every_steps=null"
     overrides = (
         *QUIET, every, f"data.root={large_root(data_root)}", f"model.hidden=[{hidden}, {hidden}, {hidden}]",
-        "optimizer.name=adamw", "checkpoint.keep_last=1",
+        "optimizer.name=adamw", "checkpoint.keep_last=1", f"checkpoint.async={str(background).lower()}",
     )
     title = f"MLP 784-{hidden}-{hidden}-{hidden}-10, AdamW, {scale.large_steps} steps of batch 64"
-    return Workload("large-saves" if saves else "large", title, RECIPES / "fashion_mnist_mlp.yaml", overrides,
+    key = "large-saves" if saves else "large"
+    return Workload(key if background else f"{key}-sync", title, RECIPES / "fashion_mnist_mlp.yaml", overrides,
                     "fashion_mnist")
 
 
 def workload_by_key(key: str, data_root: Path, scale: Scale) -> Workload:
     found = {w.key: w for w in training_workloads(data_root, scale)}
-    found.update({w.key: w for w in (large_state_workload(data_root, scale, s) for s in (False, True))})
+    large = (large_state_workload(data_root, scale, False), large_state_workload(data_root, scale, True),
+             large_state_workload(data_root, scale, True, background=False))
+    found.update({w.key: w for w in large})
     return found[key]

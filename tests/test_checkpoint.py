@@ -197,6 +197,31 @@ def test_background_save_holds_the_state_of_its_step(tmp_path, monkeypatch):
     assert all(torch.equal(fresh.model.state_dict()[k], before[k]) for k in before)
 
 
+def test_later_background_saves_copy_into_the_previous_snapshot_and_hold_their_own_state(tmp_path, monkeypatch):
+    """The second save reuses the first snapshot's buffers (after its write finished), yet each checkpoint
+    holds the state of its own step."""
+    from trainwright.checkpoint.full import FullState
+
+    taken = []
+    take = FullState.take.__func__
+    monkeypatch.setattr(FullState, "take", classmethod(lambda cls, *a, **k: taken.append(take(cls, *a, **k)) or taken[-1]))
+    objects = _stateful()
+    manager = _manager(tmp_path, objects)
+    states = []
+    for step in (1, 2):
+        states.append({k: v.clone() for k, v in objects.model.state_dict().items()})
+        manager.save(TrainState(step=step), {"name": "t"})
+        with torch.no_grad():
+            for param in objects.model.parameters():
+                param.mul_(3.0)
+    manager.close()
+    assert all(taken[1].model[k].data_ptr() == taken[0].model[k].data_ptr() for k in taken[0].model)
+    for step, expected in zip((1, 2), states):
+        fresh = _stateful(seed=99)
+        _manager(tmp_path, fresh).load(tmp_path / "checkpoints" / f"step_{step:08d}")
+        assert all(torch.equal(fresh.model.state_dict()[k], expected[k]) for k in expected), step
+
+
 def test_a_failed_background_write_is_raised_and_leaves_no_checkpoint(tmp_path, monkeypatch):
     from trainwright.checkpoint import manager as manager_module
 

@@ -164,26 +164,33 @@ class Trainer:
     def _train_steps(self) -> Iterator[bool]:
         """Train from the saved position to the end of the epoch, yielding after every optimizer step
         whether it ended the epoch (then the epoch's timing is logged and the position moves on)."""
-        acc, state, recipe = self.accelerator, self.state, self.recipe
+        state, recipe, micro_per_epoch = self.state, self.recipe, self.micro_per_epoch
         accum, epoch, epoch_start = recipe.trainer.grad_accum_steps, state.epoch, state.batch_in_epoch
+        batch_size, log_every = recipe.data.batch_size, recipe.trainer.log_every_steps
         started, samples_before = time.perf_counter(), state.samples_seen
         indices = list(train_indices(
-            len(self.data.train), recipe.data.batch_size, recipe.seed, epoch, epoch_start,
+            len(self.data.train), batch_size, recipe.seed, epoch, epoch_start,
             self.processes.rank, self.processes.world_size,
         ))
         batches = iterate(self.data.train, iter(indices), recipe.data.num_workers)
+        # The step's calls as locals: on a small model the loop's own Python is a visible part of a step.
+        model, loss_fn, backward, gradient_sync = self.model, self.scoring.loss_fn, self.calls.backward, self.strategy.gradient_sync
+        device = self.accelerator.device
+        move = device.type != "cpu"  # batches are made on the CPU; .to() there would return them as they are
         group_indices: list[int] = []
-        self.model.train()
+        model.train()
         with self._progress(epoch) as progress:
-            for micro in range(epoch_start, self.micro_per_epoch):
+            show_progress = not progress.disable
+            for micro in range(epoch_start, micro_per_epoch):
                 inputs, targets = next(batches)
                 group_start = micro - micro % accum
-                group_end = min(group_start + accum, self.micro_per_epoch)
-                last_in_group = micro + 1 == group_end
-                inputs, targets = inputs.to(acc.device, non_blocking=True), targets.to(acc.device, non_blocking=True)
-                with self.strategy.gradient_sync(self.model, enabled=last_in_group):
-                    loss = self.scoring.loss_fn(self.model(inputs).float(), targets)
-                    self.calls.backward(loss if group_end - group_start == 1 else loss / (group_end - group_start))
+                group_size = min(group_start + accum, micro_per_epoch) - group_start
+                last_in_group = micro + 1 == group_start + group_size
+                if move:
+                    inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+                with gradient_sync(model, enabled=last_in_group):
+                    loss = loss_fn(model(inputs).float(), targets)
+                    backward(loss if group_size == 1 else loss / group_size)
                 self._loss_sum += loss.detach()
                 state.loss_count += 1
                 if self.sample_log is not None:
@@ -199,11 +206,12 @@ class Trainer:
                     self.sample_log.log({"indices": group_indices}, state.step, epoch)
                     group_indices = []
                 state.batch_in_epoch = micro + 1
-                state.samples_seen += recipe.data.batch_size * (group_end - group_start)
-                progress.update(1)
-                if state.step % recipe.trainer.log_every_steps == 0:
+                state.samples_seen += batch_size * group_size
+                if show_progress:
+                    progress.update(1)
+                if state.step % log_every == 0:
                     self._log_train_loss()
-                end_of_epoch = state.batch_in_epoch == self.micro_per_epoch
+                end_of_epoch = micro + 1 == micro_per_epoch
                 if end_of_epoch:
                     seconds, samples = time.perf_counter() - started, state.samples_seen - samples_before
                     timing = {"train/epoch_seconds": seconds, "train/samples_per_second": samples / max(seconds, 1e-9)}

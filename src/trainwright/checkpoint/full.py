@@ -36,10 +36,14 @@ class FullState:
     json_states: dict[str, Any]
 
     @classmethod
-    def take(cls, objects: TrainObjects) -> FullState:
-        """A copy of the live objects' state in CPU memory, so that training may go on while it is written."""
+    def take(cls, objects: TrainObjects, reuse: FullState | None = None) -> FullState:
+        """A copy of the live objects' state in CPU memory, so that training may go on while it is written;
+        `reuse`: an earlier snapshot, written and no longer read, whose buffers the copy goes into."""
         optimizer, optimizer_meta = optimizer_to_files(objects.optimizer.state_dict())
-        return cls(copied(objects.model.state_dict()), copied(optimizer), copy.deepcopy(optimizer_meta), json_states(objects))
+        return cls(
+            copied(objects.model.state_dict(), reuse.model if reuse else None),
+            copied(optimizer, reuse.optimizer if reuse else None), copy.deepcopy(optimizer_meta), json_states(objects),
+        )
 
     def write(self, folder: Path, step: int) -> None:
         save_file(self.model, folder / "model.safetensors", metadata={"step": str(step)})

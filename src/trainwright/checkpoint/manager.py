@@ -50,6 +50,9 @@ class CheckpointManager:
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer")
         self._pending: Future[float] | None = None
         self._pending_step = 0
+        # checkpoint.async: the last snapshot, kept once written so the next one copies into its buffers
+        # (one copy of the model and optimizer state stays in host memory between saves).
+        self._snapshot: FullState | None = None
 
     def should_save(self, step: int, epoch: int, **when: bool) -> bool:
         """Ask the save policy (see SavePolicy.should_save); every process gets the same answer."""
@@ -75,7 +78,8 @@ class CheckpointManager:
         if processes.strategy == "fsdp":
             _sharded().write_sharded_state(tmp, self.objects, processes)
         elif processes.is_main:
-            full = FullState.take(self.objects)
+            full = FullState.take(self.objects, reuse=self._snapshot)  # the previous write is done (wait above)
+            self._snapshot = full if self.config.async_ else None
         processes.barrier()  # every process's files are in tmp
         self.policy.saved(state.step)
         if processes.is_main:

@@ -42,9 +42,19 @@ def write_json_states(folder: Path, states: dict[str, Any]) -> None:
         write_json(folder / name, content)
 
 
-def copied(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The tensors copied into CPU memory (a snapshot that later training steps do not change)."""
-    return {key: value.detach().to("cpu", copy=True).contiguous() for key, value in tensors.items()}
+def copied(tensors: dict[str, torch.Tensor], into: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The tensors copied into CPU memory (a snapshot that later training steps do not change). `into`: the
+    buffers of an earlier snapshot that nothing reads any more; a tensor of the same shape and dtype is
+    copied into its buffer (2-3x faster than fresh memory, which the OS must first map page by page).
+    Fresh buffers are pinned where CUDA is available, so copies from the GPU go at full speed."""
+    into = into or {}
+    snapshot = {}
+    for key, value in tensors.items():
+        buffer = into.get(key)
+        if buffer is None or buffer.shape != value.shape or buffer.dtype != value.dtype:
+            buffer = torch.empty(value.shape, dtype=value.dtype, pin_memory=torch.cuda.is_available())
+        snapshot[key] = buffer.copy_(value.detach())
+    return snapshot
 
 
 def read_json_states(folder: Path, objects: TrainObjects) -> None:
@@ -55,13 +65,14 @@ def read_json_states(folder: Path, objects: TrainObjects) -> None:
 
 
 def optimizer_to_files(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Split an optimizer state_dict into tensors and JSON (param groups, non-tensor per-param values)."""
+    """Split an optimizer state_dict into tensors (the live ones: `copied` snapshots them) and JSON (param
+    groups, non-tensor per-param values)."""
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
     for param_id, values in state["state"].items():
         for name, value in values.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"{param_id}.{name}"] = value.detach().contiguous().cpu()
+                tensors[f"{param_id}.{name}"] = value.detach()
             else:
                 scalars.setdefault(str(param_id), {})[name] = value
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
