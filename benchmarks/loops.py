@@ -159,6 +159,11 @@ def trainwright(workload: Workload) -> dict[str, Any]:
     }
 
 
+def trainwright_nondeterministic(workload: Workload) -> dict[str, Any]:
+    """`trainer.deterministic=false`: what torch's deterministic mode costs trainwright's epoch."""
+    return {"seconds": _values(_train_trainwright(workload, "trainer.deterministic=false"), "train/epoch_seconds")[0]}
+
+
 def trainwright_compiled(workload: Workload) -> dict[str, Any]:
     """`trainer.compile=true` for two epochs: the second epoch's seconds (compiled code only) and the first's
     (torch.compile's work included; torch caches compiled code on disk, so later repeats compile faster)."""
@@ -170,5 +175,5 @@ def trainwright_compiled(workload: Workload) -> dict[str, Any]:
 LOOPS: dict[str, Callable[[Workload], dict[str, Any]]] = {
     "tutorial": tutorial, "tensor-dataset": tensor_dataset, "hand-written": hand_written,
     "accelerate": accelerate, "lightning": lightning, "trainwright": trainwright,
-    "trainwright-compile": trainwright_compiled,
+    "trainwright-nondeterministic": trainwright_nondeterministic, "trainwright-compile": trainwright_compiled,
 }

@@ -31,7 +31,7 @@ class Scale:
 
 
 FULL = Scale(heart_points=100_000, images=19_200, test_images=1_000, large_hidden=4096, large_steps=16,
-             save_every=4, repeats=3, startup_runs=5)
+             save_every=4, repeats=5, startup_runs=5)
 QUICK = Scale(heart_points=10_000, images=2_560, test_images=256, large_hidden=1024, large_steps=10,
               save_every=5, repeats=1, startup_runs=1)
 

@@ -96,3 +96,21 @@ def test_max_steps_caps_the_run_mid_epoch(tmp_path, max_steps):
     summary = train_recipe(recipe, tmp_path / "run").summary
     assert summary["step"] == max_steps and summary["epoch"] == max_steps // 25
     assert summary["samples_seen"] == max_steps * 64
+
+
+def test_deterministic_kernels_are_the_recipes_choice(tmp_path):
+    """trainer.deterministic (default true) switches torch's deterministic mode on for the run; false
+    switches it off (the mode is process-wide, so a run sets it either way)."""
+    observed = {}
+    original = torch.set_deterministic_debug_mode
+
+    def recorded(mode):
+        original(mode)
+        observed[len(observed)] = torch.are_deterministic_algorithms_enabled()
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch, "set_deterministic_debug_mode", recorded)
+        plain = train(tmp_path, "plain")
+        fast = train(tmp_path, "fast", "trainer.deterministic=false")
+    assert observed == {0: True, 1: False}
+    assert all(torch.equal(plain[k], fast[k]) for k in plain)  # this MLP on the CPU has no nondeterministic kernel

@@ -92,6 +92,10 @@ class TrainerConfig(_Section):
     record_samples: bool = Field(False, description="write each step's sample indices to <run dir>/samples/")
     compile: bool = Field(False, description="torch.compile the model (module.compile(): state dict names unchanged)")
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    deterministic: bool = Field(
+        True, description="deterministic kernels, so that a resumed run ends bitwise equal to an uninterrupted one; "
+        "false: faster kernels where torch has nondeterministic ones, and resumes are no longer bitwise",
+    )
 
     @field_validator("mixed_precision", mode="before")
     @classmethod

@@ -58,10 +58,10 @@ def execute(recipe: Recipe, plan: RunPlan, started: float) -> Outcome:
             f"data.batch_size={recipe.data.batch_size} is the global batch and must divide evenly "
             f"among {processes.world_size} processes"
         )
-    # Deterministic kernels (warn where none exists). The same switch as use_deterministic_algorithms(True,
-    # warn_only=True) without its import of torch._inductor (~1-2 s of start-up for a setting only
-    # torch.compile reads).
-    torch.set_deterministic_debug_mode("warn")
+    # Deterministic kernels (warn where none exists), unless the recipe trades bitwise resume for speed. The
+    # same switch as use_deterministic_algorithms(True, warn_only=True) without its import of torch._inductor
+    # (~1-2 s of start-up for a setting only torch.compile reads).
+    torch.set_deterministic_debug_mode("warn" if recipe.trainer.deterministic else "default")
     set_seed(recipe.seed)
     data = build_data(recipe)
     total_steps = recipe.trainer.total_steps(steps_per_epoch(recipe, data))
@@ -81,7 +81,7 @@ def execute(recipe: Recipe, plan: RunPlan, started: float) -> Outcome:
 
 def make_accelerator(precision: str) -> Accelerator:
     """Accelerate decides devices and processes; on a machine without CUDA it runs on the CPU (gloo)."""
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS (read when CUDA starts; costs little)
     cache_lomo_probe()
     keep_accelerate_fsdp_off()
     on_cpu = not torch.cuda.is_available()
