@@ -17,6 +17,7 @@ import pytest
 import torch
 import yaml
 
+import processes
 from conftest import RECIPES, REPO, assert_ok, cli_env, no_credentials_env, run_cli, wandb_records
 from reliability_helpers import HEART, HOUSE, user_error
 from test_slurm import _job_env, needs_cluster
@@ -214,6 +215,14 @@ def test_bad_cv_settings_are_one_message_before_any_run(capsys, tmp_path, argv, 
     assert not (tmp_path / "cv").exists()
 
 
+def test_a_cv_with_a_diverged_fold_has_no_summary_and_exits_3(tmp_path):
+    folder = tmp_path / "cv"
+    result = run_cli("cv", HOUSE, "--folds", "2", "logging.wandb=false", "optimizer.lr=1e10", "--run-dir", folder)
+    assert result.returncode == 3, result.stderr
+    assert "fold_1, fold_2 stopped at a non-finite loss" in result.stderr and "Traceback" not in result.stderr
+    assert not (folder / "cv_summary.json").exists()
+
+
 def test_a_study_folder_of_other_settings_is_refused(capsys, cv_run):
     before = sorted(p.name for p in cv_run.iterdir())
     user_error(capsys, "cv", HEART, "--folds", "4", *CV_ARGS, "--run-dir", cv_run, fragments=("other settings",))
@@ -266,6 +275,27 @@ def test_plot_of_an_unfinished_cv_is_one_message(capsys, tmp_path):
     (folder / "cv.json").write_text("{}")
     user_error(capsys, "plot", folder, fragments=(str(folder), "has not finished", "cv_summary.json"))
     assert not (folder / "plots").exists()
+
+
+def test_each_run_a_wandb_sweep_agent_starts_trains_in_its_own_run_dir_under_the_agents_run_id(tmp_path):
+    """`wandb agent` runs the spec's `command` once per trial with WANDB_SWEEP_ID and WANDB_RUN_ID set and the
+    trial's values as key=value: each trial trains in a run dir of its own (not all in runs/heart, which
+    would refuse the second trial's other recipe), and W&B records it under the agent's run id."""
+    command = yaml.safe_load(SWEEP.read_text())["command"]
+    assert command[-1] == "${args_no_hyphens}"
+    for run_id, lr in (("trial1", 0.1), ("trial2", 0.03)):
+        argv = [sys.executable if a == "${interpreter}" else str(HEART) if a == "recipes/heart.yaml" else a
+                for a in command[1:-1]]  # without ${env}: the agent's /usr/bin/env changes nothing here
+        env = no_credentials_env(tmp_path / "home", WANDB_SWEEP_ID="sw7", WANDB_RUN_ID=run_id)
+        result = processes.run([*argv, f"optimizer.lr={lr}", "data.num_points=400", "trainer.epochs=1"], env,
+                               cwd=tmp_path)
+        assert_ok(result)
+        run_dir = tmp_path / "runs" / "heart-sweep-sw7" / run_id
+        assert f"Run dir: runs/heart-sweep-sw7/{run_id}" in result.stdout
+        assert yaml.safe_load((run_dir / "recipe.yaml").read_text())["optimizer"]["lr"] == lr
+        assert (run_dir / "wandb_run_id.txt").read_text().strip() == run_id  # what a resume of it passes to W&B
+        [wandb_file] = run_dir.glob(f"wandb/offline-run-*-{run_id}/run-{run_id}.wandb")
+        assert {r["run"]["run_id"] for r in wandb_records(wandb_file, env) if r["type"] == "run"} == {run_id}
 
 
 def test_plot_on_a_cv_or_sweep_folder_draws_the_comparison(capsys, cv_run, sweep_run):

@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a recipe. Run the same command again to resume a stopped run.",
     )
     _add_recipe(train, what="recipe YAML file, e.g. recipes/heart.yaml")
-    train.add_argument("--run-dir", help="where the run lives (default: runs/<recipe name>)")
+    train.add_argument("--run-dir", help="where the run lives (default: runs/<recipe name>; under a W&B sweep "
+                       "agent runs/<recipe name>-sweep-<sweep id>/<run id>)")
     train.add_argument("--resume", metavar="CHECKPOINT", help="resume from this checkpoint folder")
     train.add_argument(
         "--restart", action="store_true",

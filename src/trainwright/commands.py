@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ from trainwright.errors import UserError
 from trainwright.processes import launch_rank
 from trainwright.recipe import load_recipe
 from trainwright.run_plan import plan_run
-from trainwright.rundir import RunDir
+from trainwright.rundir import RunDir, default_run_dir
 from trainwright.runlock import hold
 
 STARTED = time.perf_counter()  # for train/startup_seconds: from here to the first optimizer step
@@ -26,7 +25,7 @@ STARTED = time.perf_counter()  # for train/startup_seconds: from here to the fir
 
 def train_command(args: argparse.Namespace) -> int:
     recipe = pin_paths(load_recipe(args.recipe, args.overrides))
-    run = RunDir(args.run_dir or os.path.join("runs", recipe.name))
+    run = RunDir(args.run_dir or default_run_dir(recipe.name))
     with hold(run):
         plan = plan_run(run, recipe, args.resume, args.restart, args.allow_data_change)  # files alone: no torch yet
         if launch_rank() == 0:

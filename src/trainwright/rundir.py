@@ -35,6 +35,19 @@ from trainwright.recipe import Recipe, parse_yaml, read_yaml, validate
 MARKER = ".trainwright"
 
 
+# What W&B's sweep agent (`wandb agent`) sets for each run it starts.
+WANDB_RUN_ID, WANDB_SWEEP_ID = "WANDB_RUN_ID", "WANDB_SWEEP_ID"
+
+
+def default_run_dir(recipe_name: str) -> Path:
+    """`runs/<recipe name>`; for a run a W&B sweep agent started, `runs/<recipe name>-sweep-<sweep id>/<run
+    id>`, so that every trial of the sweep trains in a run dir of its own."""
+    sweep, run = os.environ.get(WANDB_SWEEP_ID), os.environ.get(WANDB_RUN_ID)
+    if sweep and run:
+        return Path("runs") / f"{recipe_name}-sweep-{sweep}" / run
+    return Path("runs") / recipe_name
+
+
 class DamagedFile(UserError):
     """A run file that exists but cannot be read as what it should be."""
 
@@ -166,10 +179,11 @@ class RunDir:
         return self.model_file
 
     def wandb_run_id(self) -> str:
-        """The W&B run id of this run dir, made on first use, so a resumed run continues the same W&B run."""
+        """The W&B run id of this run dir, made on first use (W&B's WANDB_RUN_ID where set, as a sweep agent
+        sets it for each run it starts), so a resumed run continues the same W&B run."""
         if self.wandb_id_file.is_file():
             return self.wandb_id_file.read_text().strip()
-        run_id = secrets.token_hex(6)
+        run_id = os.environ.get(WANDB_RUN_ID) or secrets.token_hex(6)
         write_text_atomic(self.wandb_id_file, run_id + "\n")
         return run_id
 

@@ -5,6 +5,7 @@ each fold's final validation metrics and their mean and standard deviation."""
 from __future__ import annotations
 
 import statistics
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from trainwright.components import build_data, check_recipe
 from trainwright.errors import UserError
 from trainwright.files import write_json_atomic
 from trainwright.recipe import Recipe, load_recipe
-from trainwright.tuning.runner import Job, run_jobs
+from trainwright.tuning.runner import EXIT_NONFINITE, Job, run_jobs
 from trainwright.tuning.study import claim, final_metrics, run_labels
 
 SPEC_FILE = "cv.json"
@@ -44,9 +45,16 @@ def cross_validate(recipe_path: Path, overrides: list[str], folds: int | None, r
     build_data(first)  # the folds can be made (K is at most the number of items)
     claim(folder, SPEC_FILE, {"recipe": str(recipe_path.absolute()), "overrides": overrides, "folds": folds}, "cv")
     code = run_jobs(jobs, parallel, folder)
-    if code == 0:
-        print_table(write_summary(folder, jobs))
-    return code
+    if code != 0:
+        return code
+    diverged = [job.name for job in jobs if job.completed() is None]  # stopped at a non-finite loss (exit 3)
+    if diverged:
+        print(f"trainwright: no {SUMMARY_FILE}: {', '.join(diverged)} stopped at a non-finite loss, and a mean over "
+              "the other folds would not be a K-fold estimate; change the recipe (a lower optimizer.lr?) and run "
+              "the command with another --run-dir", file=sys.stderr)
+        return EXIT_NONFINITE
+    print_table(write_summary(folder, jobs))
+    return 0
 
 
 def write_summary(folder: Path, jobs: list[Job]) -> dict[str, Any]:
