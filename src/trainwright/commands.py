@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from trainwright.data.paths import pin_paths
-from trainwright.errors import UserError
+from trainwright.errors import EXIT_PREEMPTED, UserError
 from trainwright.processes import launch_rank
 from trainwright.recipe import load_recipe
 from trainwright.run_plan import plan_run
@@ -34,7 +34,6 @@ def train_command(args: argparse.Namespace) -> int:
             summary, state = plan.completed, "was already complete"
         else:
             from trainwright.training import end_processes, execute  # torch and Accelerate: only to train
-            from trainwright.trainer import EXIT_PREEMPTED
 
             try:
                 outcome = execute(recipe, plan, started=STARTED)

@@ -23,7 +23,7 @@ from trainwright.checkpoint.objects import TrainObjects
 from trainwright.checkpoint.weights import save_weights
 from trainwright.data.bundle import DataBundle
 from trainwright.data.loading import batches_per_epoch, iterate, train_indices
-from trainwright.errors import UserError
+from trainwright.errors import EXIT_PREEMPTED, UserError
 from trainwright.evaluation import Scoring, evaluate
 from trainwright.files import write_json_atomic
 from trainwright.guards import disk_writes, require_finite
@@ -34,7 +34,6 @@ from trainwright.rundir import RunDir
 from trainwright.stopping import StopSignals
 from trainwright.tracking import JsonLinesFile, Tracker, sample_log
 
-EXIT_PREEMPTED = 75  # SIGTERM/SIGUSR1: checkpoint saved, run the same command again to resume
 
 
 @dataclass
@@ -174,7 +173,8 @@ class Trainer:
         ))
         batches = iterate(self.data.train, iter(indices), recipe.data.num_workers)
         # The step's calls as locals: on a small model the loop's own Python is a visible part of a step.
-        model, loss_fn, backward, gradient_sync = self.model, self.scoring.loss_fn, self.calls.backward, self.strategy.gradient_sync
+        model, loss_fn, backward = self.model, self.scoring.loss_fn, self.calls.backward
+        gradient_sync = self.strategy.gradient_sync
         device = self.accelerator.device
         move = device.type != "cpu"  # batches are made on the CPU; .to() there would return them as they are
         group_indices: list[int] = []

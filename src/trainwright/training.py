@@ -81,7 +81,7 @@ def execute(recipe: Recipe, plan: RunPlan, started: float) -> Outcome:
 
 def make_accelerator(precision: str) -> Accelerator:
     """Accelerate decides devices and processes; on a machine without CUDA it runs on the CPU (gloo)."""
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS (read when CUDA starts; costs little)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS (read when CUDA starts)
     cache_lomo_probe()
     keep_accelerate_fsdp_off()
     on_cpu = not torch.cuda.is_available()

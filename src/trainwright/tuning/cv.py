@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from trainwright.components import build_data, check_recipe
-from trainwright.errors import UserError
+from trainwright.errors import EXIT_NONFINITE, UserError
 from trainwright.files import write_json_atomic
 from trainwright.recipe import Recipe, load_recipe
-from trainwright.tuning.runner import EXIT_NONFINITE, Job, run_jobs
+from trainwright.tuning.runner import Job, run_jobs
 from trainwright.tuning.study import claim, final_metrics, run_labels
 
 SPEC_FILE = "cv.json"

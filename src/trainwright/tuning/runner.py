@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trainwright.errors import EXIT_NONFINITE, EXIT_PREEMPTED
 from trainwright.rundir import RunDir
 
-EXIT_PREEMPTED = 75
-EXIT_NONFINITE = 3
 _FORWARDED = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from trainwright.components import build_data, check_recipe, metric_names
-from trainwright.errors import UserError, did_you_mean
+from trainwright.errors import EXIT_NONFINITE, UserError, did_you_mean
 from trainwright.files import atomic_open, write_json_atomic
 from trainwright.recipe import load_recipe
-from trainwright.tuning.runner import EXIT_NONFINITE, Job, run_jobs
+from trainwright.tuning.runner import Job, run_jobs
 from trainwright.tuning.space import SweepSpec, load_spec, overrides
 from trainwright.tuning.study import claim, final_metrics, run_labels
 
