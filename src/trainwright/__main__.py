@@ -1,6 +1,6 @@
 """`python -m trainwright` (so `accelerate launch -m trainwright train ...` works)."""
 
-from trainwright.cli import main
+from trainwright.cli import run
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run()

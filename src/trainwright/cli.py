@@ -9,6 +9,7 @@ import sys
 from trainwright import __version__, commands
 from trainwright.data.paths import ALLOW_FLAG
 from trainwright.errors import UserError
+from trainwright.exiting import leave
 from trainwright.launcher import report_to_launcher
 from trainwright.processes import launch_rank
 
@@ -180,3 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("trainwright: interrupted", file=sys.stderr)
         return 130
+
+
+def run() -> None:
+    """The `trainwright` command (console script and `python -m trainwright`): main(), then exit with its
+    code (exiting.py says how a process of a launch leaves)."""
+    leave(main())

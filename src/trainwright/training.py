@@ -19,6 +19,7 @@ from trainwright.components import (
 )
 from trainwright.data.paths import pin_paths
 from trainwright.errors import UserError
+from trainwright.exiting import closed_a_group
 from trainwright.launcher import resolve_precision, resolve_strategy
 from trainwright.parallel import DataParallel, Strategy
 from trainwright.preflight import check_startup
@@ -113,3 +114,4 @@ def end_processes() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+        closed_a_group()  # see exiting.py
