@@ -1,11 +1,12 @@
 """Leaving a process that joined a process group.
 
 torch (2.14) keeps a gloo process group alive after `destroy_process_group()` once a model was wrapped
-in DistributedDataParallel or sharded: its worker threads outlive the call, and while the interpreter
-shuts down they can abort the process ("terminate called without an active exception", exit -6) after
-the run completed and wrote everything (seen about once in thirty 2-process launches). A process that
-closed a group therefore runs its exit handlers itself (W&B's service teardown, logging) and leaves
-without the interpreter's shutdown. tests/test_exiting.py notices when torch frees the group again.
+in DistributedDataParallel or sharded: its worker threads outlive the call and meet the interpreter's
+shutdown, where gloo threads are known to abort a process (pytorch#179291). A completed 2-process FSDP
+run did abort so once ("terminate called without an active exception", exit -6, after everything was
+written). A process that closed a group therefore runs its exit handlers itself (W&B's service
+teardown, logging) and leaves without the interpreter's shutdown. tests/test_exiting.py notices when
+torch frees the group again.
 """
 
 from __future__ import annotations
