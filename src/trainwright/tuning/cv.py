@@ -47,19 +47,21 @@ def cross_validate(recipe_path: Path, overrides: list[str], folds: int | None, r
     code = run_jobs(jobs, parallel, folder)
     if code != 0:
         return code
-    diverged = [job.name for job in jobs if job.completed() is None]  # stopped at a non-finite loss (exit 3)
+    summaries = {job.name: job.completed() for job in jobs}
+    diverged = [name for name, summary in summaries.items() if summary is None]  # stopped at a non-finite loss
     if diverged:
         print(f"trainwright: no {SUMMARY_FILE}: {', '.join(diverged)} stopped at a non-finite loss, and a mean over "
               "the other folds would not be a K-fold estimate; change the recipe (a lower optimizer.lr?) and run "
               "the command with another --run-dir", file=sys.stderr)
         return EXIT_NONFINITE
-    print_table(write_summary(folder, jobs))
+    print_table(write_summary(folder, summaries))
     return 0
 
 
-def write_summary(folder: Path, jobs: list[Job]) -> dict[str, Any]:
-    """cv_summary.json: every fold's final metrics, and their mean and (population) standard deviation."""
-    per_fold = {job.name: final_metrics(job.completed()) for job in jobs}
+def write_summary(folder: Path, summaries: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """cv_summary.json: every fold's final metrics (from its summary.json), and their mean and (population)
+    standard deviation."""
+    per_fold = {name: final_metrics(summary) for name, summary in summaries.items()}
     names = sorted({name for metrics in per_fold.values() for name in metrics})
     values = {name: [m[name] for m in per_fold.values() if name in m] for name in names}
     summary = {

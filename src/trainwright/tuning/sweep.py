@@ -59,7 +59,7 @@ def sweep(spec_path: Path, common: list[str], run_dir: str | None, parallel: int
 
         return submit_array(jobs, folder)
     code = run_jobs(jobs, parallel, folder)
-    print_leaderboard(write_results(spec, jobs, folder))
+    print_leaderboard(write_results(spec, jobs, folder), spec.metric.name)
     return code
 
 
@@ -90,8 +90,7 @@ def swept_values(job: Job, spec: SweepSpec) -> dict[str, str]:
     return {key: given[key] for key in spec.parameters}
 
 
-def print_leaderboard(rows: list[dict[str, Any]]) -> None:
-    metric = next(key for key in rows[0] if key.startswith("val/"))
+def print_leaderboard(rows: list[dict[str, Any]], metric: str) -> None:
     print(f"{'rank':<5}{'trial':<11}{metric:>14}  {'status':<11}values")
     for rank, row in enumerate(rows, start=1):
         value = "-" if row[metric] is None else f"{row[metric]:.4f}"
