@@ -198,6 +198,16 @@ def test_ddp_to_fsdp_to_single_process_resume(reference, data_root, tmp_path):
         torch.testing.assert_close(weights[key], expected[key], rtol=1e-4, atol=1e-5)
 
 
+def test_a_full_checkpoint_of_an_optimizer_without_state_resumes_under_fsdp(data_root, tmp_path):
+    """The recipe's own plain SGD keeps no per-parameter state: DDP -> FSDP must still resume (torch's
+    broadcast of a full optimizer state needs a state tensor)."""
+    run_dir = tmp_path / "run"
+    train(data_root, run_dir, "optimizer.name=sgd", "trainer.max_steps=10", config=DDP_2PROC)
+    fsdp = train(data_root, run_dir, "optimizer.name=sgd", "trainer.max_steps=20")
+    assert "strategy=fsdp" in fsdp.stdout and "Resuming from step 10 " in fsdp.stdout
+    assert "Run complete at step 20:" in fsdp.stdout
+
+
 def test_bf16_from_the_launcher_under_fsdp(data_root, tmp_path):
     result = train(data_root, tmp_path / "run", "trainer.max_steps=5", precision="bf16")
     assert "world_size=2 device=cpu precision=bf16 strategy=fsdp" in result.stdout

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
+from safetensors import safe_open
 from safetensors.torch import load_file
 from torch.distributed.checkpoint import CheckpointException, HuggingFaceStorageReader, HuggingFaceStorageWriter
 from torch.distributed.checkpoint.state_dict import (
@@ -30,7 +31,9 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.fsdp import FSDPModule
 
 from trainwright.checkpoint.format import SHARDED_MODEL_DIR, is_sharded
-from trainwright.checkpoint.objects import TrainObjects, json_states, read_json_states, write_json_states
+from trainwright.checkpoint.objects import (
+    TrainObjects, json_states, optimizer_from_files, read_json_states, write_json_states,
+)
 from trainwright.errors import UserError
 from trainwright.files import write_json
 from trainwright.processes import Processes
@@ -83,8 +86,18 @@ def read_full_state_sharded(folder: Path, objects: TrainObjects, processes: Proc
         optimizer_state = _by_name(folder, _param_names(objects.model, optimizer))
     with _checkpoint_must_fit(folder):
         set_model_state_dict(objects.model, model_state, options=options)
-        set_optimizer_state_dict(objects.model, optimizer, optimizer_state, options=options)
+        if _holds_tensors(folder / "optimizer.safetensors"):
+            set_optimizer_state_dict(objects.model, optimizer, optimizer_state, options=options)
+        else:  # e.g. SGD without momentum: torch's broadcast needs a state tensor; only the groups are saved
+            meta = json.loads((folder / "optimizer.json").read_text())
+            optimizer.load_state_dict(optimizer_from_files({}, meta, optimizer.state_dict()["param_groups"]))
     read_json_states(folder, objects)
+
+
+def _holds_tensors(path: Path) -> bool:
+    """Whether a safetensors file holds any tensor (its header alone is read, on every process alike)."""
+    with safe_open(path, "pt") as file:
+        return bool(list(file.keys()))
 
 
 def consolidated_weights(folder: Path) -> dict[str, torch.Tensor]:
