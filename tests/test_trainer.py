@@ -114,3 +114,32 @@ def test_deterministic_kernels_are_the_recipes_choice(tmp_path):
         fast = train(tmp_path, "fast", "trainer.deterministic=false")
     assert observed == {0: True, 1: False}
     assert all(torch.equal(plain[k], fast[k]) for k in plain)  # this MLP on the CPU has no nondeterministic kernel
+
+
+def test_the_unlogged_loss_sums_as_a_float64_running_sum_across_folds_and_resumes():
+    """RunningLoss keeps losses and sums them later; the sum must be the float64 running sum's, bit for bit,
+    also when it is read mid-way (a checkpoint) and a new one goes on from there (the resumed run). The values
+    make the order matter: 1 + 2^-53 rounds back to 1, so the running sum drops every 2^-53 that follows a 1,
+    while a sum that adds the small ones together first keeps them."""
+    from trainwright.running_loss import FOLD_AT, RunningLoss
+
+    values = ([1.0] + [2.0**-53] * 99) * 4 + [0.1, 3.0] * 7
+    losses = [torch.tensor(v, dtype=torch.float32) for v in values]
+    running = torch.zeros((), dtype=torch.float64)
+    for loss in losses:
+        running += loss
+    uninterrupted = RunningLoss()
+    for loss in losses:
+        uninterrupted.add(loss)
+    assert uninterrupted.read() == (running.item(), len(values))
+    assert torch.tensor(values, dtype=torch.float64).sum().item() != running.item()  # the order does matter here
+    for cut in (1, 2, FOLD_AT - 1, FOLD_AT, len(values) - 3):
+        before = RunningLoss()
+        for loss in losses[:cut]:
+            before.add(loss)
+        resumed = RunningLoss(*before.read())
+        for loss in losses[cut:]:
+            resumed.add(loss)
+        assert resumed.read() == (running.item(), len(values)), cut
+    uninterrupted.reset()
+    assert uninterrupted.read() == (0.0, 0)

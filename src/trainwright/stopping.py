@@ -10,6 +10,7 @@ arrives in the last fraction of a second of a run may let it complete instead (e
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import sys
 import time
@@ -59,6 +60,11 @@ class StopSignals:
         """Whether to stop after optimizer step `step`; the same answer on every process."""
         self.stopping = self._agreed(step)
         return self.stopping
+
+    def next_agreement(self, step: int) -> float:
+        """The first step after `step` at which processes agree on stopping (`stop_at` asks the others then);
+        inf for one process, whose answer is `received` itself."""
+        return math.inf if self.processes.world_size == 1 else max(self._next_check, step + 1)
 
     def _agreed(self, step: int) -> bool:
         if self.processes.world_size == 1:

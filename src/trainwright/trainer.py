@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import sys
@@ -31,9 +32,11 @@ from trainwright.parallel import Strategy
 from trainwright.processes import Processes
 from trainwright.recipe import Recipe
 from trainwright.rundir import RunDir
+from trainwright.running_loss import RunningLoss
 from trainwright.stopping import StopSignals
 from trainwright.tracking import JsonLinesFile, Tracker, sample_log
 
+_ALWAYS_SYNCED = contextlib.nullcontext()  # without gradient accumulation every backward reduces gradients
 
 
 @dataclass
@@ -120,7 +123,7 @@ class Trainer:
         self.sample_log: JsonLinesFile | None = (
             sample_log(self.run, processes.rank, processes.world_size, state.step) if recipe.trainer.record_samples else None
         )
-        self._loss_sum = torch.tensor(state.loss_sum, dtype=torch.float64, device=processes.device)
+        self.loss = RunningLoss(state.loss_sum, state.loss_count)
         try:
             with self.stops.caught():
                 return self._loop()
@@ -160,9 +163,16 @@ class Trainer:
             self._save()
         return Outcome("completed", self._finish())
 
+    def _next_event(self) -> float:
+        """The next step after which `_loop` may act (validate, save, stop or end), besides the end of an
+        epoch and a stop signal received here, which `_train_steps` sees itself."""
+        step = self.state.step
+        return min(self.total_steps, self.checkpoints.next_save_due(step), self.stops.next_agreement(step))
+
     def _train_steps(self) -> Iterator[bool]:
-        """Train from the saved position to the end of the epoch, yielding after every optimizer step
-        whether it ended the epoch (then the epoch's timing is logged and the position moves on)."""
+        """Train from the saved position to the end of the epoch. After an optimizer step that may need
+        `_loop` (see _next_event, the end of the epoch, a stop signal here), yield whether it ended the epoch
+        (then the epoch's timing is logged and the position moves on); the other steps go straight on."""
         state, recipe, micro_per_epoch = self.state, self.recipe, self.micro_per_epoch
         accum, epoch, epoch_start = recipe.trainer.grad_accum_steps, state.epoch, state.batch_in_epoch
         batch_size, log_every = recipe.data.batch_size, recipe.trainer.log_every_steps
@@ -173,10 +183,14 @@ class Trainer:
         ))
         batches = iterate(self.data.train, iter(indices), recipe.data.num_workers)
         # The step's calls as locals: on a small model the loop's own Python is a visible part of a step.
-        model, loss_fn, backward = self.model, self.scoring.loss_fn, self.calls.backward
-        gradient_sync = self.strategy.gradient_sync
+        model, loss_fn, backward, add_loss = self.model, self.scoring.loss_fn, self.calls.backward, self.loss.add
+        optimizer_step, zero_grad = self.calls.step, self.calls.zero_grad
+        scheduler_step = None if self.scheduler is None else self.scheduler.step
+        grad_clip, clip_grad_norm = recipe.trainer.grad_clip, self.accelerator.clip_grad_norm_
+        gradient_sync, stops = self.strategy.gradient_sync, self.stops
         device = self.accelerator.device
         move = device.type != "cpu"  # batches are made on the CPU; .to() there would return them as they are
+        next_event = self._next_event()
         group_indices: list[int] = []
         model.train()
         with self._progress(epoch) as progress:
@@ -188,16 +202,20 @@ class Trainer:
                 last_in_group = micro + 1 == group_start + group_size
                 if move:
                     inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-                with gradient_sync(model, enabled=last_in_group):
+                with _ALWAYS_SYNCED if accum == 1 else gradient_sync(model, enabled=last_in_group):
                     loss = loss_fn(model(inputs).float(), targets)
                     backward(loss if group_size == 1 else loss / group_size)
-                self._loss_sum += loss.detach()
-                state.loss_count += 1
+                add_loss(loss.detach())
                 if self.sample_log is not None:
                     group_indices += indices[micro - epoch_start].tolist()
                 if not last_in_group:
                     continue
-                self._optimizer_step()
+                if grad_clip:
+                    clip_grad_norm(model.parameters(), grad_clip)
+                optimizer_step()
+                zero_grad()
+                if scheduler_step is not None:
+                    scheduler_step()
                 state.step += 1
                 if self._started is not None:
                     self.tracker.log({"train/startup_seconds": time.perf_counter() - self._started}, state.step, epoch + 1)
@@ -217,15 +235,10 @@ class Trainer:
                     timing = {"train/epoch_seconds": seconds, "train/samples_per_second": samples / max(seconds, 1e-9)}
                     self.tracker.log(timing, state.step, epoch + 1)
                     state.epoch, state.batch_in_epoch = epoch + 1, 0
+                elif state.step < next_event and not stops.received:
+                    continue
                 yield end_of_epoch
-
-    def _optimizer_step(self) -> None:
-        if self.recipe.trainer.grad_clip:
-            self.accelerator.clip_grad_norm_(self.model.parameters(), self.recipe.trainer.grad_clip)
-        self.calls.step()
-        self.calls.zero_grad()
-        if self.scheduler is not None:
-            self.scheduler.step()
+                next_event = self._next_event()
 
     def _progress(self, epoch: int) -> tqdm:
         return tqdm(
@@ -236,14 +249,20 @@ class Trainer:
             leave=False,
         )
 
+    def _loss_sum_over_processes(self) -> tuple[float, int]:
+        """The mean over processes of their unlogged training-loss sums, and this process's count of them."""
+        total, count = self.loss.read()
+        total_tensor = torch.tensor(total, dtype=torch.float64, device=self.processes.device)
+        return self.processes.mean(total_tensor).item(), count
+
     def _log_train_loss(self) -> None:
         state = self.state
-        mean_loss = self.processes.mean(self._loss_sum).item() / max(state.loss_count, 1)
+        total, count = self._loss_sum_over_processes()
+        mean_loss = total / max(count, 1)
         self._require_finite(mean_loss, "training loss")
         lr = self.optimizer.param_groups[0]["lr"]
         self.tracker.log({"train/loss": mean_loss, "lr": lr}, state.step, state.epoch + 1)
-        self._loss_sum.zero_()
-        state.loss_count = 0
+        self.loss.reset()
 
     def _validate(self) -> None:
         state = self.state
@@ -265,7 +284,7 @@ class Trainer:
         long training waited for it and how long the previous checkpoint took to write in the background."""
         started = time.perf_counter()
         written = self._wait_for_checkpoint()
-        self.state.loss_sum = self.processes.mean(self._loss_sum.clone()).item()
+        self.state.loss_sum, self.state.loss_count = self._loss_sum_over_processes()
         self._require_finite(self.state.loss_sum, "training loss")
         with disk_writes("a checkpoint", self.state.step, self.run.checkpoints):
             self.checkpoints.save(self.state, self.recipe.to_dict())

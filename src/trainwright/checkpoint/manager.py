@@ -58,6 +58,10 @@ class CheckpointManager:
         """Ask the save policy (see SavePolicy.should_save); every process gets the same answer."""
         return self.policy.should_save(step, epoch, **when)
 
+    def next_save_due(self, step: int) -> float:
+        """The first step after `step` that the step interval saves (see SavePolicy.next_due)."""
+        return self.policy.next_due(step)
+
     def save(self, state: TrainState, recipe: dict[str, Any]) -> Path:
         """Checkpoint `state.step`; every process must call this. Training waits only for the state to be
         copied (and, under fsdp, for the shards to be written); the main process writes the rest, hashes

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from trainwright.recipe import CheckpointConfig
 
 
@@ -25,6 +27,11 @@ class SavePolicy:
         if self.every_steps and step % self.every_steps == 0:
             return True
         return end_of_epoch and bool(self.every_epochs) and epoch % self.every_epochs == 0
+
+    def next_due(self, step: int) -> float:
+        """The first step after `step` that `every_steps` saves (inf when it is off); the other saves come at
+        the end of an epoch, a stop or the end of the run, which the loop knows of itself."""
+        return (step // self.every_steps + 1) * self.every_steps if self.every_steps else math.inf
 
     def saved(self, step: int) -> None:
         """Record that the state at `step` is on disk (saved now, or the checkpoint a run resumed from)."""
