@@ -22,7 +22,8 @@ from benchmarks.workloads import FULL, QUICK, large_state_workload, training_wor
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run of every row on small data (not a measurement)")
-    parser.add_argument("--repeats", type=int, help=f"interleaved repeats (default {FULL.repeats}; --quick {QUICK.repeats})")
+    parser.add_argument("--repeats", type=int, help=f"interleaved repeats of every table (default {FULL.repeats}, "
+                        f"heart {FULL.heart_repeats}; --quick {QUICK.repeats})")
     parser.add_argument("--threads", type=int, default=1, help="torch threads in every process (default 1)")
     parser.add_argument("--out", type=Path, help="also write the Markdown here")
     args = parser.parse_args()
@@ -32,7 +33,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="trainwright-bench-") as tmp:
         context = Context(Path(tmp), args.quick, args.threads)
         write_all(context.data_root, scale)
-        sections = [report.training_table(w, interleaved(w, context, repeats), args.threads)
+        sections = [report.training_table(w, interleaved(w, context, args.repeats or w.repeats(scale)), args.threads)
                     for w in training_workloads(context.data_root, scale)]
         sections.append(report.ddp_table(measure_ddp(context, repeats)))
         sections.append(report.startup_table(measure_startup(context, runs=max(repeats, scale.startup_runs))))

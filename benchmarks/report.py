@@ -49,7 +49,8 @@ def machine(threads: int, repeats: int, load_before: str) -> str:
         f"torch {_version('torch')}, accelerate {_version('accelerate')}, "
         f"pytorch-lightning {_version('pytorch-lightning')}, trainwright at {_commit()}. "
         f"{threads} thread(s) per process (OMP_NUM_THREADS and torch.set_num_threads). Every row is a fresh process; "
-        f"median of {repeats} interleaved repeat(s). Load average (1/5/15 min) at the start: {load_before}, "
+        f"medians of interleaved rounds ({repeats} unless a table says otherwise: each round runs every row once). "
+        f"Load average (1/5/15 min) at the start: {load_before}, "
         f"at the end: {load_average()}."
     )
 
@@ -58,16 +59,30 @@ def _seconds(samples: Samples) -> str:
     return f"{samples.median:.2f} | {samples.spread()}"
 
 
+def _epoch_seconds(samples: Samples) -> str:
+    """Three decimals: the heart epochs are about a third of a second."""
+    spread = f"{min(samples.values):.3f}-{max(samples.values):.3f}" if len(samples.values) > 1 else "-"
+    return f"{samples.median:.3f} | {spread}"
+
+
+def _round_ratios(mine: Samples, theirs: Samples) -> str:
+    """trainwright's epoch over another row's, round by round (the rows of a round run one after the other)."""
+    ratios = Samples([a / b for a, b in zip(mine.values, theirs.values, strict=True)])
+    return f"median {ratios.median:.3f} (range {min(ratios.values):.3f}-{max(ratios.values):.3f})"
+
+
 def training_table(workload: Workload, results: dict[str, RowResult], threads: int) -> str:
-    """One epoch per row: median and range of seconds, trainwright's median over the row's, peak RSS."""
-    mine = results["trainwright"].seconds.median
+    """One epoch per row: median and range of seconds, trainwright's median over the row's, peak RSS; and
+    trainwright over the hand-written loop round by round."""
+    mine = results["trainwright"].seconds
+    rounds = len(mine.values)
     lines = [
-        f"### {workload.title}, one epoch",
+        f"### {workload.title}, one epoch ({rounds} interleaved round{'s' if rounds > 1 else ''})",
         "",
         "| loop | epoch s (median) | range s | trainwright / loop | peak RSS MiB (whole process) |",
         "|---|---:|---:|---:|---:|",
     ]
-    notes = []
+    notes = [f"trainwright / hand-written loop per round: {_round_ratios(mine, results['hand-written'].seconds)}."]
     for row in ROWS:
         result = results.get(row.key)
         if result is None:
@@ -75,15 +90,15 @@ def training_table(workload: Workload, results: dict[str, RowResult], threads: i
             notes.append(f"The {row.key} row was skipped: `{row.missing()}` is not installed "
                          "(`pip install -c constraints.txt -e '.[bench]'`).")
             continue
-        lines.append(f"| {row.label(workload)} | {_seconds(result.seconds)} | {mine / result.seconds.median:.2f} | "
-                     f"{result.peak_rss_mib.median:.0f} |")
+        lines.append(f"| {row.label(workload)} | {_epoch_seconds(result.seconds)} | "
+                     f"{mine.median / result.seconds.median:.2f} | {result.peak_rss_mib.median:.0f} |")
         if result.threads != {threads}:
             notes.append(f"The {row.key} row ran with {sorted(result.threads)} threads, not {threads}.")
         if result.first_epoch.values:
             notes.append(f"With `trainer.compile=true` the first epoch took {result.first_epoch.median:.2f} s "
                          f"(range {result.first_epoch.spread()}; torch.compile's work included, from its on-disk "
                          f"cache after the first repeat), the second {result.seconds.median:.2f} s against "
-                         f"{mine:.2f} s without compile.")
+                         f"{mine.median:.2f} s without compile.")
     return "\n".join(lines + [""] + notes).rstrip()
 
 
