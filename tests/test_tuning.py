@@ -135,11 +135,14 @@ def test_a_sweep_run_again_trains_only_the_unfinished_and_missing_trials(sweep_r
     for name in ("model.safetensors", "summary.json"):  # trial 4 stopped before its end
         (folder / "trial_004" / name).unlink()
     shutil.rmtree(folder / "trial_006")  # trial 6 never started
-    untouched = {t.name: (t / "model.safetensors").stat().st_mtime_ns for t in folder.glob("trial_00[1235]")}
+    weights = folder / "trial_002" / "model.safetensors"  # trial 2 completed, then its weights were cut short
+    weights.write_bytes(weights.read_bytes()[:100])
+    (folder / "trial_005" / "summary.json").write_text('{"status": "compl')  # and trial 5's summary
+    untouched = {t.name: (t / "model.safetensors").stat().st_mtime_ns for t in folder.glob("trial_00[13]")}
     result = assert_ok(run_cli("sweep", SWEEP, *TINY_SWEEP, "--run-dir", folder))
-    assert result.stderr.count("training in") == 2, result.stderr
+    assert result.stderr.count("training in") == 4, result.stderr
     assert {t: (folder / t / "model.safetensors").stat().st_mtime_ns for t in untouched} == untouched
-    for name in ("trial_004", "trial_006"):
+    for name in ("trial_002", "trial_004", "trial_005", "trial_006"):
         assert (folder / name / "model.safetensors").read_bytes() == (done / name / "model.safetensors").read_bytes()
 
     def ranked(path: Path) -> list[dict]:

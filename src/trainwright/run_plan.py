@@ -80,7 +80,7 @@ def plan_run(
             allow_data_change=allow_data_change,
         )
     notes: list[str] = []
-    summary = _completed_summary(run, notes)
+    summary = completed_run_summary(run, notes)
     if summary is not None:
         try:
             if run.saved_recipe_is(recipe):
@@ -106,7 +106,7 @@ def plan_run(
     )
 
 
-def _completed_summary(run: RunDir, notes: list[str]) -> dict[str, Any] | None:
+def completed_run_summary(run: RunDir, notes: list[str]) -> dict[str, Any] | None:
     """summary.json of a completed run whose final weights are there; a damaged summary or missing
     weights are noted, and the run goes on from its newest checkpoint, which writes them again."""
     try:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from trainwright.errors import EXIT_NONFINITE, EXIT_PREEMPTED
+from trainwright.run_plan import completed_run_summary
 from trainwright.rundir import RunDir
 
 _FORWARDED = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
@@ -33,9 +34,10 @@ class Job:
     exit_code: int | None = field(default=None, init=False)
 
     def completed(self) -> dict[str, Any] | None:
-        """The run's summary when it completed (then it is not started again)."""
+        """The run's summary when it completed and its final weights are whole (then it is not started
+        again). A damaged summary or missing weights start it: `train` writes them again and says so."""
         run = RunDir(self.run_dir)
-        return run.completed_summary() if run.holds_run() else None
+        return completed_run_summary(run, notes=[]) if run.holds_run() else None
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "trainwright", "train", str(self.recipe), *self.overrides, "--run-dir",
