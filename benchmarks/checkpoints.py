@@ -3,7 +3,8 @@
 Per interleaved repeat, three fresh processes: trainwright's epoch without checkpoints, the same epoch with
 a checkpoint every `save_every` steps (and the stall/write seconds trainwright logs per save, where it
 logs them), and the reference: the same state's tensors copied in memory, and written with a plain
-`safetensors.torch.save_file` + fsync."""
+`safetensors.torch.save_file` + fsync; then what a resume does with such a file, apart: the sha256 that
+checks it against the manifest, and the load after it (the file now in the page cache)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ def reference_save(workload: Workload) -> dict[str, Any]:
     from safetensors.torch import save_file
 
     from trainwright.components import build_model, build_optimizer
+    from trainwright.files import sha256
     from trainwright.recipe import load_recipe
 
     recipe = load_recipe(workload.recipe, list(workload.overrides))
@@ -50,8 +52,24 @@ def reference_save(workload: Workload) -> dict[str, Any]:
         finally:
             os.close(descriptor)
         save_seconds = time.perf_counter() - started
+        verify_seconds, load_seconds = _resume_passes(path, sha256)
     state_mb = sum(value.nbytes for value in tensors.values()) / 1e6
-    return {"copy_seconds": copy_seconds, "save_seconds": save_seconds, "state_mb": state_mb}
+    return {"copy_seconds": copy_seconds, "save_seconds": save_seconds, "state_mb": state_mb,
+            "verify_seconds": verify_seconds, "load_seconds": load_seconds}
+
+
+def _resume_passes(path: Path, sha256: Any) -> tuple[float, float]:
+    """Seconds of a resume's two passes over a checkpoint file: the sha256 (trainwright.files.sha256, as its
+    manifest check runs), then safetensors' load_file with every tensor read once (a sum of each)."""
+    from safetensors.torch import load_file
+
+    started = time.perf_counter()
+    sha256(path)
+    verify_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    for tensor in load_file(path).values():
+        tensor.sum()
+    return verify_seconds, time.perf_counter() - started
 
 
 @dataclass
@@ -64,6 +82,8 @@ class LargeState:
     sync_stall: Samples = field(default_factory=Samples)  # checkpoint/stall_seconds with checkpoint.async=false
     copy: Samples = field(default_factory=Samples)
     save: Samples = field(default_factory=Samples)
+    verify: Samples = field(default_factory=Samples)  # a resume's sha256 of the saved state
+    load: Samples = field(default_factory=Samples)  # ... and its load after that
     state_mb: float = 0.0
 
     def cost_per_save(self, saves_in_epoch: int) -> float:
@@ -84,5 +104,7 @@ def measure_large_state(context: Context, repeats: int) -> LargeState:
         reference = job("reference-save", "large", context)
         result.copy.values.append(reference["copy_seconds"])
         result.save.values.append(reference["save_seconds"])
+        result.verify.values.append(reference["verify_seconds"])
+        result.load.values.append(reference["load_seconds"])
         result.state_mb = reference["state_mb"]
     return result
