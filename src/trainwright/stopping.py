@@ -41,10 +41,12 @@ class StopSignals:
         """While inside, a stop signal only sets the flag (a second one changes nothing)."""
 
         def request_stop(signum: int, _frame: Any) -> None:
-            if not self.received:
+            # The flag first: a second signal can interrupt the print (the launcher forwards the signal that
+            # Slurm also sent to the whole process group) and must find it set, so the message comes once.
+            first, self.received = not self.received, signum
+            if first:
                 then = "finishing the run first" if self.finishing else "saving a checkpoint after this step"
                 print(f"trainwright: got {signal.Signals(signum).name}; {then}", file=sys.stderr, flush=True)
-            self.received = signum
 
         previous = {sig: signal.signal(sig, request_stop) for sig in STOP_SIGNALS}
         try:
