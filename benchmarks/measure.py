@@ -69,8 +69,9 @@ class Samples:
     def median(self) -> float:
         return statistics.median(self.values)
 
-    def spread(self) -> str:
-        return f"{min(self.values):.2f}-{max(self.values):.2f}" if len(self.values) > 1 else "-"
+    def spread(self, decimals: int = 2) -> str:
+        low, high = min(self.values), max(self.values)
+        return f"{low:.{decimals}f}-{high:.{decimals}f}" if len(self.values) > 1 else "-"
 
 
 @dataclass

@@ -61,14 +61,13 @@ def _seconds(samples: Samples) -> str:
 
 def _epoch_seconds(samples: Samples) -> str:
     """Three decimals: the heart epochs are about a third of a second."""
-    spread = f"{min(samples.values):.3f}-{max(samples.values):.3f}" if len(samples.values) > 1 else "-"
-    return f"{samples.median:.3f} | {spread}"
+    return f"{samples.median:.3f} | {samples.spread(3)}"
 
 
 def _round_ratios(mine: Samples, theirs: Samples) -> str:
     """trainwright's epoch over another row's, round by round (the rows of a round run one after the other)."""
     ratios = Samples([a / b for a, b in zip(mine.values, theirs.values, strict=True)])
-    return f"median {ratios.median:.3f} (range {min(ratios.values):.3f}-{max(ratios.values):.3f})"
+    return f"median {ratios.median:.3f} (range {ratios.spread(3)})"
 
 
 def training_table(workload: Workload, results: dict[str, RowResult], threads: int) -> str:
