@@ -105,12 +105,12 @@ class SweepSpec(BaseModel):
         time; a spec of more than MAX_TRIALS trials is refused first."""
         count = self.count()
         if count > MAX_TRIALS:
-            sizes = " x ".join(str(len(p.choices() or ())) for p in self.parameters.values())
-            shape = f" ({sizes} values)" if self.method == "grid" else ""
-            raise UserError(
-                f"the sweep has {count:,} trials{shape}, more than the {MAX_TRIALS:,} a sweep may have; give fewer "
-                "values, or run_cap: N to take the first N" + (" of the grid" if self.method == "grid" else "")
-            )
+            if self.method == "grid":
+                sizes = " x ".join(str(len(p.choices())) for p in self.parameters.values())
+                shape, fix = f" ({sizes} values)", "give fewer values, or run_cap: N to take the first N of the grid"
+            else:
+                shape, fix = "", f"lower run_cap to {MAX_TRIALS:,} or less"
+            raise UserError(f"the sweep has {count:,} trials{shape}, more than the {MAX_TRIALS:,} a sweep may have; {fix}")
         if self.method == "grid":
             keys = list(self.parameters)
             combinations = itertools.product(*(self.parameters[k].choices() for k in keys))
