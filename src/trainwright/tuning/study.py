@@ -37,9 +37,8 @@ def claim(folder: Path, spec_file: str, spec: dict[str, Any], command: str, reci
           set_per_run: tuple[str, ...] = ()) -> None:
     """Create `folder` with `spec_file` (the spec and the resolved `recipe`), or check that the one there
     holds the same spec and a recipe that differs at most in STUDY_RESUMABLE keys and in `set_per_run`
-    (keys the study itself sets for each run from its spec, such as the fold). A swept key's value in the
-    recipe is compared too: it changes no trial, but it is refused like any other edit rather than guessed
-    harmless."""
+    (keys the study itself sets for each run from its spec: the fold). A swept key's value in the recipe
+    is compared too (every trial overrides it, but an edit of it is refused like any other)."""
     path = folder / spec_file
     resolved = pin_paths(recipe).to_dict()
     record = {**spec, RECIPE_KEY: resolved}
