@@ -402,7 +402,7 @@ def test_a_recipe_edited_between_cv_runs_is_refused_and_a_harmless_edit_is_not(c
     folder = tmp_path / "cv"
     shutil.copytree(cv_run, folder)
     result = assert_ok(run_cli("cv", HEART, "--folds", "3", *CV_ARGS, "checkpoint.keep_last=3", "--run-dir", folder))
-    assert "Recipe changed since the cv started (allowed): checkpoint.keep_last (2 -> 3)" in result.stdout
+    assert f"Recipe changed since the cv in {folder} started (allowed): checkpoint.keep_last (2 -> 3)" in result.stdout
     assert "training in" not in result.stderr
     assert json.loads((folder / "cv_summary.json").read_text()) == json.loads((cv_run / "cv_summary.json").read_text())
 

@@ -40,40 +40,44 @@ def claim(folder: Path, spec_file: str, spec: dict[str, Any], command: str, reci
     (keys the study itself sets for each run from its spec: the fold). A swept key's value in the recipe
     is compared too (every trial overrides it, but an edit of it is refused like any other)."""
     path = folder / spec_file
-    resolved = pin_paths(recipe).to_dict()
-    record = {**spec, RECIPE_KEY: resolved}
+    record = json.loads(json.dumps({**spec, RECIPE_KEY: pin_paths(recipe).to_dict()}))  # as it reads back
     if path.is_file():
         saved = json.loads(path.read_text())
         legacy = RECIPE_KEY not in saved  # written before the resolved recipe was: compare as it was then
         compared = () if legacy else (*RECORDED_AS_GIVEN, RECIPE_KEY)
         before = {k: v for k, v in saved.items() if k not in compared}
-        written = json.loads(json.dumps(record))
-        now = {k: v for k, v in written.items() if k not in (*compared, RECIPE_KEY)}
+        now = {k: v for k, v in record.items() if k not in (*compared, RECIPE_KEY)}
         if before != now:
             raise UserError(
                 f"{folder} holds a {command} with other settings ({path}):\n  before: {_short(before)}\n  now:    "
                 f"{_short(now)}\nrun the same command as before to go on, or choose another --run-dir"
             )
-        changes = {} if legacy else {
-            key: text for key, text in describe_changes(saved[RECIPE_KEY], resolved).items()
-            if not any(key == k or key.startswith(k + ".") for k in set_per_run)
-        }
-        refused = [text for key, text in changes.items() if not key.startswith(STUDY_RESUMABLE)]
-        if refused:
-            raise UserError(
-                f"the recipe changed since the {command} in {folder} started, in ways that change its runs (those "
-                "already trained used the old values):\n  " + "\n  ".join(refused) + "\nRun it with the recipe as "
-                f"it was, or give the changed recipe another --run-dir (the {command} in {folder} is kept)"
-            )
-        if changes:
-            print(f"Recipe changed since the {command} started (allowed): " + "; ".join(changes.values()), flush=True)
-        if saved != written:  # the recipe as given now, and the allowed changes
+        if not legacy:
+            _check_recipe(saved[RECIPE_KEY], record[RECIPE_KEY], set_per_run, f"the {command} in {folder}")
+        if saved != record:  # the recipe as given now, with the allowed changes
             write_json_atomic(path, record)
         return
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise UserError(f"--run-dir {folder} exists and is not a {command} folder (no {spec_file}); choose another")
     folder.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, record)
+
+
+def _check_recipe(saved: dict[str, Any], resolved: dict[str, Any], set_per_run: tuple[str, ...], study: str) -> None:
+    """Refuse a recipe that changed since `study` started in keys that change its runs; say the others."""
+    changes = {
+        key: text for key, text in describe_changes(saved, resolved).items()
+        if not any(key == k or key.startswith(k + ".") for k in set_per_run)
+    }
+    refused = [text for key, text in changes.items() if not key.startswith(STUDY_RESUMABLE)]
+    if refused:
+        raise UserError(
+            f"the recipe changed since {study} started, in ways that change its runs (those already trained used "
+            "the old values):\n  " + "\n  ".join(refused) + "\nRun it with the recipe as it was, or give the "
+            f"changed recipe another --run-dir ({study} is kept)"
+        )
+    if changes:
+        print(f"Recipe changed since {study} started (allowed): " + "; ".join(changes.values()), flush=True)
 
 
 def _short(spec: dict[str, Any]) -> str:
