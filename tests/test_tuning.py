@@ -5,6 +5,8 @@ a Slurm job array, and one message for every bad spec before any run starts."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -13,18 +15,23 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 import torch
 import yaml
 
 import processes
-from conftest import RECIPES, REPO, assert_ok, cli_env, no_credentials_env, run_cli, wandb_records
-from reliability_helpers import HEART, HOUSE, user_error
+from conftest import (RECIPES, REPO, assert_ok, checkpoint_steps, cli_env, describe, newest_valid_checkpoint,
+                      no_credentials_env, run_cli, wandb_records)
+from reliability_helpers import HEART, HOUSE, snapshot, user_error
 from test_slurm import _job_env, needs_cluster
 from trainwright.cli import main
 from trainwright.components import build_data
 from trainwright.data.folds import Fold
 from trainwright.recipe import load_recipe
+from trainwright.tuning.cv import print_table
+from trainwright.tuning.space import MAX_TRIALS, Metric, load_spec
+from trainwright.tuning.sweep import trial_jobs, write_results
 
 SWEEP = RECIPES / "sweeps" / "heart_lr_width.yaml"
 # 40,000 points, 3 folds: ~420 steps per fold, a checkpoint every 50 (so a kill lands inside a fold).
@@ -126,6 +133,22 @@ def test_the_shipped_sweep_trains_six_trials_and_ranks_them(sweep_run):
     assert printed.count("completed") == 6 and "rank" in printed
 
 
+@pytest.mark.parametrize("goal", ["minimize", "maximize"])
+def test_the_leaderboard_ranks_the_trials_in_the_direction_of_the_goal(sweep_run, tmp_path, goal):
+    """The six trials' val/loss all differ (their accuracies tie on this tiny data), so the order is checked:
+    best first, lowest for minimize, highest for maximize."""
+    done, _ = sweep_run
+    spec, recipe = load_spec(SWEEP)
+    spec = spec.model_copy(update={"metric": Metric(name="val/loss", goal=goal)})
+    jobs = trial_jobs(spec, recipe, TINY_SWEEP, done)
+    rows = write_results(spec, jobs, tmp_path)
+    loss = {job.name: _summary(job.run_dir)["val/loss"] for job in jobs}
+    assert len(set(loss.values())) == 6, loss
+    assert [row["trial"] for row in rows] == sorted(loss, key=loss.get, reverse=goal == "maximize")
+    assert [row["val/loss"] for row in rows] == sorted(loss.values(), reverse=goal == "maximize")
+    assert list(pd.read_csv(tmp_path / "sweep.csv")["trial"]) == [row["trial"] for row in rows]
+
+
 def test_a_sweep_run_again_trains_only_the_unfinished_and_missing_trials(sweep_run, tmp_path):
     import shutil
 
@@ -209,7 +232,8 @@ def test_a_bad_sweep_spec_is_one_message_before_any_run(capsys, tmp_path, change
 
 
 @pytest.mark.parametrize(("argv", "fragments"), [
-    (["--folds", "1"], ("at least 2",)),
+    (["--folds", "1"], ("--folds must be at least 2, got 1",)),
+    (["--folds", "0"], ("--folds must be at least 2, got 0",)),  # not argparse's "at least 1"
     (["--folds", "5", "data.num_points=3"], ("cv.folds=5", "more folds than the 3 items")),
     ([], ("--folds K",)),
 ])
@@ -306,3 +330,173 @@ def test_plot_on_a_cv_or_sweep_folder_draws_the_comparison(capsys, cv_run, sweep
         assert main(["plot", str(folder)]) == 0
         assert capsys.readouterr().out.split() == [str(folder / "plots" / name)]
         assert (folder / "plots" / name).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+# --- issue 19: studies that are killed, edited, huge or in use --------------------------------------------
+
+# 40,000 points in one epoch: ~500 steps, a checkpoint every 50, so a signal lands inside the training.
+LONG_TRIAL = ["data.num_points=40000", "trainer.epochs=1", "checkpoint.every_steps=50", "logging.wandb=false"]
+
+
+def _two_trial_spec(tmp_path: Path) -> Path:
+    spec = tmp_path / "two.yaml"
+    spec.write_text(yaml.safe_dump({"recipe": str(HEART), "method": "grid", "metric": {"name": "val/loss"},
+                                    "parameters": {"optimizer.lr": {"values": [0.05, 0.01]}}}))
+    return spec
+
+
+def _trainings(sweep) -> list:
+    """The `trainwright train` processes a study started (its children)."""
+    return [p for p in sweep.children() if "train" in p.cmdline()]
+
+
+def test_a_huge_grid_is_one_message_at_once(capsys, tmp_path):
+    """8 keys of 10 values: 10^8 trials, counted without making them, refused before anything is written."""
+    keys = ["optimizer.lr", "optimizer.momentum", "optimizer.weight_decay", "trainer.epochs", "data.batch_size",
+            "seed", "data.num_points", "trainer.grad_clip"]
+    spec = _spec(tmp_path, parameters={key: {"values": list(range(1, 11))} for key in keys})
+    user_error(capsys, "sweep", spec, "--run-dir", tmp_path / "sweep",
+               fragments=("100,000,000 trials", "10 x 10 x 10 x 10 x 10 x 10 x 10 x 10 values", f"{MAX_TRIALS:,}",
+                          "run_cap"))
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_a_capped_grid_is_made_one_trial_at_a_time(tmp_path):
+    """run_cap takes the first N of a grid too large to make whole, in the grid's order."""
+    keys = [f"k{n}" for n in range(8)]
+    spec, _ = load_spec(_spec(tmp_path, run_cap=3, parameters={key: {"values": list(range(10))} for key in keys}))
+    assert spec.count() == 3
+    assert [list(trial.values()) for trial in spec.trials()] == [[0] * 7 + [n] for n in range(3)]
+
+
+def test_a_recipe_edited_between_sweep_runs_is_refused_with_the_changed_keys(capsys, sweep_run, tmp_path):
+    """The same spec on an edited recipe file: refused, naming the changed keys, the folder untouched. A
+    swept key (model.hidden) counts too."""
+    done, _ = sweep_run
+    (tmp_path / "sweeps").mkdir()
+    spec = tmp_path / "sweeps" / SWEEP.name
+    spec.write_text(SWEEP.read_text())  # recipe: ../heart.yaml, now the edited copy beside it
+    recipe = yaml.safe_load(HEART.read_text())
+    recipe["model"]["hidden"], recipe["optimizer"]["momentum"] = [8, 4], 0.5
+    (tmp_path / "heart.yaml").write_text(yaml.safe_dump(recipe))
+    before = snapshot(done)
+    message = user_error(capsys, "sweep", spec, *TINY_SWEEP, "--run-dir", done,
+                         fragments=("the recipe changed since the sweep in", "model.hidden ([72, 36] -> [8, 4])",
+                                    "optimizer.momentum (0.9 -> 0.5)", "another --run-dir"))
+    assert "optimizer.lr" not in message
+    assert snapshot(done) == before
+
+
+def test_a_recipe_edited_between_cv_runs_is_refused_and_a_harmless_edit_is_not(capsys, cv_run, tmp_path):
+    import shutil
+
+    recipe = yaml.safe_load(HEART.read_text())
+    recipe["optimizer"]["lr"] = recipe["optimizer"]["lr"] * 2
+    edited = tmp_path / "heart.yaml"
+    edited.write_text(yaml.safe_dump(recipe))
+    before = snapshot(cv_run)
+    user_error(capsys, "cv", edited, "--folds", "3", *CV_ARGS, "--run-dir", cv_run,
+               fragments=("the recipe changed since the cv in", f"optimizer.lr ({recipe['optimizer']['lr'] / 2!r} -> "))
+    assert snapshot(cv_run) == before
+    # How often checkpoints are kept changes no fold's weights or metrics: the finished CV is summarised again.
+    folder = tmp_path / "cv"
+    shutil.copytree(cv_run, folder)
+    result = assert_ok(run_cli("cv", HEART, "--folds", "3", *CV_ARGS, "checkpoint.keep_last=3", "--run-dir", folder))
+    assert f"Recipe changed since the cv in {folder} started (allowed): checkpoint.keep_last (2 -> 3)" in result.stdout
+    assert "training in" not in result.stderr
+    assert json.loads((folder / "cv_summary.json").read_text()) == json.loads((cv_run / "cv_summary.json").read_text())
+
+
+def test_the_cv_table_keeps_its_columns_apart_for_large_regression_metrics(capsys):
+    folds = {"fold_1": {"val/loss": 0.25, "val/mae": 123456.789}, "fold_2": {"val/loss": 0.5, "val/mae": 23456.7}}
+    print_table({"folds": folds, "mean": {"val/loss": 0.375, "val/mae": 73456.7445},
+                 "std": {"val/loss": 0.125, "val/mae": 50000.0445}})
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split() for line in lines] == [
+        ["fold", "val/loss", "val/mae"], ["fold_1", "0.2500", "123456.7890"], ["fold_2", "0.5000", "23456.7000"],
+        ["mean±std", "0.3750±0.1250", "73456.7445±50000.0445"]]
+    assert len({len(line) for line in lines}) == 1  # right-aligned columns: every line ends at the last one's edge
+
+
+def test_a_sweep_killed_by_sigkill_ends_its_trials_with_a_checkpoint(tmp_path, start):
+    """SIGKILL of the sweep process alone (not its children): each training gets SIGTERM from the kernel
+    (its parent-death signal), saves a checkpoint and exits; none trains on as an orphan. The same
+    command then resumes them."""
+    folder = tmp_path / "sweep"
+    command = [sys.executable, "-m", "trainwright", "sweep", _two_trial_spec(tmp_path), *LONG_TRIAL, "--run-dir",
+               folder, "--parallel", "2"]
+    sweep = start(command, cli_env(), name="sweep")
+    trials = [folder / "trial_001", folder / "trial_002"]
+    sweep.wait_for("a checkpoint of both trials", lambda: all(checkpoint_steps(t) for t in trials))
+    trainings = _trainings(sweep)
+    assert len(trainings) == 2
+    sweep.signal(signal.SIGKILL)
+    _, alive = psutil.wait_procs(trainings, timeout=120)
+    assert not alive, [p.cmdline() for p in alive]
+    for trial in trials:
+        log = (folder / f"{trial.name}.log").read_text()
+        assert "got SIGTERM; saving a checkpoint" in log and "Stopped at step" in log, log
+        step = int(log.split("Stopped at step ")[1].split(":")[0])
+        assert newest_valid_checkpoint(trial) == step and not (trial / "summary.json").exists()
+    result = assert_ok(run_cli("sweep", _two_trial_spec(tmp_path), *LONG_TRIAL, "--run-dir", folder))
+    assert result.stdout.count("Resuming from step") == 2 and result.stdout.count("completed") == 2
+
+
+@pytest.mark.parametrize("when", ["training", "starting"])
+def test_a_sweep_stopped_by_sigterm_exits_75(tmp_path, start, when):
+    """SIGTERM to the sweep alone, while its trainings train (they save a checkpoint) or while they are
+    still starting (they end before training): exit 75, the documented code, and no training left."""
+    folder = tmp_path / "sweep"
+    command = [sys.executable, "-m", "trainwright", "sweep", _two_trial_spec(tmp_path), *LONG_TRIAL, "--run-dir",
+               folder, "--parallel", "2"]
+    sweep = start(command, cli_env(), name="sweep")
+    if when == "training":
+        sweep.wait_for("a checkpoint", lambda: checkpoint_steps(folder / "trial_001"))
+    else:
+        sweep.wait_for_text("trial_002: training in")
+    trainings = _trainings(sweep)
+    sweep.signal(signal.SIGTERM)
+    assert sweep.finish() == 75, sweep.describe()
+    assert not [p for p in trainings if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    output = sweep.output()
+    assert "Traceback" not in output and "failed" not in output, output
+    if when == "training":
+        assert "trial_001: stopped with a checkpoint" in output
+        assert "Stopped at step" in (folder / "trial_001.log").read_text()
+
+
+def test_a_trial_in_use_by_another_process_is_said_and_left_alone(sweep_run, tmp_path):
+    """A trial's run dir locked by another process (a `train` of it by hand, say): the sweep says so, does
+    not start it, keeps its files and log, trains the others and exits 2."""
+    import shutil
+
+    from trainwright.rundir import RunDir
+    from trainwright.runlock import RunLock
+
+    done, _ = sweep_run
+    folder = tmp_path / "sweep"
+    shutil.copytree(done, folder)
+    for name in ("model.safetensors", "summary.json"):
+        (folder / "trial_002" / name).unlink()  # unfinished
+    (folder / "trial_002.log").write_text("the log of an earlier run\n")
+    before = snapshot(folder)
+    with RunLock(RunDir(folder / "trial_002")):
+        result = run_cli("sweep", SWEEP, *TINY_SWEEP, "--run-dir", folder, "--parallel", "2")
+    assert result.returncode == 2, describe(result)
+    assert f"trial_002: not trained: {folder / 'trial_002'} is in use by another process (pid {os.getpid()}" in \
+        result.stderr, describe(result)
+    assert "failed" not in result.stderr and "training in" not in result.stderr
+    assert {k: v for k, v in snapshot(folder).items() if k.startswith("trial_002")} == \
+        {k: v for k, v in before.items() if k.startswith("trial_002")}
+
+
+def test_a_study_folder_in_use_by_another_command_is_refused(capsys, sweep_run):
+    from trainwright.rundir import RunDir
+    from trainwright.runlock import RunLock
+
+    done, _ = sweep_run
+    before = snapshot(done)
+    with RunLock(RunDir(done)):
+        user_error(capsys, "sweep", SWEEP, *TINY_SWEEP, "--run-dir", done,
+                   fragments=(f"{done} is in use by another trainwright run (pid {os.getpid()}",))
+    assert snapshot(done) == before

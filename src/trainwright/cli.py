@@ -14,11 +14,15 @@ from trainwright.launcher import report_to_launcher
 from trainwright.processes import launch_rank
 
 
-def _positive_int(text: str) -> int:
+def _whole_number(text: str) -> int:
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number (at least 1), got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def _positive_int(text: str) -> int:
+    value = _whole_number(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
@@ -114,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
         "DIR/cv_summary.json. Run the same command again to go on after a stop.", "runs/<recipe name>-cv", "folds",
     )
     _add_recipe(cv)
-    cv.add_argument("--folds", type=_positive_int, help="number of folds K (default: the recipe's cv.folds)")
+    cv.add_argument("--folds", type=_whole_number,  # cv says what K may be: at least 2, at most the items
+                    help="number of folds K, at least 2 (default: the recipe's cv.folds)")
     cv.set_defaults(handler=commands.cv_command)
 
     sweep = _add_study(

@@ -233,8 +233,13 @@ def recipe_changes(
 ) -> tuple[list[str], list[str]]:
     """Keys that differ between two resolved recipes, as (allowed on resume, refused on resume);
     `also_allowed`: further keys a resume may change (the data paths: the data's fingerprint decides)."""
+    changes = describe_changes(old, new)
+    allowed = [d for k, d in changes.items() if k.startswith(RESUMABLE_CHANGES) or k in also_allowed]
+    return allowed, [d for d in changes.values() if d not in allowed]
+
+
+def describe_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, str]:
+    """Each key that differs between two resolved recipes, in order: 'key (old -> new)'."""
     before, after = flatten(old), flatten(new)
     changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
-    described = [f"{k} ({before.get(k)!r} -> {after.get(k)!r})" for k in changed]
-    allowed = [d for k, d in zip(changed, described) if k.startswith(RESUMABLE_CHANGES) or k in also_allowed]
-    return allowed, [d for d in described if d not in allowed]
+    return {k: f"{k} ({before.get(k)!r} -> {after.get(k)!r})" for k in changed}

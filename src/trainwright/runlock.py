@@ -157,6 +157,23 @@ class RunLock:
                     pass  # the run goes on; only another machine's takeover check would be affected
 
 
+def holder(run: RunDir) -> str | None:
+    """Who holds `run`'s lock now ('pid N on host H since T'), or None when no process does. Only looks:
+    the lock is taken for an instant at most, never kept."""
+    try:
+        fd = os.open(run.lock_file, os.O_RDONLY)
+    except OSError:  # no lock file: no holder
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        return _describe(_read(fd)) if exc.errno in (errno.EAGAIN, errno.EACCES) else None
+    else:
+        return None
+    finally:
+        os.close(fd)  # also releases the shared lock, if it was granted
+
+
 def _read(fd: int) -> dict:
     """The holder record in a lock file ({} when empty or unreadable)."""
     try:

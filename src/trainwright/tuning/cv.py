@@ -14,7 +14,7 @@ from trainwright.errors import EXIT_NONFINITE, UserError
 from trainwright.files import write_json_atomic
 from trainwright.recipe import Recipe, load_recipe
 from trainwright.tuning.runner import Job, run_jobs
-from trainwright.tuning.study import claim, final_metrics, run_labels
+from trainwright.tuning.study import claim, final_metrics, format_table, lock, run_labels
 
 SPEC_FILE = "cv.json"
 SUMMARY_FILE = "cv_summary.json"
@@ -33,7 +33,8 @@ def fold_jobs(recipe_path: Path, overrides: list[str], recipe: Recipe, folds: in
 
 def cross_validate(recipe_path: Path, overrides: list[str], folds: int | None, run_dir: str | None, parallel: int) -> int:
     recipe = load_recipe(recipe_path, overrides)
-    folds = folds or (recipe.cv.folds if recipe.cv else None)
+    if folds is None:
+        folds = recipe.cv.folds if recipe.cv else None
     if folds is None:
         raise UserError("cv: give --folds K (or a recipe section cv: {folds: K})")
     if folds < 2:
@@ -43,8 +44,10 @@ def cross_validate(recipe_path: Path, overrides: list[str], folds: int | None, r
     first = load_recipe(recipe_path, jobs[0].overrides)  # every check before any run starts
     check_recipe(first)
     build_data(first)  # the folds can be made (K is at most the number of items)
-    claim(folder, SPEC_FILE, {"recipe": str(recipe_path.absolute()), "overrides": overrides, "folds": folds}, "cv")
-    code = run_jobs(jobs, parallel, folder)
+    with lock(folder):
+        claim(folder, SPEC_FILE, {"recipe": str(recipe_path.absolute()), "overrides": overrides, "folds": folds}, "cv",
+              recipe, set_per_run=("cv.folds", "cv.fold"))
+        code = run_jobs(jobs, parallel, folder)
     if code != 0:
         return code
     summaries = {job.name: job.completed() for job in jobs}
@@ -75,7 +78,8 @@ def write_summary(folder: Path, summaries: dict[str, dict[str, Any]]) -> dict[st
 
 def print_table(summary: dict[str, Any]) -> None:
     names = list(summary["mean"])
-    print("fold      " + "".join(f"{name:>16}" for name in names))
-    for fold, metrics in summary["folds"].items():
-        print(f"{fold:<10}" + "".join(f"{metrics.get(name, float('nan')):>16.4f}" for name in names))
-    print("mean±std  " + "".join(f"{summary['mean'][n]:>9.4f}±{summary['std'][n]:<6.4f}" for n in names))
+    rows = [["fold", *names]]
+    rows += [[fold, *(f"{metrics.get(name, float('nan')):.4f}" for name in names)]
+             for fold, metrics in summary["folds"].items()]
+    rows.append(["mean±std", *(f"{summary['mean'][n]:.4f}±{summary['std'][n]:.4f}" for n in names)])
+    print(format_table(rows, "l" + "r" * len(names)))

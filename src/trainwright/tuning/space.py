@@ -19,6 +19,7 @@ import itertools
 import json
 import math
 import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,6 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from trainwright.errors import UserError
 from trainwright.recipe import read_yaml
+
+MAX_TRIALS = 10_000  # the most trials one sweep may have: each is a run dir and a `train` process
 
 
 class Parameter(BaseModel):
@@ -83,21 +86,37 @@ class SweepSpec(BaseModel):
     run_cap: int | None = Field(None, ge=1)
     seed: int = 0
 
-    def trials(self) -> list[dict[str, Any]]:
-        """Each trial's values of the swept keys, in a fixed order (the same every time)."""
+    def count(self) -> int:
+        """How many trials the spec asks for, counted without making them."""
         if not self.parameters:
             raise UserError("parameters: the search space is empty; give at least one recipe key with values")
+        if self.method == "random":
+            if self.run_cap is None:
+                raise UserError("run_cap: method random needs a budget (run_cap: N trials)")
+            return self.run_cap
+        ranged = [key for key, p in self.parameters.items() if p.choices() is None]
+        if ranged:
+            raise UserError(f"parameters.{ranged[0]}: a grid needs values: [...] (min/max ranges need method: random)")
+        combinations = math.prod(len(p.choices()) for p in self.parameters.values())
+        return combinations if self.run_cap is None else min(combinations, self.run_cap)
+
+    def trials(self) -> Iterator[dict[str, Any]]:
+        """Each trial's values of the swept keys, in a fixed order (the same every time), made one at a
+        time; a spec of more than MAX_TRIALS trials is refused first."""
+        count = self.count()
+        if count > MAX_TRIALS:
+            if self.method == "grid":
+                sizes = " x ".join(str(len(p.choices())) for p in self.parameters.values())
+                shape, fix = f" ({sizes} values)", "give fewer values, or run_cap: N to take the first N of the grid"
+            else:
+                shape, fix = "", f"lower run_cap to {MAX_TRIALS:,} or less"
+            raise UserError(f"the sweep has {count:,} trials{shape}, more than the {MAX_TRIALS:,} a sweep may have; {fix}")
         if self.method == "grid":
-            ranged = [key for key, p in self.parameters.items() if p.choices() is None]
-            if ranged:
-                raise UserError(f"parameters.{ranged[0]}: a grid needs values: [...] (min/max ranges need method: random)")
             keys = list(self.parameters)
-            grid = [dict(zip(keys, combo)) for combo in itertools.product(*(self.parameters[k].choices() for k in keys))]
-            return grid[: self.run_cap]
-        if self.run_cap is None:
-            raise UserError("run_cap: method random needs a budget (run_cap: N trials)")
+            combinations = itertools.product(*(self.parameters[k].choices() for k in keys))
+            return (dict(zip(keys, combo)) for combo in itertools.islice(combinations, count))
         rng = random.Random(self.seed)
-        return [{key: p.draw(rng) for key, p in self.parameters.items()} for _ in range(self.run_cap)]
+        return ({key: p.draw(rng) for key, p in self.parameters.items()} for _ in range(count))
 
 
 def overrides(values: dict[str, Any]) -> list[str]:

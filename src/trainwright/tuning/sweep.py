@@ -15,7 +15,7 @@ from trainwright.files import atomic_open, write_json_atomic
 from trainwright.recipe import load_recipe
 from trainwright.tuning.runner import Job, run_jobs
 from trainwright.tuning.space import SweepSpec, load_spec, overrides
-from trainwright.tuning.study import claim, final_metrics, run_labels
+from trainwright.tuning.study import claim, final_metrics, format_table, lock, run_labels
 
 SPEC_FILE = "sweep_spec.json"
 RESULTS_FILE = "sweep.json"
@@ -52,14 +52,15 @@ def sweep(spec_path: Path, common: list[str], run_dir: str | None, parallel: int
     folder = Path(run_dir or Path("runs") / spec_path.stem)
     jobs = trial_jobs(spec, recipe_path, common, folder)
     check_trials(spec, jobs)
-    claim(folder, SPEC_FILE, {"spec": spec.model_dump(mode="json"), "recipe": str(recipe_path), "overrides": common},
-          "sweep")
-    if slurm:
-        from trainwright.tuning.slurm_array import submit_array
+    with lock(folder):
+        asked = {"spec": spec.model_dump(mode="json"), "recipe": str(recipe_path), "overrides": common}
+        claim(folder, SPEC_FILE, asked, "sweep", load_recipe(recipe_path, common))
+        if slurm:
+            from trainwright.tuning.slurm_array import submit_array
 
-        return submit_array(jobs, folder)
-    code = run_jobs(jobs, parallel, folder)
-    print_leaderboard(write_results(spec, jobs, folder), spec.metric.name)
+            return submit_array(jobs, folder)
+        code = run_jobs(jobs, parallel, folder)
+        print_leaderboard(write_results(spec, jobs, folder), spec.metric.name)
     return code
 
 
@@ -91,10 +92,9 @@ def swept_values(job: Job, spec: SweepSpec) -> dict[str, str]:
 
 
 def print_leaderboard(rows: list[dict[str, Any]], metric: str) -> None:
-    print(f"{'rank':<5}{'trial':<11}{metric:>14}  {'status':<11}values")
+    table = [["rank", "trial", metric, "status", "values"]]
     for rank, row in enumerate(rows, start=1):
         value = "-" if row[metric] is None else f"{row[metric]:.4f}"
         shown = " ".join(f"{key}={text}" for key, text in row["values"].items())
-        print(f"{rank:<5}{row['trial']:<11}{value:>14}  {row['status']:<11}{shown}")
-
-
+        table.append([str(rank), row["trial"], value, row["status"], shown])
+    print(format_table(table, "llrll"))
