@@ -149,10 +149,23 @@ def _explicit_checkpoint(resume: str | Path) -> Path:
     folder = Path(resume)
     if not folder.is_dir():
         raise UserError(f"--resume: checkpoint folder not found: {folder}")
+    if RunDir(folder).holds_run() or (folder / "checkpoints").is_dir():
+        raise UserError(_run_dir_given(folder))
     problem = verify(folder)
     if problem is not None:
         raise UserError(f"--resume: checkpoint {folder} cannot be used: {problem}")
     return folder
+
+
+def _run_dir_given(folder: Path) -> str:
+    """--resume was given a run dir: say how to go on with it."""
+    steps = [step_of(p) for p in retention.step_dirs(RunDir(folder).checkpoints)]
+    name = f"step_{steps[-1]:08d}" if steps else "step_XXXXXXXX"
+    return (
+        f"--resume: {folder} is a run dir, not a checkpoint. To go on from its newest valid checkpoint, run the "
+        f"same command with --run-dir {folder} and without --resume; to go on from a chosen checkpoint, give its "
+        f"folder, e.g. --resume {folder / 'checkpoints' / name}"
+    )
 
 
 def _changes_since(folder: Path, recipe: Recipe) -> list[str]:
