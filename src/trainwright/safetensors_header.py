@@ -88,7 +88,7 @@ def _entry(name: str, value: Any) -> TensorEntry:
     if not isinstance(value, dict) or set(value) != {"dtype", "shape", "data_offsets"}:
         raise BadHeader(f"tensor {name!r}: not an entry of dtype, shape and data_offsets")
     dtype, shape, offsets = value["dtype"], value["shape"], value["data_offsets"]
-    if dtype not in ITEM_BYTES:
+    if not isinstance(dtype, str) or dtype not in ITEM_BYTES:
         raise BadHeader(f"tensor {name!r}: unknown dtype {dtype!r}")
     if not isinstance(shape, list) or not all(_natural(n) for n in shape):
         raise BadHeader(f"tensor {name!r}: shape {shape!r} is not a list of non-negative integers")

@@ -140,7 +140,7 @@ class CheckpointManager:
                 )
             else:
                 fresh_rng(state, rank)
-        except (RuntimeError, ValueError, TypeError, KeyError, IndexError, SafetensorError) as exc:
+        except (RuntimeError, ValueError, TypeError, KeyError, IndexError, OverflowError, SafetensorError) as exc:
             # well-formed files (verified when the run was planned) whose states do not fit these objects
             detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
             raise UserError(

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 Natural = Annotated[int, Field(ge=0)]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+Word = Annotated[int, Field(ge=0, lt=2**32)]  # a Mersenne Twister state word
 
 
 class _Strict(BaseModel):
@@ -51,8 +52,11 @@ class TrainStateFile(BaseModel):
 class RngFile(_Strict):
     """rng_<rank>.json: Python's `random.getstate()` and NumPy's `np.random.get_state()` as lists."""
 
-    python: tuple[Literal[3], Annotated[list[Natural], Field(min_length=625, max_length=625)], float | None]
-    numpy: tuple[Literal["MT19937"], Annotated[list[Natural], Field(min_length=624, max_length=624)], Natural, Natural, float]
+    python: tuple[Literal[3], Annotated[list[Word], Field(min_length=625, max_length=625)], float | None]
+    numpy: tuple[
+        Literal["MT19937"], Annotated[list[Word], Field(min_length=624, max_length=624)],
+        Annotated[int, Field(ge=0, le=624)], Literal[0, 1], float,
+    ]
 
 
 class ParamGroup(BaseModel):
