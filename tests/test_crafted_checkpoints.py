@@ -30,15 +30,16 @@ from trainwright.components import build_model, build_optimizer
 from trainwright.errors import UserError
 from trainwright.files import sha256
 from trainwright.processes import Processes
-from trainwright.recipe import CheckpointConfig
+from trainwright.recipe import CheckpointConfig, load_recipe
 from trainwright.run_plan import plan_run
 from trainwright.rundir import RunDir
 
 pytestmark = pytest.mark.usefixtures("keep_signal_handlers")
 
 FSDP_2PROC = REPO / "accelerate_configs" / "fsdp_cpu_2proc.yaml"
-# 5 steps per epoch (TINY); checkpoints at steps 2 and 4, then the run stops at max_steps 4.
-STEPS = ["trainer.max_steps=4", "checkpoint.every_steps=2", "checkpoint.keep_last=5"]
+# 5 steps per epoch (TINY); checkpoints at steps 2 and 4, then the run stops at max_steps 4. A schedule laid
+# out over the run's length makes a resume with another recipe read the checkpoint's recipe.json.
+STEPS = ["trainer.max_steps=4", "checkpoint.every_steps=2", "checkpoint.keep_last=5", "scheduler.name=cosine"]
 TORCH_DTYPES = {"F32": torch.float32, "F64": torch.float64, "I64": torch.int64, "U8": torch.uint8, "BF16": torch.bfloat16}
 
 
@@ -317,9 +318,9 @@ def _objects(run_dir: Path) -> TrainObjects:
 def _loads_exactly_its_files(run_dir: Path, folder: Path) -> str:
     """Plan a resume of `folder`, load it and read its weights as export and eval do: each step either
     refuses with a UserError or gives exactly the values its files hold. Returns which."""
-    recipe = RunDir(run_dir).recipe()
+    changed = load_recipe(HEART, [*TINY, *STEPS, "trainer.log_every_steps=7"])  # the plan reads recipe.json
     try:
-        plan_run(RunDir(run_dir.parent / "elsewhere"), recipe, resume=folder)
+        plan_run(RunDir(run_dir.parent / "elsewhere"), changed, resume=folder)
         objects = _objects(run_dir)
         CheckpointManager(run_dir / "checkpoints", CheckpointConfig(), Processes.single(), objects).load(folder)
         weights = consolidated_weights(folder)

@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
 from trainwright.checkpoint import retention
-from trainwright.checkpoint.format import read_recipe, read_train_state, step_of, verify
+from trainwright.checkpoint.format import RECIPE_FILE, read_recipe, read_train_state, step_of, verify
 from trainwright.data.paths import path_keys
 from trainwright.errors import UserError
 from trainwright.files import warn, write_json_atomic
@@ -196,7 +198,13 @@ def _check_schedule_length(saved: dict[str, Any], recipe: Recipe, steps_per_epoc
     end of the old curve."""
     if not steps_per_epoch or recipe.scheduler.name in _LENGTH_FREE_SCHEDULERS:
         return
-    before = Recipe.model_validate(saved).trainer.total_steps(steps_per_epoch)
+    try:
+        before = Recipe.model_validate(saved).trainer.total_steps(steps_per_epoch)
+    except ValidationError as exc:
+        raise UserError(
+            f"checkpoint {folder}: its {RECIPE_FILE} is not a recipe this trainwright reads ({exc.errors()[0]['msg']} "
+            f"at {'.'.join(map(str, exc.errors()[0]['loc']))}); resume from another checkpoint, or start over with --restart"
+        ) from None
     after = recipe.trainer.total_steps(steps_per_epoch)
     if before != after:
         raise UserError(
