@@ -26,7 +26,7 @@ from trainwright.checkpoint.format import verify
 from trainwright.checkpoint.manager import CheckpointManager
 from trainwright.checkpoint.objects import TrainObjects
 from trainwright.checkpoint.sharded import consolidated_weights
-from trainwright.components import build_model, build_optimizer
+from trainwright.components import build_model, build_optimizer, build_scheduler
 from trainwright.errors import UserError
 from trainwright.files import sha256
 from trainwright.processes import Processes
@@ -312,7 +312,8 @@ def mutate(rng: random.Random, folder: Path, name: str) -> str:
 def _objects(run_dir: Path) -> TrainObjects:
     recipe = RunDir(run_dir).recipe()
     model = build_model(recipe)
-    return TrainObjects(model, build_optimizer(recipe, model), scheduler=None, scaler=None)
+    optimizer = build_optimizer(recipe, model)
+    return TrainObjects(model, optimizer, build_scheduler(recipe, optimizer, total_steps=4), scaler=None)
 
 
 def _loads_exactly_its_files(run_dir: Path, folder: Path) -> str:
@@ -359,7 +360,6 @@ def test_fuzzing_a_full_checkpoint_finds_no_traceback_and_no_wrong_load(pristine
     run_dir = tmp_path / "run"
     shutil.copytree(pristine, run_dir)
     outcomes = fuzz(run_dir, seed=19)
-    print(outcomes)
     assert outcomes["damaged"] > outcomes["loaded"] > 0, outcomes
 
 
@@ -389,7 +389,6 @@ def test_fuzzing_a_sharded_checkpoint_finds_no_traceback_and_no_wrong_load(shard
     run_dir = tmp_path / "run"
     shutil.copytree(sharded, run_dir)
     outcomes = fuzz(run_dir, seed=20)
-    print(outcomes)
     assert outcomes["damaged"] > outcomes["loaded"] > 0, outcomes
 
 
