@@ -161,8 +161,8 @@ def _explicit_checkpoint(resume: str | Path) -> Path:
 
 def _run_dir_given(folder: Path) -> str:
     """--resume was given a run dir: say how to go on with it."""
-    steps = [step_of(p) for p in retention.step_dirs(RunDir(folder).checkpoints)]
-    name = f"step_{steps[-1]:08d}" if steps else "step_XXXXXXXX"
+    newest = retention.newest_valid(RunDir(folder).checkpoints).folder
+    name = newest.name if newest else "step_XXXXXXXX"
     return (
         f"--resume: {folder} is a run dir, not a checkpoint. To go on from its newest valid checkpoint, run the "
         f"same command with --run-dir {folder} and without --resume; to go on from a chosen checkpoint, give its "

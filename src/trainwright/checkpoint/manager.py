@@ -23,6 +23,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -140,6 +141,8 @@ class CheckpointManager:
                 )
             else:
                 fresh_rng(state, rank)
+        except torch.OutOfMemoryError:
+            raise
         except (RuntimeError, ValueError, TypeError, KeyError, IndexError, OverflowError, SafetensorError) as exc:
             # well-formed files (verified when the run was planned) whose states do not fit these objects
             detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
