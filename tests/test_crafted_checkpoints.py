@@ -200,6 +200,16 @@ def test_a_crafted_trainer_json_is_damaged(capsys, run_dir):
     assert_falls_back(capsys, run_dir)
 
 
+def test_a_crafted_final_model_file_is_damaged_and_train_writes_it_again(capsys, run_dir):
+    train_ok(capsys, HEART, *TINY, *STEPS, "--run-dir", run_dir)  # completes: model.safetensors is written
+    model = run_dir / "model.safetensors"
+    edit_header(model, _overlap)
+    user_error(capsys, "eval", run_dir, fragments=(str(model), "is damaged", "overlaps"))
+    out, err = train_ok(capsys, HEART, *TINY, *STEPS, "--run-dir", run_dir)
+    assert f"{model} is damaged; writing it again" in err and "Resuming from step 4 (" in out, out + err
+    code, _, err = call(capsys, "eval", run_dir)
+    assert code == 0 and "Traceback" not in err, err
+
 def test_resume_of_a_run_dir_says_how_to_resume_it(capsys, run_dir):
     message = user_error(capsys, "train", HEART, *TINY, *STEPS, "--run-dir", run_dir.parent / "other", "--resume", run_dir,
                          fragments=(f"{run_dir} is a run dir, not a checkpoint", "without --resume",
