@@ -150,6 +150,22 @@ def test_keep_last_and_keep_best(tmp_path):
     assert json.loads((other / "checkpoints" / "best.json").read_text())["path"] == "step_00000010"
 
 
+
+def test_keep_last_keeps_the_checkpoint_a_run_resumed_from_until_the_run_completes(tmp_path):
+    """A run resumed from step 10 with keep_last 1 saves steps 11 and 12: step 10 stays (a crash now must
+    still find what the run resumed from, if the newer ones turn out damaged) until the run completes."""
+    resumed = _save(tmp_path, 10, keep_last=1)
+    manager = _manager(tmp_path, keep_last=1)
+    manager.load(resumed)
+    for step in (11, 12):
+        manager.save(TrainState(step=step, epoch=1), {"name": "t"})
+        manager.wait()
+    folders = tmp_path / "checkpoints"
+    assert [p.name for p in retention.step_dirs(folders)] == ["step_00000010", "step_00000012"]
+    manager.finish()
+    manager.close()
+    assert [p.name for p in retention.step_dirs(folders)] == ["step_00000012"]
+
 _WRITE_WEIGHTS = """
 import sys, torch
 from trainwright.checkpoint.weights import save_weights

@@ -129,6 +129,39 @@ def test_checkpoints_are_sharded_per_process_and_free_of_pickle(reference):
             assert head[:1] != b"\x80" and head != b"PK", f"{path} looks like a pickle/torch.save file"
 
 
+
+def test_loading_a_sharded_checkpoint_puts_each_process_slice_in_its_place(reference, tmp_path):
+    """Sharded loading, directly: the final checkpoint's shard files, loaded into a plain model in one process
+    (as a resume on another strategy, eval --checkpoint and export read them), give exactly the weights the
+    run gathered at its end; every process's slice differs, so one slice copied into the others cannot pass."""
+    from trainwright.checkpoint.manager import CheckpointManager
+    from trainwright.checkpoint.objects import TrainObjects
+    from trainwright.checkpoint.sharded import consolidated_weights
+    from trainwright.components import build_model, build_optimizer
+    from trainwright.processes import Processes
+    from trainwright.recipe import CheckpointConfig
+    from trainwright.rundir import RunDir
+
+    run_dir, _ = reference
+    folder = run_dir / "checkpoints" / f"step_{TOTAL_STEPS:08d}"
+    gathered = load_file(run_dir / "model.safetensors")
+    slices = [load_file(path)["1.weight"] for path in sorted((folder / "model").glob("*.safetensors"))]
+    assert len(slices) == 2 and not torch.equal(slices[0], slices[1])
+    assert torch.equal(torch.cat(slices), gathered["1.weight"])  # the files themselves hold the slices in order
+
+    recipe = RunDir(run_dir).recipe()
+    model = build_model(recipe)
+    objects = TrainObjects(model, build_optimizer(recipe, model), scheduler=None, scaler=None)
+    CheckpointManager(tmp_path / "checkpoints", CheckpointConfig(), Processes.single(), objects).load(folder)
+    loaded, exported = model.state_dict(), consolidated_weights(folder)
+    assert loaded.keys() == exported.keys() == gathered.keys()
+    for key in gathered:
+        assert torch.equal(loaded[key], gathered[key]) and torch.equal(exported[key], gathered[key]), key
+    state = objects.optimizer.state_dict()["state"]
+    moments = [load_file(path)["state.1.weight.exp_avg"] for path in sorted((folder / "optimizer").glob("*.safetensors"))]
+    first = [name for name, _ in model.named_parameters()].index("1.weight")
+    assert torch.equal(state[first]["exp_avg"], torch.cat(moments))
+
 def test_sigkill_mid_run_resumes_bitwise(reference, data_root, tmp_path):
     run_dir = tmp_path / "run"
     process = subprocess.Popen(_command(data_root, run_dir, processes=2), cwd=REPO, env=_env(), text=True,

@@ -207,18 +207,45 @@ def test_sigkill_with_two_processes_resumes_bitwise(reference_2proc, start, tmp_
     assert weights(run_dir) == weights(reference_2proc)
 
 
+# Put first on PYTHONPATH of a killed run: hashing a checkpoint's files into its manifest takes 20 ms a file,
+# so a kill right after a checkpoint folder appears would land inside the manifest step if it came later.
+_SLOW_MANIFEST = """
+import time
+import trainwright.files
+
+_sha256 = trainwright.files.sha256
+
+
+def _slow_sha256(path):
+    time.sleep(0.02)
+    return _sha256(path)
+
+
+trainwright.files.sha256 = _slow_sha256
+"""
+
+
+def slow_manifest_env(folder: Path) -> dict[str, str]:
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(_SLOW_MANIFEST)
+    return cli_env(PYTHONPATH=os.pathsep.join(p for p in (str(folder), os.environ.get("PYTHONPATH", "")) if p))
+
+
 def test_kills_at_any_moment_including_during_saves(reference, start, tmp_path):
     """A checkpoint every 2 steps makes saving most of the work. Kills alternate between "while a save is in
     progress" (its checkpoints/.tmp-step_* folder exists before and after the kill) and "just after a
-    checkpoint"; at least one kill must land inside a save. Every restart resumes from the newest complete
+    checkpoint" (as soon as its step_* folder appears; the killed runs hash slowly, so a folder named before
+    its manifest was written would be caught without one). At least one kill must land inside a save. After
+    every kill the newest step_* folder is complete; every restart resumes from the newest complete
     checkpoint, never from the unfinished one."""
     run_dir = tmp_path / "run"
     overrides = ["checkpoint.every_steps=2"]
+    env = slow_manifest_env(tmp_path / "slow_manifest")
     kills_during_saves, newest = 0, None
     for round_ in range(6):
         if round_ >= 3 and kills_during_saves:
             break
-        process = start(command(run_dir, overrides), cli_env(), name=f"round{round_}")
+        process = start(command(run_dir, overrides), env, name=f"round{round_}")
         if newest is None:
             process.wait_for_text("world_size=1 device=cpu")
         else:  # the line comes after start-up deleted the unfinished saves of the previous round
@@ -243,6 +270,9 @@ def test_kills_at_any_moment_including_during_saves(reference, start, tmp_path):
             process.signal(signal.SIGKILL)
             process.finish()
         process.kill()
+        named = checkpoint_steps(run_dir)[-1]
+        problem = checkpoint_problem(checkpoint_dir(run_dir, named))
+        assert problem is None, f"round {round_}: checkpoint folder step {named} was named before it was complete: {problem}"
         newest = newest_valid_checkpoint(run_dir)
         assert newest is not None and newest > after
     assert kills_during_saves >= 1, "no kill landed while a save was in progress"

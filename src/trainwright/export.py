@@ -13,6 +13,7 @@ from trainwright.checkpoint import retention
 from trainwright.checkpoint.format import MANIFEST, read_train_state, verify
 from trainwright.checkpoint.weights import save_weights
 from trainwright.errors import UserError
+from trainwright.files import warn
 from trainwright.rundir import RunDir
 
 
@@ -56,6 +57,8 @@ def find_checkpoint(source: Path) -> Path:
             raise UserError(f"checkpoint {source} cannot be used: {problem}")
         return source
     choice = retention.newest_valid(RunDir(source).checkpoints)
+    for folder, problem in choice.damaged:
+        warn(f"checkpoint {folder} is damaged ({problem}); skipping it")
     if choice.folder is None:
         raise UserError(f"{source} holds no valid checkpoint (a run dir's checkpoints/ or a checkpoint folder)")
     return choice.folder

@@ -34,6 +34,7 @@ from trainwright.predictions import Predictions
 from trainwright.processes import Processes
 from trainwright.recipe import Recipe
 from trainwright.rundir import RunDir
+from trainwright.safetensors_header import header_problem
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -180,6 +181,8 @@ def _final_weights(run: RunDir) -> tuple[Path, dict[str, torch.Tensor], int | No
             f"use its newest checkpoint (step {newest}), or run `trainwright train` again to finish it"
         )
     weights_file = run.require_model()
+    if problem := header_problem(weights_file):  # checked whole before safetensors trusts it
+        raise UserError(f"{weights_file} is damaged: {problem}")
     try:
         with safe_open(str(weights_file), "pt") as file:
             recorded = (file.metadata() or {}).get("step")

@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
 from trainwright.checkpoint import retention
-from trainwright.checkpoint.format import read_recipe, read_train_state, step_of, verify
+from trainwright.checkpoint.format import RECIPE_FILE, read_recipe, read_train_state, step_of, verify
 from trainwright.data.paths import path_keys
 from trainwright.errors import UserError
 from trainwright.files import warn, write_json_atomic
@@ -149,10 +151,23 @@ def _explicit_checkpoint(resume: str | Path) -> Path:
     folder = Path(resume)
     if not folder.is_dir():
         raise UserError(f"--resume: checkpoint folder not found: {folder}")
+    if RunDir(folder).holds_run() or (folder / "checkpoints").is_dir():
+        raise UserError(_run_dir_given(folder))
     problem = verify(folder)
     if problem is not None:
         raise UserError(f"--resume: checkpoint {folder} cannot be used: {problem}")
     return folder
+
+
+def _run_dir_given(folder: Path) -> str:
+    """--resume was given a run dir: say how to go on with it."""
+    newest = retention.newest_valid(RunDir(folder).checkpoints).folder
+    name = newest.name if newest else "step_XXXXXXXX"
+    return (
+        f"--resume: {folder} is a run dir, not a checkpoint. To go on from its newest valid checkpoint, run the "
+        f"same command with --run-dir {folder} and without --resume; to go on from a chosen checkpoint, give its "
+        f"folder, e.g. --resume {folder / 'checkpoints' / name}"
+    )
 
 
 def _changes_since(folder: Path, recipe: Recipe) -> list[str]:
@@ -183,7 +198,13 @@ def _check_schedule_length(saved: dict[str, Any], recipe: Recipe, steps_per_epoc
     end of the old curve."""
     if not steps_per_epoch or recipe.scheduler.name in _LENGTH_FREE_SCHEDULERS:
         return
-    before = Recipe.model_validate(saved).trainer.total_steps(steps_per_epoch)
+    try:
+        before = Recipe.model_validate(saved).trainer.total_steps(steps_per_epoch)
+    except ValidationError as exc:
+        raise UserError(
+            f"checkpoint {folder}: its {RECIPE_FILE} is not a recipe this trainwright reads ({exc.errors()[0]['msg']} "
+            f"at {'.'.join(map(str, exc.errors()[0]['loc']))}); resume from another checkpoint, or start over with --restart"
+        ) from None
     after = recipe.trainer.total_steps(steps_per_epoch)
     if before != after:
         raise UserError(

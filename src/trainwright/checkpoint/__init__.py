@@ -1,6 +1,8 @@
 """Checkpoints: full training state in safetensors + JSON, written atomically, verified before use.
 
   format.py     folder names, TrainState (trainer.json), the sha256 manifest, verification (no torch)
+  schema.py     the schemas of its JSON files (manifest, trainer.json, RNG, optimizer)
+  shard_files.py  a sharded checkpoint's shard offsets, checked to tile every tensor
   objects.py    the live objects (model, optimizer, ...); optimizer and RNG states <-> tensors + JSON
   full.py       the model/optimizer/scheduler/scaler files of a full (unsharded) checkpoint
   retention.py  listing, the newest valid checkpoint, pruning

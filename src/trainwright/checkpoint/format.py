@@ -11,12 +11,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trainwright.checkpoint.schema import (
+    FullOptimizerFile, Manifest, RngFile, TrainStateFile, schema_problem,
+)
+from trainwright.checkpoint.shard_files import shards_problem
 from trainwright.files import fsync_path, normalize_mode, sha256, write_json
+from trainwright.safetensors_header import header_problem, read_header
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -24,6 +28,8 @@ TRAINER_FILE = "trainer.json"  # TrainState
 RECIPE_FILE = "recipe.json"  # the resolved recipe the state was trained with
 TMP_PREFIX = ".tmp-"
 SHARDED_MODEL_DIR = "model"  # a sharded checkpoint's model shards (sharded.py)
+SHARDED_OPTIMIZER_DIR = "optimizer"  # and its optimizer state shards
+JSON_STATE_FILES = ("scheduler.json", "scaler.json")  # null, or the object's state_dict
 _STEP_DIR = re.compile(r"^step_(\d{8,})$")
 
 
@@ -57,6 +63,7 @@ class TrainState:
 
 
 def read_train_state(folder: Path) -> TrainState:
+    """trainer.json of a verified checkpoint (`verify` checked it against its schema)."""
     return TrainState.from_json(json.loads((folder / TRAINER_FILE).read_text()))
 
 
@@ -83,23 +90,9 @@ def step_of(folder: Path) -> int:
 
 
 def looks_like_safetensors(path: Path) -> bool:
-    """A whole safetensors file: an 8-byte little-endian header length, a JSON object, then exactly the
-    bytes its tensors' offsets cover (so a truncated file is caught without loading it)."""
-    size = path.stat().st_size
-    with path.open("rb") as file:
-        head = file.read(9)
-        if len(head) < 9 or head[8:9] != b"{":
-            return False
-        (header_len,) = struct.unpack("<Q", head[:8])
-        if 8 + header_len > size:
-            return False
-        file.seek(8)
-        try:
-            header = json.loads(file.read(header_len))
-            end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
-        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
-            return False
-    return 8 + header_len + end == size
+    """A whole, well-formed safetensors file (its header checked as a whole: safetensors_header.py), so a
+    truncated or crafted file is caught without loading it."""
+    return header_problem(path) is None
 
 
 def _files(folder: Path) -> list[Path]:
@@ -123,14 +116,15 @@ def write_manifest(folder: Path, step: int) -> None:
 
 
 def verify(folder: Path) -> str | None:
-    """Why `folder` is not a usable checkpoint, or None when every file matches its manifest."""
+    """Why `folder` is not a usable checkpoint, or None when every file matches its manifest and holds what
+    its kind of file must hold (checked as a whole, so that a load never meets a damaged or crafted file)."""
     manifest_path = folder / MANIFEST
     if not manifest_path.is_file():
         return "manifest.json is missing (the save did not finish)"
-    try:
-        listed: dict[str, dict[str, Any]] = json.loads(manifest_path.read_text())["files"]
-    except (ValueError, KeyError, TypeError):
-        return "manifest.json is unreadable"
+    manifest, problem = _read_json(manifest_path, Manifest)
+    if problem:
+        return problem
+    listed = manifest["files"]
     present = {p.relative_to(folder).as_posix() for p in _files(folder)} - {MANIFEST}
     for name in sorted(present - set(listed)):
         return f"unexpected file {name} (not in the manifest)"
@@ -146,6 +140,82 @@ def verify(folder: Path) -> str | None:
             return f"{name} has {path.stat().st_size} bytes, the manifest says {entry['bytes']}"
         if sha256(path) != entry["sha256"]:
             return f"{name} does not match its sha256 in the manifest"
-        if name.endswith(".safetensors") and not looks_like_safetensors(path):
-            return f"{name} is not a safetensors file (refusing to unpickle or load it)"
+        if name.endswith(".safetensors") and (problem := header_problem(path)):
+            return f"{name} is not a safetensors file ({problem}; refusing to unpickle or load it)"
+    return _contents_problem(folder, manifest["step"])
+
+
+def _contents_problem(folder: Path, step: int) -> str | None:
+    """Whether the files a load reads are all there and hold what it expects (each file is already a
+    well-formed safetensors or JSON file of the manifest)."""
+    state, problem = _read_json(folder / TRAINER_FILE, TrainStateFile)
+    if problem:
+        return problem
+    if state["step"] != step:
+        return f"{TRAINER_FILE} is of step {state['step']}, the manifest of step {step}"
+    if _STEP_DIR.match(folder.name) and step_of(folder) != step:
+        return f"the folder is named for step {step_of(folder)}, its manifest says step {step}"
+    recipe, problem = _read_json(folder / RECIPE_FILE)
+    if problem or not isinstance(recipe, dict):
+        return problem or f"{RECIPE_FILE} is not a recipe mapping"
+    for name in JSON_STATE_FILES:
+        content, problem = _read_json(folder / name)
+        if problem or not (content is None or isinstance(content, dict)):
+            return problem or f"{name} is neither null nor a state mapping"
+    for rank in range(state.get("world_size", 1)):
+        _, problem = _read_json(folder / f"rng_{rank}.json", RngFile)
+        if problem or (problem := _tensors_problem(folder / f"rng_{rank}.safetensors", r"^torch_cpu$|^cuda_\d+$")):
+            return problem
+        if "torch_cpu" not in read_header(folder / f"rng_{rank}.safetensors").tensors:
+            return f"rng_{rank}.safetensors holds no torch_cpu state"
+    if is_sharded(folder):
+        return _sharded_problem(folder)
+    return _full_problem(folder)
+
+
+def _full_problem(folder: Path) -> str | None:
+    meta, problem = _read_json(folder / "optimizer.json", FullOptimizerFile)
+    if problem:
+        return problem
+    problem = _tensors_problem(folder / "model.safetensors") or _tensors_problem(
+        folder / "optimizer.safetensors", r"^\d+\..+$"
+    )
+    if problem:
+        return problem
+    params = {index for group in meta["param_groups"] for index in group["params"]}
+    used = {int(key.split(".", 1)[0]) for key in read_header(folder / "optimizer.safetensors").tensors}
+    used |= {int(index) for index in meta["scalars"]}
+    if not used <= params:
+        return f"optimizer state names parameters {sorted(used - params)} that no parameter group holds"
     return None
+
+
+def _sharded_problem(folder: Path) -> str | None:
+    optimizer, problem = _read_json(folder / "optimizer.json")
+    if problem or not isinstance(optimizer, dict):
+        return problem or "optimizer.json is not a mapping"
+    for part in (SHARDED_MODEL_DIR, SHARDED_OPTIMIZER_DIR):
+        if problem := shards_problem(folder / part):
+            return problem
+    return None
+
+
+def _tensors_problem(path: Path, names: str = "") -> str | None:
+    """A required safetensors file: there (the manifest checked its header) with tensor names matching `names`."""
+    if not path.is_file():
+        return f"{path.name} is missing"
+    bad = [key for key in read_header(path).tensors if names and not re.match(names, key)]
+    return f"{path.name} holds an unexpected tensor {bad[0]!r}" if bad else None
+
+
+def _read_json(path: Path, schema: Any = None) -> tuple[Any, str | None]:
+    """The content of a required JSON file and None, or None and why it cannot be used."""
+    if not path.is_file():
+        return None, f"{path.name} is missing"
+    try:
+        text = path.read_text(encoding="utf-8")
+        content = json.loads(text)
+    except (UnicodeDecodeError, ValueError) as exc:
+        return None, f"{path.name} is not JSON ({exc})"
+    problem = schema_problem(schema, text) if schema else None
+    return (None, f"{path.name} is damaged ({problem})") if problem else (content, None)

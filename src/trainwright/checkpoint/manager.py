@@ -23,6 +23,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from trainwright.checkpoint import retention
@@ -32,6 +34,7 @@ from trainwright.checkpoint.format import (
 from trainwright.checkpoint.full import FullState, read_full_state
 from trainwright.checkpoint.objects import TrainObjects, fresh_rng, rng_from_files, rng_to_files
 from trainwright.checkpoint.policy import SavePolicy
+from trainwright.errors import UserError
 from trainwright.files import WRITE_ERRORS, replace_dir, write_json
 from trainwright.processes import Processes
 from trainwright.recipe import CheckpointConfig
@@ -123,20 +126,30 @@ class CheckpointManager:
     def load(self, folder: Path) -> TrainState:
         """Restore every live object from `folder` (verified when the run was planned) and return the
         loop's state."""
-        if is_sharded(folder):
-            _sharded().read_sharded_state(folder, self.objects)
-        elif self.processes.strategy == "fsdp":
-            _sharded().read_full_state_sharded(folder, self.objects, self.processes)
-        else:
-            read_full_state(folder, self.objects)
         state = read_train_state(folder)
-        rank = self.processes.rank
-        if rank < state.world_size:
-            rng_from_files(
-                load_file(folder / f"rng_{rank}.safetensors"), json.loads((folder / f"rng_{rank}.json").read_text())
-            )
-        else:
-            fresh_rng(state, rank)
+        try:
+            if is_sharded(folder):
+                _sharded().read_sharded_state(folder, self.objects)
+            elif self.processes.strategy == "fsdp":
+                _sharded().read_full_state_sharded(folder, self.objects, self.processes)
+            else:
+                read_full_state(folder, self.objects)
+            rank = self.processes.rank
+            if rank < state.world_size:
+                rng_from_files(
+                    load_file(folder / f"rng_{rank}.safetensors"), json.loads((folder / f"rng_{rank}.json").read_text())
+                )
+            else:
+                fresh_rng(state, rank)
+        except torch.OutOfMemoryError:
+            raise
+        except (RuntimeError, ValueError, TypeError, KeyError, IndexError, OverflowError, SafetensorError) as exc:
+            # well-formed files (verified when the run was planned) whose states do not fit these objects
+            detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            raise UserError(
+                f"checkpoint {folder} does not fit this recipe's model, optimizer or scheduler ({detail}); resume "
+                "from a checkpoint of this recipe, or start over with --restart (the old run is kept)"
+            ) from None
         self.resumed_from = folder
         self.policy.saved(state.step)
         return state
