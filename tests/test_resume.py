@@ -11,13 +11,18 @@ validation loss within float tolerance.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
+import pty
 import re
+import select
 import shutil
 import signal
+import subprocess
 import sys
+import termios
 from pathlib import Path
 
 import pytest
@@ -453,6 +458,38 @@ def test_sighup_to_the_launcher_stops_the_workers_with_a_checkpoint(reference_2p
     assert "taking over the lock" not in result.stderr
     assert_resumed_from(result.stdout, step)
     assert weights(run_dir) == weights(reference_2proc)
+
+
+def test_a_closed_terminal_stops_the_run_with_a_checkpoint_and_exit_75(reference, tmp_path):
+    """The run's terminal closes (a pseudo-terminal whose other end is closed): the kernel sends SIGHUP, and
+    every write to the terminal fails from then on. The run still saves, exits 75 and frees its lock."""
+    run_dir = tmp_path / "run"
+    master, terminal = pty.openpty()
+    env, tag = processes.tagged_env(cli_env())
+
+    def own_the_terminal() -> None:  # in the child, after setsid: the terminal becomes its controlling one
+        fcntl.ioctl(terminal, termios.TIOCSCTTY, 0)
+
+    try:
+        trainer = subprocess.Popen([str(a) for a in command(run_dir)], cwd=REPO, env=env, stdin=terminal,
+                                   stdout=terminal, stderr=terminal, start_new_session=True, preexec_fn=own_the_terminal)
+        os.close(terminal)
+        output = b""
+        while not checkpoint_steps(run_dir):
+            assert trainer.poll() is None, output.decode(errors="replace")
+            if select.select([master], [], [], 0.01)[0]:
+                output += os.read(master, 65536)
+        os.close(master)  # the terminal hangs up
+        assert trainer.wait(timeout=60) == EXIT_PREEMPTED, output.decode(errors="replace")
+    finally:
+        processes.kill_tagged(tag)
+    step = checkpoint_steps(run_dir)[-1]
+    assert step < TOTAL_STEPS and checkpoint_problem(checkpoint_dir(run_dir, step)) is None
+    assert not lock_file(run_dir).exists()
+    result = completed(train(run_dir))
+    assert "taking over the lock" not in result.stderr
+    assert_resumed_from(result.stdout, step)
+    assert weights(run_dir) == weights(reference)
 
 
 # --- another number of processes -----------------------------------------------------------------

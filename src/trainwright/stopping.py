@@ -98,8 +98,10 @@ class StopSignals:
             return
         self._said = True
         then = "finishing the run first" if self.finishing else "saving a checkpoint after this step"
-        with contextlib.suppress(OSError):  # a closed terminal (SIGHUP) must not turn the stop into a crash
+        try:
             print(f"trainwright: {why}; {then}", file=sys.stderr, flush=True)
+        except OSError:  # a closed terminal (SIGHUP), a pipe whose reader is gone: the rest goes nowhere, so
+            sys.stdout = sys.stderr = open(os.devnull, "w")  # that printing cannot turn the stop into a crash
 
     def stop_at(self, step: int) -> bool:
         """Whether to stop after optimizer step `step`; the same answer on every process."""
