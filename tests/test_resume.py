@@ -467,8 +467,8 @@ def test_a_closed_terminal_stops_the_run_with_a_checkpoint_and_exit_75(reference
     master, terminal = pty.openpty()
     env, tag = processes.tagged_env(cli_env())
 
-    def own_the_terminal() -> None:  # in the child, after setsid: the terminal becomes its controlling one
-        fcntl.ioctl(terminal, termios.TIOCSCTTY, 0)
+    def own_the_terminal() -> None:  # in the child, after setsid: its stdin, the terminal, becomes its controlling one
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
     try:
         trainer = subprocess.Popen([str(a) for a in command(run_dir)], cwd=REPO, env=env, stdin=terminal,
@@ -480,9 +480,12 @@ def test_a_closed_terminal_stops_the_run_with_a_checkpoint_and_exit_75(reference
             if select.select([master], [], [], 0.01)[0]:
                 output += os.read(master, 65536)
         os.close(master)  # the terminal hangs up
+        master = -1
         assert trainer.wait(timeout=60) == EXIT_PREEMPTED, output.decode(errors="replace")
     finally:
         processes.kill_tagged(tag)
+        if master >= 0:
+            os.close(master)
     step = checkpoint_steps(run_dir)[-1]
     assert step < TOTAL_STEPS and checkpoint_problem(checkpoint_dir(run_dir, step)) is None
     assert not lock_file(run_dir).exists()
