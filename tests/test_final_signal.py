@@ -91,6 +91,7 @@ def test_a_worker_whose_launcher_is_gone_stops(capsys, monkeypatch):
 
     monkeypatch.setattr(stopping, "launcher_pid", lambda: os.getppid() + 1)
     monkeypatch.setattr(stopping, "WATCH_SECONDS", 0.01)
+    monkeypatch.setattr(stopping, "_watch", None)  # a watch of that launcher
     stops = StopSignals(Processes.single())
     with stops.caught():
         deadline = time.monotonic() + 10

@@ -438,6 +438,29 @@ def test_workers_save_and_exit_75_when_the_launcher_is_killed(reference_2proc, s
     assert weights(run_dir) == weights(reference_2proc)
 
 
+def test_workers_end_when_the_launcher_is_killed_before_training(reference_2proc, start, tmp_path):
+    """Killed while its workers start (they meet at the launcher's store to connect), the launcher leaves them
+    nothing to wait for: they end at once (exit 75, nothing to save yet) instead of waiting for each other
+    until a timeout (30 min) while holding the run dir; the same command then trains from the start."""
+    run_dir = tmp_path / "run"
+    overrides = ["trainer.record_samples=true"]
+    with processes.adopting_orphans():
+        launcher = start(command(run_dir, overrides, processes_=2), cli_env(), name="killed")
+        launcher.wait_for("the run dir's lock", lambda: lock_file(run_dir).exists(), interval=0.01)
+        workers = [_rank_pid(launcher, r) for r in (0, 1)]
+        launcher.signal(signal.SIGKILL)
+        codes = processes.reap(workers, timeout=60)
+    output = launcher.output()
+    assert list(codes.values()) == [EXIT_PREEMPTED] * 2, output
+    assert not processes.tagged_processes(launcher.tag), "a process of the killed launch is left running"
+    assert f"trainwright: the launcher (pid {launcher.pid}) is gone before training started" in output, output
+    assert "world_size=" not in output and not checkpoint_steps(run_dir)
+
+    result = completed(train(run_dir, *overrides, processes_=2))
+    assert resumed_from(result.stdout) is None
+    assert weights(run_dir) == weights(reference_2proc)
+
+
 def test_sighup_to_the_launcher_stops_the_workers_with_a_checkpoint(reference_2proc, start, tmp_path):
     """A closed terminal: the launcher relays SIGHUP to the workers, which save and stop as on SIGTERM (the
     launcher exits 1 with a SignalException, as on SIGTERM)."""
