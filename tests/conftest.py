@@ -303,7 +303,7 @@ def house_csv(tmp_path: Path) -> Path:
 @pytest.fixture
 def keep_signal_handlers() -> Iterator[None]:
     """The trainer leaves stop signals ignored once one arrived (the CLI exits then); tests go on."""
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP)}
     yield
     for sig, handler in saved.items():
         signal.signal(sig, handler)

@@ -10,6 +10,7 @@ trainers running into later tests. Nothing without the tag is ever signalled.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -24,6 +25,7 @@ import psutil
 import pytest
 
 TAG_VAR = "TRAINWRIGHT_TEST_TAG"
+PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -179,3 +181,36 @@ def starter(folder: Path) -> Iterator[Starter]:
         yield start
     finally:
         start.close()
+
+
+@contextlib.contextmanager
+def adopting_orphans() -> Iterator[None]:
+    """While inside, this process is a child subreaper (Linux): a descendant whose parent dies (a torchrun
+    worker whose launcher was killed) is re-parented to it rather than to pid 1, so `reap` can read its exit
+    code. Skips the test where prctl cannot do it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        pytest.skip(f"cannot become a child subreaper here: {os.strerror(ctypes.get_errno())}")
+    try:
+        yield
+    finally:
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+
+
+def reap(pids: Sequence[int], timeout: float) -> dict[int, int]:
+    """Wait for the processes `pids` (children of this process, or orphans it adopted) to exit; their exit
+    codes (-N: killed by signal N). Fails naming the ones still running after `timeout` seconds."""
+    codes: dict[int, int] = {}
+    deadline = time.monotonic() + timeout
+    while len(codes) < len(pids):
+        for pid in set(pids) - set(codes):
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:  # not re-parented here yet (its parent is still exiting)
+                continue
+            if done:
+                codes[pid] = os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            pytest.fail(f"still running {timeout:.0f}s later: {sorted(set(pids) - set(codes))} (exited: {codes})")
+        time.sleep(0.02)
+    return codes

@@ -7,6 +7,7 @@ import io
 import os
 import signal
 import sys
+import time
 
 import pytest
 import torch
@@ -52,3 +53,59 @@ def test_a_second_signal_during_the_first_ones_message_is_not_said_again(monkeyp
         os.kill(os.getpid(), signal.SIGUSR1)
     assert stops.received == signal.SIGUSR1
     assert stderr.getvalue().count("got SIGUSR1") == 1, stderr.getvalue()
+
+
+def _two_processes(rank: int, others_request: float = 0.0) -> Processes:
+    """Process `rank` of two, whose all-reduce (max) meets the other process's request."""
+    other = torch.tensor([others_request, 0.0])
+    return Processes(rank=rank, world_size=2, device=torch.device("cpu"), _reduce=lambda t, _op: torch.maximum(t, other))
+
+
+def test_only_the_main_process_says_why_the_run_stops(capsys):
+    """A worker that is not the main process stops silently; the main process says it for it when they agree."""
+    worker = StopSignals(_two_processes(rank=1))
+    with worker.caught():
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert worker.received == signal.SIGTERM and worker.stop_at(1)
+    assert capsys.readouterr().err == ""
+
+    main = StopSignals(_two_processes(rank=0, others_request=signal.SIGTERM))
+    with main.caught():
+        assert main.stop_at(1)
+        os.kill(os.getpid(), signal.SIGTERM)  # the launcher's relay reaches it too, later: said once
+    assert capsys.readouterr().err == "trainwright: another process got SIGTERM; saving a checkpoint after this step\n"
+
+
+def test_sighup_is_a_stop_signal(capsys):
+    stops = StopSignals(Processes.single())
+    with stops.caught():
+        os.kill(os.getpid(), signal.SIGHUP)
+    assert stops.stop_at(1)
+    assert capsys.readouterr().err == "trainwright: got SIGHUP; saving a checkpoint after this step\n"
+
+
+def test_a_worker_whose_launcher_is_gone_stops(capsys, monkeypatch):
+    """Under torchrun the launcher is the worker's parent; a process whose parent is not the launcher it
+    started under (here: a pid that is not this process's parent) requests a stop within WATCH_SECONDS."""
+    import trainwright.stopping as stopping
+
+    monkeypatch.setattr(stopping, "launcher_pid", lambda: os.getppid() + 1)
+    monkeypatch.setattr(stopping, "WATCH_SECONDS", 0.01)
+    monkeypatch.setattr(stopping, "_watch", None)  # a watch of that launcher
+    stops = StopSignals(Processes.single())
+    with stops.caught():
+        deadline = time.monotonic() + 10
+        while not stops.received and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert stops.received == stopping.LAUNCHER_GONE and stops.stop_at(1)
+    gone = os.getppid() + 1
+    assert capsys.readouterr().err == f"trainwright: the launcher (pid {gone}) is gone; saving a checkpoint after this step\n"
+
+
+def test_without_a_launcher_the_parent_is_not_watched(monkeypatch):
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    from trainwright.launcher import launcher_pid
+
+    assert launcher_pid() is None
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
+    assert launcher_pid() == os.getppid()  # this process's parent when trainwright was imported

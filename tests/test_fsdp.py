@@ -24,6 +24,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+import processes
 from conftest import REPO, write_fashion_mnist
 
 CONFIGS = REPO / "accelerate_configs"
@@ -182,6 +183,29 @@ def test_sigkill_mid_run_resumes_bitwise(reference, data_root, tmp_path):
     assert (run_dir / "model.safetensors").read_bytes() == (reference[0] / "model.safetensors").read_bytes()
 
 
+def test_workers_save_and_exit_75_when_the_launcher_is_killed(reference, data_root, tmp_path):
+    """SIGKILL to the launcher alone: the FSDP workers it leaves behind notice, save a sharded checkpoint at
+    one step, exit 75 and free the lock; the same command resumes bitwise."""
+    run_dir = tmp_path / "run"
+    with processes.starter(tmp_path) as start, processes.adopting_orphans():
+        launcher = start(_command(data_root, run_dir, processes=2), _env(), name="killed")
+        launcher.wait_for("a checkpoint", lambda: checkpoint_steps(run_dir), timeout=180, interval=0.01)
+        workers = [child.pid for child in launcher.children() if "trainwright" in child.cmdline()]
+        assert len(workers) == 2, launcher.describe()
+        launcher.signal(signal.SIGKILL)
+        codes = processes.reap(workers, timeout=60)
+        output = launcher.output()
+        assert list(codes.values()) == [75, 75], output
+        assert not processes.tagged_processes(launcher.tag), "a process of the killed launch is left running"
+    assert output.count(f"trainwright: the launcher (pid {launcher.pid}) is gone; saving a checkpoint") == 1, output
+    stopped = int(output.split("Stopped at step ")[1].split(":")[0])
+    assert stopped < TOTAL_STEPS and checkpoint_steps(run_dir)[-1] == stopped
+    assert not (run_dir.parent / f".{run_dir.name}.trainwright-lock").exists()
+    result = train(data_root, run_dir)
+    assert f"Resuming from step {stopped} " in result.stdout and "taking over the lock" not in result.stderr
+    assert (run_dir / "model.safetensors").read_bytes() == (reference[0] / "model.safetensors").read_bytes()
+
+
 def test_resumes_resharded_on_one_and_on_three_processes(reference, data_root, tmp_path):
     run_dir = tmp_path / "run"
     train(data_root, run_dir, "trainer.max_steps=15")
@@ -301,7 +325,7 @@ def test_accumulation_clipping_schedule_and_a_stop_signal_under_fsdp_match_ddp(d
     finally:
         if process.poll() is None:
             kill_tree(process)
-    assert output.count("trainwright: got SIGTERM; saving a checkpoint after this step") == 2, output
+    assert output.count("got SIGTERM; saving a checkpoint after this step") == 1, output  # said by the main process only
     stopped = int(output.split("Stopped at step ")[1].split(":")[0])
     assert stopped < TOTAL_STEPS and checkpoint_steps(run_dir)[-1] == stopped
     resumed = train(data_root, run_dir, *options)

@@ -11,13 +11,18 @@ validation loss within float tolerance.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
+import pty
 import re
+import select
 import shutil
 import signal
+import subprocess
 import sys
+import termios
 from pathlib import Path
 
 import pytest
@@ -403,7 +408,9 @@ def test_two_processes_stop_at_one_step_whoever_gets_the_signal(reference_2proc,
         output = process.output()
         step = stopped_at(output)
         assert [last_sample_step(run_dir, r) for r in (0, 1)] == [step, step], output
-        assert output.count(f"trainwright: got {name}; saving") == (2 if who == "launcher" else 1), output
+        assert output.count(f"got {name}; saving") == 1, output  # said by the main process only
+        if who != "launcher":  # for rank 1
+            assert f"trainwright: another process got {name}; saving a checkpoint after this step" in output, output
         assert resumed < step < TOTAL_STEPS
         assert checkpoint_steps(run_dir)[-1] == step
         folder = checkpoint_dir(run_dir, step)
@@ -427,6 +434,118 @@ def test_two_processes_stop_at_one_step_whoever_gets_the_signal(reference_2proc,
     assert "world_size=2 device=cpu" in result.stdout
     assert_resumed_from(result.stdout, resumed)
     assert weights(run_dir) == weights(reference_2proc)
+
+
+def lock_file(run_dir: Path) -> Path:
+    return run_dir.parent / f".{run_dir.name}.trainwright-lock"
+
+
+def test_workers_save_and_exit_75_when_the_launcher_is_killed(reference_2proc, start, tmp_path):
+    """SIGKILL to the launcher alone (a job runner's timeout, the OOM killer) leaves its workers running in
+    sessions of their own: they notice it is gone, stop at one step with a checkpoint, exit 75 within
+    seconds and free the run dir's lock; the same command then resumes bitwise."""
+    run_dir = tmp_path / "run"
+    overrides = ["trainer.record_samples=true"]
+    with processes.adopting_orphans():  # the orphaned workers' exit codes come here
+        launcher = start(command(run_dir, overrides, processes_=2), cli_env(), name="killed")
+        launcher.wait_for("a checkpoint", lambda: checkpoint_steps(run_dir), interval=0.01)
+        workers = [_rank_pid(launcher, r) for r in (0, 1)]
+        launcher.signal(signal.SIGKILL)
+        codes = processes.reap(workers, timeout=60)
+    output = launcher.output()
+    assert list(codes.values()) == [EXIT_PREEMPTED] * 2, output
+    assert not processes.tagged_processes(launcher.tag), "a process of the killed launch is left running"
+    assert output.count(f"trainwright: the launcher (pid {launcher.pid}) is gone; saving a checkpoint after this step") == 1, output
+    step = stopped_at(output)
+    assert [last_sample_step(run_dir, r) for r in (0, 1)] == [step, step], output
+    assert step < TOTAL_STEPS and checkpoint_steps(run_dir)[-1] == step
+    assert checkpoint_problem(checkpoint_dir(run_dir, step)) is None
+    assert not lock_file(run_dir).exists()
+
+    result = completed(train(run_dir, *overrides, processes_=2))
+    assert "taking over the lock" not in result.stderr  # released, not left behind
+    assert_resumed_from(result.stdout, step)
+    assert weights(run_dir) == weights(reference_2proc)
+
+
+def test_workers_end_when_the_launcher_is_killed_before_training(reference_2proc, start, tmp_path):
+    """Killed while its workers start (they meet at the launcher's store to connect), the launcher leaves them
+    nothing to wait for: they end at once (exit 75, nothing to save yet) instead of waiting for each other
+    until a timeout (30 min) while holding the run dir; the same command then trains from the start."""
+    run_dir = tmp_path / "run"
+    overrides = ["trainer.record_samples=true"]
+    with processes.adopting_orphans():
+        launcher = start(command(run_dir, overrides, processes_=2), cli_env(), name="killed")
+        launcher.wait_for("the run dir's lock", lambda: lock_file(run_dir).exists(), interval=0.01)
+        workers = [_rank_pid(launcher, r) for r in (0, 1)]
+        launcher.signal(signal.SIGKILL)
+        codes = processes.reap(workers, timeout=60)
+    output = launcher.output()
+    assert list(codes.values()) == [EXIT_PREEMPTED] * 2, output
+    assert not processes.tagged_processes(launcher.tag), "a process of the killed launch is left running"
+    assert f"trainwright: the launcher (pid {launcher.pid}) is gone before training started" in output, output
+    assert "world_size=" not in output and not checkpoint_steps(run_dir)
+
+    result = completed(train(run_dir, *overrides, processes_=2))
+    assert resumed_from(result.stdout) is None
+    assert weights(run_dir) == weights(reference_2proc)
+
+
+def test_sighup_to_the_launcher_stops_the_workers_with_a_checkpoint(reference_2proc, start, tmp_path):
+    """A closed terminal: the launcher relays SIGHUP to the workers, which save and stop as on SIGTERM (the
+    launcher exits 1 with a SignalException, as on SIGTERM)."""
+    run_dir = tmp_path / "run"
+    overrides = ["trainer.record_samples=true"]
+    launcher = start(command(run_dir, overrides, processes_=2), cli_env(), name="hung-up")
+    launcher.wait_for("a checkpoint", lambda: checkpoint_steps(run_dir), interval=0.01)
+    launcher.signal(signal.SIGHUP)
+    assert launcher.finish(timeout=60) == 1, launcher.describe()
+    output = launcher.output()
+    assert not processes.tagged_processes(launcher.tag), "a process of the launch is left running"
+    assert output.count("trainwright: got SIGHUP; saving a checkpoint after this step") == 1, output
+    step = stopped_at(output)
+    assert step < TOTAL_STEPS and checkpoint_steps(run_dir)[-1] == step
+    assert not lock_file(run_dir).exists()
+
+    result = completed(train(run_dir, *overrides, processes_=2))
+    assert "taking over the lock" not in result.stderr
+    assert_resumed_from(result.stdout, step)
+    assert weights(run_dir) == weights(reference_2proc)
+
+
+def test_a_closed_terminal_stops_the_run_with_a_checkpoint_and_exit_75(reference, tmp_path):
+    """The run's terminal closes (a pseudo-terminal whose other end is closed): the kernel sends SIGHUP, and
+    every write to the terminal fails from then on. The run still saves, exits 75 and frees its lock."""
+    run_dir = tmp_path / "run"
+    master, terminal = pty.openpty()
+    env, tag = processes.tagged_env(cli_env())
+
+    def own_the_terminal() -> None:  # in the child, after setsid: its stdin, the terminal, becomes its controlling one
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    try:
+        trainer = subprocess.Popen([str(a) for a in command(run_dir)], cwd=REPO, env=env, stdin=terminal,
+                                   stdout=terminal, stderr=terminal, start_new_session=True, preexec_fn=own_the_terminal)
+        os.close(terminal)
+        output = b""
+        while not checkpoint_steps(run_dir):
+            assert trainer.poll() is None, output.decode(errors="replace")
+            if select.select([master], [], [], 0.01)[0]:
+                output += os.read(master, 65536)
+        os.close(master)  # the terminal hangs up
+        master = -1
+        assert trainer.wait(timeout=60) == EXIT_PREEMPTED, output.decode(errors="replace")
+    finally:
+        processes.kill_tagged(tag)
+        if master >= 0:
+            os.close(master)
+    step = checkpoint_steps(run_dir)[-1]
+    assert step < TOTAL_STEPS and checkpoint_problem(checkpoint_dir(run_dir, step)) is None
+    assert not lock_file(run_dir).exists()
+    result = completed(train(run_dir))
+    assert "taking over the lock" not in result.stderr
+    assert_resumed_from(result.stdout, step)
+    assert weights(run_dir) == weights(reference)
 
 
 # --- another number of processes -----------------------------------------------------------------

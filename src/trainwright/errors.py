@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 EXIT_USER_ERROR = 2  # bad input or environment: one message, nothing written
 EXIT_NONFINITE = 3  # training stopped at a non-finite loss; the last good checkpoint is kept
-EXIT_PREEMPTED = 75  # SIGTERM/SIGUSR1: checkpoint saved, run the same command again to resume
+EXIT_PREEMPTED = 75  # SIGTERM/SIGUSR1/SIGHUP or the launcher's death: checkpoint saved, run again to resume
 
 
 class UserError(Exception):

@@ -1,5 +1,5 @@
 """What the launcher asked for, reconciled with the recipe (mixed precision and the parallel strategy),
-and what a failed worker tells it.
+what a failed worker tells it, and which process the launcher is.
 
 `accelerate launch` passes its choices to the processes it starts through environment variables:
 `--mixed_precision` or a config's `mixed_precision` as ACCELERATE_MIXED_PRECISION, a config with
@@ -21,6 +21,11 @@ from trainwright.recipe import Recipe
 PRECISION_VARIABLE = "ACCELERATE_MIXED_PRECISION"
 FSDP_VARIABLE = "ACCELERATE_USE_FSDP"
 ERROR_FILE_VARIABLE = "TORCHELASTIC_ERROR_FILE"  # where torchrun's agent reads a failed worker's reason
+TORCHRUN_VARIABLE = "TORCHELASTIC_RUN_ID"  # set by torchrun's agent for every worker it starts
+
+# This process's parent when trainwright was imported (the CLI imports this module first thing): under
+# torchrun (accelerate launch with several processes), the agent that started it.
+_PARENT_AT_START = os.getppid()
 
 
 def launcher_precision() -> str | None:
@@ -72,3 +77,10 @@ def report_to_launcher(message: str) -> None:
     error_file = os.environ.get(ERROR_FILE_VARIABLE)
     if error_file:
         write_json_atomic(Path(error_file), {"message": message, "timestamp": int(time.time())})
+
+
+def launcher_pid() -> int | None:
+    """The pid of the torchrun agent that started this worker, or None outside torchrun. (A process without
+    torchrun has no launcher to outlive: the parent of a plain `trainwright train` is a shell, whose exit,
+    with nohup or a closed terminal, must not stop it.)"""
+    return _PARENT_AT_START if os.environ.get(TORCHRUN_VARIABLE) else None

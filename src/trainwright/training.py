@@ -28,6 +28,7 @@ from trainwright.recipe import DistributedConfig, Recipe
 from trainwright.run_plan import RunPlan, apply_plan, plan_run
 from trainwright.rundir import RunDir
 from trainwright.runlock import hold
+from trainwright.stopping import ending_without_launcher
 from trainwright.trainer import Outcome, Trainer, steps_per_epoch
 
 
@@ -52,7 +53,8 @@ def execute(recipe: Recipe, plan: RunPlan, started: float) -> Outcome:
         return Outcome("already-completed", plan.completed)
     check_recipe(recipe)
     precision, strategy_name = resolve_precision(recipe), resolve_strategy(recipe)
-    accelerator = make_accelerator(precision)
+    with ending_without_launcher():  # the processes meet at the launcher's store
+        accelerator = make_accelerator(precision)
     processes = Processes.from_accelerator(accelerator, strategy_name)
     if recipe.data.batch_size % processes.world_size:
         raise UserError(
