@@ -79,11 +79,16 @@ def predict_command(args: argparse.Namespace) -> int:
     else:
         from tqdm.auto import tqdm
 
-        from trainwright.prediction_files import write_predictions
+        from trainwright.prediction_files import StopSignal, stop_signals_raise, write_predictions
 
-        with tqdm(unit=" items", desc="predicting", file=sys.stderr, disable=None) as progress:
-            batches = (progress.update(len(p)) or p for p in run.predict_stream(args.input, args.batch_size))
-            count = write_predictions(batches, Path(args.output))
+        try:
+            with stop_signals_raise(), tqdm(unit=" items", desc="predicting", file=sys.stderr, disable=None) as progress:
+                batches = (progress.update(len(p)) or p for p in run.predict_stream(args.input, args.batch_size))
+                count = write_predictions(batches, Path(args.output))
+        except StopSignal as stop:
+            print(f"trainwright: got {stop.name}; stopped predicting, nothing was written to {args.output} (run the "
+                  "same command again to write it)", file=sys.stderr, flush=True)
+            return EXIT_PREEMPTED
         print(f"Wrote {count} predictions to {args.output}")
     return 0
 
