@@ -72,9 +72,17 @@ def open_new(path: Path, mode: str = "w") -> IO[Any]:
 
 
 def open_append(path: Path) -> int:
-    """A file descriptor appending to `path` (made when missing); a symbolic link there is an OSError
-    (ELOOP), never followed."""
-    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+    """A file descriptor appending to `path` (made when missing); a symbolic link there is refused with a
+    UserError, never followed."""
+    try:
+        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise UserError(
+            f"{path} is a symbolic link; trainwright does not write through links (remove it; what it points to is "
+            "left as it is)"
+        ) from None
 
 
 def check_new_output(path: Path, option: str) -> None:
