@@ -16,9 +16,10 @@ from trainwright.errors import UserError
 from trainwright.files import atomic_open, atomic_path, write_json, write_json_atomic
 
 # Files of a run dir that a resumed run writes again.
-REWRITTEN = ["summary.json", "metrics.jsonl", "recipe.yaml", "model.safetensors", "checkpoints/latest.json"]
+REWRITTEN = ["summary.json", "metrics.jsonl", "recipe.yaml", "data.json", "model.safetensors",
+             "checkpoints/latest.json"]
 # ... and those it only reads.
-KEPT = ["data.json", ".trainwright"]
+KEPT = [".trainwright"]
 
 
 def _link_to_copy(path: Path, users: Path) -> None:
@@ -72,7 +73,7 @@ def test_dangling_links_in_a_run_dir_make_no_file_where_they_point(capsys, tmp_p
     assert list(nowhere.iterdir()) == []
     assert not (finished / "metrics.jsonl").is_symlink()
     lines = (finished / "metrics.jsonl").read_text().splitlines()
-    assert lines and all('"step": ' in line for line in lines)  # the run's records after the resume, in a file of its own
+    assert lines and all('"step": ' in line for line in lines)  # the resumed run's records, in a file of its own
 
 
 def test_plots_replace_links_and_never_write_through_them(capsys, tmp_path, finished):

@@ -136,8 +136,8 @@ class RunLock:
                 if exc.errno == errno.ELOOP:
                     raise UserError(
                         f"cannot lock the run dir {self.run.path}: its lock file {self.path} is a symbolic link "
-                        f"(to {os.readlink(self.path)}), which trainwright does not write through; remove the link (what "
-                        "it points to is left as it is)"
+                        f"(to {os.readlink(self.path)}), which trainwright does not write through; remove the link "
+                        "(what it points to is left as it is)"
                     ) from None
                 raise UserError(
                     f"cannot lock the run dir {self.run.path}: cannot write {self.path}: {exc.strerror}"
@@ -248,7 +248,8 @@ def _gone(previous: dict, fd: int) -> str:
             "is another process's now, or the record is from another container)"
         )
     if previous.get("host") not in (None, socket.gethostname()):
-        return f"which no longer holds it (its record was last refreshed {time.time() - os.fstat(fd).st_mtime:.0f} s ago)"
+        age = time.time() - os.fstat(fd).st_mtime
+        return f"which no longer holds it (its record was last refreshed {age:.0f} s ago)"
     return "which no longer holds it"
 
 
