@@ -311,3 +311,14 @@ def test_a_lock_file_that_is_a_symbolic_link_is_refused_and_its_target_untouched
     else:
         assert not users.exists()
     assert lock_file(run_dir).is_symlink() and not run_dir.exists()
+
+
+def test_a_record_naming_this_very_process_is_taken_over_as_such(capsys, tmp_path):
+    """A container started again gives its main process the same pid (1) as the killed one had."""
+    run_dir = tmp_path / "run"
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "since": "2020-01-01 00:00:00", "command": "x"}
+    lock_file(run_dir).write_text(json.dumps(record))
+    with RunLock(RunDir(run_dir)):
+        pass
+    err = capsys.readouterr().err
+    assert f"pid {os.getpid()} is this command's now" in err and "ended" not in err, err

@@ -242,6 +242,8 @@ def _gone(previous: dict, fd: int) -> str:
     running = _running_here(previous)
     if running is False:
         return "which ended without releasing it"
+    if running and previous["pid"] == os.getpid():  # a container started again: its main process has pid 1 again
+        return f"which no longer holds it (pid {previous['pid']} is this command's now)"
     if running:
         return (
             f"which no longer holds it (pid {previous['pid']} is running here, but not as the lock's holder: the pid "
