@@ -102,8 +102,8 @@ class RunLock:
         self._remove_made_folders()
 
     def forget(self) -> None:
-        """Let go of the lock without releasing it: in a forked child, whose parent holds it."""
-        self._stop.set()
+        """Let go of the lock without releasing it: in a forked child, whose parent holds it. (The child has no
+        heartbeat thread; `_stop` is not touched, as its lock may have been held by that thread at the fork.)"""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
