@@ -138,8 +138,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
     tmp = path.with_name(path.name + TMP_SUFFIX)
     try:
         tmp.unlink(missing_ok=True)
-        os.close(create_new(tmp))
         try:
+            os.close(create_new(tmp))
             yield tmp
             _settle(tmp)
             os.replace(tmp, path)
