@@ -148,6 +148,21 @@ def test_unknown_model_argument_suggests_the_right_one(capsys):
                fragments=("model.hiden", "unknown argument for model 'mlp'", "did you mean 'hidden'"))
 
 
+def test_a_misspelt_optimizer_lr_suggests_lr_and_lists_it(capsys):
+    """lr is the optimizer's argument too (trainwright passes it from optimizer.lr)."""
+    message = user_error(capsys, "check", HEART, "optimizer.lrr=0.1",
+                         fragments=("optimizer.lrr", "unknown argument for optimizer 'sgd'", "did you mean 'lr'?"))
+    assert "(it takes: lr, momentum" in message
+
+
+@pytest.mark.parametrize("hidden", ["[0]", "[8, 0]", "[-4]"])
+def test_an_mlp_layer_of_no_units_is_refused(capsys, tmp_path, hidden):
+    """A layer of 0 units cuts the model off from its input: it would train on nothing but the last bias."""
+    user_error(capsys, "train", HEART, *TINY_HEART, f"model.hidden={hidden}", "--run-dir", tmp_path / "run",
+               fragments=("model.hidden", "at least 1 unit", hidden.replace(" ", "").replace(",", ", ")))
+    assert not (tmp_path / "run").exists()
+
+
 def test_unknown_model_argument_via_train(capsys, tmp_path):
     user_error(capsys, "train", HEART, *TINY_HEART, "model.dropout=0.5", "--run-dir", tmp_path / "run",
                fragments=("model.dropout", "unknown argument"))

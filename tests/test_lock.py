@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -143,3 +144,181 @@ def test_python_api_takes_the_lock_too(tmp_path, held):
     with RunLock(RunDir(run_dir)), pytest.raises(UserError, match="in use"):
         train(recipe, run_dir)
 
+
+
+# --- the lock ends with its holder, even while children it forked live on (issue 19) ---------------------
+
+HOLD_FORK_AND_DIE = """
+import os, signal, sys, time
+from pathlib import Path
+from trainwright.rundir import RunDir
+from trainwright.runlock import RunLock
+
+RunLock(RunDir(Path(sys.argv[1]))).__enter__()
+child = os.fork()
+if child == 0:  # outlives its parent, as a DataLoader worker does for a moment after a SIGKILL
+    os.dup2(os.open(os.devnull, os.O_RDWR), 1)
+    os.dup2(os.open(os.devnull, os.O_RDWR), 2)
+    time.sleep(60)
+    os._exit(0)
+print(os.getpid(), child, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+
+
+def test_a_forked_child_of_a_killed_holder_does_not_keep_the_lock(capsys, tmp_path):
+    run_dir = tmp_path / "run"
+    holder = subprocess.run([sys.executable, "-c", HOLD_FORK_AND_DIE, str(run_dir)], env=cli_env(), capture_output=True,
+                            text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert holder.returncode == -signal.SIGKILL, describe(holder)
+    holder_pid, child = map(int, holder.stdout.split())
+    try:
+        assert _running(child)  # it has the lock file open (fork copied the descriptor)
+        with RunLock(RunDir(run_dir)):
+            assert _running(child)
+        err = capsys.readouterr().err
+        assert f"taking over the lock of {run_dir} from pid {holder_pid}" in err and "ended without releasing it" in err
+        assert not lock_file(run_dir).exists()
+    finally:
+        os.kill(child, signal.SIGKILL)
+
+
+SLOW_ITEMS = '''
+import os, time
+
+import torch
+from torch.utils.data import Dataset, get_worker_info
+
+from trainwright.data.bundle import DataBundle, Task
+
+
+class Items(Dataset):
+    """Points served one at a time, slowly by DataLoader workers; a worker that reads one leaves a file named
+    by its pid."""
+
+    def __init__(self, n):
+        g = torch.Generator().manual_seed(0)
+        self.points, self.labels = torch.randn(n, 2, generator=g), torch.randint(0, 2, (n,), generator=g)
+
+    def __len__(self):
+        return len(self.points)
+
+    def __getitem__(self, index):
+        if get_worker_info() is not None:
+            open(os.path.join(os.environ["SERVED_BY"], str(os.getpid())), "w").close()
+            time.sleep(3)
+        return self.points[index], self.labels[index]
+
+
+def slow_items(num_points: int = 64) -> DataBundle:
+    return DataBundle(train=Items(num_points), val=Items(8), task=Task("multiclass", class_names=("a", "b")))
+'''
+
+
+def test_a_run_killed_while_its_dataloader_workers_read_can_be_run_again_at_once(tmp_path):
+    """The workers (forked, and still in __getitem__ for seconds after their parent's SIGKILL) must not keep
+    the run dir locked: the next command gets it at once and names the dead holder only as gone."""
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "slow_items.py").write_text(SLOW_ITEMS)
+    served_by = tmp_path / "served_by"
+    served_by.mkdir()
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "name: slow\ndata: {name: 'slow_items:slow_items', batch_size: 8, num_workers: 2}\n"
+        "model: {name: mlp, in_features: 2, hidden: [4], out_features: 2}\nloss: {name: cross_entropy}\n"
+        "optimizer: {name: sgd, lr: 0.1}\nlogging: {wandb: false}\n"
+    )
+    run_dir = tmp_path / "run"
+    env = cli_env(SERVED_BY=str(served_by), PYTHONPATH=os.pathsep.join([str(code), os.environ.get("PYTHONPATH", "")]))
+    args = [sys.executable, "-m", "trainwright", "train", str(recipe), "--run-dir", str(run_dir)]
+    main = subprocess.Popen(args, cwd=REPO, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while not workers:
+            assert main.poll() is None, main.stdout.read()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+            workers = [int(p.name) for p in served_by.iterdir()]
+        main.kill()
+        main.wait(timeout=60)
+        assert any(_running(pid) for pid in workers)  # still reading their item
+        second = subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path\n"
+                                 "from trainwright.rundir import RunDir\nfrom trainwright.runlock import RunLock\n"
+                                 "with RunLock(RunDir(Path(sys.argv[1]))): print('locked')", str(run_dir)],
+                                env=cli_env(), capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        assert any(_running(pid) for pid in workers)
+    finally:
+        main.kill()
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert second.returncode == 0 and "locked" in second.stdout, describe(second)
+    assert f"pid {main.pid}" in second.stderr and "ended without releasing it" in second.stderr, describe(second)
+
+
+def test_a_held_lock_whose_recorded_holder_is_dead_is_not_said_to_be_that_holders(capsys, tmp_path):
+    """The refusal names a holder only where it is alive: a lock held by some other process (here this
+    test, under a dead pid's record) is said to be so."""
+    import fcntl
+
+    run_dir = tmp_path / "run"
+    dead = {"pid": 999999, "host": socket.gethostname(), "since": "2020-01-01 00:00:00", "command": "trainwright train"}
+    lock_file(run_dir).write_text(json.dumps(dead))
+    with lock_file(run_dir).open() as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        message = user_error(capsys, "train", HEART, *TINY, "--run-dir", run_dir,
+                             fragments=("in use", "not by its recorded holder", "pid 999999", "no longer running",
+                                        str(lock_file(run_dir))))
+    assert "another trainwright run (pid 999999" not in message
+    assert json.loads(lock_file(run_dir).read_text()) == dead
+
+
+def test_a_record_naming_a_live_process_that_does_not_hold_the_lock_is_taken_over_truthfully(capsys, tmp_path):
+    """pid 1 is alive (here it is not the holder: no one holds the lock): it did not 'end'."""
+    run_dir = tmp_path / "run"
+    alive = {"pid": 1, "host": socket.gethostname(), "since": "2020-01-01 00:00:00", "command": "trainwright train"}
+    lock_file(run_dir).write_text(json.dumps(alive))
+    _, err = train_ok(capsys, HEART, *TINY, "--run-dir", run_dir)
+    assert "taking over the lock" in err and "pid 1 on host" in err and "no longer holds it" in err, err
+    assert "ended" not in err, err
+
+
+@pytest.mark.parametrize("target", ["a file", "nothing"])
+def test_a_lock_file_that_is_a_symbolic_link_is_refused_and_its_target_untouched(capsys, tmp_path, target):
+    """The lock file's folder may be shared: a link there must not make trainwright write a user's file
+    (or make one where a dangling link points)."""
+    run_dir = tmp_path / "runs" / "run"
+    run_dir.parent.mkdir()
+    users = tmp_path / "users_file.txt"
+    if target == "a file":
+        users.write_text("precious\n")
+    lock_file(run_dir).symlink_to(users)
+    user_error(capsys, "train", HEART, *TINY, "--run-dir", run_dir,
+               fragments=(str(lock_file(run_dir)), "symbolic link", str(users), "remove the link"))
+    if target == "a file":
+        assert users.read_text() == "precious\n"
+    else:
+        assert not users.exists()
+    assert lock_file(run_dir).is_symlink() and not run_dir.exists()
+
+
+def test_a_record_naming_this_very_process_is_taken_over_as_such(capsys, tmp_path):
+    """A container started again gives its main process the same pid (1) as the killed one had."""
+    run_dir = tmp_path / "run"
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "since": "2020-01-01 00:00:00", "command": "x"}
+    lock_file(run_dir).write_text(json.dumps(record))
+    with RunLock(RunDir(run_dir)):
+        pass
+    err = capsys.readouterr().err
+    assert f"pid {os.getpid()} is this command's now" in err and "ended" not in err, err

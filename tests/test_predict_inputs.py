@@ -7,6 +7,10 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -16,8 +20,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, write_fashion_mnist
-from reliability_helpers import HEART, HOUSE, call, user_error
+from conftest import REPO, cli_env, write_fashion_mnist
+from reliability_helpers import HEART, HOUSE, call, read_only, user_error
+from trainwright.errors import EXIT_PREEMPTED
 from trainwright import load_run
 from trainwright.cli import main
 from trainwright.components import build_model
@@ -272,3 +277,43 @@ def test_an_unfinished_run_says_so_and_predicts_from_its_newest_checkpoint(capsy
     assert code == 0 and "checkpoint step 50" in err, err
     code, expected, _ = call(capsys, "predict", heart_run, "--input", tmp_path / "points.csv")
     assert out == expected  # the last checkpoint holds the final weights
+
+
+# --- where the output goes, and a stop while it is written (issue 19) ----------------------------------------
+
+
+def test_an_output_in_a_read_only_folder_is_one_message_naming_it(capsys, heart_run, tmp_path):
+    (tmp_path / "points.csv").write_text("x,y\n0.5,0.5\n")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    with read_only(folder):
+        message = user_error(capsys, "predict", heart_run, "--input", tmp_path / "points.csv", "--output",
+                             folder / "p.csv", fragments=(f"--output {folder / 'p.csv'}", "not writable"))
+    assert ".tmp" not in message
+    assert list(folder.iterdir()) == []
+
+
+def test_sigterm_while_writing_the_output_removes_it_and_says_so(heart_run, tmp_path):
+    points = tmp_path / "points.csv"
+    pd.DataFrame(np.random.default_rng(0).uniform(-2, 2, size=(1_000_000, 2)), columns=["x", "y"]).to_csv(
+        points, index=False)
+    out = tmp_path / "out.csv"
+    predict = subprocess.Popen(
+        [sys.executable, "-m", "trainwright", "predict", str(heart_run), "--input", str(points), "--output", str(out),
+         "--batch-size", "64"], cwd=REPO, env=cli_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL)
+    partial = tmp_path / "out.csv.tmp"
+    try:
+        deadline = time.monotonic() + 120
+        while not (partial.exists() and partial.stat().st_size > 0):
+            assert predict.poll() is None, predict.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        predict.send_signal(signal.SIGTERM)
+        stdout, stderr = predict.communicate(timeout=120)
+    finally:
+        predict.kill()
+    assert predict.returncode == EXIT_PREEMPTED, (predict.returncode, stderr)
+    assert f"got SIGTERM; stopped predicting, nothing was written to {out}" in stderr
+    assert "Traceback" not in stderr and "Wrote" not in stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["points.csv"]

@@ -61,30 +61,41 @@ def predict_command(args: argparse.Namespace) -> int:
     from trainwright.inference import load_run
 
     if args.output is not None:
-        from trainwright.prediction_files import check_output
-
-        if args.input is None:
-            raise UserError("--output writes the predictions for --input; give --input FILE as well")
-        check_output(Path(args.output))  # before anything is read
+        return _predict_to_file(args)
     run = load_run(args.run_dir, args.checkpoint, args.device, args.allow_data_change)
     if args.input is None:  # the first N items of the run's own evaluation split
         _, predictions = run.predict_split(args.n)
         print("\n".join(predictions.lines()))
-    elif args.output is None:
+    else:
         predictions = next(run.predict_stream(args.input, batch_size=args.n + 1))  # one more: are there more?
         print("\n".join(predictions.lines()[: args.n]))
         if len(predictions) > args.n:
             print(f"trainwright: showing the first {args.n} predictions; --output FILE.csv writes one row per input",
                   file=sys.stderr)
-    else:
-        from tqdm.auto import tqdm
+    return 0
 
-        from trainwright.prediction_files import write_predictions
 
-        with tqdm(unit=" items", desc="predicting", file=sys.stderr, disable=None) as progress:
-            batches = (progress.update(len(p)) or p for p in run.predict_stream(args.input, args.batch_size))
-            count = write_predictions(batches, Path(args.output))
-        print(f"Wrote {count} predictions to {args.output}")
+def _predict_to_file(args: argparse.Namespace) -> int:
+    """`predict --input X --output FILE`; a stop signal on the way leaves no file and exits 75."""
+    from tqdm.auto import tqdm
+
+    from trainwright.inference import load_run
+    from trainwright.prediction_files import StopSignal, check_output, stop_signals_raise, write_predictions
+
+    if args.input is None:
+        raise UserError("--output writes the predictions for --input; give --input FILE as well")
+    check_output(Path(args.output))  # before anything is read
+    try:
+        with stop_signals_raise():
+            run = load_run(args.run_dir, args.checkpoint, args.device, args.allow_data_change)
+            with tqdm(unit=" items", desc="predicting", file=sys.stderr, disable=None) as progress:
+                batches = (progress.update(len(p)) or p for p in run.predict_stream(args.input, args.batch_size))
+                count = write_predictions(batches, Path(args.output))
+    except StopSignal as stop:
+        print(f"trainwright: got {stop.name}; stopped predicting, nothing was written to {args.output} (run the same "
+              "command again to write it)", file=sys.stderr, flush=True)
+        return EXIT_PREEMPTED
+    print(f"Wrote {count} predictions to {args.output}")
     return 0
 
 

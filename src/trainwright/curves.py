@@ -11,13 +11,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from trainwright.files import atomic_path  # noqa: E402
+from trainwright.files import atomic_open  # noqa: E402
 
 
 def save_figure(fig: Figure, path: Path) -> None:
     """Write a figure as PNG atomically (a reader never sees half a picture) and close it."""
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+    with atomic_open(path, "wb") as file:
+        fig.savefig(file, dpi=110, format="png")
     plt.close(fig)
 
 

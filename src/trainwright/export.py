@@ -13,7 +13,7 @@ from trainwright.checkpoint import retention
 from trainwright.checkpoint.format import MANIFEST, read_train_state, verify
 from trainwright.checkpoint.weights import save_weights
 from trainwright.errors import UserError
-from trainwright.files import warn
+from trainwright.files import check_new_output, warn
 from trainwright.rundir import RunDir
 
 
@@ -29,10 +29,7 @@ def export_weights(source: str | Path, out: str | Path) -> Exported:
     """Write the model weights of `source` (a checkpoint folder, or a run dir: its newest valid checkpoint)
     to `out`, which must not exist yet."""
     out = Path(out)
-    if out.exists():
-        raise UserError(f"--out {out} exists; trainwright does not overwrite it (choose another name or remove it)")
-    if not out.parent.is_dir():
-        raise UserError(f"--out {out}: folder {out.parent} does not exist")
+    check_new_output(out, "--out")
     checkpoint = find_checkpoint(Path(source))
     weights = checkpoint_weights(checkpoint)
     step = read_train_state(checkpoint).step

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from trainwright.errors import UserError
 from trainwright.registry import MODELS
 
 _ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "gelu": nn.GELU}
@@ -25,6 +26,11 @@ def mlp(
     output_activation: str | None = None,
 ) -> nn.Sequential:
     """Flatten, then Linear layers with `activation` between them (FashionMNIST 784-512-512-10, heart 2-72-36-1)."""
+    if any(size < 1 for size in hidden):
+        raise UserError(
+            f"model.hidden: every layer needs at least 1 unit, got {list(hidden)} (a layer of 0 units would cut the "
+            "model off from its input); give sizes of at least 1, or hidden: [] for no hidden layer"
+        )
     layers: list[nn.Module] = [nn.Flatten()]
     sizes = [in_features, *hidden]
     for size_in, size_out in zip(sizes, sizes[1:]):

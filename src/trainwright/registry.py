@@ -20,10 +20,12 @@ from trainwright.errors import UserError, did_you_mean
 class Registry:
     """Named builders of one kind of component (datasets, models, losses, ...)."""
 
-    def __init__(self, kind: str, section: str, provided: tuple[str, ...] = (), reserved: tuple[str, ...] = ()) -> None:
+    def __init__(self, kind: str, section: str, provided: tuple[str, ...] = (), reserved: tuple[str, ...] = (),
+                 section_keys: tuple[str, ...] = ()) -> None:
         self.kind = kind
         self.section = section
         self.provided = set(provided)  # arguments trainwright passes itself (e.g. an optimizer's params)
+        self.section_keys = section_keys  # ... of those, the ones the recipe section gives (an optimizer's lr)
         self.reserved = set(provided) | set(reserved)  # ... and those it may pass (never set in a recipe)
         self._entries: dict[str, Callable[..., Any]] = {}
         self._paths: dict[str, str] = {}
@@ -83,11 +85,12 @@ class Registry:
                 "which trainwright passes; wrap it in a function that does"
             )
         accepted = [n for n in params if n not in self.reserved and n != "self"]
+        offered = [*self.section_keys, *accepted]  # what a recipe may write in the section besides the name
         for key in kwargs:
             if key not in accepted:
                 raise UserError(
-                    f"{self.section}.{key}: unknown argument for {self.kind} '{name}'{did_you_mean(key, accepted)} "
-                    f"(it takes: {', '.join(accepted) or 'no arguments'})"
+                    f"{self.section}.{key}: unknown argument for {self.kind} '{name}'{did_you_mean(key, offered)} "
+                    f"(it takes: {', '.join(offered) or 'no arguments'})"
                 )
         missing = [
             n
@@ -168,7 +171,7 @@ def import_attr(path: str, key: str) -> Callable[..., Any]:
 DATASETS = Registry("data set", "data", reserved=("fold",))  # fold: data/folds.py
 MODELS = Registry("model", "model")
 LOSSES = Registry("loss", "loss")
-OPTIMIZERS = Registry("optimizer", "optimizer", provided=("params", "lr"))
+OPTIMIZERS = Registry("optimizer", "optimizer", provided=("params", "lr"), section_keys=("lr",))
 SCHEDULERS = Registry("LR scheduler", "scheduler", provided=("optimizer", "total_steps"))
 METRICS = Registry("metric", "metrics")
 

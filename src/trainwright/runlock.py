@@ -15,6 +15,14 @@ What is guaranteed:
     started within the same moment on two machines can still both run there.
   * Where flock is not supported at all, training is refused with a message.
 
+Only the holder itself holds the lock: a child it forks (a DataLoader worker) closes its copy of the
+lock's file descriptor at once (flock belongs to the open file, which fork shares), so the lock ends
+with the holder even while such children linger; a program it starts (exec) never gets the descriptor.
+
+The lock file is never followed as a symbolic link (the run dir's parent may be a shared folder, and
+writing the holder record through a link would overwrite the file it points to): a link there is
+refused with a message.
+
 The holder record is written through the locked file descriptor, not with files.py's atomic rename
 (renaming would replace the locked file)."""
 
@@ -39,6 +47,19 @@ from trainwright.rundir import RunDir
 
 HEARTBEAT = 30.0  # seconds between refreshes of the lock file's time by its holder
 STALE_AFTER = 120.0  # a record from another machine older than this is from a holder that is gone
+
+_held: set[RunLock] = set()  # the locks this process holds
+
+
+def _release_in_child() -> None:
+    """In a forked child: close its copies of the held locks' file descriptors, so that the lock does not
+    outlive the holder, and forget them, so that the child never removes the holder's lock file."""
+    for lock in _held:
+        lock.forget()
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_release_in_child)
 
 
 def hold(run: RunDir) -> contextlib.AbstractContextManager:
@@ -67,16 +88,26 @@ class RunLock:
         except BaseException:
             self._remove_made_folders()
             raise
+        _held.add(self)
         threading.Thread(target=self._heartbeat, name="trainwright-lock", daemon=True).start()
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self._stop.set()
+        _held.discard(self)
         if self._fd is not None:
             self.path.unlink(missing_ok=True)  # while still locked, so no one can lock the old file meanwhile
             os.close(self._fd)
             self._fd = None
         self._remove_made_folders()
+
+    def forget(self) -> None:
+        """Let go of the lock without releasing it: in a forked child, whose parent holds it. (The child has no
+        heartbeat thread; `_stop` is not touched, as its lock may have been held by that thread at the fork.)"""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self._made = []
 
     def _make_parent(self) -> None:
         missing = [p for p in [self.path.parent, *self.path.parent.parents] if not p.exists()]
@@ -100,8 +131,14 @@ class RunLock:
     def _acquire(self) -> int:
         while True:
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
             except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise UserError(
+                        f"cannot lock the run dir {self.run.path}: its lock file {self.path} is a symbolic link "
+                        f"(to {os.readlink(self.path)}), which trainwright does not write through; remove the link "
+                        "(what it points to is left as it is)"
+                    ) from None
                 raise UserError(
                     f"cannot lock the run dir {self.run.path}: cannot write {self.path}: {exc.strerror}"
                 ) from None
@@ -111,10 +148,7 @@ class RunLock:
                 record = _read(fd)
                 os.close(fd)
                 if exc.errno in (errno.EAGAIN, errno.EACCES):
-                    raise UserError(
-                        f"{self.run.path} is in use by another trainwright run ({_describe(record)}); wait for it to "
-                        "end or stop it, or choose another --run-dir"
-                    ) from None
+                    raise UserError(self._in_use(record)) from None
                 raise UserError(
                     f"cannot lock the run dir {self.run.path}: this file system does not support file locks "
                     f"({exc.strerror}); use a run dir on a file system that does (see the README, 'Run dir lock')"
@@ -125,16 +159,26 @@ class RunLock:
         previous = _read(fd)
         if previous:
             self._check_other_machine(fd, previous)
-            warn(
-                f"taking over the lock of {self.run.path} from {_describe(previous)}, which ended without "
-                "releasing it"
-            )
+            warn(f"taking over the lock of {self.run.path} from {_describe(previous)}, {_gone(previous, fd)}")
         record = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
                   "command": " ".join(sys.argv)}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(record).encode(), 0)
         os.fsync(fd)
         return fd
+
+    def _in_use(self, record: dict) -> str:
+        """The refusal: the holder, named only where the record names a live one."""
+        if _running_here(record) is False:
+            return (
+                f"{self.run.path} is in use: its lock is held, but not by its recorded holder ({_describe(record)}), "
+                f"which is no longer running; another process holds it (`fuser -v {self.path}` names it): wait for "
+                "it to end or stop it, or choose another --run-dir"
+            )
+        return (
+            f"{self.run.path} is in use by another trainwright run ({_describe(record)}); wait for it to end or stop "
+            "it, or choose another --run-dir"
+        )
 
     def _check_other_machine(self, fd: int, previous: dict) -> None:
         """A fresh record from another machine means its holder may be alive where the lock does not reach."""
@@ -189,8 +233,47 @@ def _describe(record: dict) -> str:
     return f"pid {record.get('pid')} on host {record.get('host')} since {record.get('since')}"
 
 
+def _running_here(record: dict) -> bool | None:
+    """Whether the record's process runs on this machine (a zombie does not); None when the record cannot
+    tell (another host, no pid)."""
+    pid = record.get("pid")
+    if record.get("host") != socket.gethostname() or type(pid) is not int or pid <= 0:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    except OSError:
+        return None
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
+
+
+def _gone(previous: dict, fd: int) -> str:
+    """What became of the previous holder, whose lock this command could take."""
+    running = _running_here(previous)
+    if running is False:
+        return "which ended without releasing it"
+    if running and previous["pid"] == os.getpid():  # a container started again: its main process has pid 1 again
+        return f"which no longer holds it (pid {previous['pid']} is this command's now)"
+    if running:
+        return (
+            f"which no longer holds it (pid {previous['pid']} is running here, but not as the lock's holder: the pid "
+            "is another process's now, or the record is from another container)"
+        )
+    if previous.get("host") not in (None, socket.gethostname()):
+        age = time.time() - os.fstat(fd).st_mtime
+        return f"which no longer holds it (its record was last refreshed {age:.0f} s ago)"
+    return "which no longer holds it"
+
+
 def _same_file(fd: int, path: Path) -> bool:
     try:
-        return os.stat(path).st_ino == os.fstat(fd).st_ino
+        return os.lstat(path).st_ino == os.fstat(fd).st_ino
     except FileNotFoundError:
         return False

@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from trainwright.errors import UserError
-from trainwright.files import FILE_MODE, append_whole, json_line, warn, write_text_atomic
+from trainwright.files import append_whole, json_line, open_append, warn, write_text_atomic
 from trainwright.recipe import Recipe
 from trainwright.rundir import RunDir
 
@@ -41,8 +41,9 @@ def read_records(path: Path) -> list[dict[str, Any]]:
 
 def drop_records_after(path: Path, step: int) -> None:
     """Keep only the records with `step` <= step (and no damaged line): a resumed run forgets what a
-    killed run wrote after its checkpoint, so no step appears twice. Step 0 (a fresh start) empties the file."""
-    if not path.exists():
+    killed run wrote after its checkpoint, so no step appears twice. Step 0 (a fresh start) empties the file.
+    A symbolic link there (even a dangling one) becomes a file of its own; what it points to is not written."""
+    if not path.exists() and not path.is_symlink():
         return
     kept = [record for record in read_records(path) if record["step"] <= step]
     write_text_atomic(path, "".join(json_line(record) for record in kept))
@@ -56,7 +57,7 @@ class JsonLinesFile:
     def __init__(self, path: Path, resume_step: int) -> None:
         drop_records_after(path, resume_step)
         self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+        self._fd = open_append(path)
 
     def log(self, fields: dict[str, Any], step: int, epoch: int) -> None:
         try:

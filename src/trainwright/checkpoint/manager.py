@@ -35,7 +35,7 @@ from trainwright.checkpoint.full import FullState, read_full_state
 from trainwright.checkpoint.objects import TrainObjects, fresh_rng, rng_from_files, rng_to_files
 from trainwright.checkpoint.policy import SavePolicy
 from trainwright.errors import UserError
-from trainwright.files import WRITE_ERRORS, replace_dir, write_json
+from trainwright.files import WRITE_ERRORS, remove_tree, replace_dir, write_json
 from trainwright.processes import Processes
 from trainwright.recipe import CheckpointConfig
 
@@ -75,7 +75,7 @@ class CheckpointManager:
         final = self.folder / step_dir_name(state.step)
         tmp = self.folder / f"{TMP_PREFIX}{final.name}"
         if processes.is_main:
-            shutil.rmtree(tmp, ignore_errors=True)
+            remove_tree(tmp)  # a crash's leftover (or a link there: removed, never followed)
             tmp.mkdir(parents=True)
         processes.barrier()
         rng_tensors, rng_meta = rng_to_files()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -25,7 +26,7 @@ def save_weights(weights: nn.Module | dict[str, torch.Tensor], path: Path, metad
             save_model(weights, str(tmp), metadata=metadata)
         else:
             save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp), metadata=metadata)
-        with tmp.open("r+b") as file:
+        with os.fdopen(os.open(tmp, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC), "r+b") as file:
             (length,) = struct.unpack("<Q", file.read(8))
             header = json.loads(file.read(length))
             header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))

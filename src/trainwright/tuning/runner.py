@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from trainwright.errors import EXIT_NONFINITE, EXIT_PREEMPTED, EXIT_USER_ERROR
+from trainwright.files import open_append
 from trainwright.run_plan import completed_run_summary
 from trainwright.rundir import RunDir
 from trainwright.runlock import holder
@@ -108,7 +109,7 @@ def _start(job: Job, parallel: int, threads: str, log_dir: Path) -> subprocess.P
     if parallel == 1:
         return subprocess.Popen(job.command(), preexec_fn=ends_with_us)
     env = {**os.environ, "OMP_NUM_THREADS": threads}
-    with (log_dir / f"{job.name}.log").open("a") as log:
+    with os.fdopen(open_append(log_dir / f"{job.name}.log"), "a") as log:
         return subprocess.Popen(job.command(), stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=ends_with_us)
 
 
