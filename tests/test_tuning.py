@@ -334,8 +334,9 @@ def test_plot_on_a_cv_or_sweep_folder_draws_the_comparison(capsys, cv_run, sweep
 
 # --- issue 19: studies that are killed, edited, huge or in use --------------------------------------------
 
-# 40,000 points in one epoch: ~500 steps, a checkpoint every 50, so a signal lands inside the training.
-LONG_TRIAL = ["data.num_points=40000", "trainer.epochs=1", "checkpoint.every_steps=50", "logging.wandb=false"]
+# 40,000 points for 10 epochs: ~5,000 steps, a checkpoint every 50, so a signal lands inside the training (at one
+# epoch, the first trial could finish before the second had its first checkpoint).
+LONG_TRIAL = ["data.num_points=40000", "trainer.epochs=10", "checkpoint.every_steps=50", "logging.wandb=false"]
 
 
 def _two_trial_spec(tmp_path: Path) -> Path:
