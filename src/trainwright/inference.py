@@ -21,6 +21,7 @@ from torch import nn
 
 from trainwright.checkpoint.format import read_train_state, step_of
 from trainwright.checkpoint.retention import step_dirs
+from trainwright.checkpoint.ties import retied, tied_aliases
 from trainwright.components import build_data, build_model, build_scoring, input_reader
 from trainwright.data.bundle import DataBundle, Task
 from trainwright.data.fingerprint import check_same_data, data_record
@@ -153,7 +154,7 @@ def load_run(
         weights, step = checkpoint_weights(source), read_train_state(source).step
         warn(f"using the weights of checkpoint step {step} ({source})")
     try:
-        missing, unexpected = model.load_state_dict(weights, strict=False)
+        missing, unexpected = model.load_state_dict(retied(weights, tied_aliases(model)), strict=False)
     except RuntimeError as exc:  # shapes that differ
         raise UserError(f"{source} does not fit the run's model: {str(exc).splitlines()[-1].strip()}") from None
     if missing or unexpected:

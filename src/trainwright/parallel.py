@@ -31,8 +31,8 @@ class Strategy(Protocol):
         """Reduce gradients across processes in this backward pass only when `enabled` (the last
         micro-batch of an accumulation group); the others accumulate locally."""
 
-    def full_weights(self, model: nn.Module) -> nn.Module | dict[str, torch.Tensor]:
-        """The whole model's weights on the main process (every process calls it)."""
+    def full_weights(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The whole model's state dict on the main process (every process calls it)."""
 
 
 class DataParallel:
@@ -48,8 +48,8 @@ class DataParallel:
     def gradient_sync(self, model: nn.Module, enabled: bool) -> contextlib.AbstractContextManager[None]:
         return _SYNC if enabled else self.accelerator.no_sync(model)
 
-    def full_weights(self, model: nn.Module) -> nn.Module:
-        return self.accelerator.unwrap_model(model)
+    def full_weights(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        return self.accelerator.unwrap_model(model).state_dict()
 
 
 def compile_in_place(model: nn.Module, mode: str | None) -> None:

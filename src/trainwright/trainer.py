@@ -21,6 +21,7 @@ from trainwright.accelerate_compat import step_calls
 from trainwright.checkpoint.format import TrainState
 from trainwright.checkpoint.manager import CheckpointManager
 from trainwright.checkpoint.objects import TrainObjects
+from trainwright.checkpoint.ties import tied_aliases, untied
 from trainwright.checkpoint.weights import save_weights
 from trainwright.data.bundle import DataBundle
 from trainwright.data.loading import batches_per_epoch, iterate, train_indices
@@ -332,6 +333,7 @@ class Trainer:
         self._wait_for_checkpoint()  # the last checkpoint is on disk first
         weights = self.strategy.full_weights(self.model)  # a collective under fsdp
         if self.processes.is_main:
+            weights = untied(weights, tied_aliases(self.checkpoints.objects.model))  # a tied weight once
             metadata = {"recipe": self.recipe.name, "trainwright_version": __version__, "step": str(state.step)}
             with disk_writes("the final weights and summary", state.step, self.run.checkpoints):
                 save_weights(weights, self.run.model_file, metadata)
