@@ -33,6 +33,8 @@ DATASETS.register_path("csv", "trainwright.data.tabular:csv", inputs="trainwrigh
 DATASETS.register_path(
     "fashion_mnist", "trainwright.data.vision:fashion_mnist", inputs="trainwright.data.images:fashion_images"
 )
+# Hugging Face transformers models (the optional extra trainwright[hf]), imported when a recipe names them.
+MODELS.register_path("hf", "trainwright.hf_models:hf")
 
 
 def check_recipe(recipe: Recipe) -> None:

@@ -1,6 +1,7 @@
 """`trainwright export`: the whole model's weights of any checkpoint, full or sharded, as one safetensors
-file, in one CPU process (no launcher, no process group). Also finds and reads the checkpoint for
-`predict --checkpoint`."""
+file, in one CPU process (no launcher, no process group); with `--hf`, a Hugging Face model's folder
+(config.json and model.safetensors, by `save_pretrained`) that `from_pretrained` loads. Also finds and
+reads the checkpoint for `predict --checkpoint`."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ from pathlib import Path
 import torch
 
 from trainwright.checkpoint import retention
-from trainwright.checkpoint.format import MANIFEST, read_train_state, verify
+from trainwright.checkpoint.format import MANIFEST, read_recipe, read_train_state, verify
+from trainwright.checkpoint.ties import retied, tied_aliases
 from trainwright.checkpoint.weights import save_weights
 from trainwright.errors import UserError
+from trainwright.files import replace_dir
+from trainwright.recipe import validate
 from trainwright.rundir import RunDir
 
 
@@ -27,16 +31,46 @@ class Exported:
 def export_weights(source: str | Path, out: str | Path) -> Exported:
     """Write the model weights of `source` (a checkpoint folder, or a run dir: its newest valid checkpoint)
     to `out`, which must not exist yet."""
-    out = Path(out)
-    if out.exists():
-        raise UserError(f"--out {out} exists; trainwright does not overwrite it (choose another name or remove it)")
-    if not out.parent.is_dir():
-        raise UserError(f"--out {out}: folder {out.parent} does not exist")
+    out = _new_path(out)
     checkpoint = find_checkpoint(Path(source))
     weights = checkpoint_weights(checkpoint)
     step = read_train_state(checkpoint).step
     save_weights(weights, out, {"step": str(step), "exported_from": str(checkpoint)})
     return Exported(checkpoint, step, len(weights), sum(t.numel() for t in weights.values()))
+
+
+def export_hf(source: str | Path, out: str | Path) -> Exported:
+    """Write the Hugging Face model of `source` (a run with `model.name: hf`) to the folder `out` with
+    `save_pretrained`: its config.json and weights, tied weights as transformers ties them."""
+    out = _new_path(out)
+    checkpoint = find_checkpoint(Path(source))
+    recipe = validate(read_recipe(checkpoint), str(checkpoint / "recipe.json"))
+    if recipe.model.name != "hf":
+        raise UserError(
+            f"--hf: the model of {checkpoint} is '{recipe.model.name}', not a Hugging Face model (model.name: hf); "
+            "export its weights as one safetensors file without --hf"
+        )
+    from trainwright.components import build_model  # torch and transformers: only now
+
+    model = build_model(recipe)
+    weights = checkpoint_weights(checkpoint)
+    missing, unexpected = model.load_state_dict(retied(weights, tied_aliases(model)), strict=False)
+    if missing or unexpected:
+        raise UserError(f"{checkpoint} does not fit the run's model (missing {missing}, unexpected {unexpected})")
+    tmp = out.with_name(f".{out.name}.incomplete")
+    model.save_pretrained(tmp)
+    replace_dir(tmp, out)
+    return Exported(checkpoint, read_train_state(checkpoint).step, len(weights), sum(t.numel() for t in weights.values()))
+
+
+def _new_path(out: str | Path) -> Path:
+    """`--out`, which must not exist yet, in a folder that does."""
+    out = Path(out)
+    if out.exists():
+        raise UserError(f"--out {out} exists; trainwright does not overwrite it (choose another name or remove it)")
+    if not out.parent.is_dir():
+        raise UserError(f"--out {out}: folder {out.parent} does not exist")
+    return out
 
 
 def checkpoint_weights(folder: Path) -> dict[str, torch.Tensor]:

@@ -100,7 +100,7 @@ def strategy_for(
     """The strategy of `processes.strategy` (parallel.py); `compile_mode`: torch.compile the model in that
     mode (None: not). FSDP is imported only for runs that use it."""
     if processes.strategy != "fsdp":
-        return DataParallel(accelerator, compile_mode)
+        return DataParallel(accelerator, compile_mode, config.activation_checkpointing)
     from trainwright.fsdp import FullySharded
 
     return FullySharded(accelerator, processes, config, precision, compile_mode)
