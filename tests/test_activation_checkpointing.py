@@ -98,3 +98,12 @@ def test_same_loss_curve_plain_names_and_exact_resume(recipe, tmp_path, processe
     assert "Resuming from step 20 " in off.stdout and "distributed.activation_checkpointing" in off.stdout
     for key, value in load_file(recomputed / "model.safetensors").items():
         torch.testing.assert_close(value, reference[key], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_full_checkpoint_resumes_under_fsdp_with_it_on(recipe, tmp_path):
+    run_dir, on = tmp_path / "run", "distributed.activation_checkpointing=[Block]"
+    train(recipe, run_dir, on, "trainer.max_steps=10")  # one process: a full checkpoint
+    result = train(recipe, run_dir, on, processes=2)  # its optimizer state goes to the shards by parameter name
+    assert "strategy=fsdp" in result.stdout and "Resuming from step 10 " in result.stdout
+    assert (step(run_dir, 30) / "model").is_dir()

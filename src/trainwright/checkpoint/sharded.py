@@ -34,7 +34,7 @@ from trainwright.checkpoint.format import SHARDED_MODEL_DIR, is_sharded
 from trainwright.checkpoint.objects import (
     TrainObjects, json_states, optimizer_from_files, read_json_states, write_json_states,
 )
-from trainwright.checkpoint.ties import retied, tied_aliases, untied
+from trainwright.checkpoint.ties import retied, state_dict_name, tied_aliases, untied
 from trainwright.errors import UserError
 from trainwright.files import write_json
 from trainwright.processes import Processes
@@ -141,7 +141,7 @@ def _split(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, An
 
 def _param_names(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
     """Parameter names in the order of the optimizer's param groups: name i is index i of a full optimizer file."""
-    names = {param: name for name, param in model.named_parameters()}
+    names = {param: state_dict_name(name) for name, param in model.named_parameters()}
     return [names[param] for group in optimizer.param_groups for param in group["params"]]
 
 

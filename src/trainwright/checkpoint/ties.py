@@ -19,11 +19,16 @@ def tied_aliases(model: nn.Module) -> dict[str, str]:
     first: dict[int, str] = {}
     aliases: dict[str, str] = {}
     for name, param in model.named_parameters(remove_duplicate=False):
-        name = name.replace(_CHECKPOINT_PREFIX, "")
+        name = state_dict_name(name)
         kept = first.setdefault(id(param), name)
         if kept != name:
             aliases[name] = kept
     return aliases
+
+
+def state_dict_name(name: str) -> str:
+    """A parameter's name in the state dict: without the activation-checkpoint wrapper's prefix."""
+    return name.replace(_CHECKPOINT_PREFIX, "")
 
 
 def untied(state: dict[str, T], aliases: dict[str, str]) -> dict[str, T]:
