@@ -67,7 +67,7 @@ def execute(recipe: Recipe, plan: RunPlan, started: float) -> Outcome:
     data = build_data(recipe)
     total_steps = recipe.trainer.total_steps(steps_per_epoch(recipe, data))
     set_seed(recipe.seed)  # the model's initial weights depend on the seed alone
-    model = build_model(recipe)
+    model = build_model(recipe, data.task)
     scoring = build_scoring(recipe, data.task)
     data_record = check_startup(recipe, plan, data, model, scoring, total_steps)  # before the run dir is touched
     compile_mode = recipe.trainer.compile_mode if recipe.trainer.compile else None
