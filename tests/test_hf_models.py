@@ -5,6 +5,7 @@ and under FSDP2 on 2 with `shard_modules: [GPT2Block]`; checkpoints, resumes bit
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -103,16 +104,25 @@ def assert_loads_tied(run_dir: Path) -> dict[str, torch.Tensor]:
     return final
 
 
+def losses(run_dir: Path) -> list[float]:
+    records = map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+    return [record["train/loss"] for record in records if "train/loss" in record]
+
+
 @pytest.mark.slow
 def test_trains_on_one_process_with_its_own_loss(recipe, tmp_path):
     run_dir = tmp_path / "run"
     result = train(recipe, run_dir)
     assert "world_size=1 device=cpu precision=no strategy=ddp" in result.stdout
-    losses = [r["train/loss"] for r in map(yaml.safe_load, (run_dir / "metrics.jsonl").read_text().splitlines())
-              if "train/loss" in r]
-    assert len(losses) == 3 and losses[-1] < losses[0] * 0.8, losses  # it learns the sequence
+    curve = losses(run_dir)
+    assert len(curve) == 3 and curve[-1] < curve[0] * 0.8, curve  # it learns the sequence
     assert "lm_head.weight" not in tensor_names(step(run_dir, 8) / "model.safetensors")
-    assert_loads_tied(run_dir)
+    final = assert_loads_tied(run_dir)
+    recomputed = tmp_path / "recomputed"  # activation checkpointing of its blocks: the same training
+    train(recipe, recomputed, "distributed.activation_checkpointing=[GPT2Block]")
+    assert losses(recomputed) == pytest.approx(curve, rel=1e-6)
+    for key, value in assert_loads_tied(recomputed).items():
+        torch.testing.assert_close(value, final[key], rtol=1e-5, atol=1e-6)
 
 
 @pytest.fixture(scope="module")
