@@ -81,6 +81,15 @@ def test_a_local_pretrained_folder_loads_with_its_weights(tmp_path):
         assert torch.equal(a, b), name
 
 
+def test_a_relative_pretrained_folder_is_pinned_absolute_in_the_run_recipe(tmp_path, monkeypatch):
+    from trainwright.data.paths import pin_paths
+    from trainwright.recipe import validate
+
+    monkeypatch.chdir(tmp_path)
+    recipe = validate({**RECIPE, "model": {"name": "hf", "architecture": "GPT2LMHeadModel", "pretrained": "gpt2"}}, "t")
+    assert pin_paths(recipe).model.kwargs()["pretrained"] == str(tmp_path / "gpt2")
+
+
 # --- end to end -------------------------------------------------------------------------------------
 
 

@@ -5,6 +5,7 @@ reads the checkpoint for `predict --checkpoint`."""
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +59,7 @@ def export_hf(source: str | Path, out: str | Path) -> Exported:
     if missing or unexpected:
         raise UserError(f"{checkpoint} does not fit the run's model (missing {missing}, unexpected {unexpected})")
     tmp = out.with_name(f".{out.name}.incomplete")
+    shutil.rmtree(tmp, ignore_errors=True)  # an earlier export's, stopped half-way
     model.save_pretrained(tmp)
     replace_dir(tmp, out)
     return Exported(checkpoint, read_train_state(checkpoint).step, len(weights), sum(t.numel() for t in weights.values()))

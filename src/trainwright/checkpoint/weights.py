@@ -13,8 +13,8 @@ from trainwright.files import atomic_path
 
 
 def save_weights(weights: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    """Write a model's weights (its state dict, a tied parameter under one name: checkpoint/ties.py) as safetensors, atomically, with the metadata
-    in sorted order.
+    """Write a model's weights (its state dict; a tied parameter under one name, see ties.py) as safetensors,
+    atomically, with the metadata in sorted order.
 
     safetensors stores metadata from a hash map, so its order (and the file's bytes) would vary from
     process to process; sorting it makes equal weights give byte-identical files.
