@@ -171,7 +171,7 @@ import sys, torch
 from trainwright.checkpoint.weights import save_weights
 torch.manual_seed(0)
 model = torch.nn.Linear(3, 2)
-save_weights(model, __import__("pathlib").Path(sys.argv[1]), {k: str(i) for i, k in enumerate("recipe step a b z".split())})
+save_weights(model.state_dict(), __import__("pathlib").Path(sys.argv[1]), {k: str(i) for i, k in enumerate("recipe step a b z".split())})
 """
 
 

@@ -48,7 +48,8 @@ README_DEFAULTS = {
                    "mode": "min", "async": True},
     "logging": {"wandb": {"mode": "auto", "project": "trainwright", "entity": None, "tags": [], "group": None, "init_timeout": 10.0},
                 "tensorboard": False},
-    "distributed": {"strategy": "auto", "shard_modules": None, "reshard_after_forward": True},
+    "distributed": {"strategy": "auto", "shard_modules": None, "reshard_after_forward": True,
+                    "activation_checkpointing": None},
     "cv": None,
 }
 
@@ -633,7 +634,8 @@ def test_check_prints_heart_with_its_defaults(capsys):
         "logging": {"wandb": {"mode": "auto", "project": "trainwright", "entity": None, "tags": ["heart"],
                               "group": None, "init_timeout": 10.0},
                     "tensorboard": False},
-        "distributed": {"strategy": "auto", "shard_modules": None, "reshard_after_forward": True},
+        "distributed": {"strategy": "auto", "shard_modules": None, "reshard_after_forward": True,
+                        "activation_checkpointing": None},
         "cv": None,
     }
 

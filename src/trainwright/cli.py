@@ -140,7 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoint, to one safetensors file (sharded checkpoints are consolidated; no launcher needed).",
     )
     export.add_argument("source", help="a checkpoint folder (runs/X/checkpoints/step_...) or a run dir")
-    export.add_argument("--out", required=True, help="the safetensors file to write (must not exist)")
+    export.add_argument("--out", required=True, help="the safetensors file (with --hf: folder) to write (must not exist)")
+    export.add_argument("--hf", action="store_true",
+                        help="a Hugging Face model (model.name: hf): write a save_pretrained folder (config.json, "
+                        "model.safetensors) that transformers' from_pretrained loads")
     export.set_defaults(handler=commands.export_command)
 
     check = subcommands.add_parser("check", help="validate a recipe and print it resolved")

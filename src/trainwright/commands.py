@@ -113,9 +113,9 @@ def plot_command(args: argparse.Namespace) -> int:
 
 
 def export_command(args: argparse.Namespace) -> int:
-    from trainwright.export import export_weights
+    from trainwright.export import export_hf, export_weights
 
-    done = export_weights(args.source, args.out)
+    done = (export_hf if args.hf else export_weights)(args.source, args.out)
     print(f"Exported step {done.step} of {done.checkpoint} ({done.tensors} tensors, {done.parameters:,} parameters) to {args.out}")
     return 0
 

@@ -19,6 +19,7 @@ from trainwright.errors import UserError, did_you_mean
 from trainwright.evaluation import MetricFn, Scoring
 from trainwright.recipe import Recipe
 from trainwright.registry import DATASETS, LOSSES, METRICS, MODELS, OPTIMIZERS, SCHEDULERS, import_attr
+from trainwright.step import MODEL_LOSS
 
 if TYPE_CHECKING:
     from trainwright.data.inputs import InputBatch  # pandas: imported only by runs that read new inputs
@@ -33,6 +34,10 @@ DATASETS.register_path("csv", "trainwright.data.tabular:csv", inputs="trainwrigh
 DATASETS.register_path(
     "fashion_mnist", "trainwright.data.vision:fashion_mnist", inputs="trainwright.data.images:fashion_images"
 )
+DATASETS.register_path("text", "trainwright.data.text:text")
+MODELS.register_path("gpt", "trainwright.gpt:gpt")
+# Hugging Face transformers models (the optional extra trainwright[hf]), imported when a recipe names them.
+MODELS.register_path("hf", "trainwright.hf_models:hf")
 
 
 def check_recipe(recipe: Recipe) -> None:
@@ -45,7 +50,7 @@ def check_recipe(recipe: Recipe) -> None:
     for name in recipe.metrics or []:
         METRICS.get(name, key="metrics")
     # Without the data the task is unknown, so the default metric may be either; start-up checks it exactly.
-    check_monitor(recipe, metric_names(recipe) if recipe.metrics else ["accuracy", "mae"])
+    check_monitor(recipe, metric_names(recipe) if recipe.metrics else ["accuracy", "mae", "perplexity"])
 
 
 def metric_names(recipe: Recipe, task: Task | None = None) -> list[str]:
@@ -99,27 +104,56 @@ def input_reader(recipe: Recipe) -> InputReader:
     return import_attr(reader, "data.name") if isinstance(reader, str) else reader
 
 
-def build_model(recipe: Recipe) -> nn.Module:
-    model = MODELS.build(recipe.model.name, recipe.model.kwargs())
+def build_model(recipe: Recipe, task: Task | None = None) -> nn.Module:
+    """The recipe's model; for a sequence `task`, a model taking `vocab_size` that the recipe does not set
+    gets the task's number of classes (a text data set's vocabulary is known only once it is read)."""
+    kwargs = recipe.model.kwargs()
+    if task is not None and task.kind == "sequence" and "vocab_size" not in kwargs and _takes(recipe.model.name, "vocab_size"):
+        kwargs["vocab_size"] = len(task.class_names)
+    model = MODELS.build(recipe.model.name, kwargs)
     if not isinstance(model, nn.Module):
         raise UserError(f"model.name: '{recipe.model.name}' returned {type(model).__name__}, not a torch.nn.Module")
     return model
 
 
+def _takes(model_name: str, argument: str) -> bool:
+    try:
+        return argument in inspect.signature(MODELS.get(model_name)).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def build_scoring(recipe: Recipe, task: Task) -> Scoring:
     """The loss, what the model's outputs mean (from the loss; imported losses: by task) and the metrics
-    (the recipe's, or the task's default: accuracy for classifiers, MAE for regression)."""
+    (the recipe's, or the task's default: accuracy for classifiers, MAE for regression, token accuracy and
+    perplexity for sequence tasks)."""
     default_kind = "value" if task.kind == "regression" else "logits"
     names = list(recipe.metrics) if recipe.metrics else metrics.default_metrics(task)
-    functions: dict[str, MetricFn] = {
-        short: METRICS.get(name, key="metrics") for name, short in zip(names, metric_names(recipe, task))
-    }
+    shorts = metric_names(recipe, task)
+    functions: dict[str, MetricFn] = {short: METRICS.get(name, key="metrics") for name, short in zip(names, shorts)}
+    finish = {short: METRICS.meta(name)["finish"] for name, short in zip(names, shorts) if "finish" in METRICS.meta(name)}
     return Scoring(
-        loss_fn=LOSSES.build(recipe.loss.name, recipe.loss.kwargs()),
+        loss_fn=_loss(recipe, task),
         task=task,
         output_kind=LOSSES.meta(recipe.loss.name).get("output", default_kind),
         metrics=functions,
+        finish=finish,
     )
+
+
+def _loss(recipe: Recipe, task: Task) -> nn.Module:
+    """The recipe's loss; for sequence tasks over every position (losses.PerPosition), skipping the task's
+    padding (its ignore_index, unless the recipe sets loss.ignore_index)."""
+    kwargs = recipe.loss.kwargs()
+    if task.kind != "sequence" or recipe.loss.name == MODEL_LOSS:
+        return LOSSES.build(recipe.loss.name, kwargs)
+    try:
+        takes_ignore = "ignore_index" in inspect.signature(LOSSES.get(recipe.loss.name)).parameters
+    except (TypeError, ValueError):
+        takes_ignore = False
+    if takes_ignore:
+        kwargs = {"ignore_index": task.ignore_index, **kwargs}
+    return losses.PerPosition(LOSSES.build(recipe.loss.name, kwargs))
 
 
 def build_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -12,43 +12,54 @@ from torch.utils.data import Dataset
 from trainwright.data.bundle import Task
 from trainwright.data.loading import eval_indices, iterate
 from trainwright.processes import Processes
+from trainwright.step import Step, peek
 
 EVAL_BATCH_SIZE = 1024  # evaluation keeps no activations for backward, so it takes larger batches
 
-# fn(outputs, targets, task, output_kind) -> the batch's SUM of a per-item score (a 0-d tensor)
+# fn(outputs, targets, task, output_kind) -> the batch's SUM of a per-item score (per-token for sequence tasks)
 MetricFn = Callable[[torch.Tensor, torch.Tensor, Task, str], torch.Tensor]
 
 
 @dataclass(frozen=True)
 class Scoring:
     """How a model's outputs are scored: the loss, and metrics reported under their names, reading the
-    outputs as `output_kind` ('probability', 'logits' or 'value') for `task`."""
+    outputs as `output_kind` ('probability', 'logits' or 'value') for `task`. A metric's reported value is
+    its sum over the count of items (tokens, for sequence tasks), mapped by its `finish` where it has one
+    (perplexity: exp of the mean token loss)."""
 
     loss_fn: nn.Module
     task: Task
     output_kind: str
     metrics: dict[str, MetricFn]
+    finish: dict[str, Callable[[float], float]] = field(default_factory=dict)
+
+    def count(self, targets: torch.Tensor) -> torch.Tensor | int:
+        """What a batch's loss is the mean over: its items, or for sequence tasks its tokens not ignored."""
+        return self.task.counted(targets).sum() if self.task.kind == "sequence" else len(targets)
 
 
 @torch.no_grad()
 def evaluate(
     model: nn.Module, dataset: Dataset, scoring: Scoring, processes: Processes, batch_size: int = EVAL_BATCH_SIZE
 ) -> dict[str, float]:
-    """Loss and metrics over the whole split; each process takes its share and the sums are reduced."""
+    """Loss and metrics over the whole split; each process takes its share and the sums (and counts) are reduced."""
     was_training = model.training
     model.eval()
     device = processes.device
     totals = torch.zeros(2 + len(scoring.metrics), dtype=torch.float64, device=device)  # count, loss, metrics
     batches = eval_indices(len(dataset), batch_size, processes.rank, processes.world_size)
-    for (inputs, targets), counted in zip(iterate(dataset, (index for index, _ in batches)), (n for _, n in batches)):
-        outputs = model(inputs.to(device)).float()
+    first, served = peek(iterate(dataset, (index for index, _ in batches)))
+    score = Step(scoring.loss_fn, device).scorer(model, first) if first is not None else None
+    for batch, counted in zip(served, (n for _, n in batches)):
+        scored = score(batch)
         if not counted:  # a filler batch, run only so that every process takes part in each forward
             continue
-        targets = targets.to(device)
-        totals[0] += len(targets)
-        totals[1] += scoring.loss_fn(outputs, targets).double() * len(targets)
+        count = scoring.count(scored.targets) if scored.targets is not None else counted
+        totals[0] += count
+        totals[1] += scored.loss.double() * count
         for i, metric in enumerate(scoring.metrics.values(), start=2):
-            totals[i] += metric(outputs, targets, scoring.task, scoring.output_kind).double()
+            totals[i] += metric(scored.outputs, scored.targets, scoring.task, scoring.output_kind).double()
     model.train(was_training)
     count, *sums = processes.sum(totals).tolist()
-    return {name: total / count for name, total in zip(["loss", *scoring.metrics], sums)}
+    means = {name: total / count for name, total in zip(["loss", *scoring.metrics], sums)}
+    return {name: scoring.finish[name](mean) if name in scoring.finish else mean for name, mean in means.items()}

@@ -1,6 +1,7 @@
 """`trainwright export`: the whole model's weights of any checkpoint, full or sharded, as one safetensors
-file, in one CPU process (no launcher, no process group). Also finds and reads the checkpoint for
-`predict --checkpoint`."""
+file, in one CPU process (no launcher, no process group); with `--hf`, a Hugging Face model's folder
+(config.json and model.safetensors, by `save_pretrained`) that `from_pretrained` loads. Also finds and
+reads the checkpoint for `predict --checkpoint`."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from pathlib import Path
 import torch
 
 from trainwright.checkpoint import retention
-from trainwright.checkpoint.format import MANIFEST, read_train_state, verify
+from trainwright.checkpoint.format import MANIFEST, read_recipe, read_train_state, verify
+from trainwright.checkpoint.ties import retied, tied_aliases
 from trainwright.checkpoint.weights import save_weights
 from trainwright.errors import UserError
-from trainwright.files import check_new_output, warn
+from trainwright.files import check_new_output, remove_tree, replace_dir, warn
+from trainwright.recipe import validate
 from trainwright.rundir import RunDir
 
 
@@ -35,6 +38,32 @@ def export_weights(source: str | Path, out: str | Path) -> Exported:
     step = read_train_state(checkpoint).step
     save_weights(weights, out, {"step": str(step), "exported_from": str(checkpoint)})
     return Exported(checkpoint, step, len(weights), sum(t.numel() for t in weights.values()))
+
+
+def export_hf(source: str | Path, out: str | Path) -> Exported:
+    """Write the Hugging Face model of `source` (a run with `model.name: hf`) to the folder `out` with
+    `save_pretrained`: its config.json and weights, tied weights as transformers ties them."""
+    out = Path(out)
+    check_new_output(out, "--out")
+    checkpoint = find_checkpoint(Path(source))
+    recipe = validate(read_recipe(checkpoint), str(checkpoint / "recipe.json"))
+    if recipe.model.name != "hf":
+        raise UserError(
+            f"--hf: the model of {checkpoint} is '{recipe.model.name}', not a Hugging Face model (model.name: hf); "
+            "export its weights as one safetensors file without --hf"
+        )
+    from trainwright.components import build_model  # torch and transformers: only now
+
+    model = build_model(recipe)
+    weights = checkpoint_weights(checkpoint)
+    missing, unexpected = model.load_state_dict(retied(weights, tied_aliases(model)), strict=False)
+    if missing or unexpected:
+        raise UserError(f"{checkpoint} does not fit the run's model (missing {missing}, unexpected {unexpected})")
+    tmp = out.with_name(f".{out.name}.incomplete")
+    remove_tree(tmp)  # an earlier export's, stopped half-way
+    model.save_pretrained(tmp)
+    replace_dir(tmp, out)
+    return Exported(checkpoint, read_train_state(checkpoint).step, len(weights), sum(t.numel() for t in weights.values()))
 
 
 def checkpoint_weights(folder: Path) -> dict[str, torch.Tensor]:

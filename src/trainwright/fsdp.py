@@ -18,8 +18,8 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
-from trainwright.errors import UserError, did_you_mean
-from trainwright.parallel import BuildOptimizer, compile_in_place
+from trainwright.errors import UserError
+from trainwright.parallel import BuildOptimizer, checkpoint_activations, compile_in_place, module_classes
 from trainwright.processes import Processes
 from trainwright.recipe import DistributedConfig
 
@@ -43,6 +43,7 @@ class FullySharded:
         )
 
     def prepare(self, model: nn.Module, build_optimizer: BuildOptimizer) -> tuple[nn.Module, torch.optim.Optimizer]:
+        checkpoint_activations(model, self.config.activation_checkpointing)  # before sharding: FSDP hooks stay inside
         sharded = self.shard(model)
         compile_in_place(sharded, self.compile_mode)
         return sharded, self.accelerator.prepare(build_optimizer(sharded))
@@ -72,16 +73,10 @@ class FullySharded:
 def _shard_classes(model: nn.Module, names: list[str] | None) -> list[str]:
     """Class names of the modules to shard one by one: the recipe's list, or by default every class of
     module that holds parameters of its own (Linear, Conv2d, ... in the built-in models)."""
-    present = {type(m).__name__: m for m in model.modules()}
     if names is None:
+        present = {type(m).__name__: m for m in model.modules()}
         return [name for name, m in present.items() if any(True for _ in m.parameters(recurse=False))]
-    for name in names:
-        if name not in present:
-            raise UserError(
-                f"distributed.shard_modules: the model has no module of class '{name}'"
-                f"{did_you_mean(name, present)} (its classes: {', '.join(sorted(present))})"
-            )
-    return names
+    return module_classes(model, names, "distributed.shard_modules")
 
 
 def _ensure_process_group(processes: Processes) -> None:

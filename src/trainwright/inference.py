@@ -8,7 +8,7 @@ New inputs are read by the data set's reader (data/inputs.py) with the statistic
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -21,6 +21,7 @@ from torch import nn
 
 from trainwright.checkpoint.format import read_train_state, step_of
 from trainwright.checkpoint.retention import step_dirs
+from trainwright.checkpoint.ties import retied, tied_aliases
 from trainwright.components import build_data, build_model, build_scoring, input_reader
 from trainwright.data.bundle import DataBundle, Task
 from trainwright.data.fingerprint import check_same_data, data_record
@@ -35,6 +36,7 @@ from trainwright.processes import Processes
 from trainwright.recipe import Recipe
 from trainwright.rundir import RunDir
 from trainwright.safetensors_header import header_problem
+from trainwright.step import TARGETS_KEY, Step
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -103,16 +105,29 @@ class Run:
         for batch in reader(source, self._record or {}, batch_size):
             yield self._predictions(batch)
 
-    def predict_split(self, count: int | None = None) -> tuple[torch.Tensor, Predictions]:
-        """(inputs, predictions) for the first `count` items of the evaluation split (actual values known)."""
+    @torch.no_grad()
+    def predict_split(self, count: int | None = None) -> tuple[torch.Tensor | dict[str, torch.Tensor], Predictions]:
+        """(inputs, predictions) for the first `count` items of the evaluation split (actual values known);
+        the inputs of batches of named tensors are those tensors but the targets."""
+        if self.task.kind == "sequence":
+            raise UserError(
+                f"{self.run_dir.path} is a sequence model (a class per position): generate text from it with "
+                "`trainwright predict RUN --prompt TEXT`, or score its split with `trainwright eval RUN`"
+            )
         split = self.data.eval_split
         size = len(split) if count is None else min(count, len(split))
         batches = list(iterate(split, (index for index, _ in eval_indices(size, EVAL_BATCH_SIZE, 0, 1))))
-        inputs, targets = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+        score = Step(self.scoring.loss_fn, self.device).scorer(self.model, batches[0])
+        scored = [score(batch) for batch in batches]
+        outputs, targets = (torch.cat([getattr(s, key).cpu() for s in scored]) for key in ("outputs", "targets"))
+        if isinstance(batches[0], Mapping):
+            inputs = {key: torch.cat([b[key] for b in batches]) for key in batches[0] if key != TARGETS_KEY}
+        else:
+            inputs = torch.cat([b[0] for b in batches])
         actual = self.task.decode(targets) if self.task.kind == "regression" else targets
         ids = [str(i) for i in range(size)]
-        describe = self.data.describe_input
-        return inputs, self._predictions(InputBatch(ids, inputs, describe or ids.__getitem__, actual), bool(describe))
+        predictions = Predictions(ids, outputs, self.task, self.scoring.output_kind, actual, self.data.describe_input)
+        return inputs, predictions
 
     def _predictions(self, batch: InputBatch, describe: bool = True) -> Predictions:
         return Predictions(
@@ -145,8 +160,8 @@ def load_run(
     folder) a checkpoint's, e.g. of a run that has not finished. `device`: 'cpu', 'cuda' or 'auto'. Says on
     stderr which step the weights are from."""
     run = run_dir if isinstance(run_dir, RunDir) else RunDir.existing(run_dir)
-    recipe = run.recipe()
-    model = build_model(recipe)
+    recipe, record = run.recipe(), run.read_json(run.data_file)
+    model = build_model(recipe, Task.from_record(record["task"]) if record and "task" in record else None)
     if checkpoint is None:
         source, weights, step = _final_weights(run)
     else:
@@ -154,14 +169,14 @@ def load_run(
         weights, step = checkpoint_weights(source), read_train_state(source).step
         warn(f"using the weights of checkpoint step {step} ({source})")
     try:
-        missing, unexpected = model.load_state_dict(weights, strict=False)
+        missing, unexpected = model.load_state_dict(retied(weights, tied_aliases(model)), strict=False)
     except RuntimeError as exc:  # shapes that differ
         raise UserError(f"{source} does not fit the run's model: {str(exc).splitlines()[-1].strip()}") from None
     if missing or unexpected:
         raise UserError(f"{source} does not fit the run's model (missing {missing}, unexpected {unexpected})")
     model.eval()
     target = _device(device)
-    return Run(run, recipe, model.to(target), step, target, allow_data_change, run.read_json(run.data_file))
+    return Run(run, recipe, model.to(target), step, target, allow_data_change, record)
 
 
 def _device(name: str) -> torch.device:

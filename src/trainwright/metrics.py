@@ -1,12 +1,17 @@
 """Built-in metrics. A metric maps one batch to the SUM of a per-item score, so sums from several
-processes and batches add up exactly; the reported value is that sum over the number of items.
+processes and batches add up exactly; the reported value is that sum over the number of items (for
+sequence tasks: over the tokens not ignored), mapped by the metric's `finish` where it is registered
+with one (perplexity: the exponential of the mean token loss).
 
 A metric of your own: `fn(outputs, targets, task, output_kind) -> 0-d tensor`, named in the recipe as
 `metrics: [my_pkg.metrics:fn]`."""
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 
 from trainwright.data.bundle import Task
 from trainwright.predictions import predicted_labels
@@ -15,9 +20,22 @@ from trainwright.registry import METRICS
 
 @METRICS.register("accuracy")
 def accuracy(outputs: torch.Tensor, targets: torch.Tensor, task: Task, output_kind: str) -> torch.Tensor:
-    """Correct predictions (classifiers)."""
+    """Correct predictions (classifiers; sequence tasks: correct tokens, padding not counted)."""
     truth = targets.reshape(-1).long() if task.kind == "binary" else targets
-    return (predicted_labels(outputs, task, output_kind) == truth).sum()
+    correct = predicted_labels(outputs, task, output_kind) == truth
+    return (correct & task.counted(targets)).sum() if task.kind == "sequence" else correct.sum()
+
+
+@METRICS.register("perplexity", finish=math.exp)
+def perplexity(outputs: torch.Tensor, targets: torch.Tensor, task: Task, output_kind: str) -> torch.Tensor:
+    """Summed negative log-likelihood of the targets (per token, padding not counted), reported as
+    exp(its mean): the perplexity of language models (classifiers: of the class labels)."""
+    if task.kind not in ("sequence", "multiclass") or output_kind != "logits":
+        raise ValueError("perplexity needs class logits (cross_entropy) of a sequence or multiclass task")
+    return F.cross_entropy(
+        outputs.reshape(-1, outputs.shape[-1]).double(), targets.reshape(-1).long(), ignore_index=task.ignore_index,
+        reduction="sum",
+    )
 
 
 @METRICS.register("mae")
@@ -33,4 +51,5 @@ def mse(outputs: torch.Tensor, targets: torch.Tensor, task: Task, output_kind: s
 
 
 def default_metrics(task: Task) -> list[str]:
-    return ["mae"] if task.kind == "regression" else ["accuracy"]
+    """MAE for regression, accuracy for classifiers, and token accuracy with perplexity for sequence tasks."""
+    return {"regression": ["mae"], "sequence": ["accuracy", "perplexity"]}.get(task.kind, ["accuracy"])

@@ -16,7 +16,10 @@ from trainwright.tracking import read_metrics
 def plot_predictions(trained: Run, path: Path) -> Path | None:
     """2-D binary: predicted labels over the plane; 1-D regression: data and fitted line;
     other regression: predicted vs actual; images: a grid with predicted/actual names."""
-    task, train = trained.task, trained.data.train
+    task = trained.task
+    if task.kind == "sequence":  # text: the loss curves say it
+        return None
+    train = trained.data.train
     inputs, predictions = trained.predict_split()
     actual = predictions.actual.reshape(len(predictions), -1)[:, 0]
     fig, ax = plt.subplots(figsize=(6, 6))

@@ -26,6 +26,7 @@ from trainwright.evaluation import Scoring
 from trainwright.recipe import Recipe
 from trainwright.registry import MODELS
 from trainwright.run_plan import RunPlan
+from trainwright.step import MODEL_LOSS, TARGETS_KEY, Batch, ModelLoss, Step, describe
 
 _CLASSIFICATION_LOSSES = (
     "bce_with_logits (one output), bce (one output through a sigmoid) or cross_entropy (one output per class)"
@@ -50,6 +51,13 @@ def check_startup(
 def check_loss_fits_task(recipe: Recipe, data: DataBundle, scoring: Scoring) -> None:
     """A classification loss on regression data, or the reverse, cannot learn the task."""
     loss, task = recipe.loss.name, data.task.kind
+    if loss == MODEL_LOSS:  # the model scores itself; its logits, if any, are read by the task's kind
+        return
+    if task == "sequence" and scoring.output_kind != "logits":
+        raise UserError(
+            f"loss.name={loss} does not score class logits, but data set '{recipe.data.name}' is a sequence task "
+            "(a class per position); use cross_entropy (outputs (batch, time, classes), targets (batch, time))"
+        )
     if task == "regression" and scoring.output_kind != "value":
         raise UserError(
             f"loss.name={loss} is a classification loss, but data set '{recipe.data.name}' is a regression task; "
@@ -79,7 +87,7 @@ def _output_argument(recipe: Recipe) -> str:
         params = inspect.signature(MODELS.get(recipe.model.name)).parameters
     except (TypeError, ValueError):
         return "the model's number of outputs"
-    name = next((p for p in ("num_classes", "out_features", "num_outputs", "outputs") if p in params), None)
+    name = next((p for p in ("num_classes", "out_features", "num_outputs", "outputs", "vocab_size") if p in params), None)
     return f"model.{name}" if name else "the model's number of outputs"
 
 
@@ -87,30 +95,31 @@ def _output_argument(recipe: Recipe) -> str:
 def check_first_batch(recipe: Recipe, data: DataBundle, model: nn.Module, scoring: Scoring) -> None:
     """One batch of training data through the model (eval mode, RNG untouched) and the loss."""
     count = min(recipe.data.batch_size, len(data.train))
-    inputs, targets = next(iterate(data.train, iter([torch.arange(count)])))
+    batch = next(iterate(data.train, iter([torch.arange(count)])))
     was_training = model.training
     model.eval()
+    loss_fn = scoring.loss_fn if isinstance(scoring.loss_fn, ModelLoss) else _Watched(scoring.loss_fn)
     try:
         with torch.random.fork_rng(devices=[]):
-            outputs = model(inputs)
+            scored = Step(loss_fn, torch.device("cpu")).scorer(model, batch)(batch)
+    except UserError:
+        raise
     except Exception as exc:
-        raise UserError(
-            f"model '{recipe.model.name}' does not fit the data: a batch of inputs of shape {tuple(inputs.shape)} "
-            f"from data set '{recipe.data.name}' fails in its forward pass ({type(exc).__name__}: {exc}); "
-            "check the model's input size (e.g. model.in_features)"
-        ) from None
+        in_loss = getattr(loss_fn, "called", False)
+        if in_loss:  # outputs of the wrong shape are the likelier cause: say so in those terms
+            _check_output_shape(recipe, data, loss_fn.outputs, loss_fn.targets)
+        raise UserError(_failure(recipe, batch, exc, in_loss)) from None
     finally:
         model.train(was_training)
-    if not isinstance(outputs, torch.Tensor):
-        raise UserError(f"model '{recipe.model.name}' returns {type(outputs).__name__}, not a tensor")
-    _check_output_shape(recipe, data, outputs.float(), targets)
-    try:
-        loss = scoring.loss_fn(outputs.float(), targets)
-    except Exception as exc:
+    outputs, targets, loss = scored.outputs, scored.targets, scored.loss
+    if outputs is not None and targets is not None:
+        _check_output_shape(recipe, data, outputs, targets)
+    elif scoring.metrics:
+        missing = "logits" if outputs is None else f"'{TARGETS_KEY}' in its batches"
         raise UserError(
-            f"loss '{recipe.loss.name}' fails on the model's outputs (shape {tuple(outputs.shape)}) and the "
-            f"targets (shape {tuple(targets.shape)}): {type(exc).__name__}: {exc}"
-        ) from None
+            f"metrics {', '.join(scoring.metrics)} read the model's logits and the batch's targets, but the run has "
+            f"no {missing}; set metrics: [] or return them"
+        )
     if loss.numel() != 1:
         raise UserError(
             f"loss '{recipe.loss.name}' gives {tuple(loss.shape)} values, not one number; use reduction 'mean'"
@@ -119,20 +128,59 @@ def check_first_batch(recipe: Recipe, data: DataBundle, model: nn.Module, scorin
         raise UserError(f"the loss on the first batch is already {loss.item()}: check the data and the model's outputs")
 
 
+class _Watched(nn.Module):
+    """The recipe's loss, noting whether it was called: a failure after that is the loss's, not the model's."""
+
+    def __init__(self, loss: nn.Module) -> None:
+        super().__init__()
+        self.loss, self.called = loss, False
+
+    def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        self.called, self.outputs, self.targets = True, outputs, targets
+        return self.loss(outputs, targets)
+
+
+def _failure(recipe: Recipe, batch: Batch, exc: Exception, in_loss: bool) -> str:
+    """Why the first batch failed: in the model's forward pass, or in the loss."""
+    if in_loss:
+        return (
+            f"loss '{recipe.loss.name}' fails on the model's outputs and the targets ({describe(batch)}): "
+            f"{type(exc).__name__}: {exc}"
+        )
+    return (
+        f"model '{recipe.model.name}' does not fit the data: a batch ({describe(batch)}) from data set "
+        f"'{recipe.data.name}' fails in its forward pass ({type(exc).__name__}: {exc}); check the model's input "
+        "size (e.g. model.in_features)"
+    )
+
+
 def _check_output_shape(recipe: Recipe, data: DataBundle, outputs: torch.Tensor, targets: torch.Tensor) -> None:
     task, shape, argument = data.task, tuple(outputs.shape), _output_argument(recipe)
     if outputs.ndim == 0 or len(outputs) != len(targets):
         raise UserError(
             f"model '{recipe.model.name}' gives outputs of shape {shape} for a batch of {len(targets)} items"
         )
+    if task.kind == "sequence":
+        classes = len(task.class_names) or int(targets.max()) + 1
+        expected = (*targets.shape, classes)
+        if shape != expected:
+            raise UserError(
+                f"model '{recipe.model.name}' gives outputs of shape {shape} per batch, but data set "
+                f"'{recipe.data.name}' is a sequence task with targets of shape {tuple(targets.shape)} (batch, "
+                f"time) and {classes} classes per position: outputs must have shape {expected} (batch, time, "
+                f"classes)" + (f"; set {argument}={classes}" if shape[:-1] == expected[:-1] else "")
+            )
+        return
     if task.kind == "multiclass":
         classes = len(task.class_names) or int(targets.max()) + 1
         if outputs.ndim != 2 or shape[1] != classes:
+            per_position = outputs.ndim == 3 and shape[-1] == classes
             raise UserError(
                 f"model '{recipe.model.name}' gives outputs of shape {shape} per batch, but data set "
                 f"'{recipe.data.name}' has {classes} classes (one output per class: "
-                f"shape ({len(targets)}, {classes})); "
-                f"set {argument}={classes}"
+                f"shape ({len(targets)}, {classes}))"
+                + ("; it gives a class per position: a per-position (sequence) task needs a data set whose task "
+                   "is 'sequence', with targets of shape (batch, time)" if per_position else f"; set {argument}={classes}")
             )
         return
     if shape != tuple(targets.shape):

@@ -153,6 +153,10 @@ class DistributedConfig(_Section):
         None, description="fsdp: class names of the modules to shard one by one (default: those holding parameters)"
     )
     reshard_after_forward: bool = Field(True, description="fsdp: free gathered parameters after forward")
+    activation_checkpointing: list[str] | None = Field(
+        None, description="class names of modules whose activations are recomputed in backward instead of kept "
+        "(less memory, more compute; ddp and fsdp)",
+    )
 
 
 class CvConfig(_Section):

@@ -21,6 +21,7 @@ from trainwright.accelerate_compat import step_calls
 from trainwright.checkpoint.format import TrainState
 from trainwright.checkpoint.manager import CheckpointManager
 from trainwright.checkpoint.objects import TrainObjects
+from trainwright.checkpoint.ties import tied_aliases, untied
 from trainwright.checkpoint.weights import save_weights
 from trainwright.data.bundle import DataBundle
 from trainwright.data.loading import batches_per_epoch, iterate, train_indices
@@ -33,6 +34,7 @@ from trainwright.processes import Processes
 from trainwright.recipe import Recipe
 from trainwright.rundir import RunDir
 from trainwright.running_loss import RunningLoss
+from trainwright.step import Step, peek
 from trainwright.stopping import StopSignals
 from trainwright.tracking import JsonLinesFile, Tracker, sample_log
 
@@ -78,6 +80,7 @@ class Trainer:
         self.data, self.scoring = data, scoring
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.calls = step_calls(accelerator, optimizer)
+        self.step = Step(scoring.loss_fn, accelerator.device)
         self.micro_per_epoch = batches_per_epoch(len(data.train), recipe.data.batch_size)
         self.steps_per_epoch = steps_per_epoch(recipe, data)
         self.total_steps = recipe.trainer.total_steps(self.steps_per_epoch)
@@ -181,29 +184,27 @@ class Trainer:
             len(self.data.train), batch_size, recipe.seed, epoch, epoch_start,
             self.processes.rank, self.processes.world_size,
         ))
-        batches = iterate(self.data.train, iter(indices), recipe.data.num_workers)
+        first, batches = peek(iterate(self.data.train, iter(indices), recipe.data.num_workers))
+        model = self.model
         # The step's calls as locals: on a small model the loop's own Python is a visible part of a step.
-        model, loss_fn, backward, add_loss = self.model, self.scoring.loss_fn, self.calls.backward, self.loss.add
+        batch_loss = self.step.train_loss(model, first) if first is not None else None
+        backward, add_loss = self.calls.backward, self.loss.add
         optimizer_step, zero_grad = self.calls.step, self.calls.zero_grad
         scheduler_step = None if self.scheduler is None else self.scheduler.step
         grad_clip, clip_grad_norm = recipe.trainer.grad_clip, self.accelerator.clip_grad_norm_
         gradient_sync, stops = self.strategy.gradient_sync, self.stops
-        device = self.accelerator.device
-        move = device.type != "cpu"  # batches are made on the CPU; .to() there would return them as they are
         next_event = self._next_event()
         group_indices: list[int] = []
         model.train()
         with self._progress(epoch) as progress:
             show_progress = not progress.disable
             for micro in range(epoch_start, micro_per_epoch):
-                inputs, targets = next(batches)
+                batch = next(batches)
                 group_start = micro - micro % accum
                 group_size = min(group_start + accum, micro_per_epoch) - group_start
                 last_in_group = micro + 1 == group_start + group_size
-                if move:
-                    inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
                 with _ALWAYS_SYNCED if accum == 1 else gradient_sync(model, enabled=last_in_group):
-                    loss = loss_fn(model(inputs).float(), targets)
+                    loss = batch_loss(batch)
                     backward(loss if group_size == 1 else loss / group_size)
                 add_loss(loss.detach())
                 if self.sample_log is not None:
@@ -332,6 +333,7 @@ class Trainer:
         self._wait_for_checkpoint()  # the last checkpoint is on disk first
         weights = self.strategy.full_weights(self.model)  # a collective under fsdp
         if self.processes.is_main:
+            weights = untied(weights, tied_aliases(self.checkpoints.objects.model))  # a tied weight once
             metadata = {"recipe": self.recipe.name, "trainwright_version": __version__, "step": str(state.step)}
             with disk_writes("the final weights and summary", state.step, self.run.checkpoints):
                 save_weights(weights, self.run.model_file, metadata)

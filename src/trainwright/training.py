@@ -69,7 +69,7 @@ def execute(recipe: Recipe, plan: RunPlan, started: float) -> Outcome:
     data = build_data(recipe)
     total_steps = recipe.trainer.total_steps(steps_per_epoch(recipe, data))
     set_seed(recipe.seed)  # the model's initial weights depend on the seed alone
-    model = build_model(recipe)
+    model = build_model(recipe, data.task)
     scoring = build_scoring(recipe, data.task)
     data_record = check_startup(recipe, plan, data, model, scoring, total_steps)  # before the run dir is touched
     compile_mode = recipe.trainer.compile_mode if recipe.trainer.compile else None
@@ -102,7 +102,7 @@ def strategy_for(
     """The strategy of `processes.strategy` (parallel.py); `compile_mode`: torch.compile the model in that
     mode (None: not). FSDP is imported only for runs that use it."""
     if processes.strategy != "fsdp":
-        return DataParallel(accelerator, compile_mode)
+        return DataParallel(accelerator, compile_mode, config.activation_checkpointing)
     from trainwright.fsdp import FullySharded
 
     return FullySharded(accelerator, processes, config, precision, compile_mode)

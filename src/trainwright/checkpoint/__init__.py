@@ -9,6 +9,7 @@
   policy.py     when to save
   manager.py    CheckpointManager: holds the live objects, saves and loads
   weights.py    the final model.safetensors
+  ties.py       tied weights: written once, under their first name; given every name on load
 
 This package's __init__ imports nothing, so the file-only parts load without torch.
 """

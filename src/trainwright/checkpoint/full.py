@@ -22,6 +22,7 @@ from safetensors.torch import load_file, load_model, save_file
 from trainwright.checkpoint.objects import (
     TrainObjects, copied, json_states, optimizer_from_files, optimizer_to_files, read_json_states, write_json_states,
 )
+from trainwright.checkpoint.ties import tied_aliases, untied
 from trainwright.errors import UserError
 from trainwright.files import write_json
 
@@ -41,7 +42,7 @@ class FullState:
         `reuse`: an earlier snapshot, written and no longer read, whose buffers the copy goes into."""
         optimizer, optimizer_meta = optimizer_to_files(objects.optimizer.state_dict())
         return cls(
-            copied(objects.model.state_dict(), reuse.model if reuse else None),
+            copied(untied(objects.model.state_dict(), tied_aliases(objects.model)), reuse.model if reuse else None),
             copied(optimizer, reuse.optimizer if reuse else None), copy.deepcopy(optimizer_meta), json_states(objects),
         )
 
@@ -53,7 +54,8 @@ class FullState:
 
 
 def read_full_state(folder: Path, objects: TrainObjects) -> None:
-    """Restore every live object from the files of a verified checkpoint."""
+    """Restore every live object from the files of a verified checkpoint (safetensors' `load_model` expects
+    a tied parameter under one of its names)."""
     missing, unexpected = load_model(objects.model, str(folder / "model.safetensors"), strict=False)
     if missing or unexpected:
         raise UserError(

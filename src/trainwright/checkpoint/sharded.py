@@ -34,6 +34,7 @@ from trainwright.checkpoint.format import SHARDED_MODEL_DIR, is_sharded
 from trainwright.checkpoint.objects import (
     TrainObjects, json_states, optimizer_from_files, read_json_states, write_json_states,
 )
+from trainwright.checkpoint.ties import retied, state_dict_name, tied_aliases, untied
 from trainwright.errors import UserError
 from trainwright.files import write_json
 from trainwright.processes import Processes
@@ -46,7 +47,7 @@ _FLAT = StateDictOptions(flatten_optimizer_state_dict=True)
 def write_sharded_state(folder: Path, objects: TrainObjects, processes: Processes) -> None:
     """Every process writes its shards; the main process the JSON files. A collective."""
     optimizer = _plain(objects.optimizer)
-    model_state = get_model_state_dict(objects.model)
+    model_state = untied(get_model_state_dict(objects.model), tied_aliases(objects.model))
     tensors, other = _split(get_optimizer_state_dict(objects.model, optimizer, options=_FLAT))
     for name, state in ((MODEL_DIR, model_state), (OPTIMIZER_DIR, tensors)):
         dcp.save(state, storage_writer=HuggingFaceStorageWriter(str(folder / name), save_distributed=True))
@@ -61,9 +62,10 @@ def read_sharded_state(folder: Path, objects: TrainObjects) -> None:
     collective = isinstance(objects.model, FSDPModule)
     optimizer = _plain(objects.optimizer)
     with _checkpoint_must_fit(folder):
-        model_state = get_model_state_dict(objects.model)
+        aliases = tied_aliases(objects.model)
+        model_state = untied(get_model_state_dict(objects.model), aliases)
         _load(model_state, folder / MODEL_DIR, collective)
-        set_model_state_dict(objects.model, model_state)
+        set_model_state_dict(objects.model, retied(model_state, aliases))
         tensors, other = _split(get_optimizer_state_dict(objects.model, optimizer, options=_FLAT))
         _load(tensors, folder / OPTIMIZER_DIR, collective)
         saved = json.loads((folder / "optimizer.json").read_text())
@@ -82,7 +84,7 @@ def read_full_state_sharded(folder: Path, objects: TrainObjects, processes: Proc
     model_state: dict[str, torch.Tensor] = {}
     optimizer_state: dict[str, Any] = {}
     if processes.is_main:
-        model_state = load_file(folder / "model.safetensors")
+        model_state = retied(load_file(folder / "model.safetensors"), tied_aliases(objects.model))
         optimizer_state = _by_name(folder, _param_names(objects.model, optimizer))
     with _checkpoint_must_fit(folder):
         set_model_state_dict(objects.model, model_state, options=options)
@@ -139,7 +141,7 @@ def _split(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, An
 
 def _param_names(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
     """Parameter names in the order of the optimizer's param groups: name i is index i of a full optimizer file."""
-    names = {param: name for name, param in model.named_parameters()}
+    names = {param: state_dict_name(name) for name, param in model.named_parameters()}
     return [names[param] for group in optimizer.param_groups for param in group["params"]]
 
 

@@ -8,24 +8,20 @@ import struct
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file, save_model
-from torch import nn
+from safetensors.torch import save_file
 
 from trainwright.files import atomic_path
 
 
-def save_weights(weights: nn.Module | dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    """Write a model's weights (a module, or its state dict) as safetensors, atomically, with the metadata
-    in sorted order.
+def save_weights(weights: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """Write a model's weights (its state dict; a tied parameter under one name, see ties.py) as safetensors,
+    atomically, with the metadata in sorted order.
 
     safetensors stores metadata from a hash map, so its order (and the file's bytes) would vary from
     process to process; sorting it makes equal weights give byte-identical files.
     """
     with atomic_path(path) as tmp:
-        if isinstance(weights, nn.Module):
-            save_model(weights, str(tmp), metadata=metadata)
-        else:
-            save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp), metadata=metadata)
+        save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp), metadata=metadata)
         with os.fdopen(os.open(tmp, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC), "r+b") as file:
             (length,) = struct.unpack("<Q", file.read(8))
             header = json.loads(file.read(length))

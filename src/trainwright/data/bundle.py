@@ -10,7 +10,10 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import Dataset
 
-TaskKind = Literal["binary", "multiclass", "regression"]
+# sequence: a class per position (language modelling, token tagging): outputs (batch, time, classes),
+# integer targets (batch, time), positions whose target is `ignore_index` (padding) not counted.
+TaskKind = Literal["binary", "multiclass", "regression", "sequence"]
+IGNORE_INDEX = -100  # torch's cross_entropy default, and Hugging Face's label for padding
 
 
 class TensorSplit(Dataset):
@@ -31,12 +34,18 @@ class TensorSplit(Dataset):
 
 @dataclass(frozen=True)
 class Task:
-    """The learning problem; regression targets may be served standardized and mapped back by `decode`."""
+    """The learning problem; regression targets may be served standardized and mapped back by `decode`;
+    sequence targets equal to `ignore_index` are padding."""
 
     kind: TaskKind
     class_names: tuple[str, ...] = ()
     target_mean: float = 0.0
     target_std: float = 1.0
+    ignore_index: int = IGNORE_INDEX
+
+    def counted(self, targets: torch.Tensor) -> torch.Tensor:
+        """Sequence tasks: which positions count (their target is not `ignore_index`)."""
+        return targets != self.ignore_index
 
     def decode(self, values: torch.Tensor) -> torch.Tensor:
         """Regression outputs/targets in the data's own units."""
@@ -45,11 +54,14 @@ class Task:
     def to_record(self) -> dict[str, Any]:
         """As data.json holds it, so a run can predict without reading its training data again."""
         return {"kind": self.kind, "class_names": list(self.class_names), "target_mean": self.target_mean,
-                "target_std": self.target_std}
+                "target_std": self.target_std, "ignore_index": self.ignore_index}
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Task:
-        return cls(record["kind"], tuple(record["class_names"]), record["target_mean"], record["target_std"])
+        return cls(
+            record["kind"], tuple(record["class_names"]), record["target_mean"], record["target_std"],
+            record.get("ignore_index", IGNORE_INDEX),  # runs recorded before sequence tasks
+        )
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,8 @@ def _split_fingerprint(split: Dataset) -> dict[str, Any]:
     if isinstance(split, TensorSplit):
         _digest_tensors(digest, split.inputs, split.targets)
     else:
-        for inputs, targets in iterate(split, (index for index, _ in eval_indices(len(split), 1024, 0, 1))):
-            _digest_tensors(digest, inputs, targets)
+        for batch in iterate(split, (index for index, _ in eval_indices(len(split), 1024, 0, 1))):
+            _digest_tensors(digest, *(batch.values() if isinstance(batch, Mapping) else batch))  # tuple or named
     return {"items": len(split), "sha256": digest.hexdigest()}
 
 

@@ -1,5 +1,5 @@
-"""Data paths pinned when a run starts: a relative `data.path` or `data.root` is made absolute in the
-run's recipe, so every later command (resume, eval, predict) reads the same files wherever it runs.
+"""Data paths pinned when a run starts: a relative `data.path` or `data.root` (and `model.pretrained` of
+an `hf` model) is made absolute in the run's recipe, so every later command (resume, eval, predict) reads the same files wherever it runs.
 Imports no torch (the train command plans from files alone)."""
 
 from __future__ import annotations
@@ -13,7 +13,11 @@ from trainwright.recipe import Recipe, validate
 ALLOW_FLAG = "--allow-data-change"  # the command-line flag that accepts data differing from the run's record
 
 # The built-in data sets' arguments that are file or folder paths.
-BUILT_IN_PATH_ARGUMENTS = {"csv": ("path",), "fashion_mnist": ("root",)}
+BUILT_IN_PATH_ARGUMENTS = {"csv": ("path",), "fashion_mnist": ("root",), "text": ("path", "tokenizer")}
+
+
+# The built-in models' arguments that are folder paths.
+MODEL_PATH_ARGUMENTS = {"hf": ("pretrained",)}
 
 
 def path_arguments(data_name: str) -> list[str]:
@@ -40,12 +44,15 @@ def path_keys(recipe: Recipe) -> list[str]:
 
 
 def pin_paths(recipe: Recipe) -> Recipe:
-    """The recipe with its data paths absolute (a relative one is taken from the current folder)."""
+    """The recipe with its data paths, and a built-in model's folder (`hf`'s `pretrained`), absolute (a
+    relative one is taken from the current folder)."""
     data = recipe.to_dict()
     changed = False
-    for key in path_arguments(recipe.data.name):
-        value = data["data"].get(key)
-        if isinstance(value, str) and not os.path.isabs(os.path.expanduser(value)):
-            data["data"][key] = os.path.abspath(os.path.expanduser(value))
-            changed = True
+    model_paths = MODEL_PATH_ARGUMENTS.get(recipe.model.name, ())
+    for section, keys in (("data", path_arguments(recipe.data.name)), ("model", model_paths)):
+        for key in keys:
+            value = data[section].get(key)
+            if isinstance(value, str) and not os.path.isabs(os.path.expanduser(value)):
+                data[section][key] = os.path.abspath(os.path.expanduser(value))
+                changed = True
     return validate(data, "the recipe") if changed else recipe
