@@ -23,7 +23,7 @@ from trainwright.checkpoint.manager import CheckpointManager
 from trainwright.checkpoint.objects import TrainObjects
 from trainwright.checkpoint.weights import save_weights
 from trainwright.data.bundle import DataBundle
-from trainwright.data.loading import batches_per_epoch, iterate, train_indices
+from trainwright.data.loading import TrainBatches, batches_per_epoch, resolve_workers
 from trainwright.errors import EXIT_PREEMPTED, UserError
 from trainwright.evaluation import Scoring, evaluate
 from trainwright.files import write_json_atomic
@@ -88,6 +88,11 @@ class Trainer:
             precision=accelerator.mixed_precision, steps_per_epoch=self.steps_per_epoch,
         )
         self.stops = StopSignals(processes)
+        self.batches = TrainBatches(
+            data.train, recipe.data.batch_size, recipe.seed, processes.rank, processes.world_size,
+            resolve_workers(recipe.data.num_workers), recipe.data.prefetch_factor,
+            pin_memory=accelerator.device.type == "cuda",
+        )
 
     # --- start-up -------------------------------------------------------------------------------
 
@@ -137,6 +142,7 @@ class Trainer:
             self._wait_for_checkpoint()
         finally:
             self.checkpoints.close()
+            self.batches.close()
             self.tracker.close()
             if self.sample_log is not None:
                 self.sample_log.close()
@@ -177,11 +183,8 @@ class Trainer:
         accum, epoch, epoch_start = recipe.trainer.grad_accum_steps, state.epoch, state.batch_in_epoch
         batch_size, log_every = recipe.data.batch_size, recipe.trainer.log_every_steps
         started, samples_before = time.perf_counter(), state.samples_seen
-        indices = list(train_indices(
-            len(self.data.train), batch_size, recipe.seed, epoch, epoch_start,
-            self.processes.rank, self.processes.world_size,
-        ))
-        batches = iterate(self.data.train, iter(indices), recipe.data.num_workers)
+        indices = self.batches.indices(epoch, epoch_start)
+        batches = self.batches.epoch(epoch, epoch_start, indices)
         # The step's calls as locals: on a small model the loop's own Python is a visible part of a step.
         model, loss_fn, backward, add_loss = self.model, self.scoring.loss_fn, self.calls.backward, self.loss.add
         optimizer_step, zero_grad = self.calls.step, self.calls.zero_grad
