@@ -33,6 +33,7 @@ DATASETS.register_path("csv", "trainwright.data.tabular:csv", inputs="trainwrigh
 DATASETS.register_path(
     "fashion_mnist", "trainwright.data.vision:fashion_mnist", inputs="trainwright.data.images:fashion_images"
 )
+DATASETS.register_path("npy", "trainwright.data.arrays:npy", inputs="trainwright.data.arrays:array_rows")
 DATASETS.register_path(
     "image_folder", "trainwright.data.folders:image_folder", inputs="trainwright.data.folders:folder_images"
 )

@@ -43,8 +43,8 @@ def decode(path: str, mode: ImageMode) -> torch.Tensor:
 class ImageItems(Dataset):
     """Images (path, class index), decoded and transformed one at a time."""
 
-    def __init__(self, samples: list[tuple[str, int]], transform: Any, mode: ImageMode, key: str) -> None:
-        self.samples, self.transform, self.mode, self.key = samples, transform, mode, key
+    def __init__(self, folder: Path, samples: list[tuple[str, int]], transform: Any, mode: ImageMode, key: str) -> None:
+        self.folder, self.samples, self.transform, self.mode, self.key = folder, samples, transform, mode, key
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -60,11 +60,13 @@ class ImageItems(Dataset):
         return image, label
 
     def fingerprint(self) -> dict[str, Any]:
-        """The listing: each file's path, size, mtime and class (no image is read)."""
+        """The listing: each file's path (from the data set's folder, which may move), size, mtime and class
+        (no image is read)."""
         digest = hashlib.sha256()
         for path, label in self.samples:
             status = os.stat(path)
-            digest.update(f"{path}\0{status.st_size}\0{status.st_mtime_ns}\0{label}\n".encode())
+            name = os.path.relpath(path, self.folder)
+            digest.update(f"{name}\0{status.st_size}\0{status.st_mtime_ns}\0{label}\n".encode())
         return {"files": len(self.samples), "listing_sha256": digest.hexdigest()}
 
 
@@ -120,8 +122,8 @@ def image_folder(
         val = [samples[i] for i in sorted(order[:cut])]
         train = [samples[i] for i in sorted(order[cut:])]
     return DataBundle(
-        train=ImageItems(train, train_pipeline, mode, "data.train_transforms"),
-        val=ImageItems(val, eval_pipeline, mode, "data.eval_transforms"),
+        train=ImageItems(root, train, train_pipeline, mode, "data.train_transforms"),
+        val=ImageItems(root, val, eval_pipeline, mode, "data.eval_transforms"),
         task=Task("multiclass", tuple(classes)),
         describe_input=lambda i: Path(val[i][0]).name,
         preprocessing={"eval_transforms": eval_steps, "mode": mode},

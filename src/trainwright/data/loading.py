@@ -124,6 +124,12 @@ class SeededItems(Dataset):
 # --- serving batches ------------------------------------------------------------------------------
 
 
+def _own_generator(seed: int) -> torch.Generator:
+    """For a DataLoader's one draw per pass (its workers' base seed, which `seed_item` overrides), which
+    would otherwise come from torch's global generator and shift the model's random draws (dropout)."""
+    return torch.Generator().manual_seed(seed)
+
+
 def iterate(dataset: Dataset, indices: Iterator[torch.Tensor], seed: int = 0, epoch: int = EVAL_EPOCH) -> Iterator[Batch]:
     """Serve batches in the main process (evaluation, prediction, start-up checks): whole-tensor indexing
     for a TensorSplit, else a DataLoader without workers over the same indices, items seeded from
@@ -133,7 +139,7 @@ def iterate(dataset: Dataset, indices: Iterator[torch.Tensor], seed: int = 0, ep
             yield dataset.inputs[index], dataset.targets[index]
         return
     keys = [[(epoch, i) for i in index.tolist()] for index in indices]
-    yield from DataLoader(SeededItems(dataset, seed), batch_sampler=keys)
+    yield from DataLoader(SeededItems(dataset, seed), batch_sampler=keys, generator=_own_generator(seed))
 
 
 class EpochBatches:
@@ -186,7 +192,7 @@ class TrainBatches:
             self.loader = DataLoader(
                 SeededItems(dataset, seed), batch_sampler=self.sampler, num_workers=num_workers,
                 persistent_workers=num_workers > 0, pin_memory=pin_memory,
-                prefetch_factor=prefetch_factor if num_workers > 0 else None,
+                prefetch_factor=prefetch_factor if num_workers > 0 else None, generator=_own_generator(seed),
             )
 
     def indices(self, epoch: int, start: int) -> list[torch.Tensor]:

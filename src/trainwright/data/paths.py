@@ -13,7 +13,9 @@ from trainwright.recipe import Recipe, validate
 ALLOW_FLAG = "--allow-data-change"  # the command-line flag that accepts data differing from the run's record
 
 # The built-in data sets' arguments that are file or folder paths.
-BUILT_IN_PATH_ARGUMENTS = {"csv": ("path",), "fashion_mnist": ("root",), "image_folder": ("root",)}
+BUILT_IN_PATH_ARGUMENTS = {"csv": ("path",), "fashion_mnist": ("root",), "image_folder": ("root",),
+    "npy": ("inputs", "targets", "val_inputs", "val_targets"),
+}
 
 
 def path_arguments(data_name: str) -> list[str]:
