@@ -577,6 +577,9 @@ def test_version(version_cli):
 
 ALL_RECIPES = sorted(RECIPES.glob("*.yaml"))
 WORKFLOWS = ("heart", "linear", "fashion_mlp", "fashion_lenet", "house_prices")
+# Recipes trained to completion by another module, with the changes it names: resnet_folder by
+# tests/test_image_folder.py (16x16 pixels, batch 8, 2 epochs, 2 workers: resnet18 is slow on the CPU).
+TRAINED_ELSEWHERE = ("resnet_folder",)
 
 
 def test_every_workflow_is_covered(request):
@@ -595,7 +598,7 @@ def test_every_workflow_is_covered(request):
         summary = json.loads((job["dir"] / "summary.json").read_text())
         assert summary["status"] == "completed", name
         covered[job["recipe"]] = name
-    assert sorted(covered) == sorted(p.stem for p in ALL_RECIPES), covered
+    assert sorted([*covered, *TRAINED_ELSEWHERE]) == sorted(p.stem for p in ALL_RECIPES), covered
 
 
 # --- check -----------------------------------------------------------------------------------------------
