@@ -38,7 +38,7 @@ VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["versi
 # src/). `metrics: null` stands for "the task's default" (accuracy for classifiers, mae for regression).
 README_DEFAULTS = {
     "seed": 0,
-    "data": {"num_workers": 0},
+    "data": {"num_workers": 0, "prefetch_factor": None},
     "scheduler": {"name": "none"},
     "metrics": None,
     "trainer": {"epochs": 1, "max_steps": None, "mixed_precision": "auto", "grad_accum_steps": 1, "grad_clip": None,
@@ -71,6 +71,9 @@ def resolved_recipe(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> 
         for name in parents:
             section = section.setdefault(name, {})
         section[last] = yaml.safe_load(value)
+    for section in ("data", "model", "loss", "optimizer", "scheduler"):  # a component argument set to null is removed
+        if isinstance(recipe.get(section), dict):
+            recipe[section] = {k: v for k, v in recipe[section].items() if v is not None}
     wandb = recipe.get("logging", {}).get("wandb")
     if isinstance(wandb, bool):  # `logging.wandb: false` is short for `mode: disabled`, `true` for `mode: auto`
         recipe["logging"]["wandb"] = {"mode": "auto" if wandb else "disabled"}
@@ -620,7 +623,7 @@ def test_check_prints_heart_with_its_defaults(capsys):
     assert yaml.safe_load(capsys.readouterr().out) == {
         "name": "heart",
         "seed": 0,
-        "data": {"name": "heart", "batch_size": 64, "num_workers": 0, "num_points": 100000, "seed": 123,
+        "data": {"name": "heart", "batch_size": 64, "num_workers": 0, "prefetch_factor": None, "num_points": 100000, "seed": 123,
                  "val_fraction": 0.2},
         "model": {"name": "mlp", "in_features": 2, "hidden": [72, 36], "out_features": 1,
                   "output_activation": "sigmoid"},
