@@ -111,6 +111,18 @@ def test_transform_pipelines_are_checked_by_name_and_argument():
         assert str(error.value).startswith(where) and hint in str(error.value), str(error.value)
 
 
+def test_check_validates_the_pipelines_of_an_image_folder_recipe(tmp_path):
+    from trainwright.components import check_recipe
+    from trainwright.recipe import load_recipe
+
+    recipe = Path(__file__).resolve().parent.parent / "recipes" / "resnet_folder.yaml"
+    check_recipe(load_recipe(recipe))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(recipe.read_text().replace("RandomHorizontalFlip", "RandomHorizontalFlips"))
+    with pytest.raises(UserError, match=r"data.train_transforms\[1\].name: .* did you mean 'RandomHorizontalFlip'"):
+        check_recipe(load_recipe(bad))
+
+
 class Declared(Dataset):
     def __init__(self, version: int) -> None:
         self.version = version

@@ -90,6 +90,12 @@ def _listing(folder: Path, classes: list[str] | None = None) -> tuple[list[str],
     return found.classes, found.samples
 
 
+def check_arguments(kwargs: dict[str, Any]) -> None:
+    """The recipe's pipelines, checked without reading any image (`trainwright check`)."""
+    for key in ("train_transforms", "eval_transforms"):
+        build_pipeline(kwargs.get(key) or DEFAULT_PIPELINE, f"data.{key}")
+
+
 # registered as "image_folder" in components.py; its `root` is pinned (data/paths.py)
 def image_folder(
     root: Path,
