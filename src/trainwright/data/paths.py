@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import typing
-from pathlib import Path
 
 from trainwright.recipe import Recipe, validate
 
