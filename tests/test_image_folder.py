@@ -151,3 +151,15 @@ def test_eval_and_predict_need_no_allow_flag_and_a_changed_image_is_refused(fold
         result = run_cli(*command)
         assert_user_error(result.returncode, result.stderr, "the data differ", "train split", "--allow-data-change")
     assert_ok(run_cli("eval", run, "--allow-data-change"))
+
+
+def test_a_damaged_image_read_by_a_worker_is_one_message(folder_runs, tmp_path):
+    data = tmp_path / "shapes"
+    shutil.copytree(folder_runs["folder"] / "shapes", data)
+    damaged = sorted((data / "train" / "square").iterdir())[-1]  # not among the start-up check's first batch
+    damaged.write_bytes(b"not a picture")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(folder_runs["recipe"].read_text().replace(str(folder_runs["folder"] / "shapes"), str(data)))
+    result = processes.run(train_args(recipe, tmp_path / "run", "trainer.epochs=1"), cli_env())
+    message = assert_user_error(result.returncode, result.stderr, f"{damaged} is not an image that can be read")
+    assert "worker" not in message, message

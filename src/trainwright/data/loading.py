@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from trainwright.data.bundle import TensorSplit
+from trainwright.errors import UserError
 
 Batch = Any  # what the data set's items collate to: (inputs, targets) or named tensors
 EVAL_EPOCH = -1  # the `epoch` that items served for evaluation and prediction are seeded with
@@ -165,6 +166,18 @@ class EpochBatches:
             yield [(epoch, i) for i in index.tolist()]
 
 
+def _worker_errors(batches: Iterator[Batch]) -> Iterator[Batch]:
+    """The batches; a UserError raised in a worker (a damaged image) as its own message: DataLoader raises
+    it again in this process with the worker's traceback written into the message."""
+    try:
+        yield from batches
+    except UserError as exc:
+        text, marker = str(exc), f"{type(exc).__name__}: "
+        if "Original Traceback" not in text or marker not in text:
+            raise
+        raise type(exc)(text.rsplit(marker, 1)[1].strip()) from None
+
+
 def resolve_workers(num_workers: int | str) -> int:
     """`data.num_workers`: a number, or 'auto': the CPU cores this process may use, shared among the
     processes of this machine, less one for the training process itself, at most 8."""
@@ -206,7 +219,7 @@ class TrainBatches:
             inputs, targets = self.dataset.inputs, self.dataset.targets  # type: ignore[attr-defined]
             return ((inputs[index], targets[index]) for index in indices)
         self.sampler.at(epoch, start)
-        return iter(self.loader)
+        return _worker_errors(iter(self.loader))
 
     def close(self) -> None:
         """Let the loader go: its workers stop once nothing holds its iterator (sooner than at exit)."""
