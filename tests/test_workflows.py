@@ -38,7 +38,7 @@ VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["versi
 # src/). `metrics: null` stands for "the task's default" (accuracy for classifiers, mae for regression).
 README_DEFAULTS = {
     "seed": 0,
-    "data": {"num_workers": 0},
+    "data": {"num_workers": 0, "prefetch_factor": None},
     "scheduler": {"name": "none"},
     "metrics": None,
     "trainer": {"epochs": 1, "max_steps": None, "mixed_precision": "auto", "grad_accum_steps": 1, "grad_clip": None,
@@ -72,6 +72,9 @@ def resolved_recipe(path: Path, overrides: list[str] | tuple[str, ...] = ()) -> 
         for name in parents:
             section = section.setdefault(name, {})
         section[last] = yaml.safe_load(value)
+    for section in ("data", "model", "loss", "optimizer", "scheduler"):  # a component argument set to null is removed
+        if isinstance(recipe.get(section), dict):
+            recipe[section] = {k: v for k, v in recipe[section].items() if v is not None}
     wandb = recipe.get("logging", {}).get("wandb")
     if isinstance(wandb, bool):  # `logging.wandb: false` is short for `mode: disabled`, `true` for `mode: auto`
         recipe["logging"]["wandb"] = {"mode": "auto" if wandb else "disabled"}
@@ -578,6 +581,9 @@ def test_version(version_cli):
 
 ALL_RECIPES = sorted(RECIPES.glob("*.yaml"))
 WORKFLOWS = ("heart", "linear", "fashion_mlp", "fashion_lenet", "house_prices")
+# Recipes trained to completion by another module, with the changes it names: resnet_folder by
+# tests/test_image_folder.py (16x16 pixels, batch 8, 2 epochs, 2 workers: resnet18 is slow on the CPU).
+TRAINED_ELSEWHERE = ("resnet_folder",)
 
 
 def test_every_workflow_is_covered(request):
@@ -596,7 +602,7 @@ def test_every_workflow_is_covered(request):
         summary = json.loads((job["dir"] / "summary.json").read_text())
         assert summary["status"] == "completed", name
         covered[job["recipe"]] = name
-    assert sorted(covered) == sorted(p.stem for p in ALL_RECIPES), covered
+    assert sorted([*covered, *TRAINED_ELSEWHERE]) == sorted(p.stem for p in ALL_RECIPES), covered
 
 
 # --- check -----------------------------------------------------------------------------------------------
@@ -618,7 +624,7 @@ def test_check_prints_heart_with_its_defaults(capsys):
     assert yaml.safe_load(capsys.readouterr().out) == {
         "name": "heart",
         "seed": 0,
-        "data": {"name": "heart", "batch_size": 64, "num_workers": 0, "num_points": 100000, "seed": 123,
+        "data": {"name": "heart", "batch_size": 64, "num_workers": 0, "prefetch_factor": None, "num_points": 100000, "seed": 123,
                  "val_fraction": 0.2},
         "model": {"name": "mlp", "in_features": 2, "hidden": [72, 36], "out_features": 1,
                   "output_activation": "sigmoid"},

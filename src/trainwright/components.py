@@ -38,11 +38,19 @@ DATASETS.register_path("text", "trainwright.data.text:text")
 MODELS.register_path("gpt", "trainwright.gpt:gpt")
 # Hugging Face transformers models (the optional extra trainwright[hf]), imported when a recipe names them.
 MODELS.register_path("hf", "trainwright.hf_models:hf")
+DATASETS.register_path("npy", "trainwright.data.arrays:npy", inputs="trainwright.data.arrays:array_rows")
+DATASETS.register_path(
+    "image_folder", "trainwright.data.folders:image_folder", inputs="trainwright.data.folders:folder_images",
+    check="trainwright.data.folders:check_arguments",
+)
 
 
 def check_recipe(recipe: Recipe) -> None:
     """Check that every component exists and takes the arguments given (no data is read)."""
     DATASETS.check(recipe.data.name, recipe.data.kwargs())
+    check_data = DATASETS.meta(recipe.data.name).get("check")  # arguments a signature cannot check (pipelines)
+    if check_data is not None:
+        import_attr(check_data, "data.name")(recipe.data.kwargs())
     MODELS.check(recipe.model.name, recipe.model.kwargs())
     LOSSES.check(recipe.loss.name, recipe.loss.kwargs())
     OPTIMIZERS.check(recipe.optimizer.name, recipe.optimizer.kwargs())

@@ -8,6 +8,7 @@ New inputs are read by the data set's reader (data/inputs.py) with the statistic
 
 from __future__ import annotations
 
+import glob
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -58,7 +59,7 @@ class Run:
     def data(self) -> DataBundle:
         """The run's data set, built from its recipe and checked against data.json (for eval and predict -n)."""
         bundle = build_data(self.recipe)
-        check_same_data(self._record, data_record(bundle), self.run_dir.path, self.allow_data_change)
+        check_same_data(self._record, data_record(bundle, self._record), self.run_dir.path, self.allow_data_change)
         return bundle
 
     @cached_property
@@ -89,7 +90,8 @@ class Run:
 
     def predict(self, inputs: Any, batch_size: int = EVAL_BATCH_SIZE) -> Predictions:
         """Predictions for `inputs`: a tensor of prepared model inputs, a pandas DataFrame (the training's
-        columns), a file or folder path, a PIL image, or a list of image paths or PIL images."""
+        columns), a file or folder path (or a glob pattern of image files), a PIL image, or a list of image paths
+        or PIL images."""
         if isinstance(inputs, torch.Tensor):
             ids = [str(i) for i in range(len(inputs))]
             return self._predictions(InputBatch(ids, inputs, ids.__getitem__))
@@ -99,7 +101,7 @@ class Run:
         """Predictions `batch_size` items at a time (bounded memory for large files)."""
         if isinstance(source, str):
             source = Path(source)
-        if isinstance(source, Path) and not source.exists():
+        if isinstance(source, Path) and not source.exists() and not glob.has_magic(str(source)):
             raise UserError(f"--input {source} does not exist")
         reader = input_reader(self.recipe)
         for batch in reader(source, self._record or {}, batch_size):

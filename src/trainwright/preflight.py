@@ -42,9 +42,11 @@ def check_startup(
     check_loss_fits_task(recipe, data, scoring)
     check_first_batch(recipe, data, model, scoring)
     dry_run_optimizer(recipe, total_steps)
-    record = data_record(data)
-    if plan.resume_from is not None:
-        check_same_data(plan.run.read_json(plan.run.data_file), record, plan.run.path, plan.allow_data_change)
+    if plan.resume_from is None:
+        return data_record(data)
+    saved = plan.run.read_json(plan.run.data_file)
+    record = data_record(data, saved)
+    check_same_data(saved, record, plan.run.path, plan.allow_data_change)
     return record
 
 

@@ -60,7 +60,18 @@ class _Component(BaseModel):
 
 class DataConfig(_Component):
     batch_size: int = Field(ge=1, description="GLOBAL batch size: each of N processes gets batch_size/N")
-    num_workers: int = Field(0, ge=0, description="DataLoader workers (only for data sets served item by item)")
+    num_workers: int | Literal["auto"] = Field(
+        0, description="DataLoader workers for data sets served item by item (auto: the cores per process, less one, "
+        "at most 8); they stay up for the whole run"
+    )
+    prefetch_factor: int | None = Field(None, ge=1, description="batches each worker loads ahead (torch's default: 2)")
+
+    @field_validator("num_workers")
+    @classmethod
+    def _workers_not_negative(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 0:
+            raise ValueError("num_workers must be 0 or more, or 'auto'")
+        return value
 
 
 class ModelConfig(_Component):

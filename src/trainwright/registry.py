@@ -8,8 +8,11 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import os
+import types
 import typing
 from collections.abc import Callable
+from pathlib import Path, PurePath
 from typing import Any
 
 from pydantic import ConfigDict, TypeAdapter, ValidationError
@@ -111,9 +114,16 @@ class Registry:
                 )
 
     def build(self, name: str, kwargs: dict[str, Any], **provided: Any) -> Any:
-        """Call the builder (its arguments were checked with `check`); bad argument values become a UserError."""
+        """Call the builder (its arguments were checked with `check`); an argument annotated `pathlib.Path`
+        arrives as a Path; bad argument values become a UserError."""
+        builder = self.get(name)
+        hints = _type_hints(builder)
+        kwargs = {
+            key: Path(value) if isinstance(value, str) and is_path_annotation(hints.get(key)) else value
+            for key, value in kwargs.items()
+        }
         try:
-            return self.get(name)(**provided, **kwargs)
+            return builder(**provided, **kwargs)
         except (TypeError, ValueError, RuntimeError) as exc:  # torch raises RuntimeError for impossible shapes
             raise UserError(f"{self.section}: cannot build {self.kind} '{name}' from {kwargs}: {exc}") from None
 
@@ -125,6 +135,15 @@ def _type_hints(builder: Callable[..., Any]) -> dict[str, Any]:
         return typing.get_type_hints(target)
     except Exception:  # annotations naming what cannot be imported here: nothing to check against
         return {}
+
+
+def is_path_annotation(annotation: Any) -> bool:
+    """`Path`, `os.PathLike` (or a subclass), or an optional or union of one (`Path | None`)."""
+    if isinstance(annotation, type):
+        return issubclass(annotation, (PurePath, os.PathLike))
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType) and any(
+        is_path_annotation(arg) for arg in typing.get_args(annotation)
+    )
 
 
 _ANY_TYPE = ConfigDict(arbitrary_types_allowed=True)  # e.g. `float | torch.Tensor` (a recipe gives the float)

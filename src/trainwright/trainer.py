@@ -24,7 +24,7 @@ from trainwright.checkpoint.objects import TrainObjects
 from trainwright.checkpoint.ties import tied_aliases, untied
 from trainwright.checkpoint.weights import save_weights
 from trainwright.data.bundle import DataBundle
-from trainwright.data.loading import batches_per_epoch, iterate, train_indices
+from trainwright.data.loading import TrainBatches, batches_per_epoch, resolve_workers
 from trainwright.errors import EXIT_PREEMPTED, UserError
 from trainwright.evaluation import Scoring, evaluate
 from trainwright.files import write_json_atomic
@@ -91,6 +91,11 @@ class Trainer:
             precision=accelerator.mixed_precision, steps_per_epoch=self.steps_per_epoch,
         )
         self.stops = StopSignals(processes)
+        self.batches = TrainBatches(
+            data.train, recipe.data.batch_size, recipe.seed, processes.rank, processes.world_size,
+            resolve_workers(recipe.data.num_workers), recipe.data.prefetch_factor,
+            pin_memory=accelerator.device.type == "cuda",
+        )
 
     # --- start-up -------------------------------------------------------------------------------
 
@@ -140,6 +145,7 @@ class Trainer:
             self._wait_for_checkpoint()
         finally:
             self.checkpoints.close()
+            self.batches.close()
             self.tracker.close()
             if self.sample_log is not None:
                 self.sample_log.close()
@@ -180,11 +186,8 @@ class Trainer:
         accum, epoch, epoch_start = recipe.trainer.grad_accum_steps, state.epoch, state.batch_in_epoch
         batch_size, log_every = recipe.data.batch_size, recipe.trainer.log_every_steps
         started, samples_before = time.perf_counter(), state.samples_seen
-        indices = list(train_indices(
-            len(self.data.train), batch_size, recipe.seed, epoch, epoch_start,
-            self.processes.rank, self.processes.world_size,
-        ))
-        first, batches = peek(iterate(self.data.train, iter(indices), recipe.data.num_workers))
+        indices = self.batches.indices(epoch, epoch_start)
+        first, batches = peek(self.batches.epoch(epoch, epoch_start, indices))
         model = self.model
         # The step's calls as locals: on a small model the loop's own Python is a visible part of a step.
         batch_loss = self.step.train_loss(model, first) if first is not None else None

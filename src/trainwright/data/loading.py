@@ -1,21 +1,36 @@
-"""The batch order: a function of (seed, epoch) over GLOBAL batches, sliced per process.
+"""The batch order: a function of (seed, epoch) over GLOBAL batches, sliced per process; and how batches
+are served: whole-tensor indexing for a TensorSplit, else one DataLoader for the whole run (persistent
+workers) whose batch sampler the trainer sets at each epoch's (epoch, first batch).
 
 Because the order never depends on the process count, a run can stop at global batch b and go on
 from batch b with any number of processes, and no sample is repeated or skipped.
+
+Items served one by one are computed with torch's, Python's and NumPy's global random generators seeded
+from (run seed, epoch, item index) alone (`item_seed`), never from the worker, the process count or what
+ran before: random augmentation gives the same items with 0 or N workers, on 1 or N processes, resumed or
+not. In the main process (0 workers) the generators are put back afterwards, so the model's own random
+draws (dropout) are not disturbed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import random
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from trainwright.data.bundle import TensorSplit
+from trainwright.errors import UserError
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+Batch = Any  # what the data set's items collate to: (inputs, targets) or named tensors
+EVAL_EPOCH = -1  # the `epoch` that items served for evaluation and prediction are seeded with
+_MASK = (1 << 64) - 1
 
 
 def epoch_order(num_samples: int, seed: int, epoch: int) -> torch.Tensor:
@@ -51,11 +66,161 @@ def eval_indices(num_samples: int, batch_size: int, rank: int, world_size: int) 
     return batches + [(torch.zeros(1, dtype=torch.long), 0)] * (most - len(batches))
 
 
-def iterate(dataset: Dataset, indices: Iterator[torch.Tensor], num_workers: int = 0) -> Iterator[Batch]:
-    """Serve batches: whole-tensor indexing for a TensorSplit, a DataLoader over the same indices otherwise."""
+# --- one item's random generators -------------------------------------------------------------------
+
+
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of item `index` in `epoch` of a run seeded `seed` (a 63-bit splitmix64 mix of the three)."""
+    value = (seed * 0x9E3779B97F4A7C15 ^ (epoch & _MASK) * 0xBF58476D1CE4E5B9 ^ index * 0x94D049BB133111EB) & _MASK
+    for shift, multiplier in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
+        value = ((value ^ (value >> shift)) * multiplier) & _MASK
+    return (value ^ (value >> 31)) >> 1
+
+
+def seed_item(seed: int, epoch: int, index: int) -> None:
+    """Seed torch's (CPU), Python's and NumPy's global generators for one item."""
+    value = item_seed(seed, epoch, index)
+    torch.default_generator.manual_seed(value)
+    random.seed(value)
+    np.random.seed(value & 0xFFFFFFFF)
+
+
+@contextlib.contextmanager
+def _generators_kept() -> Iterator[None]:
+    """In the main process: the global generators as they were before (a worker's are its own)."""
+    if get_worker_info() is not None:
+        yield
+        return
+    saved = torch.get_rng_state(), random.getstate(), np.random.get_state()
+    try:
+        yield
+    finally:
+        torch.set_rng_state(saved[0])
+        random.setstate(saved[1])
+        np.random.set_state(saved[2])
+
+
+class SeededItems(Dataset):
+    """A data set read by keys (epoch, index): item `index`, computed with the generators seeded by
+    `seed_item(seed, epoch, index)`. DataLoader hands a batch's keys to `__getitems__` at once."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: list[tuple[int, int]]) -> list[Any]:
+        items, dataset, seed = [], self.dataset, self.seed
+        with _generators_kept():
+            for epoch, index in keys:
+                seed_item(seed, epoch, index)
+                items.append(dataset[index])
+        return items
+
+
+# --- serving batches ------------------------------------------------------------------------------
+
+
+def _own_generator(seed: int) -> torch.Generator:
+    """For a DataLoader's one draw per pass (its workers' base seed, which `seed_item` overrides), which
+    would otherwise come from torch's global generator and shift the model's random draws (dropout)."""
+    return torch.Generator().manual_seed(seed)
+
+
+def iterate(dataset: Dataset, indices: Iterator[torch.Tensor], seed: int = 0, epoch: int = EVAL_EPOCH) -> Iterator[Batch]:
+    """Serve batches in the main process (evaluation, prediction, start-up checks): whole-tensor indexing
+    for a TensorSplit, else a DataLoader without workers over the same indices, items seeded from
+    (seed, epoch, index)."""
     if isinstance(dataset, TensorSplit):
         for index in indices:
             yield dataset.inputs[index], dataset.targets[index]
         return
-    loader = DataLoader(dataset, batch_sampler=[index.tolist() for index in indices], num_workers=num_workers)
-    yield from loader
+    keys = [[(epoch, i) for i in index.tolist()] for index in indices]
+    yield from DataLoader(SeededItems(dataset, seed), batch_sampler=keys, generator=_own_generator(seed))
+
+
+class EpochBatches:
+    """The batch sampler of a run's training loader: this process's keys (epoch, index) of global
+    batches start, start+1, ... of `epoch`; `at` sets the epoch and the first batch before each pass."""
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int, rank: int, world_size: int) -> None:
+        self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch = self.start = 0
+
+    def at(self, epoch: int, start: int) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __len__(self) -> int:
+        return batches_per_epoch(self.num_samples, self.batch_size) - self.start
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch = self.epoch
+        for index in train_indices(
+            self.num_samples, self.batch_size, self.seed, epoch, self.start, self.rank, self.world_size
+        ):
+            yield [(epoch, i) for i in index.tolist()]
+
+
+def _worker_errors(batches: Iterator[Batch]) -> Iterator[Batch]:
+    """The batches; a UserError raised in a worker (a damaged image) as its own message: DataLoader raises
+    it again in this process with the worker's traceback written into the message."""
+    try:
+        yield from batches
+    except UserError as exc:
+        text, marker = str(exc), f"{type(exc).__name__}: "
+        if "Original Traceback" not in text or marker not in text:
+            raise
+        raise type(exc)(text.rsplit(marker, 1)[1].strip()) from None
+
+
+def resolve_workers(num_workers: int | str) -> int:
+    """`data.num_workers`: a number, or 'auto': the CPU cores this process may use, shared among the
+    processes of this machine, less one for the training process itself, at most 8."""
+    if num_workers != "auto":
+        return int(num_workers)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    per_process = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(0, min(8, per_process - 1))
+
+
+class TrainBatches:
+    """The training batches of a whole run for one process. A TensorSplit is indexed a batch at a time
+    (no per-item calls); any other data set is read by one DataLoader made once, whose workers stay up
+    from epoch to epoch (persistent), with pinned memory when training on CUDA."""
+
+    def __init__(
+        self, dataset: Dataset, batch_size: int, seed: int, rank: int, world_size: int,
+        num_workers: int = 0, prefetch_factor: int | None = None, pin_memory: bool = False,
+    ) -> None:
+        self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.loader: DataLoader | None = None
+        if not isinstance(dataset, TensorSplit):
+            self.sampler = EpochBatches(len(dataset), batch_size, seed, rank, world_size)  # type: ignore[arg-type]
+            self.loader = DataLoader(
+                SeededItems(dataset, seed), batch_sampler=self.sampler, num_workers=num_workers,
+                persistent_workers=num_workers > 0, pin_memory=pin_memory,
+                prefetch_factor=prefetch_factor if num_workers > 0 else None, generator=_own_generator(seed),
+            )
+
+    def indices(self, epoch: int, start: int) -> list[torch.Tensor]:
+        """This process's sample indices of batches start, start+1, ... of `epoch`."""
+        return list(train_indices(len(self.dataset), self.batch_size, self.seed, epoch, start, self.rank,  # type: ignore[arg-type]
+                                  self.world_size))
+
+    def epoch(self, epoch: int, start: int, indices: list[torch.Tensor]) -> Iterator[Batch]:
+        """The batches of `indices` (those of `self.indices(epoch, start)`)."""
+        if self.loader is None:
+            inputs, targets = self.dataset.inputs, self.dataset.targets  # type: ignore[attr-defined]
+            return ((inputs[index], targets[index]) for index in indices)
+        self.sampler.at(epoch, start)
+        return _worker_errors(iter(self.loader))
+
+    def close(self) -> None:
+        """Let the loader go: its workers stop once nothing holds its iterator (sooner than at exit)."""
+        self.loader = None

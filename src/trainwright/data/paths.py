@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import os
 import typing
-from pathlib import Path
 
 from trainwright.recipe import Recipe, validate
 
 ALLOW_FLAG = "--allow-data-change"  # the command-line flag that accepts data differing from the run's record
 
 # The built-in data sets' arguments that are file or folder paths.
-BUILT_IN_PATH_ARGUMENTS = {"csv": ("path",), "fashion_mnist": ("root",), "text": ("path", "tokenizer")}
+BUILT_IN_PATH_ARGUMENTS = {
+    "csv": ("path",), "fashion_mnist": ("root",), "text": ("path", "tokenizer"), "image_folder": ("root",),
+    "npy": ("inputs", "targets", "val_inputs", "val_targets"),
+}
 
 
 # The built-in models' arguments that are folder paths.
@@ -22,19 +24,16 @@ MODEL_PATH_ARGUMENTS = {"hf": ("pretrained",)}
 
 def path_arguments(data_name: str) -> list[str]:
     """A data set's path arguments: the built-ins' from the table above; an imported builder's are its
-    parameters annotated `pathlib.Path` (or `os.PathLike`)."""
+    parameters annotated `pathlib.Path` (or `os.PathLike`, or an optional one)."""
     if ":" not in data_name:
         return list(BUILT_IN_PATH_ARGUMENTS.get(data_name, ()))
-    from trainwright.registry import DATASETS
+    from trainwright.registry import DATASETS, is_path_annotation
 
     try:
         hints = typing.get_type_hints(DATASETS.get(data_name, key="data.name"))
     except Exception:  # unresolvable annotations: nothing is taken for a path
         return []
-    return [
-        key for key, hint in hints.items()
-        if key != "return" and isinstance(hint, type) and (hint is Path or issubclass(hint, os.PathLike))
-    ]
+    return [key for key, hint in hints.items() if key != "return" and is_path_annotation(hint)]
 
 
 def path_keys(recipe: Recipe) -> list[str]:

@@ -1,0 +1,98 @@
+"""Arrays larger than memory: `data.name: npy` reads inputs and targets from .npy files memory-mapped
+(np.load(mmap_mode='c')): nothing is read at start-up, and each step reads only the rows of its batch,
+by whole-tensor indexing (no per-item calls), the same fast path as data held in memory.
+
+The validation split is the last `val_fraction` of the rows (a view, not a copy) unless `val_inputs` and
+`val_targets` name files of their own. Each split fingerprints itself by its files' shape, dtype, size,
+mtime and a hash of 64 evenly spaced 64 KiB samples of their bytes (data/fingerprint.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from trainwright.data.bundle import DataBundle, Task, TaskKind, TensorSplit
+from trainwright.data.fingerprint import sampled_file_fingerprint
+from trainwright.data.inputs import InputBatch
+from trainwright.errors import UserError
+
+
+class ArraySplit(TensorSplit):
+    """Rows `start:stop` of memory-mapped arrays, served as tensors that share the mapping."""
+
+    def __init__(self, files: tuple[Path, Path], inputs: np.ndarray, targets: np.ndarray, rows: slice) -> None:
+        super().__init__(torch.from_numpy(inputs[rows]), torch.from_numpy(targets[rows]))
+        self.files, self.rows = files, (rows.start or 0, rows.stop if rows.stop is not None else len(inputs))
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"rows": list(self.rows), "inputs": sampled_file_fingerprint(self.files[0]),
+                "targets": sampled_file_fingerprint(self.files[1])}
+
+
+def _open(path: Path, key: str) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="c")  # copy-on-write: the file is never written
+    except FileNotFoundError:
+        raise UserError(f"{key}: {path} does not exist") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{key}: {path} is not a .npy array file that can be memory-mapped ({exc})") from None
+
+
+def _targets(targets: np.ndarray, kind: TaskKind, key: str) -> np.ndarray:
+    """Class indices as int64 (read into memory when stored otherwise); regression and binary targets as
+    float32 columns (N, k)."""
+    if kind == "multiclass":
+        if targets.ndim != 1 or not np.issubdtype(targets.dtype, np.integer):
+            raise UserError(f"{key}: multiclass targets must be one integer class index per row, got {targets.dtype} "
+                            f"of shape {targets.shape}")
+        return targets if targets.dtype == np.int64 else targets.astype(np.int64)
+    columns = targets.reshape(len(targets), -1)
+    return columns if columns.dtype == np.float32 else columns.astype(np.float32)
+
+
+# registered as "npy" in components.py; its paths are pinned (data/paths.py)
+def npy(
+    inputs: Path,
+    targets: Path,
+    task: TaskKind = "multiclass",
+    class_names: list[str] | None = None,
+    val_fraction: float = 0.1,
+    val_inputs: Path | None = None,
+    val_targets: Path | None = None,
+) -> DataBundle:
+    """Rows of `inputs` (N, ...) with `targets` (N,) or (N, k) from .npy files; `task`: multiclass (integer
+    class indices; `class_names` defaults to '0', '1', ...), binary (0/1) or regression."""
+    x, y = _open(Path(inputs), "data.inputs"), _open(Path(targets), "data.targets")
+    if len(x) != len(y):
+        raise UserError(f"data.inputs holds {len(x)} rows and data.targets {len(y)}; give one target per row")
+    y = _targets(y, task, "data.targets")
+    files = (Path(inputs), Path(targets))
+    if (val_inputs is None) != (val_targets is None):
+        raise UserError("data.val_inputs and data.val_targets go together: give both, or neither (then "
+                        "data.val_fraction of the rows validate)")
+    if val_inputs is not None and val_targets is not None:
+        vx, vy = _open(Path(val_inputs), "data.val_inputs"), _open(Path(val_targets), "data.val_targets")
+        train = ArraySplit(files, x, y, slice(None))
+        val = ArraySplit((Path(val_inputs), Path(val_targets)), vx, _targets(vy, task, "data.val_targets"), slice(None))
+    else:
+        if not 0 < val_fraction < 1:
+            raise UserError(f"data.val_fraction must be between 0 and 1, got {val_fraction}")
+        cut = len(x) - max(1, round(len(x) * val_fraction))
+        train, val = ArraySplit(files, x, y, slice(0, cut)), ArraySplit(files, x, y, slice(cut, None))
+    names = class_names
+    if task == "multiclass" and names is None:
+        names = [str(i) for i in range(int(y.max()) + 1)]
+    return DataBundle(train=train, val=val, task=Task(task, tuple(names or ())))
+
+
+def array_rows(source: Path, record: dict[str, Any], batch_size: int) -> Iterator[InputBatch]:
+    """New inputs for an npy run: a .npy file of rows shaped as the training inputs, `batch_size` at a time."""
+    rows = _open(source, "--input")
+    for start in range(0, len(rows), batch_size):
+        chunk = torch.from_numpy(np.ascontiguousarray(rows[start : start + batch_size]))
+        ids = [str(start + i) for i in range(len(chunk))]
+        yield InputBatch(ids, chunk, ids.__getitem__)
