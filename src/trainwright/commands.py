@@ -66,8 +66,12 @@ def predict_command(args: argparse.Namespace) -> int:
         if args.input is None:
             raise UserError("--output writes the predictions for --input; give --input FILE as well")
         check_output(Path(args.output))  # before anything is read
+    if args.prompt is not None and (args.input is not None or args.output is not None):
+        raise UserError("--prompt generates text; it takes no --input or --output")
     run = load_run(args.run_dir, args.checkpoint, args.device, args.allow_data_change)
-    if args.input is None:  # the first N items of the run's own evaluation split
+    if args.prompt is not None:
+        print(run.generate(args.prompt, args.length, args.temperature, args.seed))
+    elif args.input is None:  # the first N items of the run's own evaluation split
         _, predictions = run.predict_split(args.n)
         print("\n".join(predictions.lines()))
     elif args.output is None:
