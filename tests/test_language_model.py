@@ -165,3 +165,30 @@ def test_predict_prompt_generates_text(corpus, tmp_path):
     assert_user_error(listed.returncode, listed.stderr, "--prompt")
     assert_ok(run_cli("plot", run_dir, env=env))
     assert (run_dir / "plots" / "loss_curves.png").is_file()
+
+
+def test_a_tokenizers_file_and_bytes_are_vocabularies_too(corpus, tmp_path):
+    """data.tokenizer: a Hugging Face `tokenizers` JSON file (here a small BPE trained on the corpus);
+    vocabulary bytes: 256 byte tokens. Both encode the corpus and decode back to it."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
+
+    from trainwright.data.text import Codec, text
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.train([str(corpus)], trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    path = tmp_path / "tokenizer.json"
+    tokenizer.save(str(path))
+    bundle = text(path=corpus, pattern="*", tokenizer=path, context=16)
+    assert bundle.task.kind == "sequence" and len(bundle.task.class_names) == tokenizer.get_vocab_size()
+    assert bundle.sources["tokenizer"] == path and bundle.preprocessing["vocabulary"] == "tokenizer"
+    codec = Codec.from_record({"preprocessing": bundle.preprocessing, "task": bundle.task.to_record()})
+    window = bundle.train.inputs[:4].flatten().tolist()
+    assert codec.decode(window) == corpus.read_text()[: len(codec.decode(window))]
+    assert int(bundle.train.inputs.max()) < tokenizer.get_vocab_size()
+
+    raw = text(path=corpus, pattern="*", vocabulary="bytes", context=16)
+    assert len(raw.task.class_names) == 256
+    codec = Codec.from_record({"preprocessing": raw.preprocessing, "task": raw.task.to_record()})
+    assert codec.decode(raw.train.inputs[:2].flatten().tolist()) == corpus.read_text()[:32]
