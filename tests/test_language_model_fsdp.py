@@ -8,6 +8,7 @@ once that is merged this test can run the recipe's tied model as it is."""
 from __future__ import annotations
 
 import inspect
+import json
 import subprocess
 import sys
 import time
@@ -63,6 +64,14 @@ def test_sharded_gpt_killed_mid_epoch_resumes_bitwise_then_on_one_process(corpus
     out = train(corpus, reference, cache)
     assert "world_size=2 device=cpu precision=no strategy=fsdp" in out
     assert f"Run complete at step {TOTAL_STEPS}:" in out
+
+    # Validation on 2 processes sums token counts: one process's eval of the same weights says the same.
+    evaluated = subprocess.run([sys.executable, "-m", "trainwright", "eval", str(reference)], cwd=REPO,
+                               env=_env_with(cache), capture_output=True, text=True, timeout=300)
+    assert evaluated.returncode == 0, evaluated.stderr
+    summary = json.loads((reference / "summary.json").read_text())
+    for key, value in json.loads(evaluated.stdout).items():
+        assert value == pytest.approx(summary[key], rel=1e-5), key
 
     run_dir = tmp_path / "run"
     process = subprocess.Popen(_command(corpus, run_dir, cache), cwd=REPO, env=_env_with(cache), text=True,
