@@ -16,7 +16,12 @@ from pathlib import Path
 from benchmarks.measure import Context, Samples, job
 from benchmarks.workloads import FULL, QUICK, Scale, gpt_workload
 
-ROWS = ("nanogpt", "trainwright")
+ROWS = ("nanogpt", "trainwright", "trainwright-nondeterministic")
+LABELS = {
+    "nanogpt": "hand-written nanoGPT-style loop (randperm windows, F.cross_entropy on .view(-1, V))",
+    "trainwright": "trainwright `train(recipe)`: its train/epoch_seconds",
+    "trainwright-nondeterministic": "trainwright with `trainer.deterministic=false`: its train/epoch_seconds",
+}
 
 
 @dataclass
@@ -51,8 +56,7 @@ def gpt_table(gpt: Gpt) -> str:
         "| loop | epoch s (median) | range s | tokens/s (median) |",
         "|---|---:|---:|---:|",
     ]
-    for row, label in (("nanogpt", "hand-written nanoGPT-style loop (randperm windows, F.cross_entropy on .view(-1, V))"),
-                       ("trainwright", "trainwright `train(recipe)`: its train/epoch_seconds")):
+    for row, label in LABELS.items():
         samples = gpt.seconds[row]
         lines.append(f"| {label} | {samples.median:.2f} | {samples.spread()} | {gpt.steps_tokens / samples.median:,.0f} |")
     lines += ["", f"trainwright / nanoGPT-style loop, time per epoch, per round: median {ratios.median:.3f} "
