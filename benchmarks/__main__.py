@@ -13,6 +13,7 @@ from pathlib import Path
 from benchmarks import report
 from benchmarks.checkpoints import measure_large_state
 from benchmarks.ddp import measure_ddp
+from benchmarks.gpt import gpt_table, measure_gpt
 from benchmarks.measure import Context, interleaved
 from benchmarks.startup import measure_startup
 from benchmarks.synthetic import write_all
@@ -35,6 +36,7 @@ def main() -> None:
         write_all(context.data_root, scale)
         sections = [report.training_table(w, interleaved(w, context, args.repeats or w.repeats(scale)), args.threads)
                     for w in training_workloads(context.data_root, scale)]
+        sections.append(gpt_table(measure_gpt(context, scale, repeats)))
         sections.append(report.ddp_table(measure_ddp(context, repeats)))
         sections.append(report.startup_table(measure_startup(context, runs=max(repeats, scale.startup_runs))))
         large = large_state_workload(context.data_root, scale, saves=True)

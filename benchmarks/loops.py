@@ -43,7 +43,7 @@ def setup(workload: Workload) -> Setup:
     recipe = load_recipe(workload.recipe, list(workload.overrides))
     data = build_data(recipe)
     torch.manual_seed(recipe.seed)  # trainwright seeds the same way before it builds the model
-    model = build_model(recipe)
+    model = build_model(recipe, data.task)
     loss_fn = build_scoring(recipe, data.task).loss_fn
     return Setup(recipe, data.train.inputs, data.train.targets, model, loss_fn, build_optimizer(recipe, model))
 
@@ -111,6 +111,30 @@ def hand_written(workload: Workload) -> dict[str, Any]:
     return {"seconds": time.perf_counter() - started}
 
 
+def nanogpt(workload: Workload) -> dict[str, Any]:
+    """A nanoGPT-style loop on the same windows: logits.view(-1, V) against targets.view(-1), backward,
+    clip_grad_norm_ at the recipe's grad_clip, step; tokens per second alongside."""
+    s = setup(workload)
+    s.model.train()
+    clip, (windows, context) = s.recipe.trainer.grad_clip, s.inputs.shape
+    started = time.perf_counter()
+    order, batch = torch.randperm(windows), s.batch_size
+    steps = 0
+    for first in range(0, windows - batch + 1, batch):
+        index = order[first : first + batch]
+        x, y = s.inputs[index], s.targets[index]
+        logits = s.model(x)
+        loss = nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1))
+        s.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip:
+            nn.utils.clip_grad_norm_(s.model.parameters(), clip)
+        s.optimizer.step()
+        steps += 1
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "tokens_per_second": steps * batch * context / seconds}
+
+
 def accelerate(workload: Workload) -> dict[str, Any]:
     """The loop of Accelerate's README: prepare(model, optimizer, dataloader), accelerator.backward."""
     from accelerate import Accelerator
@@ -176,4 +200,5 @@ LOOPS: dict[str, Callable[[Workload], dict[str, Any]]] = {
     "tutorial": tutorial, "tensor-dataset": tensor_dataset, "hand-written": hand_written,
     "accelerate": accelerate, "lightning": lightning, "trainwright": trainwright,
     "trainwright-nondeterministic": trainwright_nondeterministic, "trainwright-compile": trainwright_compiled,
+    "nanogpt": nanogpt,
 }

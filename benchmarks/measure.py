@@ -31,7 +31,8 @@ class Context:
         """The environment of every subprocess: the same thread count everywhere, no launcher variables."""
         launch = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
         env = {k: v for k, v in os.environ.items() if k not in launch}
-        env.update(OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads), PYTHONUNBUFFERED="1")
+        env.update(OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads), PYTHONUNBUFFERED="1",
+                   TRAINWRIGHT_CACHE=str(self.data_root / "cache"))  # the text corpus's tokens, stored once
         return env
 
 

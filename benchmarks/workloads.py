@@ -18,6 +18,7 @@ class Scale:
     heart_points: int  # 80% of them train
     images: int  # FashionMNIST training images (a multiple of 256: every loop sees whole batches)
     test_images: int
+    text_bytes: int  # characters of the tiny_gpt corpus (the stdlib's source; 90% of them train)
     large_hidden: int  # width of the three hidden layers of the large-state MLP
     large_steps: int  # steps of the large-state epoch (one batch of 64 per step)
     save_every: int  # steps between the large-state checkpoints
@@ -31,9 +32,9 @@ class Scale:
         return (self.large_steps - 1) // self.save_every
 
 
-FULL = Scale(heart_points=100_000, images=19_200, test_images=1_000, large_hidden=4096, large_steps=16,
+FULL = Scale(heart_points=100_000, images=19_200, test_images=1_000, text_bytes=300_000, large_hidden=4096, large_steps=16,
              save_every=4, repeats=5, heart_repeats=11, startup_runs=5)
-QUICK = Scale(heart_points=10_000, images=2_560, test_images=256, large_hidden=1024, large_steps=10,
+QUICK = Scale(heart_points=10_000, images=2_560, test_images=256, text_bytes=40_000, large_hidden=1024, large_steps=10,
               save_every=5, repeats=1, heart_repeats=1, startup_runs=1)
 
 
@@ -45,7 +46,7 @@ class Workload:
     title: str
     recipe: Path
     overrides: tuple[str, ...]
-    kind: str  # "heart" or "fashion_mnist"
+    kind: str  # "heart", "fashion_mnist" or "text"
 
     def repeats(self, scale: Scale) -> int:
         """Interleaved repeats of this workload's table."""
@@ -80,6 +81,15 @@ def training_workloads(data_root: Path, scale: Scale) -> list[Workload]:
     ]
 
 
+def gpt_workload(scale: Scale) -> Workload:
+    """recipes/tiny_gpt.yaml for one epoch of its windows, without an LR schedule (both loops step the
+    optimizer alone; gradient clipping at the recipe's 1.0 in both)."""
+    recipe = RECIPES / "tiny_gpt.yaml"
+    overrides = (*QUIET, f"data.max_bytes={scale.text_bytes}", "scheduler={name: none}")
+    title = f"tiny_gpt (2 layers, width 96, context 64), {scale.text_bytes:,} characters, batch 32, AdamW"
+    return Workload("gpt", title, recipe, overrides, "text")
+
+
 def large_state_workload(data_root: Path, scale: Scale, saves: bool, background: bool = True) -> Workload:
     """MLP 784-H-H-H-10 with AdamW for one epoch of `large_steps` steps, with a checkpoint every
     `save_every` steps (saves=True) or none during the epoch (saves=False); `background`: checkpoint.async."""
@@ -99,5 +109,5 @@ def workload_by_key(key: str, data_root: Path, scale: Scale) -> Workload:
     found = {w.key: w for w in training_workloads(data_root, scale)}
     large = (large_state_workload(data_root, scale, False), large_state_workload(data_root, scale, True),
              large_state_workload(data_root, scale, True, background=False))
-    found.update({w.key: w for w in large})
+    found.update({w.key: w for w in (*large, gpt_workload(scale))})
     return found[key]

@@ -28,6 +28,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number (0 or more), got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def _add_allow_data_change(command: argparse.ArgumentParser, what: str) -> None:
     command.add_argument(
         ALLOW_FLAG, action="store_true",
@@ -50,6 +60,12 @@ def _add_predict_options(predict: argparse.ArgumentParser) -> None:
     predict.add_argument("--batch-size", type=_positive_int, default=1024, help="inputs per batch (default 1024)")
     predict.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                          help="where the model runs (default auto: a CUDA GPU when there is one)")
+    predict.add_argument("--prompt", metavar="TEXT",
+                         help="language models (data: text): print TEXT and the text the model writes after it")
+    predict.add_argument("--length", type=_positive_int, default=200, help="--prompt: tokens to generate (default 200)")
+    predict.add_argument("--temperature", type=_non_negative_float, default=0.8,
+                         help="--prompt: sampling temperature; 0 picks the most likely token each time (default 0.8)")
+    predict.add_argument("--seed", type=int, default=0, help="--prompt: the sampling seed (default 0)")
 
 
 def _add_recipe(command: argparse.ArgumentParser, name: str = "recipe", what: str = "recipe YAML file",
@@ -95,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, help_text, handler in (
         ("eval", "print test/val metrics of a finished run as JSON", commands.eval_command),
-        ("predict", "predict on new inputs (--input), or on the first N test items", commands.predict_command),
+        ("predict", "predict on new inputs (--input), on the first N test items, or generate text (--prompt)",
+         commands.predict_command),
         ("plot", "write loss curves and prediction plots to <run dir>/plots/ (on a cv or sweep folder: the "
          "comparison of its runs)", commands.plot_command),
     ):

@@ -61,9 +61,15 @@ def predict_command(args: argparse.Namespace) -> int:
     from trainwright.inference import load_run
 
     if args.output is not None:
+        if args.prompt is not None:
+            raise UserError("--prompt generates text; it takes no --input or --output")
         return _predict_to_file(args)
+    if args.prompt is not None and args.input is not None:
+        raise UserError("--prompt generates text; it takes no --input or --output")
     run = load_run(args.run_dir, args.checkpoint, args.device, args.allow_data_change)
-    if args.input is None:  # the first N items of the run's own evaluation split
+    if args.prompt is not None:
+        print(run.generate(args.prompt, args.length, args.temperature, args.seed))
+    elif args.input is None:  # the first N items of the run's own evaluation split
         _, predictions = run.predict_split(args.n)
         print("\n".join(predictions.lines()))
     else:

@@ -33,9 +33,13 @@ class Scoring:
     metrics: dict[str, MetricFn]
     finish: dict[str, Callable[[float], float]] = field(default_factory=dict)
 
-    def count(self, targets: torch.Tensor) -> torch.Tensor | int:
-        """What a batch's loss is the mean over: its items, or for sequence tasks its tokens not ignored."""
-        return self.task.counted(targets).sum() if self.task.kind == "sequence" else len(targets)
+    def loss_sum(self, loss: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | int]:
+        """A batch's mean loss as (sum, count) over what it is the mean of: its items, or for sequence
+        tasks its tokens not ignored (a batch of padding alone, whose mean is NaN, adds nothing)."""
+        if self.task.kind != "sequence":
+            return loss.double() * len(targets), len(targets)
+        count = self.task.counted(targets).sum()
+        return torch.where(count > 0, loss.double() * count, 0.0), count
 
 
 @torch.no_grad()
@@ -54,9 +58,12 @@ def evaluate(
         scored = score(batch)
         if not counted:  # a filler batch, run only so that every process takes part in each forward
             continue
-        count = scoring.count(scored.targets) if scored.targets is not None else counted
+        if scored.targets is None:  # a model scoring itself on batches without targets: a mean over items
+            loss_sum, count = scored.loss.double() * counted, counted
+        else:
+            loss_sum, count = scoring.loss_sum(scored.loss, scored.targets)
         totals[0] += count
-        totals[1] += scored.loss.double() * count
+        totals[1] += loss_sum
         for i, metric in enumerate(scoring.metrics.values(), start=2):
             totals[i] += metric(scored.outputs, scored.targets, scoring.task, scoring.output_kind).double()
     model.train(was_training)

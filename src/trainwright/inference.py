@@ -131,6 +131,29 @@ class Run:
         predictions = Predictions(ids, outputs, self.task, self.scoring.output_kind, actual, self.data.describe_input)
         return inputs, predictions
 
+    def generate(self, prompt: str, length: int = 200, temperature: float = 0.8, seed: int = 0) -> str:
+        """The text a language model (a sequence task on text data) writes after `prompt`: `length` tokens
+        sampled at `temperature` (0: greedy), encoded and decoded with the run's recorded vocabulary."""
+        from trainwright.data.text import Codec
+        from trainwright.generation import generate
+
+        record = self._record or {}
+        if self.task.kind != "sequence" or "vocabulary" not in record.get("preprocessing", {}):
+            raise UserError(
+                f"--prompt is for language models trained on text (data: text); {self.run_dir.path} is a "
+                f"{self.task.kind} run: predict on it with --input, or without --prompt"
+            )
+        if not prompt:
+            raise UserError("--prompt is empty: give the text to go on from, e.g. --prompt 'def '")
+        codec = Codec.from_record(record)
+        context = getattr(self.model, "context", None) or int(self.recipe.data.kwargs().get("context", 128))
+        ids = torch.from_numpy(codec.encode(prompt))
+        try:
+            new = generate(self.model, ids, length, temperature, context, seed)
+        except ValueError as exc:
+            raise UserError(f"--temperature: {exc}") from None
+        return prompt + codec.decode(new)
+
     def _predictions(self, batch: InputBatch, describe: bool = True) -> Predictions:
         return Predictions(
             batch.ids, self.outputs(batch.inputs), self.task, self.scoring.output_kind, batch.actual,

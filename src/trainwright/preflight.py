@@ -110,7 +110,7 @@ def check_first_batch(recipe: Recipe, data: DataBundle, model: nn.Module, scorin
         in_loss = getattr(loss_fn, "called", False)
         if in_loss:  # outputs of the wrong shape are the likelier cause: say so in those terms
             _check_output_shape(recipe, data, loss_fn.outputs, loss_fn.targets)
-        raise UserError(_failure(recipe, batch, exc, in_loss)) from None
+        raise UserError(_failure(recipe, data, batch, exc, in_loss)) from None
     finally:
         model.train(was_training)
     outputs, targets, loss = scored.outputs, scored.targets, scored.loss
@@ -142,17 +142,21 @@ class _Watched(nn.Module):
         return self.loss(outputs, targets)
 
 
-def _failure(recipe: Recipe, batch: Batch, exc: Exception, in_loss: bool) -> str:
+def _failure(recipe: Recipe, data: DataBundle, batch: Batch, exc: Exception, in_loss: bool) -> str:
     """Why the first batch failed: in the model's forward pass, or in the loss."""
     if in_loss:
         return (
             f"loss '{recipe.loss.name}' fails on the model's outputs and the targets ({describe(batch)}): "
             f"{type(exc).__name__}: {exc}"
         )
+    if data.task.kind == "sequence" and data.task.class_names:  # token ids beyond the model's vocabulary
+        hint = (f"check the model's vocabulary: data set '{recipe.data.name}' has {len(data.task.class_names)} "
+                f"tokens (set {_output_argument(recipe)}={len(data.task.class_names)}) and its context")
+    else:
+        hint = "check the model's input size (e.g. model.in_features)"
     return (
         f"model '{recipe.model.name}' does not fit the data: a batch ({describe(batch)}) from data set "
-        f"'{recipe.data.name}' fails in its forward pass ({type(exc).__name__}: {exc}); check the model's input "
-        "size (e.g. model.in_features)"
+        f"'{recipe.data.name}' fails in its forward pass ({type(exc).__name__}: {exc}); {hint}"
     )
 
 

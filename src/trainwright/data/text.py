@@ -84,7 +84,7 @@ class Codec:
         missing = (ids >= len(known)) | (known[np.minimum(ids, len(known) - 1)] != codes)
         unknown = sorted({chr(c) for c in codes[missing].tolist()})
         if unknown:
-            raise UserError(f"the text holds characters the run's vocabulary has not: {unknown!r}")
+            raise UserError(f"the prompt holds characters the run's vocabulary has not (its training text's): {unknown!r}")
         return ids.astype(np.int64)
 
     def decode(self, ids: list[int]) -> str:
