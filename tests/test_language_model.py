@@ -26,11 +26,10 @@ from trainwright.recipe import load_recipe
 from trainwright.training import train as train_recipe
 
 TINY_GPT = REPO / "recipes" / "tiny_gpt.yaml"
-# A small model on a small corpus: seconds per run on one core. (tie_embeddings false: the final weights
-# file of a tied model loads back once the tied-weights fix of checkpoint/ties.py is in.)
+# A small model on a small corpus: seconds per run on one core (tied embeddings, as the recipe ships).
 SMALL = ["model.layers=1", "model.width=32", "model.heads=2", "model.context=16", "data.context=16",
          "data.batch_size=16", "logging.wandb=false", "checkpoint.every_steps=null", "trainer.log_every_steps=10",
-         "scheduler.warmup_steps=5", "model.tie_embeddings=false"]
+         "scheduler.warmup_steps=5"]
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,6 @@
 """tiny_gpt under FSDP on 2 CPU processes with its block class as the shard unit: SIGKILLed mid-epoch
 (the whole process tree), the same command ends bitwise equal to an uninterrupted run, and the run dir
-then goes on at 1 process.
-
-tie_embeddings is false here: sharded checkpoints of tied weights need checkpoint/ties.py (branch hf);
-once that is merged this test can run the recipe's tied model as it is."""
+then goes on at 1 process. The model keeps the recipe's tied embeddings (checkpoint/ties.py)."""
 
 from __future__ import annotations
 
@@ -28,7 +25,7 @@ TOTAL_STEPS = 30
 def _command(corpus: Path, run_dir: Path, cache: Path, *overrides: str, processes: int = 2) -> list[str]:
     train = ["-m", "trainwright", "train", "recipes/tiny_gpt.yaml", f"data.path={corpus}", "data.pattern=*",
              "data.max_bytes=null", "data.context=16", "data.batch_size=16", "model.context=16", "model.layers=2",
-             "model.width=32", "model.heads=2", "model.tie_embeddings=false", "distributed.shard_modules=[GPTBlock]",
+             "model.width=32", "model.heads=2", "distributed.shard_modules=[GPTBlock]",
              f"trainer.max_steps={TOTAL_STEPS}", "scheduler.warmup_steps=5", "checkpoint.every_steps=5",
              "logging.wandb=false", *overrides, "--run-dir", str(run_dir)]
     if processes == 1:
