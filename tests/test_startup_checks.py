@@ -24,7 +24,7 @@ def refused_without_a_folder(capsys, tmp_path: Path, recipe: Path, *overrides: s
 @pytest.mark.parametrize(
     ("overrides", "fragments"),
     [(["scheduler.name=step", "scheduler.step_size=0"], ("scheduler", "step_size", "ZeroDivisionError")),
-     (["model.hidden=[-1]"], ("model", "negative dimension")),
+     (["model.hidden=[-1]"], ("model.hidden", "at least 1 unit", "got [-1]")),
      (["data.seed=abc"], ("data.seed",))],
 )
 def test_values_failing_at_the_first_step_are_one_message_and_no_folder(capsys, tmp_path, overrides, fragments):
