@@ -86,6 +86,19 @@ def checkpoint_steps(run_dir: Path) -> list[int]:
     return sorted(int(p.name[5:]) for p in folder.glob("step_*")) if folder.is_dir() else []
 
 
+def kill_after_checkpoint(process: subprocess.Popen, run_dir: Path, first: int, last: int, timeout: float) -> int:
+    """Once a checkpoint of a step in [first, last) is on disk, SIGKILL the whole launch; the newest step saved."""
+    try:
+        deadline = time.monotonic() + timeout
+        while not [s for s in checkpoint_steps(run_dir) if first <= s < last]:
+            assert process.poll() is None, process.stdout.read()
+            assert time.monotonic() < deadline, "no checkpoint appeared in time"
+            time.sleep(0.05)
+    finally:
+        kill_tree(process)
+    return checkpoint_steps(run_dir)[-1]
+
+
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("fashion")
@@ -167,15 +180,7 @@ def test_sigkill_mid_run_resumes_bitwise(reference, data_root, tmp_path):
     run_dir = tmp_path / "run"
     process = subprocess.Popen(_command(data_root, run_dir, processes=2), cwd=REPO, env=_env(), text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 180
-        while not [s for s in checkpoint_steps(run_dir) if 5 <= s < 20]:  # mid-epoch of epoch 1
-            assert process.poll() is None, process.stdout.read()
-            assert time.monotonic() < deadline, "no checkpoint appeared in time"
-            time.sleep(0.05)
-    finally:
-        kill_tree(process)
-    resumed_at = checkpoint_steps(run_dir)[-1]
+    resumed_at = kill_after_checkpoint(process, run_dir, 5, 20, timeout=180)  # mid-epoch of epoch 1
     assert resumed_at < TOTAL_STEPS
     result = train(data_root, run_dir)
     assert "world_size=2 device=cpu precision=no strategy=fsdp" in result.stdout

@@ -24,8 +24,9 @@ from PIL import Image
 
 import processes
 from conftest import (
-    REPO, RECIPES, assert_ok, assert_user_error, checkpoint_steps, cli_env, describe, read_jsonl, run_cli, workflow,
+    REPO, RECIPES, assert_ok, assert_user_error, checkpoint_steps, cli_env, describe, run_cli, workflow,
 )
+from test_resume import step_samples
 
 CPU_2PROC = REPO / "accelerate_configs" / "cpu_2proc.yaml"
 STEPS_PER_EPOCH, EPOCHS = 12, 2
@@ -55,14 +56,6 @@ def train_args(recipe: Path, run_dir: Path, *overrides: str, processes_: int = 1
         args = ["-m", "accelerate.commands.launch", "--config_file", CPU_2PROC,
                 "--main_process_port", processes.free_port(), *args]
     return [sys.executable, *args]
-
-
-def step_samples(run_dir: Path) -> dict[int, list[int]]:
-    samples: dict[int, list[int]] = {}
-    for path in (run_dir / "samples").glob("rank*.jsonl"):
-        for record in read_jsonl(path):
-            samples.setdefault(record["step"], []).extend(record["indices"])
-    return {step: sorted(indices) for step, indices in samples.items()}
 
 
 @workflow

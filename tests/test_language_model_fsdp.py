@@ -8,7 +8,6 @@ import inspect
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import REPO
-from test_fsdp import FSDP_2PROC, _env, checkpoint_steps, free_port, kill_tree
+from test_fsdp import FSDP_2PROC, _env, free_port, kill_after_checkpoint
 
 pytestmark = pytest.mark.slow
 TOTAL_STEPS = 30
@@ -73,15 +72,7 @@ def test_sharded_gpt_killed_mid_epoch_resumes_bitwise_then_on_one_process(corpus
     run_dir = tmp_path / "run"
     process = subprocess.Popen(_command(corpus, run_dir, cache), cwd=REPO, env=_env_with(cache), text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 400
-        while not [s for s in checkpoint_steps(run_dir) if 5 <= s < TOTAL_STEPS - 5]:
-            assert process.poll() is None, process.stdout.read()
-            assert time.monotonic() < deadline, "no checkpoint appeared in time"
-            time.sleep(0.05)
-    finally:
-        kill_tree(process)
-    resumed_at = checkpoint_steps(run_dir)[-1]
+    resumed_at = kill_after_checkpoint(process, run_dir, 5, TOTAL_STEPS - 5, timeout=400)
     assert resumed_at < TOTAL_STEPS
     out = train(corpus, run_dir, cache)
     assert f"Resuming from step {resumed_at} " in out and "strategy=fsdp" in out
