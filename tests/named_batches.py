@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from trainwright.data.bundle import DataBundle, Task, TensorSplit
+from trainwright.data.bundle import DataBundle, TensorSplit
 from trainwright.data.synthetic import heart
 
 

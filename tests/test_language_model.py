@@ -7,10 +7,8 @@ from __future__ import annotations
 import inspect
 import json
 import math
-import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -19,7 +17,7 @@ from conftest import REPO, assert_ok, assert_user_error, cli_env, run_cli
 from trainwright.accelerate_compat import forget_accelerator_state
 from trainwright.data.bundle import DataBundle, Task, TensorSplit
 from trainwright.errors import UserError
-from trainwright.evaluation import Scoring, evaluate
+from trainwright.evaluation import evaluate
 from trainwright.components import build_scoring
 from trainwright.processes import Processes
 from trainwright.recipe import load_recipe
