@@ -12,6 +12,8 @@ DataLoader workers each.
 
 from __future__ import annotations
 
+import io
+import os
 import re
 import sys
 from collections.abc import Iterator
@@ -22,10 +24,11 @@ import pytest
 import torch
 import webdataset as wds
 import yaml
+from PIL import Image
 from torch.utils.data import IterableDataset
 
 import processes
-from conftest import REPO, assert_ok, assert_user_error, checkpoint_steps, cli_env, workflow
+from conftest import REPO, assert_ok, assert_user_error, checkpoint_steps, cli_env, run_cli, workflow
 from test_resume import step_samples
 from trainwright.data.loading import TrainBatches, iterate
 from trainwright.data.shards import shards
@@ -128,12 +131,12 @@ def test_each_sample_once_per_epoch_and_two_processes_resumed_on_one(stream_runs
     assert len({tuple(order) for order in orders}) == EPOCHS  # a new shard order every epoch
 
 
-def served(dataset, world_size: int, workers: int, start: int = 0) -> torch.Tensor:
-    """The inputs of the global batches start, start+1, ... of epoch 1, put together from every process."""
+def served(dataset, world_size: int, workers: int, start: int = 0, epoch: int = 1) -> torch.Tensor:
+    """The inputs of the global batches start, start+1, ... of `epoch`, put together from every process."""
     per_process = []
     for rank in range(world_size):
         batches = TrainBatches(dataset, 8, 0, rank, world_size, workers)
-        per_process.append([b[0] for b in batches.epoch(1, start, batches.indices(1, start))])
+        per_process.append([b[0] for b in batches.epoch(epoch, start, batches.indices(epoch, start))])
         batches.close()
     return torch.cat([torch.cat(parts) for parts in zip(*per_process)])
 
@@ -188,3 +191,36 @@ def test_a_users_iterable_dataset_without_the_contract_is_one_message(tmp_path):
                                 "stream(epoch, positions, seed)", "Writing your own components")
     assert "train split" in message
     assert not (tmp_path / "run").exists()
+
+
+def test_augmented_images_do_not_depend_on_processes_or_workers(tmp_path):
+    """PNG samples through a random crop and flip: each item's generators are seeded from its position."""
+    rng = np.random.default_rng(1)
+    for name, count in (("train", 24), ("val", 4)):
+        with wds.TarWriter(str(tmp_path / f"{name}-00.tar")) as writer:
+            for i in range(count):
+                picture = io.BytesIO()
+                Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(picture, format="PNG")
+                writer.write({"__key__": f"{name}{i:04d}", "png": picture.getvalue(), "cls": i % 2})
+    steps = [{"name": "RandomResizedCrop", "size": 8, "scale": [0.5, 1.0], "antialias": True},
+             {"name": "RandomHorizontalFlip"}, {"name": "ToDtype", "dtype": "float32", "scale": True}]
+    data = shards(tmp_path, inputs="png", class_names=["a", "b"], train_transforms=steps)
+    whole = served(data.train, 1, 0)
+    assert whole.shape == (24, 3, 8, 8)
+    assert torch.equal(served(data.train, 2, 2), whole)
+    assert torch.equal(served(data.train, 2, 0, start=1), whole[8:])
+    assert not torch.equal(whole, served(data.train, 1, 0, epoch=2)[: len(whole)])
+
+
+def test_eval_reads_the_val_shards_and_a_changed_shard_is_refused(stream_runs):
+    run = stream_runs["folder"] / "reference"
+    result = assert_ok(run_cli("eval", run))
+    assert "accuracy" in result.stdout, result.stdout
+    shard = stream_runs["folder"] / "shards" / "train-03.tar"
+    status = shard.stat()
+    try:
+        os.utime(shard, ns=(status.st_atime_ns, status.st_mtime_ns + 10**9))
+        refused = run_cli("eval", run)
+        assert_user_error(refused.returncode, refused.stderr, "train split", "--allow-data-change")
+    finally:
+        os.utime(shard, ns=(status.st_atime_ns, status.st_mtime_ns))
