@@ -216,6 +216,10 @@ def test_eval_reads_the_val_shards_and_a_changed_shard_is_refused(stream_runs):
     run = stream_runs["folder"] / "reference"
     result = assert_ok(run_cli("eval", run))
     assert "accuracy" in result.stdout, result.stdout
+    rows = stream_runs["folder"] / "rows.npy"
+    np.save(rows, np.array([[2, 2, 0, 0], [-2, -2, 0, 0]], dtype=np.float32))
+    predicted = assert_ok(run_cli("predict", run, "--input", rows))
+    assert re.findall(r'^([01]) Predicted: "[abc]"', predicted.stdout, re.M) == ["0", "1"], predicted.stdout
     shard = stream_runs["folder"] / "shards" / "train-03.tar"
     status = shard.stat()
     try:

@@ -44,7 +44,10 @@ DATASETS.register_path(
     "image_folder", "trainwright.data.folders:image_folder", inputs="trainwright.data.folders:folder_images",
     check="trainwright.data.folders:check_arguments",
 )
-DATASETS.register_path("shards", "trainwright.data.shards:shards", check="trainwright.data.folders:check_arguments")
+DATASETS.register_path(
+    "shards", "trainwright.data.shards:shards", inputs="trainwright.data.shards:shard_inputs",
+    check="trainwright.data.folders:check_arguments",
+)
 
 
 def check_recipe(recipe: Recipe) -> None:

@@ -181,3 +181,13 @@ def shards(
         describe_input=lambda i: f"sample {i}",
         preprocessing={"eval_transforms": eval_steps, "mode": mode, "inputs": inputs},
     )
+
+
+def shard_inputs(source: Any, record: dict[str, Any], batch_size: int) -> Iterator[Any]:
+    """New inputs for a shards run: as `npy` reads them (a .npy file of rows) for .npy samples, as
+    `image_folder` does (images through the run's eval pipeline) for image samples."""
+    from trainwright.data.arrays import array_rows
+    from trainwright.data.folders import folder_images
+
+    reader = array_rows if record.get("preprocessing", {}).get("inputs") == "npy" else folder_images
+    return reader(source, record, batch_size)
