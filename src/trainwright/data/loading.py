@@ -142,7 +142,9 @@ def require_stream(dataset: Dataset, where: str) -> None:
         return
     missing = [name for name in ("__len__", "stream") if not callable(getattr(dataset, name, None))]
     if missing:
-        raise UserError(f"{where} is {type(dataset).__name__}, an IterableDataset without {' and '.join(missing)}; {STREAM_CONTRACT}")
+        raise UserError(
+            f"{where} is {type(dataset).__name__}, an IterableDataset without {' and '.join(missing)}; {STREAM_CONTRACT}"
+        )
 
 
 def process_positions(batches: range, batch_size: int, rank: int, world_size: int) -> Iterator[int]:

@@ -32,6 +32,7 @@ from trainwright.data.transforms import build_pipeline
 from trainwright.errors import UserError
 
 Sample = dict[str, tuple[int, int]]  # extension -> (offset of its bytes in the tar file, size)
+Decode = Callable[[dict[str, bytes], str], Any]  # (a sample's members by extension, where it is) -> item
 _KEY = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset's key and extension of a member's name
 
 
@@ -57,7 +58,7 @@ def _index(path: Path) -> list[Sample]:
 class ShardSamples(IterableDataset):
     """The samples of some tar shards, each decoded from its `inputs` and `targets` members by `decode`."""
 
-    def __init__(self, shards: list[Path], decode: Callable[[dict[str, bytes], str], Any], keys: tuple[str, str]) -> None:
+    def __init__(self, shards: list[Path], decode: Decode, keys: tuple[str, str]) -> None:
         self.shards, self.decode, self.keys = shards, decode, keys
         self.index = [_index(path) for path in shards]
         self.starts = np.cumsum([0] + [len(samples) for samples in self.index]).tolist()
@@ -112,11 +113,12 @@ class ShardSamples(IterableDataset):
         listed = []
         for path, samples in zip(self.shards, self.index):
             status = path.stat()
-            listed.append({"name": path.name, "bytes": status.st_size, "mtime_ns": status.st_mtime_ns, "samples": len(samples)})
+            listed.append({"name": path.name, "bytes": status.st_size, "mtime_ns": status.st_mtime_ns,
+                           "samples": len(samples)})
         return {"shards": listed, "keys": list(self.keys)}
 
 
-def _decoder(inputs: str, targets: str, task: TaskKind, transform: Any, mode: ImageMode) -> Callable[[dict[str, bytes], str], Any]:
+def _decoder(inputs: str, targets: str, task: TaskKind, transform: Any, mode: ImageMode) -> Decode:
     """How a sample's members become (input, target): .npy arrays as stored, images decoded by torchvision
     (uint8) and sent through `transform`; the target is a class index (.cls, text) or a number."""
     from torchvision.io import ImageReadMode, decode_image
@@ -170,13 +172,13 @@ def shards(
     if task == "multiclass" and not class_names:
         raise UserError("data.class_names: a multiclass shards data set needs its class names, in class-index order")
     eval_steps = eval_transforms or DEFAULT_PIPELINE
-    train_decode = _decoder(inputs, targets, task, build_pipeline(train_transforms or DEFAULT_PIPELINE, "data.train_transforms"), mode)
+    train_pipeline = build_pipeline(train_transforms or DEFAULT_PIPELINE, "data.train_transforms")
+    train_decode = _decoder(inputs, targets, task, train_pipeline, mode)
     eval_decode = _decoder(inputs, targets, task, build_pipeline(eval_steps, "data.eval_transforms"), mode)
     keys = (inputs.lower(), targets.lower())
-    val_split = ShardSamples(_shards(root, val, "val"), eval_decode, keys)
     return DataBundle(
         train=ShardSamples(_shards(root, train, "train"), train_decode, keys),
-        val=val_split,
+        val=ShardSamples(_shards(root, val, "val"), eval_decode, keys),
         task=Task(task, tuple(class_names or ())),
         describe_input=lambda i: f"sample {i}",
         preprocessing={"eval_transforms": eval_steps, "mode": mode, "inputs": inputs},
