@@ -86,7 +86,7 @@ def _mid_epoch(run_dir: Path) -> bool:
 @workflow
 def stream_runs(folder: Path) -> dict:
     root = write_shards(folder / "shards")
-    recipe, env, runs = write_recipe(folder, root), cli_env(), {"folder": folder}
+    recipe, env, runs = write_recipe(folder, root), cli_env(TRAINWRIGHT_CACHE=str(folder / "cache")), {"folder": folder}
     runs["reference"] = processes.run(train_args(recipe, folder / "reference"), env)
     with processes.starter(folder) as start:
         killed = start(train_args(recipe, folder / "killed"), env, name="killed")
@@ -139,6 +139,12 @@ def served(dataset, world_size: int, workers: int, start: int = 0, epoch: int = 
         per_process.append([b[0] for b in batches.epoch(epoch, start, batches.indices(epoch, start))])
         batches.close()
     return torch.cat([torch.cat(parts) for parts in zip(*per_process)])
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("TRAINWRIGHT_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
 
 
 def test_items_do_not_depend_on_processes_or_workers(tmp_path):
@@ -214,17 +220,36 @@ def test_augmented_images_do_not_depend_on_processes_or_workers(tmp_path):
 
 def test_eval_reads_the_val_shards_and_a_changed_shard_is_refused(stream_runs):
     run = stream_runs["folder"] / "reference"
-    result = assert_ok(run_cli("eval", run))
+    env = cli_env(TRAINWRIGHT_CACHE=str(stream_runs["folder"] / "cache"))
+    result = assert_ok(run_cli("eval", run, env=env))
     assert "accuracy" in result.stdout, result.stdout
     rows = stream_runs["folder"] / "rows.npy"
     np.save(rows, np.array([[2, 2, 0, 0], [-2, -2, 0, 0]], dtype=np.float32))
-    predicted = assert_ok(run_cli("predict", run, "--input", rows))
+    predicted = assert_ok(run_cli("predict", run, "--input", rows, env=env))
     assert re.findall(r'^([01]) Predicted: "[abc]"', predicted.stdout, re.M) == ["0", "1"], predicted.stdout
     shard = stream_runs["folder"] / "shards" / "train-03.tar"
     status = shard.stat()
     try:
         os.utime(shard, ns=(status.st_atime_ns, status.st_mtime_ns + 10**9))
-        refused = run_cli("eval", run)
+        refused = run_cli("eval", run, env=env)
         assert_user_error(refused.returncode, refused.stderr, "train split", "--allow-data-change")
     finally:
         os.utime(shard, ns=(status.st_atime_ns, status.st_mtime_ns))
+
+
+def test_the_index_of_a_shard_is_read_from_its_headers_once(tmp_path, cache, monkeypatch):
+    root = write_shards(tmp_path / "shards")
+    first = shards(root, class_names=["a", "b", "c"])
+    assert len(list(cache.glob("shard-index/*.json"))) == len(SHARD_SIZES) + 1
+
+    def no_tar(*args, **kwargs):
+        raise AssertionError("a shard's headers were read again")
+
+    monkeypatch.setattr("tarfile.open", no_tar)
+    again = shards(root, class_names=["a", "b", "c"])
+    assert again.train.index == first.train.index
+    assert torch.equal(served(again.train, 1, 0), served(first.train, 1, 0))
+    changed = root / "train-02.tar"
+    os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))
+    with pytest.raises(AssertionError, match="read again"):
+        shards(root, class_names=["a", "b", "c"])

@@ -5,8 +5,9 @@ in webdataset's layout (each sample is the run of consecutive members sharing a 
 An epoch's order is a function of (seed, epoch) alone: the shards in an order drawn from (seed, epoch),
 each shard's samples as stored. The global stream is cut into global batches and each process reads its
 slice of each (data/loading.py), so where a sample lands does not depend on the process count, and a
-run resumes at its exact sample. Each process reads only its own samples: at start-up the shards'
-headers are read once (no sample data) into an index of where each sample's members lie, so a process
+run resumes at its exact sample. Each process reads only its own samples: the shards' headers are read
+once (no sample data) into an index of where each sample's members lie, kept in the cache folder
+($TRAINWRIGHT_CACHE, as the text data set's tokens) under the shard's path, size and mtime, so a process
 (or a DataLoader worker) seeks from one of its samples to the next, forward through each shard.
 
 The split fingerprints itself by its shards: name, size, mtime and number of samples (nothing is hashed)."""
@@ -14,7 +15,10 @@ The split fingerprints itself by its shards: name, size, mtime and number of sam
 from __future__ import annotations
 
 import bisect
+import hashlib
 import io
+import json
+import os
 import re
 import tarfile
 from collections.abc import Callable, Iterator
@@ -31,7 +35,7 @@ from trainwright.data.loading import EVAL_EPOCH, epoch_order
 from trainwright.data.transforms import build_pipeline
 from trainwright.errors import UserError
 
-Sample = dict[str, tuple[int, int]]  # extension -> (offset of its bytes in the tar file, size)
+Sample = dict[str, list[int]]  # extension -> [offset of its bytes in the tar file, size]
 Decode = Callable[[dict[str, bytes], str], Any]  # (a sample's members by extension, where it is) -> item
 _KEY = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset's key and extension of a member's name
 
@@ -49,9 +53,32 @@ def _index(path: Path) -> list[Sample]:
                 if found.group(1) != key:
                     key = found.group(1)
                     samples.append({})
-                samples[-1][found.group(2).lower()] = (member.offset_data, member.size)
+                samples[-1][found.group(2).lower()] = [member.offset_data, member.size]
     except (tarfile.TarError, OSError) as exc:
         raise UserError(f"data.root: {path} is not a tar file that can be read ({exc}); replace or remove it") from None
+    return samples
+
+
+def _cached_index(path: Path) -> list[Sample]:
+    """The shard's index, from the cache when one was stored for this path, size and mtime; else read from
+    its headers and stored (each process writes its own file and renames it in place)."""
+    from trainwright.data.text import cache_folder
+
+    status = path.stat()
+    key = hashlib.sha256(f"1\0{path.absolute()}\0{status.st_size}\0{status.st_mtime_ns}".encode()).hexdigest()
+    cached = cache_folder() / "shard-index" / f"{key[:32]}.json"
+    try:
+        return json.loads(cached.read_text())
+    except (OSError, ValueError):  # none yet, or damaged: read the headers again
+        pass
+    samples = _index(path)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_name(f"{cached.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(samples, separators=(",", ":")))
+        os.replace(tmp, cached)
+    except OSError:  # a read-only cache: the index is read again next time
+        pass
     return samples
 
 
@@ -60,7 +87,7 @@ class ShardSamples(IterableDataset):
 
     def __init__(self, shards: list[Path], decode: Decode, keys: tuple[str, str]) -> None:
         self.shards, self.decode, self.keys = shards, decode, keys
-        self.index = [_index(path) for path in shards]
+        self.index = [_cached_index(path) for path in shards]
         self.starts = np.cumsum([0] + [len(samples) for samples in self.index]).tolist()
 
     def __len__(self) -> int:
