@@ -97,26 +97,30 @@ class ShardSamples(IterableDataset):
         """Every sample as stored (trainwright itself reads through `stream`)."""
         return self.stream(EVAL_EPOCH, iter(range(len(self))), 0)
 
+    def _shard_order(self, seed: int, epoch: int) -> tuple[list[int], list[int]]:
+        """The shards in `epoch`'s order (drawn from (seed, epoch); EVAL_EPOCH: as stored) and the position in
+        the epoch's stream at which each begins."""
+        count = len(self.shards)
+        order = list(range(count)) if epoch == EVAL_EPOCH else epoch_order(count, seed, epoch).tolist()
+        return order, np.cumsum([0] + [len(self.index[shard]) for shard in order]).tolist()
+
     def sample_ids(self, seed: int, epoch: int) -> torch.Tensor:
-        """The stored sample numbers in the order of `epoch` (EVAL_EPOCH: as stored): the shards in an order
-        drawn from (seed, epoch), each shard's samples in turn."""
-        if epoch == EVAL_EPOCH:
-            return torch.arange(len(self))
-        order = epoch_order(len(self.shards), seed, epoch).tolist()
+        """The stored sample numbers in `epoch`'s order: each shard's samples in turn."""
+        order, _ = self._shard_order(seed, epoch)
         return torch.cat([torch.arange(self.starts[s], self.starts[s + 1]) for s in order] or [torch.arange(0)])
 
     def stream(self, epoch: int, positions: Iterator[int], seed: int) -> Iterator[Any]:
         """The samples at `positions` of `epoch`'s order, each read by seeking to its members."""
-        ids, shard, file = self.sample_ids(seed, epoch), -1, None
+        order, begins = self._shard_order(seed, epoch)
+        turn, file = -1, None
         try:
             for position in positions:
-                number = int(ids[position])
-                where = bisect.bisect_right(self.starts, number) - 1
-                if where != shard:
+                at = bisect.bisect_right(begins, position) - 1  # the shard's turn in the order (empty ones skipped)
+                if at != turn:
                     if file is not None:
                         file.close()
-                    shard, file = where, open(self.shards[where], "rb")
-                yield self._read(file, shard, number - self.starts[shard])
+                    turn, file = at, open(self.shards[order[at]], "rb")
+                yield self._read(file, order[at], position - begins[at])
         finally:
             if file is not None:
                 file.close()
