@@ -15,6 +15,7 @@ from torch import nn
 from trainwright import losses, metrics, models, optim  # noqa: F401  (registers the built-ins)
 from trainwright.data.bundle import DataBundle, Task
 from trainwright.data.folds import Fold, fold_of
+from trainwright.data.loading import require_stream
 from trainwright.errors import UserError, did_you_mean
 from trainwright.evaluation import MetricFn, Scoring
 from trainwright.recipe import Recipe
@@ -41,6 +42,10 @@ MODELS.register_path("hf", "trainwright.hf_models:hf")
 DATASETS.register_path("npy", "trainwright.data.arrays:npy", inputs="trainwright.data.arrays:array_rows")
 DATASETS.register_path(
     "image_folder", "trainwright.data.folders:image_folder", inputs="trainwright.data.folders:folder_images",
+    check="trainwright.data.folders:check_arguments",
+)
+DATASETS.register_path(
+    "shards", "trainwright.data.shards:shards", inputs="trainwright.data.shards:shard_inputs",
     check="trainwright.data.folders:check_arguments",
 )
 
@@ -85,6 +90,9 @@ def build_data(recipe: Recipe) -> DataBundle:
     bundle = DATASETS.build(recipe.data.name, recipe.data.kwargs(), **({"fold": fold} if splits_itself else {}))
     if not isinstance(bundle, DataBundle):
         raise UserError(f"data.name: '{recipe.data.name}' returned {type(bundle).__name__}, not a DataBundle")
+    for name, split in (("train", bundle.train), ("val", bundle.val), ("test", bundle.test)):
+        if split is not None:
+            require_stream(split, f"data set '{recipe.data.name}': its {name} split")
     return fold_of(bundle, fold) if fold is not None and not splits_itself else bundle
 
 

@@ -18,12 +18,12 @@ import contextlib
 import math
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate, get_worker_info
 
 from trainwright.data.bundle import TensorSplit
 from trainwright.errors import UserError
@@ -122,6 +122,99 @@ class SeededItems(Dataset):
         return items
 
 
+# --- streamed data sets ---------------------------------------------------------------------------
+
+STREAM_CONTRACT = (
+    "a streamed data set (a torch IterableDataset) must define __len__ (its samples per epoch) and "
+    "stream(epoch, positions, seed): the items at `positions` (increasing ints) of epoch `epoch`'s order of "
+    "the whole data set, a function of (seed, epoch) alone (epoch -1: evaluation, in its stored order), one "
+    "item per position; that is how a run resumes at its exact sample (README: Writing your own components)"
+)
+
+
+def is_stream(dataset: Dataset) -> bool:
+    return isinstance(dataset, IterableDataset)
+
+
+def require_stream(dataset: Dataset, where: str) -> None:
+    """A streamed split that keeps the contract above, else one UserError that explains it."""
+    if not is_stream(dataset):
+        return
+    missing = [name for name in ("__len__", "stream") if not callable(getattr(dataset, name, None))]
+    if missing:
+        raise UserError(
+            f"{where} is {type(dataset).__name__}, an IterableDataset without {' and '.join(missing)}; {STREAM_CONTRACT}"
+        )
+
+
+def process_positions(batches: range, batch_size: int, rank: int, world_size: int) -> Iterator[int]:
+    """This process's positions in the epoch's stream for global batches `batches`: its slice of each."""
+    per_process = batch_size // world_size
+    for batch in batches:
+        first = batch * batch_size + rank * per_process
+        yield from range(first, first + per_process)
+
+
+def _seeded_items(dataset: Any, epoch: int, positions: Callable[[], Iterator[int]], seed: int) -> Iterator[Any]:
+    """The stream's items at the positions `positions()` gives, each computed with the generators seeded by
+    (seed, epoch, position) (in the main process they are put back after each item)."""
+    served, count = iter(dataset.stream(epoch, positions(), seed)), 0
+    for position in positions():
+        with _generators_kept():
+            seed_item(seed, epoch, position)
+            try:
+                item = next(served)
+            except StopIteration:
+                raise UserError(f"{type(dataset).__name__}.stream ended after {count} items of epoch {epoch}; it must "
+                                "give one item per position asked for") from None
+        count += 1
+        yield item
+
+
+class StreamItems(IterableDataset):
+    """A training loader's view of a stream: this process's items of global batches start, start+1, ... of
+    `epoch`, read from a tensor in shared memory (set before each pass, seen by persistent workers). Worker
+    w of W serves batches start+w, start+w+W, ...; the DataLoader takes batches from its workers in turn,
+    so they arrive in order."""
+
+    def __init__(self, dataset: Any, batch_size: int, seed: int, rank: int, world_size: int) -> None:
+        self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.position = torch.zeros(2, dtype=torch.long).share_memory_()  # (epoch, first batch)
+
+    def __iter__(self) -> Iterator[Any]:
+        epoch, start = self.position.tolist()
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        batches = range(start + worker, batches_per_epoch(len(self.dataset), self.batch_size), workers)
+        return _seeded_items(
+            self.dataset, epoch, lambda: process_positions(batches, self.batch_size, self.rank, self.world_size),
+            self.seed,
+        )
+
+
+def _stream_batches(dataset: Any, indices: Iterator[torch.Tensor], seed: int, epoch: int) -> Iterator[Batch]:
+    """Batches of a stream at the positions `indices` holds, read in one pass (evaluation's positions
+    increase; a filler item, which never counts, repeats the item before it rather than going back)."""
+    batches = [index.tolist() for index in indices]
+
+    def increasing() -> Iterator[int]:
+        highest = -1
+        for position in (p for batch in batches for p in batch):
+            if position > highest:
+                highest = position
+                yield position
+
+    served, highest, last = _seeded_items(dataset, epoch, increasing, seed), -1, None
+    for batch in batches:
+        chosen = []
+        for position in batch:
+            if position > highest:
+                highest, last = position, next(served)
+            chosen.append(last)
+        yield default_collate(chosen)
+
+
 # --- serving batches ------------------------------------------------------------------------------
 
 
@@ -133,11 +226,14 @@ def _own_generator(seed: int) -> torch.Generator:
 
 def iterate(dataset: Dataset, indices: Iterator[torch.Tensor], seed: int = 0, epoch: int = EVAL_EPOCH) -> Iterator[Batch]:
     """Serve batches in the main process (evaluation, prediction, start-up checks): whole-tensor indexing
-    for a TensorSplit, else a DataLoader without workers over the same indices, items seeded from
-    (seed, epoch, index)."""
+    for a TensorSplit, a stream's items at those positions of its epoch order, else a DataLoader without
+    workers over the same indices; items seeded from (seed, epoch, index)."""
     if isinstance(dataset, TensorSplit):
         for index in indices:
             yield dataset.inputs[index], dataset.targets[index]
+        return
+    if is_stream(dataset):
+        yield from _stream_batches(dataset, indices, seed, epoch)
         return
     keys = [[(epoch, i) for i in index.tolist()] for index in indices]
     yield from DataLoader(SeededItems(dataset, seed), batch_sampler=keys, generator=_own_generator(seed))
@@ -191,7 +287,8 @@ def resolve_workers(num_workers: int | str) -> int:
 class TrainBatches:
     """The training batches of a whole run for one process. A TensorSplit is indexed a batch at a time
     (no per-item calls); any other data set is read by one DataLoader made once, whose workers stay up
-    from epoch to epoch (persistent), with pinned memory when training on CUDA."""
+    from epoch to epoch (persistent), with pinned memory when training on CUDA: over keys (epoch, index)
+    for a map-style data set, over this process's slice of the stream for a streamed one."""
 
     def __init__(
         self, dataset: Dataset, batch_size: int, seed: int, rank: int, world_size: int,
@@ -200,16 +297,29 @@ class TrainBatches:
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
         self.rank, self.world_size = rank, world_size
         self.loader: DataLoader | None = None
-        if not isinstance(dataset, TensorSplit):
+        self.stream: StreamItems | None = None
+        served: dict[str, Any] = {}
+        if is_stream(dataset):
+            self.stream = StreamItems(dataset, batch_size, seed, rank, world_size)
+            served = {"dataset": self.stream, "batch_size": batch_size // world_size}
+        elif not isinstance(dataset, TensorSplit):
             self.sampler = EpochBatches(len(dataset), batch_size, seed, rank, world_size)  # type: ignore[arg-type]
+            served = {"dataset": SeededItems(dataset, seed), "batch_sampler": self.sampler}
+        if served:
             self.loader = DataLoader(
-                SeededItems(dataset, seed), batch_sampler=self.sampler, num_workers=num_workers,
-                persistent_workers=num_workers > 0, pin_memory=pin_memory,
+                **served, num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=pin_memory,
                 prefetch_factor=prefetch_factor if num_workers > 0 else None, generator=_own_generator(seed),
             )
 
     def indices(self, epoch: int, start: int) -> list[torch.Tensor]:
-        """This process's sample indices of batches start, start+1, ... of `epoch`."""
+        """This process's sample indices of batches start, start+1, ... of `epoch` (a stream's: its
+        `sample_ids(seed, epoch)` at this process's positions, where it has that method, else the positions)."""
+        if self.stream is not None:
+            batches = range(start, batches_per_epoch(len(self.dataset), self.batch_size))  # type: ignore[arg-type]
+            positions = torch.tensor(list(process_positions(batches, self.batch_size, self.rank, self.world_size)))
+            ids = getattr(self.dataset, "sample_ids", None)
+            chosen = ids(self.seed, epoch)[positions] if callable(ids) and len(positions) else positions
+            return list(torch.split(chosen, self.batch_size // self.world_size))
         return list(train_indices(len(self.dataset), self.batch_size, self.seed, epoch, start, self.rank,  # type: ignore[arg-type]
                                   self.world_size))
 
@@ -218,7 +328,10 @@ class TrainBatches:
         if self.loader is None:
             inputs, targets = self.dataset.inputs, self.dataset.targets  # type: ignore[attr-defined]
             return ((inputs[index], targets[index]) for index in indices)
-        self.sampler.at(epoch, start)
+        if self.stream is not None:
+            self.stream.position.copy_(torch.tensor([epoch, start]))
+        else:
+            self.sampler.at(epoch, start)
         return _worker_errors(iter(self.loader))
 
     def close(self) -> None:
