@@ -45,6 +45,8 @@ def train_command(args: argparse.Namespace) -> int:
     if launch_rank() == 0:
         metrics = ", ".join(f"{k}={v:.4f}" for k, v in summary.items() if k.startswith("val/") and v is not None)
         print(f"Run {state} at step {summary['step']}: {metrics}")
+        if stopped := summary.get("stopped_early"):
+            print(f"Stopped early after epoch {stopped['epoch']}: {stopped['reason']}")
         print(f"Run dir: {run.path}")
     return 0
 

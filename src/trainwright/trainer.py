@@ -16,7 +16,7 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from trainwright import __version__
+from trainwright import __version__, early_stopping
 from trainwright.accelerate_compat import step_calls
 from trainwright.checkpoint.format import TrainState
 from trainwright.checkpoint.manager import CheckpointManager
@@ -154,16 +154,19 @@ class Trainer:
 
     def _loop(self) -> Outcome:
         state, every_eval = self.state, self.recipe.trainer.eval_every_epochs
-        while state.step < self.total_steps:
+        stop_early = self.recipe.trainer.early_stopping
+        while state.step < self.total_steps and not state.stopped_early_epoch:
             for end_of_epoch in self._train_steps():
                 if end_of_epoch and (state.epoch % every_eval == 0 or state.step >= self.total_steps):
                     self._validate()
+                    if stop_early is not None:
+                        early_stopping.observe(stop_early, state, more_to_train=state.step < self.total_steps)
                 stopping = self.stops.stop_at(state.step)
                 if self.checkpoints.should_save(state.step, state.epoch, end_of_epoch=end_of_epoch, stopping=stopping):
                     self._save()
                 if stopping:
                     return self._preempted()
-                if state.step >= self.total_steps:
+                if state.step >= self.total_steps or state.stopped_early_epoch:
                     break
         self.stops.finishing = True
         if state.val_step != state.step:
@@ -333,6 +336,8 @@ class Trainer:
             "steps_per_epoch": self.steps_per_epoch,
             **state.val_metrics,
         }
+        if state.stopped_early_epoch:
+            summary["stopped_early"] = early_stopping.stopped_early(self.recipe.trainer.early_stopping, state)
         self._wait_for_checkpoint()  # the last checkpoint is on disk first
         weights = self.strategy.full_weights(self.model)  # a collective under fsdp
         if self.processes.is_main:

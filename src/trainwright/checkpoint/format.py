@@ -52,6 +52,10 @@ class TrainState:
     recipe_digest: str = ""  # sha256 of the recipe the state was trained with
     precision: str = ""  # the mixed precision it was trained in ('' in checkpoints older than the field)
     steps_per_epoch: int = 0  # optimizer steps per epoch (0 in checkpoints older than the field)
+    early_best: float | None = None  # trainer.early_stopping: the best value of its monitor so far
+    early_best_epoch: int = 0  # the epoch that reached it
+    early_waited: int = 0  # validations since then without improvement
+    stopped_early_epoch: int = 0  # the epoch after which early stopping ended the run (0: it did not)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
