@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import checkpoint_dir, cli_env, describe, newest_valid_checkpoint, run_cli
+import processes
+from conftest import REPO, checkpoint_dir, cli_env, describe, newest_valid_checkpoint, run_cli
 from reliability_helpers import HEART, user_error
 from trainwright.checkpoint.format import TrainState
 from trainwright.early_stopping import improves, observe
@@ -25,6 +26,7 @@ PLATEAU = [
 ]
 STEPS_PER_EPOCH = 400
 STOP_EPOCH = 3
+CPU_2PROC = REPO / "accelerate_configs" / "cpu_2proc.yaml"
 
 
 # --- the rule ----------------------------------------------------------------------------------------
@@ -145,3 +147,16 @@ def test_cv_folds_stop_early_and_count_as_completed(tmp_path):
     again = run_cli(*args)
     assert again.returncode == 0 and "Resuming" not in again.stdout + again.stderr, describe(again)
     assert (folder / "fold_1" / "model.safetensors").stat().st_mtime_ns == weights  # not trained again
+
+
+def test_two_processes_stop_at_the_same_epoch(reference, tmp_path):
+    """Every process sees the same validation metrics (reduced over processes), so they stop together, at the
+    epoch one process stops at."""
+    run_dir = tmp_path / "run"
+    result = processes.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", CPU_2PROC,
+                            "--main_process_port", processes.free_port(), *command(run_dir)[1:]], cli_env())
+    assert result.returncode == 0, describe(result)
+    assert "world_size=2 device=cpu" in result.stdout
+    two, one = summary(run_dir)["stopped_early"], summary(reference)["stopped_early"]
+    assert (two["epoch"], two["best_epoch"]) == (one["epoch"], one["best_epoch"]) == (STOP_EPOCH, 1)
+    assert two["best"] == pytest.approx(one["best"], rel=1e-4)
