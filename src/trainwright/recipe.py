@@ -97,6 +97,12 @@ class EarlyStoppingConfig(_Section):
     min_delta: float = Field(0.0, ge=0, description="an improvement must beat the best value by more than this")
 
 
+class EmaConfig(_Section):
+    decay: float = Field(gt=0, lt=1, description="the average keeps this share of itself at each update")
+    start_step: int = Field(0, ge=0, description="up to this optimizer step the average is set to the weights")
+    every_steps: int = Field(1, ge=1, description="update the average after every N-th optimizer step")
+
+
 class TrainerConfig(_Section):
     epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1, description="optional cap on optimizer steps")
@@ -116,6 +122,9 @@ class TrainerConfig(_Section):
     )
     early_stopping: EarlyStoppingConfig | None = Field(
         None, description="stop before the last epoch when the monitored metric stops improving"
+    )
+    ema: EmaConfig | None = Field(
+        None, description="keep an exponential moving average of the weights; validation and the final weights use it"
     )
 
     @field_validator("mixed_precision", mode="before")
