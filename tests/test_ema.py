@@ -1,6 +1,6 @@
 """trainer.ema: the average itself, a heart run killed mid-epoch that resumes bitwise (averaged and raw
-weights, on one process and on two), `eval` on the averaged weights by default and on the raw ones when
-asked, and fsdp refused with one message."""
+weights; one process, two under ddp, two under fsdp), and `eval` on the averaged weights by default and on
+the raw ones when asked, from the final weights and from a (full or sharded) checkpoint."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ import torch
 from torch import nn
 
 import processes
-from conftest import REPO, checkpoint_steps, cli_env, describe, newest_valid_checkpoint, run_cli
-from reliability_helpers import HEART, TINY, user_error
+from conftest import REPO, checkpoint_steps, cli_env, describe, run_cli
+from reliability_helpers import HEART
 from trainwright.ema import WeightAverage
 from trainwright.recipe import EmaConfig
 
-CPU_2PROC = REPO / "accelerate_configs" / "cpu_2proc.yaml"
+CONFIGS = {"ddp": REPO / "accelerate_configs" / "cpu_2proc.yaml", "fsdp": REPO / "accelerate_configs" / "fsdp_cpu_2proc.yaml"}
 # 25600 training points / 64 = 400 steps per epoch, 2 epochs, a checkpoint every 50 steps.
 SMALL = ["data.num_points=32000", "trainer.epochs=2", "logging.wandb=false", "checkpoint.every_steps=50",
          "checkpoint.keep_last=3", "trainer.ema.decay=0.99", "trainer.ema.start_step=30", "trainer.ema.every_steps=2"]
@@ -45,18 +45,20 @@ def test_the_average_copies_up_to_start_step_then_moves_by_one_minus_decay_every
 # --- a real run ---------------------------------------------------------------------------------------
 
 
-def command(run_dir: Path, processes_: int) -> list[object]:
+def command(run_dir: Path, launch: str) -> list[object]:
+    """One process ('one'), or two under 'ddp' or 'fsdp'."""
     args = ["-m", "trainwright", "train", HEART, *SMALL, "--run-dir", run_dir]
-    if processes_ == 1:
+    if launch == "one":
         return [sys.executable, *args]
-    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", CPU_2PROC,
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", CONFIGS[launch],
             "--main_process_port", processes.free_port(), *args]
 
 
-def train(run_dir: Path, processes_: int = 1):
-    result = processes.run(command(run_dir, processes_), cli_env())
+def train(run_dir: Path, launch: str = "one"):
+    result = processes.run(command(run_dir, launch), cli_env())
     assert result.returncode == 0 and "Traceback" not in result.stderr, describe(result)
-    assert f"world_size={processes_} device=cpu" in result.stdout
+    world = "world_size=1 device=cpu" if launch == "one" else f"world_size=2 device=cpu precision=no strategy={launch}"
+    assert world in result.stdout
     return result
 
 
@@ -71,40 +73,49 @@ def reference(tmp_path_factory) -> Path:
     return run_dir
 
 
-@pytest.mark.parametrize("processes_", [1, 2])
-def test_killed_mid_epoch_resumes_bitwise_averaged_and_raw(processes_, reference, start, tmp_path, tmp_path_factory):
-    expected = reference if processes_ == 1 else tmp_path_factory.mktemp("reference2") / "run"
-    if processes_ == 2:
-        train(expected, 2)
-    run_dir = tmp_path / "run"
-    killed = start(command(run_dir, processes_), cli_env(), name="killed")
-    killed.wait_for("a checkpoint inside the first epoch", lambda: (newest_valid_checkpoint(run_dir) or 0) >= 100)
-    killed.kill()  # the whole process tree
-    killed_at = newest_valid_checkpoint(run_dir)
-    assert killed_at < TOTAL_STEPS and killed_at % 400, killed.describe()
-    assert (run_dir / "checkpoints" / f"step_{killed_at:08d}" / "ema.safetensors").is_file()
+@pytest.fixture(scope="module")
+def fsdp_reference(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("fsdp") / "run"
+    train(run_dir, "fsdp")
+    return run_dir
 
-    result = train(run_dir, processes_)
+
+@pytest.mark.parametrize("launch", ["one", "ddp", "fsdp"])
+def test_killed_mid_epoch_resumes_bitwise_averaged_and_raw(launch, request, start, tmp_path, tmp_path_factory):
+    if launch == "ddp":
+        expected = tmp_path_factory.mktemp("ddp") / "run"
+        train(expected, "ddp")
+    else:
+        expected = request.getfixturevalue("reference" if launch == "one" else "fsdp_reference")
+    run_dir = tmp_path / "run"
+    killed = start(command(run_dir, launch), cli_env(), name="killed")
+    killed.wait_for("a checkpoint inside the first epoch", lambda: (checkpoint_steps(run_dir) or [0])[-1] >= 100)
+    killed.kill()  # the whole process tree
+    killed_at = checkpoint_steps(run_dir)[-1]  # a folder is named step_* once complete
+    assert killed_at < TOTAL_STEPS and killed_at % 400, killed.describe()
+    averages = "ema" if launch == "fsdp" else "ema.safetensors"  # shards, or one file
+    assert (run_dir / "checkpoints" / f"step_{killed_at:08d}" / averages).exists()
+
+    result = train(run_dir, launch)
     assert f"Resuming from step {killed_at} " in result.stdout, describe(result)
     averaged, raw = files(run_dir)
     assert (averaged, raw) == files(expected)
     assert averaged != raw
 
 
-def test_eval_reports_the_averaged_weights_and_the_raw_ones_when_asked(reference):
-    summary = json.loads((reference / "summary.json").read_text())
-    averaged = run_cli("eval", reference)
-    raw = run_cli("eval", reference, "--raw-weights")
-    assert averaged.returncode == 0 and raw.returncode == 0, describe(averaged) + describe(raw)
-    averaged, raw = json.loads(averaged.stdout), json.loads(raw.stdout)
+def evaluated(*args: object) -> dict:
+    result = run_cli("eval", *args)
+    assert result.returncode == 0, describe(result)
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("kind", ["full", "sharded"])
+def test_eval_reports_the_averaged_weights_and_the_raw_ones_when_asked(kind, request):
+    run_dir = request.getfixturevalue("reference" if kind == "full" else "fsdp_reference")
+    assert checkpoint_steps(run_dir)[-1] == TOTAL_STEPS
+    summary = json.loads((run_dir / "summary.json").read_text())
+    averaged, raw = evaluated(run_dir), evaluated(run_dir, "--raw-weights")
     assert averaged["val/loss"] == pytest.approx(summary["val/loss"], rel=1e-6)  # what training validated
     assert raw["val/loss"] != averaged["val/loss"]
-    from_checkpoint = run_cli("eval", reference, "--checkpoint", "latest")
-    assert json.loads(from_checkpoint.stdout) == averaged, describe(from_checkpoint)
-    assert checkpoint_steps(reference)[-1] == TOTAL_STEPS
-
-
-def test_fsdp_is_refused_with_one_message(capsys, tmp_path):
-    user_error(capsys, "train", HEART, *TINY, "trainer.ema.decay=0.9", "distributed.strategy=fsdp",
-               "--run-dir", tmp_path / "run", fragments=("trainer.ema is not available with distributed.strategy fsdp",))
-    assert not (tmp_path / "run").exists()
+    assert evaluated(run_dir, "--checkpoint", "latest") == averaged  # the last checkpoint's averages
+    assert evaluated(run_dir, "--checkpoint", "latest", "--raw-weights") == raw

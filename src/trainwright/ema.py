@@ -4,7 +4,8 @@ After every `every_steps`-th optimizer step the average moves towards the weight
 `average += (1 - decay) * (weights - average)`; up to `start_step` it is set to them instead, so the
 average starts from trained weights rather than the initial ones. The averages are saved in every
 checkpoint (`ema.safetensors`, under the parameters' state-dict names) and restored on resume, so a resumed
-run ends bitwise equal to an uninterrupted one. Validation and the final `model.safetensors` use them;
+run ends bitwise equal to an uninterrupted one. Under fsdp the parameters are sharded DTensors, and so are
+their averages: each process averages its own shards, and a checkpoint holds them as shards (`ema/`). Validation and the final `model.safetensors` use them;
 the raw weights stay in the checkpoints and in `model_raw.safetensors`."""
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from trainwright.checkpoint.format import SHARDED_EMA_DIR
 from trainwright.checkpoint.ties import state_dict_name
 from trainwright.recipe import EmaConfig
 
-EMA_FILE = "ema.safetensors"
+EMA_FILE = "ema.safetensors"  # a full checkpoint's averages
+EMA_DIR = SHARDED_EMA_DIR  # a sharded checkpoint's: each process's shards, as model/ holds the weights'
 
 
 class WeightAverage:
@@ -39,7 +42,7 @@ class WeightAverage:
         with torch.no_grad():
             weights = [p.detach() for p in self.params]
             if step <= self.config.start_step:
-                torch._foreach_copy_(self.averages, weights)
+                _copy(self.averages, weights)
             else:
                 torch._foreach_lerp_(self.averages, weights, 1.0 - self.config.decay)
 
@@ -60,12 +63,18 @@ class WeightAverage:
         """While inside, the model's parameters hold the averages; the raw weights come back exactly after."""
         with torch.no_grad():
             raw = [p.detach().clone() for p in self.params]
-            torch._foreach_copy_(self.params, self.averages)
+            _copy(self.params, self.averages)
         try:
             yield
         finally:
             with torch.no_grad():
-                torch._foreach_copy_(self.params, raw)
+                _copy(self.params, raw)
+
+
+def _copy(targets: list[torch.Tensor], sources: list[torch.Tensor]) -> None:
+    """Copy tensor by tensor (sharded DTensors under fsdp: each process copies its own shards)."""
+    for target, source in zip(targets, sources):
+        target.copy_(source)
 
 
 def averaged(average: WeightAverage | None) -> contextlib.AbstractContextManager[None]:

@@ -15,7 +15,7 @@ from trainwright.checkpoint import retention
 from trainwright.checkpoint.format import MANIFEST, read_recipe, read_train_state, verify
 from trainwright.checkpoint.ties import retied, tied_aliases
 from trainwright.checkpoint.weights import save_weights
-from trainwright.ema import EMA_FILE
+from trainwright.ema import EMA_DIR, EMA_FILE
 from trainwright.errors import UserError
 from trainwright.files import check_new_output, remove_tree, replace_dir, warn
 from trainwright.recipe import validate
@@ -71,11 +71,13 @@ def export_hf(source: str | Path, out: str | Path, raw: bool = False) -> Exporte
 def checkpoint_weights(folder: Path, raw: bool = False) -> dict[str, torch.Tensor]:
     """The whole model's weights of a verified checkpoint, full or sharded; with trainer.ema its averaged
     parameters (ema.safetensors) in place of the raw ones, unless `raw`."""
-    from trainwright.checkpoint.sharded import consolidated_weights  # torch's DCP: a second to import
+    from trainwright.checkpoint.sharded import consolidated_part, consolidated_weights  # torch's DCP: a second
 
     weights = consolidated_weights(folder)
     if not raw and (folder / EMA_FILE).is_file():
         weights.update(load_file(folder / EMA_FILE))
+    elif not raw and (folder / EMA_DIR).is_dir():
+        weights.update(consolidated_part(folder / EMA_DIR))
     return weights
 
 

@@ -53,11 +53,6 @@ def execute(recipe: Recipe, plan: RunPlan, started: float) -> Outcome:
         return Outcome("already-completed", plan.completed)
     check_recipe(recipe)
     precision, strategy_name = resolve_precision(recipe), resolve_strategy(recipe)
-    if recipe.trainer.ema is not None and strategy_name == "fsdp":
-        raise UserError(
-            "trainer.ema is not available with distributed.strategy fsdp yet (its averages would be sharded like the "
-            "weights); train with ddp (distributed.strategy=ddp and a DDP accelerate config), or without trainer.ema"
-        )
     with ending_without_launcher():  # the processes meet at the launcher's store
         accelerator = make_accelerator(precision)
     processes = Processes.from_accelerator(accelerator, strategy_name)

@@ -29,6 +29,7 @@ RECIPE_FILE = "recipe.json"  # the resolved recipe the state was trained with
 TMP_PREFIX = ".tmp-"
 SHARDED_MODEL_DIR = "model"  # a sharded checkpoint's model shards (sharded.py)
 SHARDED_OPTIMIZER_DIR = "optimizer"  # and its optimizer state shards
+SHARDED_EMA_DIR = "ema"  # and, with trainer.ema, its averaged weights' shards
 JSON_STATE_FILES = ("scheduler.json", "scaler.json")  # null, or the object's state_dict
 _STEP_DIR = re.compile(r"^step_(\d{8,})$")
 
@@ -198,7 +199,8 @@ def _sharded_problem(folder: Path) -> str | None:
     optimizer, problem = _read_json(folder / "optimizer.json")
     if problem or not isinstance(optimizer, dict):
         return problem or "optimizer.json is not a mapping"
-    for part in (SHARDED_MODEL_DIR, SHARDED_OPTIMIZER_DIR):
+    optional = [SHARDED_EMA_DIR] if (folder / SHARDED_EMA_DIR).is_dir() else []
+    for part in (SHARDED_MODEL_DIR, SHARDED_OPTIMIZER_DIR, *optional):
         if problem := shards_problem(folder / part):
             return problem
     return None
