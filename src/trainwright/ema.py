@@ -5,8 +5,9 @@ After every `every_steps`-th optimizer step the average moves towards the weight
 average starts from trained weights rather than the initial ones. The averages are saved in every
 checkpoint (`ema.safetensors`, under the parameters' state-dict names) and restored on resume, so a resumed
 run ends bitwise equal to an uninterrupted one. Under fsdp the parameters are sharded DTensors, and so are
-their averages: each process averages its own shards, and a checkpoint holds them as shards (`ema/`). Validation and the final `model.safetensors` use them;
-the raw weights stay in the checkpoints and in `model_raw.safetensors`."""
+their averages: each process averages its own shards, and a checkpoint holds them as shards (`ema/`).
+Validation and the final `model.safetensors` use them; the raw weights stay in the checkpoints and in
+`model_raw.safetensors`."""
 
 from __future__ import annotations
 
