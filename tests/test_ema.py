@@ -1,6 +1,7 @@
 """trainer.ema: the average itself, a heart run killed mid-epoch that resumes bitwise (averaged and raw
 weights; one process, two under ddp, two under fsdp), and `eval` on the averaged weights by default and on
-the raw ones when asked, from the final weights and from a (full or sharded) checkpoint."""
+the raw ones when asked, from the final weights and from a (full or sharded) checkpoint; a full
+checkpoint's averages resumed into fsdp shards."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 import processes
@@ -119,3 +121,23 @@ def test_eval_reports_the_averaged_weights_and_the_raw_ones_when_asked(kind, req
     assert raw["val/loss"] != averaged["val/loss"]
     assert evaluated(run_dir, "--checkpoint", "latest") == averaged  # the last checkpoint's averages
     assert evaluated(run_dir, "--checkpoint", "latest", "--raw-weights") == raw
+
+
+def test_a_full_checkpoint_s_averages_resume_into_fsdp_shards(tmp_path):
+    """A one-process (full) checkpoint resumed on two fsdp processes: each takes its shards of the saved
+    averages. Step 101 makes no update (every_steps=2), so its sharded averages are step 100's, bitwise."""
+    run_dir = tmp_path / "run"
+    base = ["data.num_points=8000", "trainer.epochs=2", "logging.wandb=false", "checkpoint.every_steps=50",
+            "checkpoint.keep_last=3", "trainer.ema.decay=0.9", "trainer.ema.every_steps=2", "--run-dir", run_dir]
+    one = run_cli("train", HEART, *base, "trainer.max_steps=100")
+    assert one.returncode == 0, describe(one)
+    fsdp = processes.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", CONFIGS["fsdp"],
+                          "--main_process_port", processes.free_port(), "-m", "trainwright", "train", HEART, *base,
+                          "trainer.max_steps=101"], cli_env())
+    assert fsdp.returncode == 0 and "strategy=fsdp" in fsdp.stdout, describe(fsdp)
+    assert "Resuming from step 100 " in fsdp.stdout
+    from trainwright.checkpoint.sharded import consolidated_part
+
+    full = load_file(run_dir / "checkpoints" / "step_00000100" / "ema.safetensors")
+    sharded = consolidated_part(run_dir / "checkpoints" / "step_00000101" / "ema")
+    assert full.keys() == sharded.keys() and all(torch.equal(full[k], sharded[k]) for k in full)
