@@ -126,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
                 help="use a checkpoint's weights (the newest valid one, or a checkpoint folder) instead of the final "
                 "ones, e.g. for a run that has not finished",
             )
+            _add_raw_weights(command)
             _add_allow_data_change(command, name)
         command.set_defaults(handler=handler)
 
@@ -161,12 +162,18 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--hf", action="store_true",
                         help="a Hugging Face model (model.name: hf): write a save_pretrained folder (config.json, "
                         "model.safetensors) that transformers' from_pretrained loads")
+    _add_raw_weights(export)
     export.set_defaults(handler=commands.export_command)
 
     check = subcommands.add_parser("check", help="validate a recipe and print it resolved")
     _add_recipe(check)
     check.set_defaults(handler=commands.check_command)
     return parser
+
+
+def _add_raw_weights(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--raw-weights", action="store_true",
+                         help="a run with trainer.ema: use the raw weights instead of their moving average")
 
 
 def _is_main_process() -> bool:

@@ -45,6 +45,8 @@ def train_command(args: argparse.Namespace) -> int:
     if launch_rank() == 0:
         metrics = ", ".join(f"{k}={v:.4f}" for k, v in summary.items() if k.startswith("val/") and v is not None)
         print(f"Run {state} at step {summary['step']}: {metrics}")
+        if stopped := summary.get("stopped_early"):
+            print(f"Stopped early after epoch {stopped['epoch']}: {stopped['reason']}")
         print(f"Run dir: {run.path}")
     return 0
 
@@ -52,7 +54,7 @@ def train_command(args: argparse.Namespace) -> int:
 def eval_command(args: argparse.Namespace) -> int:
     from trainwright.inference import load_run
 
-    run = load_run(args.run_dir, args.checkpoint, allow_data_change=args.allow_data_change)
+    run = load_run(args.run_dir, args.checkpoint, allow_data_change=args.allow_data_change, raw=args.raw_weights)
     print(json.dumps(run.evaluate(), indent=2))
     return 0
 
@@ -66,7 +68,7 @@ def predict_command(args: argparse.Namespace) -> int:
         return _predict_to_file(args)
     if args.prompt is not None and args.input is not None:
         raise UserError("--prompt generates text; it takes no --input or --output")
-    run = load_run(args.run_dir, args.checkpoint, args.device, args.allow_data_change)
+    run = load_run(args.run_dir, args.checkpoint, args.device, args.allow_data_change, raw=args.raw_weights)
     if args.prompt is not None:
         print(run.generate(args.prompt, args.length, args.temperature, args.seed))
     elif args.input is None:  # the first N items of the run's own evaluation split
@@ -93,7 +95,7 @@ def _predict_to_file(args: argparse.Namespace) -> int:
     check_output(Path(args.output))  # before anything is read
     try:
         with stop_signals_raise():
-            run = load_run(args.run_dir, args.checkpoint, args.device, args.allow_data_change)
+            run = load_run(args.run_dir, args.checkpoint, args.device, args.allow_data_change, raw=args.raw_weights)
             with tqdm(unit=" items", desc="predicting", file=sys.stderr, disable=None) as progress:
                 batches = (progress.update(len(p)) or p for p in run.predict_stream(args.input, args.batch_size))
                 count = write_predictions(batches, Path(args.output))
@@ -121,7 +123,7 @@ def plot_command(args: argparse.Namespace) -> int:
 def export_command(args: argparse.Namespace) -> int:
     from trainwright.export import export_hf, export_weights
 
-    done = (export_hf if args.hf else export_weights)(args.source, args.out)
+    done = (export_hf if args.hf else export_weights)(args.source, args.out, raw=args.raw_weights)
     print(f"Exported step {done.step} of {done.checkpoint} ({done.tensors} tensors, {done.parameters:,} parameters) to {args.out}")
     return 0
 

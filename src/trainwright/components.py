@@ -73,13 +73,18 @@ def metric_names(recipe: Recipe, task: Task | None = None) -> list[str]:
 
 
 def check_monitor(recipe: Recipe, names: list[str]) -> None:
-    """checkpoint.monitor must be one of the metrics the run reports, or keep_best would keep nothing."""
-    monitor, reported = recipe.checkpoint.monitor, ["val/loss", *(f"val/{name}" for name in names)]
-    if monitor not in reported:
-        raise UserError(
-            f"checkpoint.monitor: this run reports no '{monitor}'{did_you_mean(monitor, reported)} "
-            f"(it reports: {', '.join(reported)})"
-        )
+    """checkpoint.monitor (or keep_best would keep nothing) and trainer.early_stopping.monitor (or it would
+    never stop) must each be one of the metrics the run reports."""
+    reported = ["val/loss", *(f"val/{name}" for name in names)]
+    monitors = {"checkpoint.monitor": recipe.checkpoint.monitor}
+    if recipe.trainer.early_stopping is not None:
+        monitors["trainer.early_stopping.monitor"] = recipe.trainer.early_stopping.monitor
+    for key, monitor in monitors.items():
+        if monitor not in reported:
+            raise UserError(
+                f"{key}: this run reports no '{monitor}'{did_you_mean(monitor, reported)} "
+                f"(it reports: {', '.join(reported)})"
+            )
 
 
 def build_data(recipe: Recipe) -> DataBundle:

@@ -9,11 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from trainwright.checkpoint import retention
 from trainwright.checkpoint.format import MANIFEST, read_recipe, read_train_state, verify
 from trainwright.checkpoint.ties import retied, tied_aliases
 from trainwright.checkpoint.weights import save_weights
+from trainwright.ema import EMA_DIR, EMA_FILE
 from trainwright.errors import UserError
 from trainwright.files import check_new_output, remove_tree, replace_dir, warn
 from trainwright.recipe import validate
@@ -28,19 +30,19 @@ class Exported:
     parameters: int
 
 
-def export_weights(source: str | Path, out: str | Path) -> Exported:
+def export_weights(source: str | Path, out: str | Path, raw: bool = False) -> Exported:
     """Write the model weights of `source` (a checkpoint folder, or a run dir: its newest valid checkpoint)
-    to `out`, which must not exist yet."""
+    to `out`, which must not exist yet: the averaged ones of trainer.ema, if it kept them, unless `raw`."""
     out = Path(out)
     check_new_output(out, "--out")
     checkpoint = find_checkpoint(Path(source))
-    weights = checkpoint_weights(checkpoint)
+    weights = checkpoint_weights(checkpoint, raw)
     step = read_train_state(checkpoint).step
     save_weights(weights, out, {"step": str(step), "exported_from": str(checkpoint)})
     return Exported(checkpoint, step, len(weights), sum(t.numel() for t in weights.values()))
 
 
-def export_hf(source: str | Path, out: str | Path) -> Exported:
+def export_hf(source: str | Path, out: str | Path, raw: bool = False) -> Exported:
     """Write the Hugging Face model of `source` (a run with `model.name: hf`) to the folder `out` with
     `save_pretrained`: its config.json and weights, tied weights as transformers ties them."""
     out = Path(out)
@@ -55,7 +57,7 @@ def export_hf(source: str | Path, out: str | Path) -> Exported:
     from trainwright.components import build_model  # torch and transformers: only now
 
     model = build_model(recipe)
-    weights = checkpoint_weights(checkpoint)
+    weights = checkpoint_weights(checkpoint, raw)
     missing, unexpected = model.load_state_dict(retied(weights, tied_aliases(model)), strict=False)
     if missing or unexpected:
         raise UserError(f"{checkpoint} does not fit the run's model (missing {missing}, unexpected {unexpected})")
@@ -66,11 +68,17 @@ def export_hf(source: str | Path, out: str | Path) -> Exported:
     return Exported(checkpoint, read_train_state(checkpoint).step, len(weights), sum(t.numel() for t in weights.values()))
 
 
-def checkpoint_weights(folder: Path) -> dict[str, torch.Tensor]:
-    """The whole model's weights of a verified checkpoint, full or sharded."""
-    from trainwright.checkpoint.sharded import consolidated_weights  # torch's DCP: a second to import
+def checkpoint_weights(folder: Path, raw: bool = False) -> dict[str, torch.Tensor]:
+    """The whole model's weights of a verified checkpoint, full or sharded; with trainer.ema its averaged
+    parameters (ema.safetensors) in place of the raw ones, unless `raw`."""
+    from trainwright.checkpoint.sharded import consolidated_part, consolidated_weights  # torch's DCP: a second
 
-    return consolidated_weights(folder)
+    weights = consolidated_weights(folder)
+    if not raw and (folder / EMA_FILE).is_file():
+        weights.update(load_file(folder / EMA_FILE))
+    elif not raw and (folder / EMA_DIR).is_dir():
+        weights.update(consolidated_part(folder / EMA_DIR))
+    return weights
 
 
 def find_checkpoint(source: Path) -> Path:

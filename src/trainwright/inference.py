@@ -179,19 +179,20 @@ def _joined(parts: list[Predictions], task: Task, output_kind: str) -> Predictio
 
 def load_run(
     run_dir: str | Path | RunDir, checkpoint: str | Path | None = None, device: str = "cpu",
-    allow_data_change: bool = False,
+    allow_data_change: bool = False, raw: bool = False,
 ) -> Run:
     """A trained run: its final weights (model.safetensors), or with `checkpoint` ('latest' or a checkpoint
-    folder) a checkpoint's, e.g. of a run that has not finished. `device`: 'cpu', 'cuda' or 'auto'. Says on
-    stderr which step the weights are from."""
+    folder) a checkpoint's, e.g. of a run that has not finished. `device`: 'cpu', 'cuda' or 'auto'. With
+    trainer.ema these are the averaged weights; `raw`: the raw ones instead. Says on stderr which step the
+    weights are from."""
     run = run_dir if isinstance(run_dir, RunDir) else RunDir.existing(run_dir)
     recipe, record = run.recipe(), run.read_json(run.data_file)
     model = build_model(recipe, Task.from_record(record["task"]) if record and "task" in record else None)
     if checkpoint is None:
-        source, weights, step = _final_weights(run)
+        source, weights, step = _final_weights(run, raw)
     else:
         source = find_checkpoint(run.path if str(checkpoint) == "latest" else Path(checkpoint))
-        weights, step = checkpoint_weights(source), read_train_state(source).step
+        weights, step = checkpoint_weights(source, raw), read_train_state(source).step
         warn(f"using the weights of checkpoint step {step} ({source})")
     try:
         missing, unexpected = model.load_state_dict(retied(weights, tied_aliases(model)), strict=False)
@@ -212,8 +213,9 @@ def _device(name: str) -> torch.device:
     return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
 
 
-def _final_weights(run: RunDir) -> tuple[Path, dict[str, torch.Tensor], int | None]:
-    """The run's model.safetensors and its step; a run that has not finished says so and offers --checkpoint."""
+def _final_weights(run: RunDir, raw: bool = False) -> tuple[Path, dict[str, torch.Tensor], int | None]:
+    """The run's model.safetensors (`raw`: model_raw.safetensors, where trainer.ema averaged the weights) and
+    its step; a run that has not finished says so and offers --checkpoint."""
     newest = max((step_of(folder) for folder in step_dirs(run.checkpoints)), default=None)
     if not run.model_file.is_file() and run.completed_summary() is None and newest is not None:
         raise UserError(
@@ -221,6 +223,8 @@ def _final_weights(run: RunDir) -> tuple[Path, dict[str, torch.Tensor], int | No
             f"use its newest checkpoint (step {newest}), or run `trainwright train` again to finish it"
         )
     weights_file = run.require_model()
+    if raw and run.raw_model_file.is_file():
+        weights_file = run.raw_model_file
     if problem := header_problem(weights_file):  # checked whole before safetensors trusts it
         raise UserError(f"{weights_file} is damaged: {problem}")
     try:

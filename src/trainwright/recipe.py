@@ -90,6 +90,19 @@ class SchedulerConfig(_Component):
     name: str = "none"
 
 
+class EarlyStoppingConfig(_Section):
+    monitor: str = Field("val/loss", description="the validation metric watched (one the run reports)")
+    mode: Literal["min", "max"] = Field("min", description="min: lower is better; max: higher is better")
+    patience: int = Field(ge=1, description="stop after this many validations in a row without improvement")
+    min_delta: float = Field(0.0, ge=0, description="an improvement must beat the best value by more than this")
+
+
+class EmaConfig(_Section):
+    decay: float = Field(gt=0, lt=1, description="the average keeps this share of itself at each update")
+    start_step: int = Field(0, ge=0, description="up to this optimizer step the average is set to the weights")
+    every_steps: int = Field(1, ge=1, description="update the average after every N-th optimizer step")
+
+
 class TrainerConfig(_Section):
     epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1, description="optional cap on optimizer steps")
@@ -106,6 +119,12 @@ class TrainerConfig(_Section):
     deterministic: bool = Field(
         True, description="deterministic kernels, so that a resumed run ends bitwise equal to an uninterrupted one; "
         "false: faster kernels where torch has nondeterministic ones, and resumes are no longer bitwise",
+    )
+    early_stopping: EarlyStoppingConfig | None = Field(
+        None, description="stop before the last epoch when the monitored metric stops improving"
+    )
+    ema: EmaConfig | None = Field(
+        None, description="keep an exponential moving average of the weights; validation and the final weights use it"
     )
 
     @field_validator("mixed_precision", mode="before")

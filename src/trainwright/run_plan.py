@@ -142,7 +142,10 @@ def apply_plan(plan: RunPlan, recipe: Recipe, processes: Processes, data_record:
 
 
 def _reaches_total(summary: dict[str, Any], recipe: Recipe) -> bool:
-    """Whether a completed run already trained as many steps as `recipe` asks for."""
+    """Whether a completed run already trained as many steps as `recipe` asks for, or stopped early (more
+    epochs would not change that: early stopping would end it at once)."""
+    if summary.get("stopped_early"):
+        return True
     steps_per_epoch = summary.get("steps_per_epoch")
     return bool(steps_per_epoch) and summary["step"] >= recipe.trainer.total_steps(steps_per_epoch)
 

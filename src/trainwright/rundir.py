@@ -63,6 +63,7 @@ class RunDir:
         self.metrics_file = self.path / "metrics.jsonl"
         self.summary_file = self.path / "summary.json"
         self.model_file = self.path / "model.safetensors"
+        self.raw_model_file = self.path / "model_raw.safetensors"  # the raw weights, when trainer.ema averaged them
         self.checkpoints = self.path / "checkpoints"
         self.plots = self.path / "plots"
         self.loss_curves = self.plots / "loss_curves.png"

@@ -16,7 +16,7 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from trainwright import __version__
+from trainwright import __version__, early_stopping
 from trainwright.accelerate_compat import step_calls
 from trainwright.checkpoint.format import TrainState
 from trainwright.checkpoint.manager import CheckpointManager
@@ -26,6 +26,7 @@ from trainwright.checkpoint.weights import save_weights
 from trainwright.data.bundle import DataBundle
 from trainwright.data.loading import TrainBatches, batches_per_epoch, resolve_workers
 from trainwright.errors import EXIT_PREEMPTED, UserError
+from trainwright.ema import WeightAverage, averaged
 from trainwright.evaluation import Scoring, evaluate
 from trainwright.files import write_json_atomic
 from trainwright.guards import disk_writes, require_finite
@@ -84,7 +85,9 @@ class Trainer:
         self.micro_per_epoch = batches_per_epoch(len(data.train), recipe.data.batch_size)
         self.steps_per_epoch = steps_per_epoch(recipe, data)
         self.total_steps = recipe.trainer.total_steps(self.steps_per_epoch)
-        objects = TrainObjects(accelerator.unwrap_model(model), optimizer, scheduler, accelerator.scaler)
+        ema = recipe.trainer.ema
+        self.average = WeightAverage(accelerator.unwrap_model(model), ema) if ema is not None else None
+        objects = TrainObjects(accelerator.unwrap_model(model), optimizer, scheduler, accelerator.scaler, self.average)
         self.checkpoints = CheckpointManager(run.checkpoints, recipe.checkpoint, processes, objects)
         self.state = TrainState(
             world_size=processes.world_size, sampler_seed=recipe.seed, recipe_digest=recipe.digest(),
@@ -154,16 +157,19 @@ class Trainer:
 
     def _loop(self) -> Outcome:
         state, every_eval = self.state, self.recipe.trainer.eval_every_epochs
-        while state.step < self.total_steps:
+        stop_early = self.recipe.trainer.early_stopping
+        while state.step < self.total_steps and not state.stopped_early_epoch:
             for end_of_epoch in self._train_steps():
                 if end_of_epoch and (state.epoch % every_eval == 0 or state.step >= self.total_steps):
                     self._validate()
+                    if stop_early is not None:
+                        early_stopping.observe(stop_early, state, more_to_train=state.step < self.total_steps)
                 stopping = self.stops.stop_at(state.step)
                 if self.checkpoints.should_save(state.step, state.epoch, end_of_epoch=end_of_epoch, stopping=stopping):
                     self._save()
                 if stopping:
                     return self._preempted()
-                if state.step >= self.total_steps:
+                if state.step >= self.total_steps or state.stopped_early_epoch:
                     break
         self.stops.finishing = True
         if state.val_step != state.step:
@@ -194,6 +200,7 @@ class Trainer:
         backward, add_loss = self.calls.backward, self.loss.add
         optimizer_step, zero_grad = self.calls.step, self.calls.zero_grad
         scheduler_step = None if self.scheduler is None else self.scheduler.step
+        average_step = None if self.average is None else self.average.update
         grad_clip, clip_grad_norm = recipe.trainer.grad_clip, self.accelerator.clip_grad_norm_
         gradient_sync, stops = self.strategy.gradient_sync, self.stops
         next_event = self._next_event()
@@ -221,6 +228,8 @@ class Trainer:
                 if scheduler_step is not None:
                     scheduler_step()
                 state.step += 1
+                if average_step is not None:
+                    average_step(state.step)
                 if self._started is not None:
                     self.tracker.log({"train/startup_seconds": time.perf_counter() - self._started}, state.step, epoch + 1)
                     self._started = None
@@ -270,7 +279,8 @@ class Trainer:
 
     def _validate(self) -> None:
         state = self.state
-        metrics = evaluate(self.accelerator.unwrap_model(self.model), self.data.val, self.scoring, self.processes)
+        with averaged(self.average):
+            metrics = evaluate(self.accelerator.unwrap_model(self.model), self.data.val, self.scoring, self.processes)
         self._require_finite(metrics["loss"], "validation loss")
         state.val_metrics = {f"val/{key}": value for key, value in metrics.items()}
         state.val_step = state.step
@@ -333,13 +343,21 @@ class Trainer:
             "steps_per_epoch": self.steps_per_epoch,
             **state.val_metrics,
         }
+        if state.stopped_early_epoch:
+            summary["stopped_early"] = early_stopping.stopped_early(self.recipe.trainer.early_stopping, state)
         self._wait_for_checkpoint()  # the last checkpoint is on disk first
-        weights = self.strategy.full_weights(self.model)  # a collective under fsdp
+        aliases = tied_aliases(self.checkpoints.objects.model)
+        with averaged(self.average):  # the averaged weights are the run's weights when trainer.ema is on
+            weights = untied(self.strategy.full_weights(self.model), aliases)  # a collective under fsdp
+            if self.average is not None:
+                weights = {name: tensor.clone() for name, tensor in weights.items()}  # before the raw ones return
+        raw = untied(self.strategy.full_weights(self.model), aliases) if self.average is not None else None
         if self.processes.is_main:
-            weights = untied(weights, tied_aliases(self.checkpoints.objects.model))  # a tied weight once
             metadata = {"recipe": self.recipe.name, "trainwright_version": __version__, "step": str(state.step)}
             with disk_writes("the final weights and summary", state.step, self.run.checkpoints):
                 save_weights(weights, self.run.model_file, metadata)
+                if raw is not None:
+                    save_weights(raw, self.run.raw_model_file, {**metadata, "weights": "raw"})
                 write_json_atomic(self.run.summary_file, summary)
             self.checkpoints.finish()
         self.processes.barrier()

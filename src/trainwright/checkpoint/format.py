@@ -29,6 +29,7 @@ RECIPE_FILE = "recipe.json"  # the resolved recipe the state was trained with
 TMP_PREFIX = ".tmp-"
 SHARDED_MODEL_DIR = "model"  # a sharded checkpoint's model shards (sharded.py)
 SHARDED_OPTIMIZER_DIR = "optimizer"  # and its optimizer state shards
+SHARDED_EMA_DIR = "ema"  # and, with trainer.ema, its averaged weights' shards
 JSON_STATE_FILES = ("scheduler.json", "scaler.json")  # null, or the object's state_dict
 _STEP_DIR = re.compile(r"^step_(\d{8,})$")
 
@@ -52,6 +53,10 @@ class TrainState:
     recipe_digest: str = ""  # sha256 of the recipe the state was trained with
     precision: str = ""  # the mixed precision it was trained in ('' in checkpoints older than the field)
     steps_per_epoch: int = 0  # optimizer steps per epoch (0 in checkpoints older than the field)
+    early_best: float | None = None  # trainer.early_stopping: the best value of its monitor so far
+    early_best_epoch: int = 0  # the epoch that reached it
+    early_waited: int = 0  # validations since then without improvement
+    stopped_early_epoch: int = 0  # the epoch after which early stopping ended the run (0: it did not)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -194,7 +199,8 @@ def _sharded_problem(folder: Path) -> str | None:
     optimizer, problem = _read_json(folder / "optimizer.json")
     if problem or not isinstance(optimizer, dict):
         return problem or "optimizer.json is not a mapping"
-    for part in (SHARDED_MODEL_DIR, SHARDED_OPTIMIZER_DIR):
+    optional = [SHARDED_EMA_DIR] if (folder / SHARDED_EMA_DIR).is_dir() else []
+    for part in (SHARDED_MODEL_DIR, SHARDED_OPTIMIZER_DIR, *optional):
         if problem := shards_problem(folder / part):
             return problem
     return None

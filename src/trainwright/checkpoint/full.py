@@ -6,6 +6,7 @@ the main process:
   optimizer.json           param groups and non-tensor optimizer state
   scheduler.json           LR scheduler state (null when the recipe has none)
   scaler.json              fp16 grad-scaler state (null unless fp16)
+  ema.safetensors          the averaged parameters of trainer.ema (only when it is on)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from trainwright.checkpoint.objects import (
     TrainObjects, copied, json_states, optimizer_from_files, optimizer_to_files, read_json_states, write_json_states,
 )
 from trainwright.checkpoint.ties import tied_aliases, untied
+from trainwright.ema import EMA_FILE
 from trainwright.errors import UserError
 from trainwright.files import write_json
 
@@ -35,6 +37,7 @@ class FullState:
     optimizer: dict[str, torch.Tensor]
     optimizer_meta: dict[str, Any]
     json_states: dict[str, Any]
+    ema: dict[str, torch.Tensor] | None = None
 
     @classmethod
     def take(cls, objects: TrainObjects, reuse: FullState | None = None) -> FullState:
@@ -44,6 +47,7 @@ class FullState:
         return cls(
             copied(untied(objects.model.state_dict(), tied_aliases(objects.model)), reuse.model if reuse else None),
             copied(optimizer, reuse.optimizer if reuse else None), copy.deepcopy(optimizer_meta), json_states(objects),
+            copied(objects.ema.tensors(), reuse.ema if reuse else None) if objects.ema is not None else None,
         )
 
     def write(self, folder: Path, step: int) -> None:
@@ -51,6 +55,8 @@ class FullState:
         save_file(self.optimizer, folder / "optimizer.safetensors")
         write_json(folder / "optimizer.json", self.optimizer_meta)
         write_json_states(folder, self.json_states)
+        if self.ema is not None:
+            save_file(self.ema, folder / EMA_FILE)
 
 
 def read_full_state(folder: Path, objects: TrainObjects) -> None:
@@ -68,3 +74,7 @@ def read_full_state(folder: Path, objects: TrainObjects) -> None:
     )
     objects.optimizer.load_state_dict(opt_state)
     read_json_states(folder, objects)
+    if objects.ema is not None:
+        if not (folder / EMA_FILE).is_file():
+            raise UserError(f"checkpoint {folder} holds no {EMA_FILE} (it was saved without trainer.ema)")
+        objects.ema.load(load_file(folder / EMA_FILE))

@@ -26,6 +26,7 @@ class TrainObjects:
     optimizer: torch.optim.Optimizer
     scheduler: Any | None  # an LR scheduler (state_dict / load_state_dict)
     scaler: Any | None  # the fp16 grad scaler
+    ema: Any | None = None  # the WeightAverage of trainer.ema (ema.py)
 
 
 def json_states(objects: TrainObjects) -> dict[str, Any]:

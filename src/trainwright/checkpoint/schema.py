@@ -47,6 +47,10 @@ class TrainStateFile(BaseModel):
     recipe_digest: str = ""
     precision: str = ""
     steps_per_epoch: Natural = 0
+    early_best: float | None = None
+    early_best_epoch: Natural = 0
+    early_waited: Natural = 0
+    stopped_early_epoch: Natural = 0
 
 
 class RngFile(_Strict):

@@ -3,6 +3,7 @@ shards, and a checkpoint loads into any number of processes and into any strateg
 
   model/shard-0000K-model-00001-of-00001.safetensors      process K-1's shards of the weights
   optimizer/shard-0000K-model-00001-of-00001.safetensors  its shards of the optimizer state (`state.<param>.<name>`)
+  ema/shard-0000K-model-00001-of-00001.safetensors        with trainer.ema: its shards of the averaged weights
   optimizer.json                                          the non-tensor optimizer state (`param_groups.<param>.<key>`)
   scheduler.json, scaler.json                             as in a full checkpoint
 
@@ -29,12 +30,14 @@ from torch.distributed.checkpoint.state_dict import (
     StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_model_state_dict, set_optimizer_state_dict,
 )
 from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from trainwright.checkpoint.format import SHARDED_MODEL_DIR, is_sharded
 from trainwright.checkpoint.objects import (
     TrainObjects, json_states, optimizer_from_files, read_json_states, write_json_states,
 )
 from trainwright.checkpoint.ties import retied, state_dict_name, tied_aliases, untied
+from trainwright.ema import EMA_DIR, EMA_FILE, WeightAverage
 from trainwright.errors import UserError
 from trainwright.files import write_json
 from trainwright.processes import Processes
@@ -49,7 +52,10 @@ def write_sharded_state(folder: Path, objects: TrainObjects, processes: Processe
     optimizer = _plain(objects.optimizer)
     model_state = untied(get_model_state_dict(objects.model), tied_aliases(objects.model))
     tensors, other = _split(get_optimizer_state_dict(objects.model, optimizer, options=_FLAT))
-    for name, state in ((MODEL_DIR, model_state), (OPTIMIZER_DIR, tensors)):
+    parts = [(MODEL_DIR, model_state), (OPTIMIZER_DIR, tensors)]
+    if objects.ema is not None:
+        parts.append((EMA_DIR, objects.ema.tensors()))
+    for name, state in parts:
         dcp.save(state, storage_writer=HuggingFaceStorageWriter(str(folder / name), save_distributed=True))
     if processes.is_main:
         write_json(folder / "optimizer.json", other)
@@ -73,6 +79,10 @@ def read_sharded_state(folder: Path, objects: TrainObjects) -> None:
             raise UserError(f"checkpoint {folder} does not fit this recipe's optimizer (its parameter groups differ)")
         other = {key: tuple(value) if isinstance(other[key], tuple) else value for key, value in saved.items()}
         set_optimizer_state_dict(objects.model, optimizer, {**tensors, **other}, options=_FLAT)
+        if objects.ema is not None:
+            if not (folder / EMA_DIR).is_dir():
+                raise UserError(f"checkpoint {folder} holds no {EMA_DIR}/ (it was saved without trainer.ema)")
+            _load(objects.ema.tensors(), folder / EMA_DIR, collective)  # in place, shard by shard
     read_json_states(folder, objects)
 
 
@@ -93,7 +103,22 @@ def read_full_state_sharded(folder: Path, objects: TrainObjects, processes: Proc
         else:  # e.g. SGD without momentum: torch's broadcast needs a state tensor; only the groups are saved
             meta = json.loads((folder / "optimizer.json").read_text())
             optimizer.load_state_dict(optimizer_from_files({}, meta, optimizer.state_dict()["param_groups"]))
+        if objects.ema is not None:
+            _full_averages_into_shards(folder, objects.ema)
     read_json_states(folder, objects)
+
+
+def _full_averages_into_shards(folder: Path, ema: WeightAverage) -> None:
+    """A full checkpoint's ema.safetensors into sharded averages: every process reads the file and keeps
+    its own shards (no communication)."""
+    if not (folder / EMA_FILE).is_file():
+        raise UserError(f"checkpoint {folder} holds no {EMA_FILE} (it was saved without trainer.ema)")
+    saved = load_file(folder / EMA_FILE)
+    ema.load({
+        name: distribute_tensor(saved[name], average.device_mesh, average.placements, src_data_rank=None)
+        if isinstance(average, DTensor) else saved[name]
+        for name, average in ema.tensors().items()
+    })
 
 
 def _holds_tensors(path: Path) -> bool:
@@ -107,11 +132,15 @@ def consolidated_weights(folder: Path) -> dict[str, torch.Tensor]:
     group): for `trainwright export`."""
     if not is_sharded(folder):
         return load_file(folder / "model.safetensors")
-    reader = HuggingFaceStorageReader(str(folder / MODEL_DIR))
-    metadata = reader.read_metadata()
-    weights = {key: torch.empty(item.size, dtype=item.properties.dtype) for key, item in metadata.state_dict_metadata.items()}
-    _load(weights, folder / MODEL_DIR, collective=False)
-    return weights
+    return consolidated_part(folder / MODEL_DIR)
+
+
+def consolidated_part(part: Path) -> dict[str, torch.Tensor]:
+    """The whole tensors of one part of a sharded checkpoint (model/, ema/), in this one process."""
+    metadata = HuggingFaceStorageReader(str(part)).read_metadata()
+    tensors = {key: torch.empty(item.size, dtype=item.properties.dtype) for key, item in metadata.state_dict_metadata.items()}
+    _load(tensors, part, collective=False)
+    return tensors
 
 
 def _load(state: dict[str, Any], folder: Path, collective: bool) -> None:

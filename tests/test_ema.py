@@ -1,0 +1,143 @@
+"""trainer.ema: the average itself, a heart run killed mid-epoch that resumes bitwise (averaged and raw
+weights; one process, two under ddp, two under fsdp), and `eval` on the averaged weights by default and on
+the raw ones when asked, from the final weights and from a (full or sharded) checkpoint; a full
+checkpoint's averages resumed into fsdp shards."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+import processes
+from conftest import REPO, checkpoint_steps, cli_env, describe, run_cli
+from reliability_helpers import HEART
+from trainwright.ema import WeightAverage
+from trainwright.recipe import EmaConfig
+
+CONFIGS = {"ddp": REPO / "accelerate_configs" / "cpu_2proc.yaml", "fsdp": REPO / "accelerate_configs" / "fsdp_cpu_2proc.yaml"}
+# 25600 training points / 64 = 400 steps per epoch, 2 epochs, a checkpoint every 50 steps.
+SMALL = ["data.num_points=32000", "trainer.epochs=2", "logging.wandb=false", "checkpoint.every_steps=50",
+         "checkpoint.keep_last=3", "trainer.ema.decay=0.99", "trainer.ema.start_step=30", "trainer.ema.every_steps=2"]
+TOTAL_STEPS = 800
+
+
+# --- the average --------------------------------------------------------------------------------------
+
+
+def test_the_average_copies_up_to_start_step_then_moves_by_one_minus_decay_every_n_steps():
+    model = nn.Linear(1, 1, bias=False)
+    average = WeightAverage(model, EmaConfig(decay=0.75, start_step=2, every_steps=2))
+    for step, weight in ((1, 5.0), (2, 4.0), (3, 100.0), (4, 8.0), (6, 0.0)):
+        with torch.no_grad():
+            model.weight.fill_(weight)
+        average.update(step)
+    # step 1: not an update step; 2: copied (4); 3: skipped; 4: 4 + 0.25 * (8 - 4) = 5; 6: 5 + 0.25 * (0 - 5)
+    assert average.tensors()["weight"].item() == 3.75
+    with average.swapped_in():
+        assert model.weight.item() == 3.75
+    assert model.weight.item() == 0.0  # the raw weight is back
+
+
+# --- a real run ---------------------------------------------------------------------------------------
+
+
+def command(run_dir: Path, launch: str) -> list[object]:
+    """One process ('one'), or two under 'ddp' or 'fsdp'."""
+    args = ["-m", "trainwright", "train", HEART, *SMALL, "--run-dir", run_dir]
+    if launch == "one":
+        return [sys.executable, *args]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", CONFIGS[launch],
+            "--main_process_port", processes.free_port(), *args]
+
+
+def train(run_dir: Path, launch: str = "one"):
+    result = processes.run(command(run_dir, launch), cli_env())
+    assert result.returncode == 0 and "Traceback" not in result.stderr, describe(result)
+    world = "world_size=1 device=cpu" if launch == "one" else f"world_size=2 device=cpu precision=no strategy={launch}"
+    assert world in result.stdout
+    return result
+
+
+def files(run_dir: Path) -> tuple[bytes, bytes]:
+    return (run_dir / "model.safetensors").read_bytes(), (run_dir / "model_raw.safetensors").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    train(run_dir)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def fsdp_reference(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("fsdp") / "run"
+    train(run_dir, "fsdp")
+    return run_dir
+
+
+@pytest.mark.parametrize("launch", ["one", "ddp", "fsdp"])
+def test_killed_mid_epoch_resumes_bitwise_averaged_and_raw(launch, request, start, tmp_path, tmp_path_factory):
+    if launch == "ddp":
+        expected = tmp_path_factory.mktemp("ddp") / "run"
+        train(expected, "ddp")
+    else:
+        expected = request.getfixturevalue("reference" if launch == "one" else "fsdp_reference")
+    run_dir = tmp_path / "run"
+    killed = start(command(run_dir, launch), cli_env(), name="killed")
+    killed.wait_for("a checkpoint inside the first epoch", lambda: (checkpoint_steps(run_dir) or [0])[-1] >= 100)
+    killed.kill()  # the whole process tree
+    killed_at = checkpoint_steps(run_dir)[-1]  # a folder is named step_* once complete
+    assert killed_at < TOTAL_STEPS and killed_at % 400, killed.describe()
+    averages = "ema" if launch == "fsdp" else "ema.safetensors"  # shards, or one file
+    assert (run_dir / "checkpoints" / f"step_{killed_at:08d}" / averages).exists()
+
+    result = train(run_dir, launch)
+    assert f"Resuming from step {killed_at} " in result.stdout, describe(result)
+    averaged, raw = files(run_dir)
+    assert (averaged, raw) == files(expected)
+    assert averaged != raw
+
+
+def evaluated(*args: object) -> dict:
+    result = run_cli("eval", *args)
+    assert result.returncode == 0, describe(result)
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("kind", ["full", "sharded"])
+def test_eval_reports_the_averaged_weights_and_the_raw_ones_when_asked(kind, request):
+    run_dir = request.getfixturevalue("reference" if kind == "full" else "fsdp_reference")
+    assert checkpoint_steps(run_dir)[-1] == TOTAL_STEPS
+    summary = json.loads((run_dir / "summary.json").read_text())
+    averaged, raw = evaluated(run_dir), evaluated(run_dir, "--raw-weights")
+    assert averaged["val/loss"] == pytest.approx(summary["val/loss"], rel=1e-6)  # what training validated
+    assert raw["val/loss"] != averaged["val/loss"]
+    assert evaluated(run_dir, "--checkpoint", "latest") == averaged  # the last checkpoint's averages
+    assert evaluated(run_dir, "--checkpoint", "latest", "--raw-weights") == raw
+
+
+def test_a_full_checkpoint_s_averages_resume_into_fsdp_shards(tmp_path):
+    """A one-process (full) checkpoint resumed on two fsdp processes: each takes its shards of the saved
+    averages. Step 101 makes no update (every_steps=2), so its sharded averages are step 100's, bitwise."""
+    run_dir = tmp_path / "run"
+    base = ["data.num_points=8000", "trainer.epochs=2", "logging.wandb=false", "checkpoint.every_steps=50",
+            "checkpoint.keep_last=3", "trainer.ema.decay=0.9", "trainer.ema.every_steps=2", "--run-dir", run_dir]
+    one = run_cli("train", HEART, *base, "trainer.max_steps=100")
+    assert one.returncode == 0, describe(one)
+    fsdp = processes.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", CONFIGS["fsdp"],
+                          "--main_process_port", processes.free_port(), "-m", "trainwright", "train", HEART, *base,
+                          "trainer.max_steps=101"], cli_env())
+    assert fsdp.returncode == 0 and "strategy=fsdp" in fsdp.stdout, describe(fsdp)
+    assert "Resuming from step 100 " in fsdp.stdout
+    from trainwright.checkpoint.sharded import consolidated_part
+
+    full = load_file(run_dir / "checkpoints" / "step_00000100" / "ema.safetensors")
+    sharded = consolidated_part(run_dir / "checkpoints" / "step_00000101" / "ema")
+    assert full.keys() == sharded.keys() and all(torch.equal(full[k], sharded[k]) for k in full)
