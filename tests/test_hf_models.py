@@ -6,6 +6,7 @@ and under FSDP2 on 2 with `shard_modules: [GPT2Block]`; checkpoints, resumes bit
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -17,8 +18,13 @@ import yaml
 from safetensors.torch import load_file
 
 from test_tied_weights import TESTS, run, step, tensor_names, train
+from trainwright.components import build_scoring
+from trainwright.data.bundle import Task
 from trainwright.errors import UserError
+from trainwright.evaluation import evaluate
 from trainwright.hf_models import hf
+from trainwright.processes import Processes
+from trainwright.recipe import load_recipe
 
 CONFIG = {"model_type": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 2, "vocab_size": 32, "n_positions": 16,
           "bos_token_id": 0, "eos_token_id": 0,
@@ -47,6 +53,40 @@ def test_a_model_class_or_an_auto_class_from_the_recipe_config():
     assert type(hf("AutoModelForCausalLM", dict(CONFIG))).__name__ == "GPT2LMHeadModel"
     no_type = {k: v for k, v in CONFIG.items() if k != "model_type"}
     assert hf("GPT2LMHeadModel", no_type).config.n_embd == 32  # the class brings its config class
+
+
+class NamedSplit(torch.utils.data.Dataset):
+    """Items of named tensors, row by row."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(next(iter(self.tensors.values())))
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {name: tensor[index] for name, tensor in self.tensors.items()}
+
+
+def test_a_causal_lm_given_its_input_ids_as_labels_is_scored_on_the_next_token(recipe):
+    """Transformers' convention: `labels` = `input_ids`, which the causal LM shifts itself. The per-token
+    metrics compare the logits at t with the token at t + 1 (as its loss does), and agree with batches whose
+    labels are the next tokens already (`shift_labels`), over the same predicted positions."""
+    torch.manual_seed(0)
+    model = hf("GPT2LMHeadModel", dict(CONFIG))
+    ids = torch.randint(0, CONFIG["vocab_size"], (12, 16))
+    task = Task("sequence", class_names=tuple(str(i) for i in range(CONFIG["vocab_size"])))
+    scoring = build_scoring(load_recipe(recipe), task)
+    convention = evaluate(model, NamedSplit({"input_ids": ids, "labels": ids}), scoring, Processes.single(), batch_size=5)
+    following = ids[:, 1:]
+    aligned = NamedSplit({"input_ids": ids[:, :-1], "labels": following, "shift_labels": following})
+    assert evaluate(model, aligned, scoring, Processes.single(), batch_size=5) == pytest.approx(convention, rel=1e-5)
+    with torch.no_grad():
+        result = model(input_ids=ids, labels=ids)
+    predicted = result.logits[:, :-1].argmax(-1)
+    assert convention["accuracy"] == pytest.approx((predicted == following).double().mean().item())
+    assert convention["loss"] == pytest.approx(result.loss.item(), rel=1e-5)
+    assert convention["perplexity"] == pytest.approx(math.exp(result.loss.item()), rel=1e-5)
 
 
 @pytest.mark.parametrize(("kwargs", "fragments"), [

@@ -9,7 +9,9 @@ is the optional extra `trainwright[hf]`.
     pretrained: path/to/folder           # optional: weights (and config) saved by save_pretrained
 
 The model is the transformers model itself (state-dict names and `save_pretrained` as transformers has
-them); it returns a ModelOutput and computes its own loss when given `labels`.
+them); it returns a ModelOutput and computes its own loss when given `labels`. A causal LM shifts its
+`labels` itself (so `labels` may be the `input_ids`); it is marked so that per-token metrics compare its
+logits with the next token (step.SHIFTS_LABELS).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 from torch import nn
 
 from trainwright.errors import UserError, did_you_mean
+from trainwright.step import SHIFTS_LABELS
 
 EXTRA = "pip install 'trainwright[hf]'"
 
@@ -42,9 +45,17 @@ def hf(architecture: str, config: dict[str, Any] | None = None, pretrained: str 
             )
         saved = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
         _check_settings(type(saved), {k: v for k, v in settings.items() if k != "model_type"})
-        return model_class.from_pretrained(folder, local_files_only=True, **settings)
+        return _marked(transformers, model_class.from_pretrained(folder, local_files_only=True, **settings))
     model_config = _config(transformers, model_class, architecture, settings, auto)
-    return model_class.from_config(model_config) if auto else model_class(model_config)
+    return _marked(transformers, model_class.from_config(model_config) if auto else model_class(model_config))
+
+
+def _marked(transformers: ModuleType, model: nn.Module) -> nn.Module:
+    """`model`, marked as shifting its labels when it is a causal language model (its class is one that
+    AutoModelForCausalLM builds)."""
+    causal = transformers.models.auto.modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
+    setattr(model, SHIFTS_LABELS, type(model).__name__ in set(causal))
+    return model
 
 
 def _transformers() -> ModuleType:

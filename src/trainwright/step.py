@@ -9,8 +9,12 @@ with `loss.name: model`, computes its own loss and returns a mapping (a Hugging 
   (inputs, targets) loss(model(inputs), targets)                model(inputs, targets)["loss"]
   {name: tensor}    loss(model(**batch without labels), labels)  model(**batch)["loss"]
 
-A model that returns a mapping is read for its `logits`. The form is chosen once per pass over the data
-from its first batch (`Step.train_loss`, `Step.scorer`), so a training step does no checks of its own.
+A model that returns a mapping is read for its `logits`. A model that shifts its labels itself (a
+Hugging Face causal LM given `labels` = `input_ids`: logits at position t predict the label at t + 1,
+marked by `SHIFTS_LABELS`) is scored on those pairs, so per-token metrics compare what it predicted with
+what came next; a batch that carries `shift_labels` is already aligned. The form is chosen once per pass
+over the data from its first batch (`Step.train_loss`, `Step.scorer`), so a training step does no checks
+of its own.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from trainwright.errors import UserError
 Batch = tuple[torch.Tensor, torch.Tensor] | Mapping[str, torch.Tensor]
 TARGETS_KEY = "labels"  # the targets of a mapping batch (Hugging Face's name)
 MODEL_LOSS = "model"  # loss.name of a model that computes its own loss
+SHIFTS_LABELS = "trainwright_shifts_labels"  # a model attribute: True when it scores labels[:, t + 1] at t
+ALIGNED_LABELS_KEY = "shift_labels"  # a mapping batch's labels already aligned with the logits (transformers' name)
 
 
 class ModelLoss(nn.Module):
@@ -80,6 +86,11 @@ def logits_of(result: Any) -> torch.Tensor | None:
     return None
 
 
+def shifts_labels(model: nn.Module) -> bool:
+    """Whether `model` (or the module a DDP wrapper holds) predicts its `labels` one position ahead."""
+    return bool(getattr(getattr(model, "module", model), SHIFTS_LABELS, False))
+
+
 def own_loss(result: Any) -> torch.Tensor:
     """The loss a model computed itself (`loss.name: model`): its result's `loss`."""
     loss = result.get("loss") if isinstance(result, Mapping) else None
@@ -127,6 +138,7 @@ class Step:
         """batch -> Scored (loss, outputs, targets) for batches of the form of `first` (moved to the device)."""
         loss_fn, device, model_loss = self.loss_fn, self.device, self.model_loss
         if isinstance(first, Mapping):
+            shifted = model_loss and shifts_labels(model)
 
             def named(batch: Batch) -> Scored:
                 batch = to_device(batch, device)
@@ -134,6 +146,8 @@ class Step:
                 if model_loss:
                     result = model(**batch)
                     logits = logits_of(result)
+                    if logits is not None and shifted and targets is not None and ALIGNED_LABELS_KEY not in batch:
+                        logits, targets = logits[:, :-1], targets[:, 1:]
                     return Scored(own_loss(result).float(), None if logits is None else logits.float(), targets)
                 if targets is None:
                     raise UserError(
