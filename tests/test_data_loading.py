@@ -175,3 +175,14 @@ def test_npy_arrays_are_memory_mapped_and_fingerprinted_by_samples(tmp_path):
     assert [line.split(":")[0] for line in fingerprint.differences(before, after)] == ["train split", "val split"]
     with pytest.raises(UserError, match="data.targets: .* does not exist"):
         npy(tmp_path / "x.npy", tmp_path / "missing.npy")
+
+
+def test_array_image_and_shard_data_sets_do_not_import_pandas():
+    """pandas (a third of a second to import) is for tables: the start-up of other data sets goes without it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, trainwright.components, trainwright.data.arrays, trainwright.data.folders, "
+            "trainwright.data.shards, trainwright.inference; print('pandas' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False", result.stderr

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -15,6 +15,7 @@ from torch import nn
 from trainwright import losses, metrics, models, optim  # noqa: F401  (registers the built-ins)
 from trainwright.data.bundle import DataBundle, Task
 from trainwright.data.folds import Fold, fold_of
+from trainwright.data.input_batch import InputBatch
 from trainwright.data.loading import require_stream
 from trainwright.errors import UserError, did_you_mean
 from trainwright.evaluation import MetricFn, Scoring
@@ -22,10 +23,7 @@ from trainwright.recipe import Recipe
 from trainwright.registry import DATASETS, LOSSES, METRICS, MODELS, OPTIMIZERS, SCHEDULERS, import_attr
 from trainwright.step import MODEL_LOSS
 
-if TYPE_CHECKING:
-    from trainwright.data.inputs import InputBatch  # pandas: imported only by runs that read new inputs
-
-InputReader = Callable[[Any, dict[str, Any], int], "Iterator[InputBatch]"]  # (source, data.json, batch size)
+InputReader = Callable[[Any, dict[str, Any], int], Iterator[InputBatch]]  # (source, data.json, batch size)
 
 # The built-in data sets, imported when a recipe names them (pandas and torchvision load only then).
 # `inputs`: how `predict --input` reads new inputs for a run of the data set (data/inputs.py).

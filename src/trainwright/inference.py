@@ -26,7 +26,7 @@ from trainwright.checkpoint.ties import retied, tied_aliases
 from trainwright.components import build_data, build_model, build_scoring, input_reader
 from trainwright.data.bundle import DataBundle, Task
 from trainwright.data.fingerprint import check_same_data, data_record
-from trainwright.data.inputs import InputBatch
+from trainwright.data.input_batch import InputBatch
 from trainwright.data.loading import eval_indices, iterate
 from trainwright.errors import UserError
 from trainwright.export import checkpoint_weights, find_checkpoint

@@ -17,7 +17,7 @@ import torch
 
 from trainwright.data.bundle import DataBundle, Task, TaskKind, TensorSplit
 from trainwright.data.fingerprint import sampled_file_fingerprint
-from trainwright.data.inputs import InputBatch
+from trainwright.data.input_batch import InputBatch
 from trainwright.errors import UserError
 
 

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from trainwright.data.bundle import DataBundle, Task
-from trainwright.data.inputs import InputBatch
+from trainwright.data.input_batch import InputBatch
 from trainwright.data.transforms import build_pipeline
 from trainwright.errors import UserError
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainwright.data.inputs import InputBatch
+from trainwright.data.input_batch import InputBatch
 from trainwright.data.vision import read_idx
 from trainwright.errors import UserError
 

@@ -11,30 +11,18 @@ Large files are read `batch_size` rows at a time, so memory stays bounded.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 
+from trainwright.data.input_batch import InputBatch
 from trainwright.data.tabular import apply_statistics, describe_row, feature_columns, numbers
 from trainwright.errors import UserError, did_you_mean
 from trainwright.files import warn
 
 INPUT_FIX = "fix the value or remove the row"
-
-
-@dataclass
-class InputBatch:
-    """Model inputs for some items, with their ids (row number or file name), how to show item i (for
-    printed lines), and the actual values where the input holds them (regression targets, in the data's
-    units)."""
-
-    ids: list[str]
-    inputs: torch.Tensor
-    describe: Callable[[int], str]
-    actual: torch.Tensor | None = None
 
 
 def csv_frames(source: Path | pd.DataFrame, batch_size: int) -> Iterator[pd.DataFrame]:
