@@ -144,6 +144,13 @@ def test_eval_and_predict_need_no_allow_flag_and_a_changed_image_is_refused(fold
         result = run_cli(*command)
         assert_user_error(result.returncode, result.stderr, "the data differ", "train split", "--allow-data-change")
     assert_ok(run_cli("eval", run, "--allow-data-change"))
+    resumable = tmp_path / "resumable"  # a run with a checkpoint to resume from, its data moved and one image changed
+    shutil.copytree(folder / "reference", resumable)
+    (resumable / "summary.json").unlink()
+    moved = tmp_path / "moved.yaml"
+    moved.write_text(folder_runs["recipe"].read_text().replace(str(folder / "shapes"), str(data)))
+    result = processes.run(train_args(moved, resumable), cli_env())
+    assert_user_error(result.returncode, result.stderr, "the data differ", "train split", "--allow-data-change")
 
 
 def test_a_damaged_image_read_by_a_worker_is_one_message(folder_runs, tmp_path):
