@@ -126,6 +126,14 @@ def test_bad_input_is_one_message_and_writes_nothing(capsys, tmp_path, monkeypat
     assert (tmp_path / "exists.png").read_bytes() == b"mine"
 
 
+def test_a_loss_that_never_falls_gets_no_suggestion_but_its_plot(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    forget_accelerator_state()
+    user_error(capsys, "lr-find", HEART, "data.num_points=2000", "--min-lr", "100", "--max-lr", "1e6",
+               fragments=("no learning rate to suggest", "lower --min-lr", "plot: lr-find-heart.png"))
+    assert os.listdir(tmp_path) == ["lr-find-heart.png"]
+
+
 def test_a_multi_process_launch_is_refused(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WORLD_SIZE", "2")
