@@ -37,7 +37,8 @@ def lr_find(capsys: pytest.CaptureFixture, *argv: object) -> tuple[float, str]:
 
 def val_loss_after_one_epoch(tmp_path: Path, lr: float) -> float:
     forget_accelerator_state()
-    outcome = train(load_recipe(HEART, [*HEART_SMALL, "trainer.epochs=1", f"optimizer.lr={lr}"]), tmp_path / f"lr_{lr:g}")
+    recipe = load_recipe(HEART, [*HEART_SMALL, "trainer.epochs=1", f"optimizer.lr={lr}"])
+    outcome = train(recipe, tmp_path / f"lr_{lr:g}")
     assert outcome.status == "completed"
     return outcome.summary["val/loss"]
 
@@ -81,6 +82,21 @@ def test_every_batch_form_gives_the_same_range_test(tmp_path):
     assert plain.lrs == named.lrs and len(plain.lrs) >= 20
     assert named.losses == pytest.approx(plain.losses, rel=1e-5)
     assert named.suggestion == plain.suggestion is not None
+
+
+def test_accumulation_and_precision_are_the_recipe_s(tmp_path):
+    """Two micro-batches of 32 per step: the same range test as one batch of 64; bf16 runs to a suggestion."""
+    small = ["data.num_points=2000", "logging.wandb=false"]
+    forget_accelerator_state()
+    whole = lr_range_test(load_recipe(HEART, small), 1e-5, 10, 30)
+    forget_accelerator_state()
+    accumulated = lr_range_test(load_recipe(HEART, [*small, "data.batch_size=32", "trainer.grad_accum_steps=2"]),
+                                1e-5, 10, 30)
+    assert accumulated.losses == pytest.approx(whole.losses, rel=1e-4)
+    forget_accelerator_state()
+    bf16 = lr_range_test(load_recipe(HEART, [*small, "trainer.mixed_precision=bf16"]), 1e-5, 10, 30)
+    assert bf16.suggestion is not None and bf16.losses != whole.losses
+    forget_accelerator_state()
 
 
 def test_a_language_model_runs(capsys, tmp_path):

@@ -145,9 +145,9 @@ def lr_find_command(args: argparse.Namespace) -> int:
         print(f"Stopped after {len(result.lrs)} steps: {result.stopped}", file=sys.stderr)
     if result.lowest is None:
         raise UserError(
-            f"no learning rate to suggest: the smoothed loss did not fall in the {len(result.lrs)} steps taken (up to lr "
-            f"{result.lrs[-1]:.3g}; the first {args.steps // 10} are not judged); lower --min-lr if it diverged at once, "
-            f"raise --max-lr if it never moved, or check the recipe (plot: {path})"
+            f"no learning rate to suggest: the smoothed loss did not fall in the {len(result.lrs)} steps taken "
+            f"(up to lr {result.lrs[-1]:.3g}; the first {args.steps // 10} are not judged); lower --min-lr if it "
+            f"diverged at once, raise --max-lr if it never moved, or check the recipe (plot: {path})"
         )
     print(f"Lowest smoothed loss {result.smoothed[result.lowest]:.4g} at lr {result.lrs[result.lowest]:.3g}; "
           f"suggested: a tenth of it; plot: {path}", file=sys.stderr)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch import nn
 
@@ -65,8 +66,9 @@ def check_single_process() -> None:
     world_size = os.environ.get("WORLD_SIZE", "1")
     if world_size.isdigit() and int(world_size) > 1:
         raise UserError(
-            f"lr-find runs in one process, but it was launched as {world_size}: run `trainwright lr-find ...` "
-            "without accelerate launch or torchrun (the learning rate it suggests is for the recipe's global batch)"
+            f"lr-find runs in one process, but it was launched as {world_size} processes: run "
+            "`trainwright lr-find ...` without accelerate launch or torchrun (its suggestion is for the recipe's "
+            "global batch, which is the same on any number of processes)"
         )
 
 
@@ -94,17 +96,32 @@ def lr_range_test(recipe: Recipe, min_lr: float, max_lr: float, steps: int) -> R
     check_first_batch(recipe, data, model, scoring)
     dry_run_optimizer(recipe, steps)
     model, optimizer = accelerator.prepare(model, build_optimizer(recipe, model))
-    groups = getattr(optimizer, "optimizer", optimizer).param_groups
-    calls, grad_clip, accum = step_calls(accelerator, optimizer), recipe.trainer.grad_clip, recipe.trainer.grad_accum_steps
     batches = TrainBatches(
         data.train, recipe.data.batch_size, recipe.seed, 0, 1, resolve_workers(recipe.data.num_workers),
         recipe.data.prefetch_factor, pin_memory=accelerator.device.type == "cuda",
     )
-    losses = _batch_losses(batches, Step(scoring.loss_fn, accelerator.device), model)
-    tried, raw, smoothed, stopped, average = exponential_lrs(min_lr, max_lr, steps), [], [], None, 0.0
+    try:
+        losses = _batch_losses(batches, Step(scoring.loss_fn, accelerator.device), model)
+        return _sweep(recipe, accelerator, model, optimizer, losses, exponential_lrs(min_lr, max_lr, steps))
+    finally:
+        batches.close()
+
+
+def _sweep(
+    recipe: Recipe, accelerator: Accelerator, model: nn.Module, optimizer: torch.optim.Optimizer,
+    losses: Generator[torch.Tensor, None, None], lrs: list[float],
+) -> RangeTest:
+    """One optimizer step at each learning rate of `lrs` (over recipe.trainer.grad_accum_steps batches of
+    `losses`), until the loss diverges."""
+    groups = getattr(optimizer, "optimizer", optimizer).param_groups
+    calls, grad_clip = step_calls(accelerator, optimizer), recipe.trainer.grad_clip
+    accum = recipe.trainer.grad_accum_steps
+    raw: list[float] = []
+    smoothed: list[float] = []
+    stopped, average = None, 0.0
     model.train()
     try:
-        for step, lr in enumerate(tried):
+        for step, lr in enumerate(lrs):
             for group in groups:
                 group["lr"] = lr
             total = torch.zeros((), device=accelerator.device)
@@ -128,14 +145,12 @@ def lr_range_test(recipe: Recipe, min_lr: float, max_lr: float, steps: int) -> R
                 break
     finally:
         losses.close()
-        batches.close()
     if not raw:
         raise UserError(f"lr-find: {stopped} at the first step, before any learning; lower --min-lr")
-    lrs = tried[: len(raw)]
-    return RangeTest(lrs, raw, smoothed, stopped, lowest_point(smoothed, skip_begin=steps // 10))
+    return RangeTest(lrs[: len(raw)], raw, smoothed, stopped, lowest_point(smoothed, skip_begin=len(lrs) // 10))
 
 
-def _batch_losses(batches: TrainBatches, step: Step, model: nn.Module) -> Iterator[torch.Tensor]:
+def _batch_losses(batches: TrainBatches, step: Step, model: nn.Module) -> Generator[torch.Tensor, None, None]:
     """The loss of each training batch in turn (forward only), epoch after epoch as long as asked."""
     epoch = 0
     while True:
