@@ -182,9 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
         "an override (optimizer.lr=...). Writes the plot and nothing else (no run dir).",
     )
     _add_recipe(lr_find, what="recipe YAML file, e.g. recipes/heart.yaml")
-    lr_find.add_argument("--min-lr", type=_positive_float, default=1e-7, help="the first learning rate (default 1e-7)")
-    lr_find.add_argument("--max-lr", type=_positive_float, default=10.0, help="the last learning rate (default 10)")
-    lr_find.add_argument("--steps", type=_positive_int, default=100,
+    lr_find.add_argument("--min-lr", type=_positive_float, default=1e-7, metavar="LR",
+                         help="the first learning rate (default 1e-7)")
+    lr_find.add_argument("--max-lr", type=_positive_float, default=10.0, metavar="LR",
+                         help="the last learning rate (default 10)")
+    lr_find.add_argument("--steps", type=_positive_int, default=100, metavar="N",
                          help="optimizer steps from --min-lr to --max-lr (default 100, at least 20)")
     lr_find.add_argument("--plot", metavar="FILE.png",
                          help="where the plot goes (must not exist; default: lr-find-<recipe name>.png in the current "
