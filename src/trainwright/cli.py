@@ -38,6 +38,16 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text}")
+    return value
+
+
 def _add_allow_data_change(command: argparse.ArgumentParser, what: str) -> None:
     command.add_argument(
         ALLOW_FLAG, action="store_true",
@@ -164,6 +174,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "model.safetensors) that transformers' from_pretrained loads")
     _add_raw_weights(export)
     export.set_defaults(handler=commands.export_command)
+
+    lr_find = subcommands.add_parser(
+        "lr-find", help="learning-rate range test: plot the loss against a rising LR and suggest optimizer.lr",
+        description="Train a throwaway copy of the recipe's model while the learning rate rises exponentially "
+        "from --min-lr to --max-lr; plot the smoothed loss against it and print the suggested learning rate as "
+        "an override (optimizer.lr=...). Writes the plot and nothing else (no run dir).",
+    )
+    _add_recipe(lr_find, what="recipe YAML file, e.g. recipes/heart.yaml")
+    lr_find.add_argument("--min-lr", type=_positive_float, default=1e-7, metavar="LR",
+                         help="the first learning rate (default 1e-7)")
+    lr_find.add_argument("--max-lr", type=_positive_float, default=10.0, metavar="LR",
+                         help="the last learning rate (default 10)")
+    lr_find.add_argument("--steps", type=_positive_int, default=100, metavar="N",
+                         help="optimizer steps from --min-lr to --max-lr (default 100, at least 20)")
+    lr_find.add_argument("--plot", metavar="FILE.png",
+                         help="where the plot goes (must not exist; default: lr-find-<recipe name>.png in the current "
+                         "folder, numbered -2, -3, ... when taken)")
+    lr_find.set_defaults(handler=commands.lr_find_command)
 
     check = subcommands.add_parser("check", help="validate a recipe and print it resolved")
     _add_recipe(check)

@@ -128,6 +128,33 @@ def export_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def lr_find_command(args: argparse.Namespace) -> int:
+    from trainwright.components import check_recipe
+    from trainwright.lr_find import check_options, check_single_process, lr_range_test, plot_path, plot_range_test
+
+    check_options(args.min_lr, args.max_lr, args.steps)
+    check_single_process()
+    recipe = pin_paths(load_recipe(args.recipe, args.overrides))
+    check_recipe(recipe)
+    path = plot_path(args.plot, recipe.name)  # before anything is trained
+    print(f"lr-find: {args.steps} steps from lr {args.min_lr:.3g} to {args.max_lr:.3g} on a throwaway copy of "
+          f"{recipe.name}'s model", file=sys.stderr, flush=True)
+    result = lr_range_test(recipe, args.min_lr, args.max_lr, args.steps)
+    plot_range_test(result, path, f"Learning-rate range test: {recipe.name}")
+    if result.stopped:
+        print(f"Stopped after {len(result.lrs)} steps: {result.stopped}", file=sys.stderr)
+    if result.lowest is None:
+        raise UserError(
+            f"no learning rate to suggest: the smoothed loss did not fall in the {len(result.lrs)} steps taken "
+            f"(up to lr {result.lrs[-1]:.3g}; the first {args.steps // 10} are not judged); lower --min-lr if it "
+            f"diverged at once, raise --max-lr if it never moved, or check the recipe (plot: {path})"
+        )
+    print(f"Lowest smoothed loss {result.smoothed[result.lowest]:.4g} at lr {result.lrs[result.lowest]:.3g}; "
+          f"suggested: a tenth of it; plot: {path}", file=sys.stderr)
+    print(f"optimizer.lr={result.suggestion:.3g}")
+    return 0
+
+
 def check_command(args: argparse.Namespace) -> int:
     from trainwright.components import check_recipe
 
