@@ -185,6 +185,7 @@ def test_a_callback_logs_every_step_into_metrics_jsonl_and_wandb(logged):
     counted = {r["step"]: r for r in read_jsonl(logged["run_dir"] / "metrics.jsonl") if "callback/count" in r}
     assert {step: record["callback/count"] for step, record in counted.items()} == {step: step for step in range(1, 11)}
     assert counted[5]["epoch"] == 1 and counted[6]["epoch"] == 2  # as the run's own metrics count epochs
+    assert all(record["callback/lr"] == 0.01 for record in counted.values())  # heart's optimizer.lr, no scheduler
     merged = metrics_by_step(logged["run_dir"])
     assert all(merged[step]["callback/grad_norm"] > 0 for step in range(1, 11))  # the step's gradients were there
     history = wandb_history(logged["records"])
@@ -325,6 +326,8 @@ def test_a_stop_asked_on_process_1_only_is_taken_at_the_same_step_on_both(module
     assert ends == [[step], [step]]
     assert [e["world_size"] for e in events(out, 1)][:1] == [2]
     assert newest_valid_checkpoint(run_dir) == step and saved_count(run_dir, step) == step  # rank 0's counter
+    logged = [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl") if "callback/count" in r]
+    assert logged == list(range(1, step + 1))  # the main process's values only, once per step
 
 
 def test_a_stop_signal_wins_over_a_callback_s_request_and_the_first_request_counts():

@@ -77,6 +77,6 @@ class Profiler(Callback):
         with atomic_path(path) as tmp:
             recorded.export_chrome_trace(str(tmp))
         if run.is_main:
-            by = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+            by = "self_device_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
             table = recorded.key_averages().table(sort_by=by, row_limit=TOP_OPERATORS)
             print(f"trainer.profile: optimizer steps {self._since}-{run.step}, trace in {path.parent}\n{table}", flush=True)
