@@ -196,7 +196,8 @@ def test_every_hook_is_called_at_its_point(logged):
     seen = events(logged["out"])
     assert seen[0] == {"hook": "fit_start", "step": 0, "epoch": 0, "total_steps": 10, "world_size": 1, "is_main": True}
     validations = [e for e in seen if e["hook"] == "validation"]
-    assert [e["step"] for e in validations] == [5, 10] and all(e["same"] and "val/loss" in e["metrics"] for e in validations)
+    assert [e["step"] for e in validations] == [5, 10]
+    assert all(e["same"] and "val/loss" in e["metrics"] for e in validations)
     saves = [e for e in seen if e["hook"] == "checkpoint"]
     assert [(e["step"], e["folder"], e["complete"]) for e in saves] == [
         (step, f"step_{step:08d}", True) for step in (4, 5, 8, 10)
@@ -347,7 +348,8 @@ def test_a_stop_signal_wins_over_a_callback_s_request_and_the_first_request_coun
 def test_a_callback_that_raises_is_one_message_and_the_checkpoints_are_kept(module_dir, tmp_path):
     run_dir = tmp_path / "run"
     result = run_cli("train", HEART, *TINY, "trainer.epochs=2", "checkpoint.every_steps=3", "checkpoint.keep_last=5",
-                     callbacks(f'{{name: "{MODULE}:Boom", at_step: 7}}'), "--run-dir", run_dir, env=env_with(module_dir))
+                     callbacks(f'{{name: "{MODULE}:Boom", at_step: 7}}'), "--run-dir", run_dir,
+                     env=env_with(module_dir))
     message = assert_user_error(
         result.returncode, result.stderr,
         f"callback Boom ({MODULE}:Boom) failed in on_step_end at step 7: ValueError: boom at step 7 (",
@@ -368,7 +370,8 @@ def test_a_state_json_cannot_hold_is_one_message(capsys, on_path, tmp_path):
     (f"{MODULE}:Countr", ("callbacks[0].name: module 'tw_test_callbacks' has no 'Countr'", "did you mean 'Counter'?")),
     ("no_such_package.cb:Counter", ("callbacks[0].name: cannot import module 'no_such_package.cb'", "PYTHONPATH")),
     ("Counter", ("callbacks[0].name: 'Counter' is not an import path", "package.module:Class")),
-    (f"{MODULE}:NotACallback", (f"callbacks[0].name: {MODULE}:NotACallback is not a subclass of trainwright.Callback",)),
+    (f"{MODULE}:NotACallback",
+     (f"callbacks[0].name: {MODULE}:NotACallback is not a subclass of trainwright.Callback",)),
     (counter(stop_att=3), ("callbacks[0].stop_att: unknown argument for callback", "did you mean 'stop_at'?")),
     (counter(every="often"), ("callbacks[0].every: Input should be a valid integer", "got 'often'")),
 ])

@@ -160,7 +160,7 @@ class Named:
 
     callback: Callback
     label: str  # in messages: its class name (the built-ins: their recipe key, e.g. trainer.profile)
-    key: str | None = None  # its recipe name (an import path), under which callbacks.json keeps its state; None: a built-in
+    key: str | None = None  # its recipe name (import path), its state's key in callbacks.json; None: a built-in
 
 
 def _overrides(callback: Callback, hook: str) -> bool:

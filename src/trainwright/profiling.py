@@ -79,4 +79,5 @@ class Profiler(Callback):
         if run.is_main:
             by = "self_device_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
             table = recorded.key_averages().table(sort_by=by, row_limit=TOP_OPERATORS)
-            print(f"trainer.profile: optimizer steps {self._since}-{run.step}, trace in {path.parent}\n{table}", flush=True)
+            steps = f"optimizer steps {self._since}-{run.step}"
+            print(f"trainer.profile: {steps}, trace in {path.parent}\n{table}", flush=True)

@@ -382,7 +382,8 @@ class Trainer:
             summary["stopped_early"] = early_stopping.stopped_early(self.recipe.trainer.early_stopping, state)
         if state.stopped_by_callback:
             summary["stopped_by_callback"] = {
-                "callback": state.stopped_by_callback, "reason": state.stop_reason, "step": state.step, "epoch": state.epoch,
+                "callback": state.stopped_by_callback, "reason": state.stop_reason,
+                "step": state.step, "epoch": state.epoch,
             }
         aliases = tied_aliases(self.checkpoints.objects.model)
         with averaged(self.average):  # the averaged weights are the run's weights when trainer.ema is on
