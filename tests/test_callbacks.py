@@ -406,3 +406,8 @@ def test_the_profiler_records_the_steps_asked_for_once(tmp_path):
 def test_a_profile_window_past_the_run_is_refused(capsys, tmp_path):
     user_error(capsys, "train", HEART, *TINY, "trainer.profile.start_step=16", "--run-dir", tmp_path / "run",
                fragments=("trainer.profile.start_step=16 is beyond the run's 15 optimizer steps",))
+
+
+def test_a_misspelt_profile_key_gets_a_did_you_mean(capsys):
+    user_error(capsys, "check", HEART, "trainer.profile.start_stepp=3",
+               fragments=("trainer.profile.start_stepp: unknown key; did you mean 'start_step'?",))
