@@ -103,6 +103,11 @@ class Unsaveable(Callback):
         return {"when": object()}
 
 
+class LogsAStep(Callback):
+    def on_fit_start(self, run):
+        run.log({"step": 3})
+
+
 class NotACallback:
     pass
 '''
@@ -364,6 +369,12 @@ def test_a_state_json_cannot_hold_is_one_message(capsys, on_path, tmp_path):
     user_error(capsys, "train", HEART, *TINY, callbacks(f"{MODULE}:Unsaveable"), "--run-dir", tmp_path / "run",
                fragments=(f"callback Unsaveable ({MODULE}:Unsaveable) failed in state_dict at step 5",
                           "its state is not JSON data (Object of type object is not JSON serializable)"))
+
+
+def test_logging_under_a_record_s_own_key_is_one_message(capsys, on_path, tmp_path):
+    user_error(capsys, "train", HEART, *TINY, callbacks(f"{MODULE}:LogsAStep"), "--run-dir", tmp_path / "run",
+               fragments=(f"callback LogsAStep ({MODULE}:LogsAStep) failed in on_fit_start at step 0: ValueError: "
+                          f"log() got ['step']: the record's own keys; use other names ({on_path / MODULE}.py:",))
 
 
 @pytest.mark.parametrize(("entry", "fragments"), [

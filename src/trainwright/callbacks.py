@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 from trainwright.errors import UserError
 from trainwright.registry import Registry
 
+_PACKAGE = Path(__file__).resolve().parent
+
 if TYPE_CHECKING:
     import torch
 
@@ -139,12 +141,15 @@ class RunView:
     def log(self, metrics: Mapping[str, float]) -> None:
         """Record `metrics` (name -> number, or a one-element tensor) at the current step: metrics.jsonl,
         W&B and TensorBoard, as the run's own metrics. Only the main process records: values logged on
-        the others are dropped (reduce them over the processes first if they differ)."""
+        the others are dropped (reduce them over the processes first if they differ). `step` and `epoch`
+        are each record's own keys, not names to log under."""
         trainer = self._trainer
         if not trainer.processes.is_main:
             return
         state = trainer.state
         values = {str(name): float(value) for name, value in metrics.items()}
+        if {"step", "epoch"} & values.keys():
+            raise ValueError(f"log() got {sorted({'step', 'epoch'} & values.keys())}: the record's own keys; use other names")
         trainer.tracker.log(values, state.step, state.epoch + (1 if state.batch_in_epoch else 0))
 
     def request_stop(self, reason: str) -> None:
@@ -161,6 +166,15 @@ class Named:
     callback: Callback
     label: str  # in messages: its class name (the built-ins: their recipe key, e.g. trainer.profile)
     key: str | None = None  # its recipe name (import path), its state's key in callbacks.json; None: a built-in
+
+
+def _where(exc: Exception) -> str:
+    """' (file:line)' of the innermost frame of the raise outside trainwright (the callback's own code), else
+    the innermost one."""
+    frames = traceback.extract_tb(exc.__traceback__)[1:]  # below Callbacks._call
+    outside = [frame for frame in frames if not Path(frame.filename).is_relative_to(_PACKAGE)]
+    frame = (outside or frames or [None])[-1]
+    return f" ({frame.filename}:{frame.lineno})" if frame is not None else ""
 
 
 def _overrides(callback: Callback, hook: str) -> bool:
@@ -209,9 +223,7 @@ class Callbacks:
         except UserError:  # already one message (e.g. metrics.jsonl cannot be written)
             raise
         except Exception as exc:
-            frames = traceback.extract_tb(exc.__traceback__)
-            where = f" ({frames[-1].filename}:{frames[-1].lineno})" if len(frames) > 1 else ""
-            raise self._failed(entry, hook, f"{type(exc).__name__}: {exc}{where}") from None
+            raise self._failed(entry, hook, f"{type(exc).__name__}: {exc}{_where(exc)}") from None
 
     def _failed(self, entry: Named, hook: str, problem: str) -> UserError:
         name = f"{entry.label} ({entry.key})" if entry.key else entry.label
