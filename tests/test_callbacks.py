@@ -272,18 +272,24 @@ def test_the_counter_survives_a_sigkill_and_the_resumed_run_is_bitwise_equal(mod
 
 def test_the_state_resumes_from_sharded_checkpoints_on_another_process_count(module_dir, tmp_path):
     """Two fsdp processes save sharded checkpoints (callbacks.json: the main process's state); one process
-    resumes from them, and every process of a launch gets the state."""
+    resumes from them, and every process of a launch gets the state. Each process writes its own trace of
+    the profiled steps, and the resumed run, past them, profiles nothing."""
     run_dir, out = tmp_path / "run", tmp_path / "out"
     out.mkdir()
     args = ["-m", "trainwright", "train", HEART, *TINY, "trainer.epochs=2", callbacks(counter(), recorder(out)),
-            "--run-dir", run_dir]
+            "trainer.profile.start_step=2", "trainer.profile.steps=2", "--run-dir", run_dir]
     two = processes.run([*launch("fsdp_cpu_2proc.yaml"), *args, "trainer.max_steps=4"], env_with(module_dir))
     assert_ok(two)
     assert "world_size=2 device=cpu precision=no strategy=fsdp" in two.stdout
+    traces = sorted((run_dir / "profile").iterdir())
+    assert [trace.name for trace in traces] == ["rank0.2.pt.trace.json", "rank1.2.pt.trace.json"]
+    assert all(step_marks(trace) == {"ProfilerStep#2", "ProfilerStep#3"} for trace in traces)
+    assert two.stdout.count("trainer.profile: optimizer steps 2-3") == 1  # the main process prints
     assert (checkpoint_dir(run_dir, 4) / "model").is_dir() and saved_count(run_dir, 4) == 4  # sharded
     one = processes.run([sys.executable, *args, "trainer.max_steps=7"], env_with(module_dir))
     assert_ok(one)
     assert "Resuming from step 4 " in one.stdout and "world_size=1" in one.stdout
+    assert "trainer.profile" not in one.stdout and sorted((run_dir / "profile").iterdir()) == traces
     assert saved_count(run_dir, 7) == 7
     starts = [e for e in events(out) if e["hook"] == "fit_start"]
     assert [(e["step"], e["world_size"]) for e in starts] == [(0, 2), (4, 1)]
