@@ -154,8 +154,9 @@ class RunView:
 
     def request_stop(self, reason: str) -> None:
         """Ask the run to end as completed (validation, checkpoint, final weights, exit 0) with `reason`.
-        The processes take it at the same step, as they do a stop signal (with one process right after the
-        hook that asked); one process asking is enough, and the first request counts."""
+        The processes take it at the same step, as they do a stop signal (one process: after the step that
+        asked, or the next one when asked in on_fit_start or on_checkpoint_saved); one process asking is
+        enough, and the first request counts."""
         self._trainer.stops.request_finish(self._callback, str(reason))
 
 
