@@ -148,8 +148,8 @@ class RunView:
             return
         state = trainer.state
         values = {str(name): float(value) for name, value in metrics.items()}
-        if {"step", "epoch"} & values.keys():
-            raise ValueError(f"log() got {sorted({'step', 'epoch'} & values.keys())}: the record's own keys; use other names")
+        if taken := sorted({"step", "epoch"} & values.keys()):
+            raise ValueError(f"log() got {taken}: the record's own keys; use other names")
         trainer.tracker.log(values, state.step, state.epoch + (1 if state.batch_in_epoch else 0))
 
     def request_stop(self, reason: str) -> None:
