@@ -232,10 +232,11 @@ def test_a_damaged_callbacks_json_makes_the_checkpoint_damaged(logged, tmp_path)
 
 # --- state across a kill and a resume ----------------------------------------------------------------
 
-# 25600 training points / 64 = 400 steps per epoch, 2 epochs: long enough for a kill to land mid-run.
-LONG = ["data.num_points=32000", "trainer.epochs=2", "logging.wandb=false", "checkpoint.every_steps=50",
+# 76800 training points / 64 = 1200 steps per epoch, 2 epochs: long enough for the kill to land mid-run on a
+# loaded machine.
+LONG = ["data.num_points=96000", "trainer.epochs=2", "logging.wandb=false", "checkpoint.every_steps=100",
         "checkpoint.keep_last=3"]
-LONG_STEPS = 800
+LONG_STEPS = 2400
 
 
 def long_command(run_dir: Path) -> list[object]:
