@@ -343,7 +343,10 @@ class Trainer:
         require_finite(value, what, self.state.step, self.run.checkpoints)
 
     def checkpoint_kept(self) -> str:
-        """Which checkpoint the run keeps, said once a pending one is written (for a message that ends it)."""
+        """Which checkpoint the run keeps, said once a pending one is written (for a message that ends it).
+        Another process cannot know: the main process may still be writing one in the background."""
+        if not self.processes.is_main:
+            return "its checkpoints are kept"
         self._wait_for_checkpoint()
         return kept(self.run.checkpoints)
 
