@@ -56,9 +56,15 @@ def test_a_second_signal_during_the_first_ones_message_is_not_said_again(monkeyp
 
 
 def _two_processes(rank: int, others_request: float = 0.0) -> Processes:
-    """Process `rank` of two, whose all-reduce (max) meets the other process's request."""
-    other = torch.tensor([others_request, 0.0])
-    return Processes(rank=rank, world_size=2, device=torch.device("cpu"), _reduce=lambda t, _op: torch.maximum(t, other))
+    """Process `rank` of two, whose all-reduce (max) meets the other process's request (the agreement's first
+    value; the other's other values are 0)."""
+
+    def reduce(tensor: torch.Tensor, _op: str) -> torch.Tensor:
+        other = torch.zeros_like(tensor)
+        other[0] = others_request
+        return torch.maximum(tensor, other)
+
+    return Processes(rank=rank, world_size=2, device=torch.device("cpu"), _reduce=reduce)
 
 
 def test_only_the_main_process_says_why_the_run_stops(capsys):

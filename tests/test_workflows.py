@@ -43,7 +43,7 @@ README_DEFAULTS = {
     "metrics": None,
     "trainer": {"epochs": 1, "max_steps": None, "mixed_precision": "auto", "grad_accum_steps": 1, "grad_clip": None,
                 "log_every_steps": 50, "eval_every_epochs": 1, "record_samples": False, "compile": False,
-                "compile_mode": "default", "deterministic": True, "early_stopping": None, "ema": None},
+                "compile_mode": "default", "deterministic": True, "early_stopping": None, "ema": None, "profile": None},
     "checkpoint": {"every_steps": None, "every_epochs": 1, "keep_last": 2, "keep_best": 0, "monitor": "val/loss",
                    "mode": "min", "async": True},
     "logging": {"wandb": {"mode": "auto", "project": "trainwright", "entity": None, "tags": [], "group": None, "init_timeout": 10.0},
@@ -51,6 +51,7 @@ README_DEFAULTS = {
     "distributed": {"strategy": "auto", "shard_modules": None, "reshard_after_forward": True,
                     "activation_checkpointing": None},
     "cv": None,
+    "callbacks": None,
 }
 
 
@@ -662,7 +663,8 @@ def test_check_prints_heart_with_its_defaults(capsys):
         "metrics": None,
         "trainer": {"epochs": 1, "max_steps": None, "mixed_precision": "auto", "grad_accum_steps": 1,
                     "grad_clip": None, "log_every_steps": 100, "eval_every_epochs": 1, "record_samples": False,
-                    "compile": False, "compile_mode": "default", "deterministic": True, "early_stopping": None, "ema": None},
+                    "compile": False, "compile_mode": "default", "deterministic": True, "early_stopping": None, "ema": None,
+                    "profile": None},
         "checkpoint": {"every_steps": 1000, "every_epochs": 1, "keep_last": 2, "keep_best": 0,
                        "monitor": "val/loss", "mode": "min", "async": True},
         "logging": {"wandb": {"mode": "auto", "project": "trainwright", "entity": None, "tags": ["heart"],
@@ -671,6 +673,7 @@ def test_check_prints_heart_with_its_defaults(capsys):
         "distributed": {"strategy": "auto", "shard_modules": None, "reshard_after_forward": True,
                         "activation_checkpointing": None},
         "cv": None,
+        "callbacks": None,
     }
 
 

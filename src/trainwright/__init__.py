@@ -1,17 +1,19 @@
 """trainwright: recipe-driven PyTorch training on HuggingFace Accelerate.
 
 `trainwright.load_run(RUN_DIR)` gives a trained run's model and `predict`/`evaluate` (trainwright.inference);
-it is imported on first use, so `import trainwright` stays light."""
+`trainwright.Callback` is the base class of a recipe's `callbacks` (trainwright.callbacks). Both are
+imported on first use, so `import trainwright` stays light."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from trainwright.callbacks import Callback, RunView
     from trainwright.inference import load_run
 
 __version__ = "0.1.0"
-__all__ = ["load_run", "__version__"]
+__all__ = ["Callback", "RunView", "load_run", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
@@ -19,4 +21,8 @@ def __getattr__(name: str) -> Any:
         from trainwright.inference import load_run
 
         return load_run
+    if name in ("Callback", "RunView"):
+        from trainwright import callbacks
+
+        return getattr(callbacks, name)
     raise AttributeError(f"module 'trainwright' has no attribute {name!r}")

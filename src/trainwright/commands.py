@@ -47,6 +47,8 @@ def train_command(args: argparse.Namespace) -> int:
         print(f"Run {state} at step {summary['step']}: {metrics}")
         if stopped := summary.get("stopped_early"):
             print(f"Stopped early after epoch {stopped['epoch']}: {stopped['reason']}")
+        if stopped := summary.get("stopped_by_callback"):
+            print(f"Run stopped by callback {stopped['callback']}: {stopped['reason']} (after step {stopped['step']})")
         print(f"Run dir: {run.path}")
     return 0
 

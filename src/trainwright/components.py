@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from trainwright import losses, metrics, models, optim  # noqa: F401  (registers the built-ins)
+from trainwright.callbacks import check_callbacks
 from trainwright.data.bundle import DataBundle, Task
 from trainwright.data.folds import Fold, fold_of
 from trainwright.data.input_batch import InputBatch
@@ -60,6 +61,7 @@ def check_recipe(recipe: Recipe) -> None:
     SCHEDULERS.check(recipe.scheduler.name, recipe.scheduler.kwargs())
     for name in recipe.metrics or []:
         METRICS.get(name, key="metrics")
+    check_callbacks(recipe)
     # Without the data the task is unknown, so the default metric may be either; start-up checks it exactly.
     check_monitor(recipe, metric_names(recipe) if recipe.metrics else ["accuracy", "mae", "perplexity"])
 

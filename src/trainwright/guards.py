@@ -13,7 +13,8 @@ from trainwright.errors import NonFiniteLoss, UserError
 from trainwright.files import WRITE_ERRORS
 
 
-def _kept(checkpoints: Path) -> str:
+def kept(checkpoints: Path) -> str:
+    """Which checkpoint a run that stops here keeps (its newest), as a clause of a message."""
     folders = step_dirs(checkpoints)
     return f"its newest checkpoint, {folders[-1]}, is kept" if folders else "it has no checkpoint yet"
 
@@ -23,7 +24,7 @@ def require_finite(value: float, what: str, step: int, checkpoints: Path) -> Non
     if math.isfinite(value):
         return
     raise NonFiniteLoss(
-        f"the {what} became {value} by step {step}: training stopped without saving this state; {_kept(checkpoints)}. "
+        f"the {what} became {value} by step {step}: training stopped without saving this state; {kept(checkpoints)}. "
         "Lower optimizer.lr, set trainer.grad_clip, or check the data, then start over with --restart (the "
         "stopped run is kept) or go on from an earlier checkpoint with --resume"
     )
@@ -38,6 +39,6 @@ def disk_writes(what: str, step: int, checkpoints: Path) -> Iterator[None]:
         reason = getattr(exc, "strerror", None) or exc
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
         raise UserError(
-            f"cannot write {what} at step {step}: {reason}{where}; {_kept(checkpoints)}. "
+            f"cannot write {what} at step {step}: {reason}{where}; {kept(checkpoints)}. "
             "Free space (or fix the disk) and run the same command to go on from there"
         ) from None

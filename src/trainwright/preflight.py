@@ -42,12 +42,23 @@ def check_startup(
     check_loss_fits_task(recipe, data, scoring)
     check_first_batch(recipe, data, model, scoring)
     dry_run_optimizer(recipe, total_steps)
+    check_profile_window(recipe, total_steps)
     if plan.resume_from is None:
         return data_record(data)
     saved = plan.run.read_json(plan.run.data_file)
     record = data_record(data, saved)
     check_same_data(saved, record, plan.run.path, plan.allow_data_change)
     return record
+
+
+def check_profile_window(recipe: Recipe, total_steps: int) -> None:
+    """trainer.profile must start at a step the run reaches (a window past the end is cut there)."""
+    profile = recipe.trainer.profile
+    if profile is not None and profile.start_step > total_steps:
+        raise UserError(
+            f"trainer.profile.start_step={profile.start_step} is beyond the run's {total_steps} optimizer steps; "
+            f"choose a step from 1 to {total_steps}"
+        )
 
 
 def check_loss_fits_task(recipe: Recipe, data: DataBundle, scoring: Scoring) -> None:

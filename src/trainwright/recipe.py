@@ -7,7 +7,7 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -103,6 +103,11 @@ class EmaConfig(_Section):
     every_steps: int = Field(1, ge=1, description="update the average after every N-th optimizer step")
 
 
+class ProfileConfig(_Section):
+    start_step: int = Field(1, ge=1, description="the first optimizer step recorded (counted from 1)")
+    steps: int = Field(5, ge=1, description="how many optimizer steps are recorded")
+
+
 class TrainerConfig(_Section):
     epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1, description="optional cap on optimizer steps")
@@ -125,6 +130,9 @@ class TrainerConfig(_Section):
     )
     ema: EmaConfig | None = Field(
         None, description="keep an exponential moving average of the weights; validation and the final weights use it"
+    )
+    profile: ProfileConfig | None = Field(
+        None, description="record these optimizer steps with torch.profiler into <run dir>/profile/"
     )
 
     @field_validator("mixed_precision", mode="before")
@@ -189,6 +197,10 @@ class DistributedConfig(_Section):
     )
 
 
+class CallbackConfig(_Component):
+    """One of the recipe's `callbacks`: an import path 'package.module:Class' and its keyword arguments."""
+
+
 class CvConfig(_Section):
     folds: int = Field(ge=2, description="split the data into this many folds (stratified for classifiers)")
     fold: int | None = Field(None, ge=1, description="validate on this fold (1..folds), train on the others")
@@ -215,6 +227,17 @@ class Recipe(_Section):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     cv: CvConfig | None = Field(None, description="k-fold cross-validation (`trainwright cv` sets cv.fold per run)")
+    callbacks: list[CallbackConfig] | None = Field(
+        None, description="your own trainwright.Callback classes: import paths, or {name: path, argument: value, ...}"
+    )
+
+    @field_validator("callbacks", mode="before")
+    @classmethod
+    def _a_path_alone(cls, value: Any) -> Any:
+        """`callbacks: [pkg.mod:Class]` is short for `[{name: pkg.mod:Class}]`."""
+        if isinstance(value, list):
+            return [{"name": item} if isinstance(item, str) else item for item in value]
+        return value
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved recipe as plain data (what is written to the run dir and to W&B)."""
@@ -283,9 +306,10 @@ def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     for key in loc:
         field = model.model_fields.get(str(key))
         annotation = getattr(field, "annotation", None)
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        sections = [t for t in (annotation, *get_args(annotation)) if isinstance(t, type) and issubclass(t, BaseModel)]
+        if not sections:  # a value, or a list of sections (no did-you-mean there)
             return []
-        model = annotation
+        model = sections[0]  # a section or an optional one (`trainer.ema: EmaConfig | None`)
     return [field.alias or name for name, field in model.model_fields.items()]
 
 

@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 # trainer.mixed_precision may read differently (auto, or the value auto gave) if the precision stays the same.
 RESUMABLE_CHANGES = (
     "name", "trainer.epochs", "trainer.max_steps", "trainer.log_every_steps", "trainer.eval_every_epochs",
-    "trainer.record_samples", "trainer.mixed_precision", "trainer.deterministic", "data.num_workers", "data.prefetch_factor",
+    "trainer.record_samples", "trainer.mixed_precision", "trainer.deterministic", "trainer.profile", "data.num_workers",
+    "data.prefetch_factor",
     "metrics",
     "checkpoint.",
     "logging.", "distributed.",
@@ -142,9 +143,9 @@ def apply_plan(plan: RunPlan, recipe: Recipe, processes: Processes, data_record:
 
 
 def _reaches_total(summary: dict[str, Any], recipe: Recipe) -> bool:
-    """Whether a completed run already trained as many steps as `recipe` asks for, or stopped early (more
-    epochs would not change that: early stopping would end it at once)."""
-    if summary.get("stopped_early"):
+    """Whether a completed run already trained as many steps as `recipe` asks for, or stopped early or by a
+    callback (more epochs would not change that: the run ended before its last step)."""
+    if summary.get("stopped_early") or summary.get("stopped_by_callback"):
         return True
     steps_per_epoch = summary.get("steps_per_epoch")
     return bool(steps_per_epoch) and summary["step"] >= recipe.trainer.total_steps(steps_per_epoch)

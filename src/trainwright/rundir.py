@@ -11,6 +11,7 @@
   wandb/               W&B files; wandb_run_id.txt: the W&B run id, kept across restarts
   tensorboard/         TensorBoard event files
   samples/             rank<R>.jsonl: the sample indices each process trained on
+  profile/             rank<R>.<start step>.pt.trace.json: trainer.profile's trace of each process
 
 Beside it, `.<name>.trainwright-lock` exists while a `train` command holds the run dir (runlock.py).
 """
@@ -72,6 +73,7 @@ class RunDir:
         self.wandb_id_file = self.path / "wandb_run_id.txt"
         self.tensorboard = self.path / "tensorboard"
         self.samples = self.path / "samples"
+        self.profile = self.path / "profile"
 
     @property
     def lock_file(self) -> Path:

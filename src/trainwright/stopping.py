@@ -16,6 +16,11 @@ store), it ends the process, which would otherwise wait there for the others unt
 thread rather than prctl(PR_SET_PDEATHSIG): that fires when the parent's *thread* that started the
 worker ends, not the parent, is Linux-only, and would arrive as a signal that says nothing of the
 launcher. Only the main process prints.
+
+A callback may ask the run to end as completed (`request_finish`, exit 0). The same agreement carries
+that request, with the lowest asking rank, so every process ends at the same step; a second reduction, at
+that step only, brings the asking process's callback name and reason to every process (as bytes in a
+tensor: nothing is pickled). A stop signal at the same agreement wins: the run stops to be resumed.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP)
 CHECK_EVERY_SECONDS = 0.1
 WATCH_SECONDS = 0.5  # how often a worker checks that its launcher is still there
 LAUNCHER_GONE = 256  # the stop request of a worker whose launcher is gone (beyond every signal number)
+FINISH_TEXT_BYTES = 2048  # a callback's name and reason, as UTF-8, travel between processes cut to this
 
 
 class LauncherWatch:
@@ -106,6 +112,9 @@ class StopSignals:
     def __init__(self, processes: Processes) -> None:
         self.processes = processes
         self.received = 0  # the stop request that arrived here: a signal number or LAUNCHER_GONE
+        self.finish: tuple[str, str] | None = None  # a callback's request here to end the run: (its name, why)
+        self.finished_by: tuple[str, str] | None = None  # the request the processes agreed to end the run on
+        self.pending = False  # a request (a stop signal, the launcher's death, a callback's) arrived here
         self.stopping = False  # whether the processes agreed to stop
         self.finishing = False  # the last step is done: a stop request no longer changes anything
         self._said = False  # whether the main process has said why it stops
@@ -141,9 +150,14 @@ class StopSignals:
     def _request(self, request: int, why: str) -> None:
         # The flag first: a second signal can interrupt the print (the launcher forwards the signal that
         # Slurm also sent to the whole process group) and must find it set, so the message comes once.
-        first, self.received = not self.received, request
+        first, self.received, self.pending = not self.received, request, True
         if first:
             self._say(why)
+
+    def request_finish(self, name: str, why: str) -> None:
+        """Callback `name` asks to end the run as completed (the first request counts)."""
+        if self.finish is None:
+            self.finish, self.pending = (name, why.replace("\0", "")), True
 
     def _say(self, why: str) -> None:
         """The main process says once why the run stops (or that it finishes first)."""
@@ -157,7 +171,9 @@ class StopSignals:
             sys.stdout = sys.stderr = open(os.devnull, "w")  # that printing cannot turn the stop into a crash
 
     def stop_at(self, step: int) -> bool:
-        """Whether to stop after optimizer step `step`; the same answer on every process."""
+        """Whether to stop after optimizer step `step` (to be resumed); the same answer on every process.
+        When the processes agree to end the run as a callback asked instead, this is false and
+        `finished_by` is set (on every process)."""
         self.stopping = self._agreed(step)
         return self.stopping
 
@@ -167,19 +183,37 @@ class StopSignals:
         return math.inf if self.processes.world_size == 1 else max(self._next_check, step + 1)
 
     def _agreed(self, step: int) -> bool:
-        if self.processes.world_size == 1:
+        processes = self.processes
+        if processes.world_size == 1:
+            if self.finish is not None and not self.received:
+                self.finished_by = self.finish
             return bool(self.received)
         if step < self._next_check:
             return False
         now = time.perf_counter()
         seconds_per_step = (now - self._since[1]) / max(step - self._since[0], 1) if self._since else 0.0
-        agreed = self.processes.max(torch.tensor([float(self.received), seconds_per_step], device=self.processes.device))
-        request, slowest = agreed.tolist()
+        finisher = processes.world_size - processes.rank if self.finish is not None else 0  # the max: the lowest rank
+        mine = torch.tensor([float(self.received), seconds_per_step, float(finisher)], device=processes.device)
+        request, slowest, finisher = processes.max(mine).tolist()
         self._since = (step, now)
         self._next_check = step + max(1, int(CHECK_EVERY_SECONDS / slowest) if slowest > 0 else 1)
         if request and not self.received:  # another process's request: the main process says it
             self._say(self._elsewhere(int(request)))
+        if not request and finisher:
+            self.finished_by = self._finish_of(processes.world_size - int(finisher))
         return request > 0
+
+    def _finish_of(self, rank: int) -> tuple[str, str]:
+        """The callback name and reason of process `rank`'s finish request, on every process (a collective)."""
+        text = b""
+        if rank == self.processes.rank:
+            name, why = self.finish
+            text = f"{name}\0{why}".encode()[:FINISH_TEXT_BYTES]
+        codes = torch.zeros(FINISH_TEXT_BYTES, dtype=torch.float32, device=self.processes.device)
+        codes[: len(text)] = torch.tensor(list(text), dtype=torch.float32)
+        text = bytes(int(code) for code in self.processes.max(codes).tolist()).rstrip(b"\0")
+        name, _, why = text.decode(errors="ignore").partition("\0")
+        return name, why
 
     def _elsewhere(self, request: int) -> str:
         """Why another process asked to stop."""

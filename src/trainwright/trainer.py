@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from trainwright import __version__, early_stopping
 from trainwright.accelerate_compat import step_calls
+from trainwright.callbacks import Callbacks, Named
 from trainwright.checkpoint.format import TrainState
 from trainwright.checkpoint.manager import CheckpointManager
 from trainwright.checkpoint.objects import TrainObjects
@@ -29,7 +30,7 @@ from trainwright.errors import EXIT_PREEMPTED, UserError
 from trainwright.ema import WeightAverage, averaged
 from trainwright.evaluation import Scoring, evaluate
 from trainwright.files import write_json_atomic
-from trainwright.guards import disk_writes, require_finite
+from trainwright.guards import disk_writes, kept, require_finite
 from trainwright.parallel import Strategy
 from trainwright.processes import Processes
 from trainwright.recipe import Recipe
@@ -75,7 +76,9 @@ class Trainer:
         model: torch.nn.Module,
         optimizer: torch.optim.Optimizer,
         scheduler: Any | None,
+        callbacks: list[Named] | None = None,
     ) -> None:
+        """`callbacks`: the recipe's own (callbacks.build_callbacks); the built-in ones join them here."""
         self.recipe, self.run, self.accelerator, self.processes = recipe, run, accelerator, processes
         self.strategy = strategy
         self.data, self.scoring = data, scoring
@@ -87,7 +90,16 @@ class Trainer:
         self.total_steps = recipe.trainer.total_steps(self.steps_per_epoch)
         ema = recipe.trainer.ema
         self.average = WeightAverage(accelerator.unwrap_model(model), ema) if ema is not None else None
-        objects = TrainObjects(accelerator.unwrap_model(model), optimizer, scheduler, accelerator.scaler, self.average)
+        named = list(callbacks or [])
+        if recipe.trainer.profile is not None:  # last: a recorded step holds the other callbacks' work
+            from trainwright.profiling import Profiler  # torch.profiler: imported by runs that profile
+
+            named.append(Named(Profiler(recipe.trainer.profile), "trainer.profile"))
+        self.callbacks = Callbacks(named, self) if named else None  # None: the loop does no callback work
+        saved_callbacks = self.callbacks if self.callbacks is not None and self.callbacks.keeps_state else None
+        objects = TrainObjects(
+            accelerator.unwrap_model(model), optimizer, scheduler, accelerator.scaler, self.average, saved_callbacks
+        )
         self.checkpoints = CheckpointManager(run.checkpoints, recipe.checkpoint, processes, objects)
         self.state = TrainState(
             world_size=processes.world_size, sampler_seed=recipe.seed, recipe_digest=recipe.digest(),
@@ -137,6 +149,8 @@ class Trainer:
         self.loss = RunningLoss(state.loss_sum, state.loss_count)
         try:
             with self.stops.caught():
+                if self.callbacks is not None:
+                    self.callbacks.fit_start()
                 return self._loop()
         finally:
             self._close()
@@ -157,25 +171,30 @@ class Trainer:
 
     def _loop(self) -> Outcome:
         state, every_eval = self.state, self.recipe.trainer.eval_every_epochs
-        stop_early = self.recipe.trainer.early_stopping
-        while state.step < self.total_steps and not state.stopped_early_epoch:
+        stop_early, stops = self.recipe.trainer.early_stopping, self.stops
+        while state.step < self.total_steps and not state.ended_early():
             for end_of_epoch in self._train_steps():
                 if end_of_epoch and (state.epoch % every_eval == 0 or state.step >= self.total_steps):
                     self._validate()
                     if stop_early is not None:
                         early_stopping.observe(stop_early, state, more_to_train=state.step < self.total_steps)
-                stopping = self.stops.stop_at(state.step)
+                stopping = stops.stop_at(state.step)
+                if stops.finished_by is not None and not state.ended_early():  # a callback's request_stop
+                    state.stopped_by_callback, state.stop_reason = stops.finished_by
                 if self.checkpoints.should_save(state.step, state.epoch, end_of_epoch=end_of_epoch, stopping=stopping):
                     self._save()
                 if stopping:
                     return self._preempted()
-                if state.step >= self.total_steps or state.stopped_early_epoch:
+                if state.step >= self.total_steps or state.ended_early():
                     break
-        self.stops.finishing = True
+        stops.finishing = True
         if state.val_step != state.step:
             self._validate()
         if self.checkpoints.should_save(state.step, state.epoch, finished=True):
             self._save()
+        self._wait_for_checkpoint()  # the last checkpoint is on disk first
+        if self.callbacks is not None:
+            self.callbacks.fit_end()
         return Outcome("completed", self._finish())
 
     def _next_event(self) -> float:
@@ -201,6 +220,7 @@ class Trainer:
         optimizer_step, zero_grad = self.calls.step, self.calls.zero_grad
         scheduler_step = None if self.scheduler is None else self.scheduler.step
         average_step = None if self.average is None else self.average.update
+        callbacks_step = None if self.callbacks is None else self.callbacks.step_end
         grad_clip, clip_grad_norm = recipe.trainer.grad_clip, self.accelerator.clip_grad_norm_
         gradient_sync, stops = self.strategy.gradient_sync, self.stops
         next_event = self._next_event()
@@ -224,7 +244,6 @@ class Trainer:
                 if grad_clip:
                     clip_grad_norm(model.parameters(), grad_clip)
                 optimizer_step()
-                zero_grad()
                 if scheduler_step is not None:
                     scheduler_step()
                 state.step += 1
@@ -248,7 +267,10 @@ class Trainer:
                     timing = {"train/epoch_seconds": seconds, "train/samples_per_second": samples / max(seconds, 1e-9)}
                     self.tracker.log(timing, state.step, epoch + 1)
                     state.epoch, state.batch_in_epoch = epoch + 1, 0
-                elif state.step < next_event and not stops.received:
+                if callbacks_step is not None:
+                    callbacks_step()  # the step's gradients are still there
+                zero_grad()
+                if not end_of_epoch and state.step < next_event and not stops.pending:
                     continue
                 yield end_of_epoch
                 next_event = self._next_event()
@@ -290,6 +312,8 @@ class Trainer:
         ):
             state.best_metric = monitored
         self.tracker.log(state.val_metrics, state.step, state.epoch)
+        if self.callbacks is not None:
+            self.callbacks.validation_end(state.val_metrics)
 
     # --- checkpoints and stopping -----------------------------------------------------------------
 
@@ -301,11 +325,15 @@ class Trainer:
         self.state.loss_sum, self.state.loss_count = self._loss_sum_over_processes()
         self._require_finite(self.state.loss_sum, "training loss")
         with disk_writes("a checkpoint", self.state.step, self.run.checkpoints):
-            self.checkpoints.save(self.state, self.recipe.to_dict())
+            folder = self.checkpoints.save(self.state, self.recipe.to_dict())
         times = {"checkpoint/stall_seconds": time.perf_counter() - started}
         if written is not None:  # the previous save's (the last save's write time is not logged)
             times["checkpoint/write_seconds"] = written
         self.tracker.log(times, self.state.step, self.state.epoch)
+        if self.callbacks is not None and self.callbacks.watches_checkpoints:
+            self._wait_for_checkpoint()  # written by the main process: complete for every process after the barrier
+            self.processes.barrier()
+            self.callbacks.checkpoint_saved(folder)
 
     def _require_finite(self, value: float, what: str) -> None:
         """Stop on a non-finite loss (NonFiniteLoss); a checkpoint being written is finished first, so the
@@ -313,6 +341,14 @@ class Trainer:
         if not math.isfinite(value):
             self._wait_for_checkpoint()
         require_finite(value, what, self.state.step, self.run.checkpoints)
+
+    def checkpoint_kept(self) -> str:
+        """Which checkpoint the run keeps, said once a pending one is written (for a message that ends it).
+        Another process cannot know: the main process may still be writing one in the background."""
+        if not self.processes.is_main:
+            return "its checkpoints are kept"
+        self._wait_for_checkpoint()
+        return kept(self.run.checkpoints)
 
     def _wait_for_checkpoint(self) -> float | None:
         """Wait for the checkpoint being written in the background; a failed write (a full disk) is one
@@ -322,6 +358,8 @@ class Trainer:
 
     def _preempted(self) -> Outcome:
         self._wait_for_checkpoint()  # the checkpoint is on disk before exit 75
+        if self.callbacks is not None:
+            self.callbacks.fit_end()
         step = self.state.step
         if self.processes.is_main:
             print(
@@ -345,7 +383,11 @@ class Trainer:
         }
         if state.stopped_early_epoch:
             summary["stopped_early"] = early_stopping.stopped_early(self.recipe.trainer.early_stopping, state)
-        self._wait_for_checkpoint()  # the last checkpoint is on disk first
+        if state.stopped_by_callback:
+            summary["stopped_by_callback"] = {
+                "callback": state.stopped_by_callback, "reason": state.stop_reason,
+                "step": state.step, "epoch": state.epoch,
+            }
         aliases = tied_aliases(self.checkpoints.objects.model)
         with averaged(self.average):  # the averaged weights are the run's weights when trainer.ema is on
             weights = untied(self.strategy.full_weights(self.model), aliases)  # a collective under fsdp

@@ -14,6 +14,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from trainwright.accelerate_compat import cache_lomo_probe, keep_accelerate_fsdp_off
+from trainwright.callbacks import build_callbacks
 from trainwright.components import (
     build_data, build_model, build_optimizer, build_scheduler, build_scoring, check_recipe,
 )
@@ -78,7 +79,9 @@ def execute(recipe: Recipe, plan: RunPlan, started: float) -> Outcome:
     # On the torch optimizer inside Accelerate's wrapper: the loop may call its step directly (step_calls).
     scheduler = build_scheduler(recipe, getattr(optimizer, "optimizer", optimizer), total_steps)
     apply_plan(plan, recipe, processes, data_record)
-    trainer = Trainer(recipe, plan.run, accelerator, processes, strategy, data, scoring, model, optimizer, scheduler)
+    callbacks = build_callbacks(recipe)
+    trainer = Trainer(recipe, plan.run, accelerator, processes, strategy, data, scoring, model, optimizer, scheduler,
+                      callbacks)
     return trainer.fit(plan.resume_from, started)
 
 

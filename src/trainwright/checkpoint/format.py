@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from trainwright.checkpoint.schema import (
-    FullOptimizerFile, Manifest, RngFile, TrainStateFile, schema_problem,
+    CallbacksFile, FullOptimizerFile, Manifest, RngFile, TrainStateFile, schema_problem,
 )
 from trainwright.checkpoint.shard_files import shards_problem
 from trainwright.files import fsync_path, normalize_mode, sha256, write_json
@@ -31,6 +31,7 @@ SHARDED_MODEL_DIR = "model"  # a sharded checkpoint's model shards (sharded.py)
 SHARDED_OPTIMIZER_DIR = "optimizer"  # and its optimizer state shards
 SHARDED_EMA_DIR = "ema"  # and, with trainer.ema, its averaged weights' shards
 JSON_STATE_FILES = ("scheduler.json", "scaler.json")  # null, or the object's state_dict
+CALLBACKS_FILE = "callbacks.json"  # with `callbacks` in the recipe: their states (callbacks.py)
 _STEP_DIR = re.compile(r"^step_(\d{8,})$")
 
 
@@ -57,6 +58,12 @@ class TrainState:
     early_best_epoch: int = 0  # the epoch that reached it
     early_waited: int = 0  # validations since then without improvement
     stopped_early_epoch: int = 0  # the epoch after which early stopping ended the run (0: it did not)
+    stopped_by_callback: str = ""  # the callback that ended the run (request_stop), '' when none did
+    stop_reason: str = ""  # ... and why it did
+
+    def ended_early(self) -> bool:
+        """Whether early stopping or a callback ended the run before its last step."""
+        return bool(self.stopped_early_epoch or self.stopped_by_callback)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -167,6 +174,8 @@ def _contents_problem(folder: Path, step: int) -> str | None:
         content, problem = _read_json(folder / name)
         if problem or not (content is None or isinstance(content, dict)):
             return problem or f"{name} is neither null nor a state mapping"
+    if (folder / CALLBACKS_FILE).is_file() and (problem := _read_json(folder / CALLBACKS_FILE, CallbacksFile)[1]):
+        return problem
     for rank in range(state.get("world_size", 1)):
         _, problem = _read_json(folder / f"rng_{rank}.json", RngFile)
         if problem or (problem := _tensors_problem(folder / f"rng_{rank}.safetensors", r"^torch_cpu$|^cuda_\d+$")):

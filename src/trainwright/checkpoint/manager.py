@@ -5,6 +5,7 @@ Layout of `checkpoints/step_XXXXXXXX/` (see format.py for the manifest):
   model and optimizer state    full (full.py: model.safetensors, optimizer.safetensors, optimizer.json) or,
                                under fsdp, sharded (sharded.py: model/ and optimizer/ with a file per process)
   scheduler.json, scaler.json  LR scheduler and fp16 grad-scaler states
+  callbacks.json           with `callbacks` in the recipe: their state_dicts (the main process's)
   rng_<rank>.safetensors   torch CPU/CUDA RNG states of process <rank>
   rng_<rank>.json          Python `random` and NumPy RNG states of process <rank>
   trainer.json             TrainState: step, data position, samples seen, validation metrics, ...

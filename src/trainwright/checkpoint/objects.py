@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainwright.checkpoint.format import TrainState
+from trainwright.checkpoint.format import CALLBACKS_FILE, TrainState
+from trainwright.errors import UserError
 from trainwright.files import write_json
 
 
@@ -27,15 +28,20 @@ class TrainObjects:
     scheduler: Any | None  # an LR scheduler (state_dict / load_state_dict)
     scaler: Any | None  # the fp16 grad scaler
     ema: Any | None = None  # the WeightAverage of trainer.ema (ema.py)
+    callbacks: Any | None = None  # the run's Callbacks (callbacks.py) when the recipe has callbacks of its own
 
 
 def json_states(objects: TrainObjects) -> dict[str, Any]:
-    """File name -> content of scheduler.json and scaler.json: the LR scheduler and fp16 grad-scaler states
-    (null when there is none), copied so that training may go on while they are written."""
-    return copy.deepcopy({
+    """File name -> content of scheduler.json and scaler.json (the LR scheduler and fp16 grad-scaler states,
+    null when there is none) and, with callbacks, callbacks.json, copied so that training may go on while
+    they are written."""
+    states = copy.deepcopy({
         "scheduler.json": objects.scheduler.state_dict() if objects.scheduler else None,
         "scaler.json": objects.scaler.state_dict() if objects.scaler else None,
     })
+    if objects.callbacks is not None:
+        states[CALLBACKS_FILE] = objects.callbacks.states()  # a copy already
+    return states
 
 
 def write_json_states(folder: Path, states: dict[str, Any]) -> None:
@@ -63,6 +69,10 @@ def read_json_states(folder: Path, objects: TrainObjects) -> None:
         saved = json.loads((folder / name).read_text())
         if target is not None and saved is not None:
             target.load_state_dict(saved)
+    if objects.callbacks is not None:
+        if not (folder / CALLBACKS_FILE).is_file():
+            raise UserError(f"checkpoint {folder} holds no {CALLBACKS_FILE} (it was saved without callbacks)")
+        objects.callbacks.load(json.loads((folder / CALLBACKS_FILE).read_text()), folder)
 
 
 def optimizer_to_files(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

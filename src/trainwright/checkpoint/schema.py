@@ -51,6 +51,19 @@ class TrainStateFile(BaseModel):
     early_best_epoch: Natural = 0
     early_waited: Natural = 0
     stopped_early_epoch: Natural = 0
+    stopped_by_callback: str = ""
+    stop_reason: str = ""
+
+
+class CallbackState(_Strict):
+    name: str  # the callback's recipe name (an import path)
+    state: dict[str, Any]  # what its state_dict() returned
+
+
+class CallbacksFile(_Strict):
+    """callbacks.json: the states of the recipe's callbacks, in the recipe's order (the main process's)."""
+
+    callbacks: list[CallbackState]
 
 
 class RngFile(_Strict):
