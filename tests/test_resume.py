@@ -483,12 +483,31 @@ def test_workers_end_when_the_launcher_is_killed_before_training(reference_2proc
     output = launcher.output()
     assert list(codes.values()) == [EXIT_PREEMPTED] * 2, output
     assert not processes.tagged_processes(launcher.tag), "a process of the killed launch is left running"
-    assert f"trainwright: the launcher (pid {launcher.pid}) is gone before training started" in output, output
+    # rank 0 says why: its parent changed, or (looking too late for that) the launcher's store is gone
+    said = re.search(r"trainwright: the launcher (.*) before training started; stopping", output)
+    assert said and (said[1] == f"(pid {launcher.pid}) is gone" or said[1].startswith("is gone (its store at")), output
     assert "world_size=" not in output and not checkpoint_steps(run_dir)
 
     result = completed(train(run_dir, *overrides, processes_=2))
     assert resumed_from(result.stdout) is None
     assert weights(run_dir) == weights(reference_2proc)
+
+
+def test_a_worker_started_after_its_launcher_died_ends(tmp_path):
+    """A worker that only looks at its parent after the launcher died has been re-parented already (here:
+    a worker's environment, with this test as its parent), so watching its parent tells nothing; the
+    launcher's store is gone with the launcher, so it ends at once (exit 75) instead of trying to connect
+    until the store's timeout (30 min) while holding the run dir."""
+    run_dir, port = tmp_path / "run", processes.free_port()  # nothing listens there: the store is gone
+    worker = cli_env(TORCHELASTIC_RUN_ID="gone", TORCHELASTIC_USE_AGENT_STORE="True", MASTER_ADDR="127.0.0.1",
+                     MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0", WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                     GROUP_RANK="0")
+    result = processes.run(command(run_dir), worker, timeout=60)
+    assert result.returncode == EXIT_PREEMPTED, describe(result)
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"trainwright: the launcher is gone (its store at 127.0.0.1:{port} refuses connections) before training "
+        "started; stopping (nothing to save yet)"), describe(result)
+    assert "world_size=" not in result.stdout and not checkpoint_steps(run_dir)
 
 
 def test_sighup_to_the_launcher_stops_the_workers_with_a_checkpoint(reference_2proc, start, tmp_path):

@@ -11,6 +11,7 @@ never contradicts a recipe.
 from __future__ import annotations
 
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -22,6 +23,8 @@ PRECISION_VARIABLE = "ACCELERATE_MIXED_PRECISION"
 FSDP_VARIABLE = "ACCELERATE_USE_FSDP"
 ERROR_FILE_VARIABLE = "TORCHELASTIC_ERROR_FILE"  # where torchrun's agent reads a failed worker's reason
 TORCHRUN_VARIABLE = "TORCHELASTIC_RUN_ID"  # set by torchrun's agent for every worker it starts
+AGENT_STORE_VARIABLE = "TORCHELASTIC_USE_AGENT_STORE"  # "True": the agent hosts the store at MASTER_ADDR:MASTER_PORT
+STORE_PROBE_SECONDS = 5.0
 
 # This process's parent when trainwright was imported (the CLI imports this module first thing): under
 # torchrun (accelerate launch with several processes), the agent that started it.
@@ -84,3 +87,24 @@ def launcher_pid() -> int | None:
     torchrun has no launcher to outlive: the parent of a plain `trainwright train` is a shell, whose exit,
     with nohup or a closed terminal, must not stop it.)"""
     return _PARENT_AT_START if os.environ.get(TORCHRUN_VARIABLE) else None
+
+
+def gone_launcher_store() -> str | None:
+    """The address of the store that this worker's launcher hosts when nothing listens there any more (the
+    launcher is gone); None when it answers, or when the launcher hosts none. A launcher that dies before
+    trainwright is imported leaves its worker re-parented already, so the parent recorded at import is not
+    the launcher and watching it tells nothing; its store, where every worker connects, is gone with it.
+    A plain TCP connection, closed at once: a store client would retry for its whole timeout and print
+    a C++ traceback per try."""
+    if os.environ.get(TORCHRUN_VARIABLE) is None or os.environ.get(AGENT_STORE_VARIABLE) != "True":
+        return None
+    host, port = os.environ.get("MASTER_ADDR", ""), os.environ.get("MASTER_PORT", "")
+    if not host or not port.isdigit():
+        return None
+    try:
+        socket.create_connection((host, int(port)), timeout=STORE_PROBE_SECONDS).close()
+    except ConnectionRefusedError:
+        return f"{host}:{port}"
+    except OSError:  # unreachable or slow: not proof that the launcher is gone; the connection decides
+        return None
+    return None

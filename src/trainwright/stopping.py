@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from trainwright.errors import EXIT_PREEMPTED
-from trainwright.launcher import launcher_pid
+from trainwright.launcher import gone_launcher_store, launcher_pid
 from trainwright.processes import Processes, launch_rank
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP)
@@ -89,20 +89,22 @@ def ending_without_launcher() -> Iterator[None]:
     if watch is None:
         yield
         return
-    watch.on_gone = lambda: _end_without(watch.launcher)
+    if (store := gone_launcher_store()) is not None:  # gone before this process recorded its parent
+        _end_without(f"the launcher is gone (its store at {store} refuses connections)")
+    watch.on_gone = lambda: _end_without(f"the launcher (pid {watch.launcher}) is gone")
     try:
         yield
     finally:
         watch.on_gone = None
 
 
-def _end_without(launcher: int) -> None:
-    """End this process now (from the watch's thread: the main one may be blocked in the connection). The
-    kernel frees the run dir's lock; its file stays for the next command to take over."""
+def _end_without(why: str) -> None:
+    """End this process now, saying `why` (from the watch's thread too: the main one may be blocked in the
+    connection). The kernel frees the run dir's lock; its file stays for the next command to take over."""
     if launch_rank() == 0:
         with contextlib.suppress(OSError):
-            print(f"trainwright: the launcher (pid {launcher}) is gone before training started; stopping (nothing "
-                  "to save yet)", file=sys.stderr, flush=True)
+            print(f"trainwright: {why} before training started; stopping (nothing to save yet)", file=sys.stderr,
+                  flush=True)
     os._exit(EXIT_PREEMPTED)
 
 
