@@ -74,7 +74,7 @@ REQUIRE_SLURM_VAR = "TRAINWRIGHT_REQUIRE_SLURM"
 _cluster_tests: dict[str, set[str]] = {"collected": set(), "ran": set()}
 
 
-# Test files that take minutes on 2 CPU cores, longest first (measured): they are collected first, so that the
+# Test files that take minutes on 2 CPU cores, roughly longest first: they are collected first, so that the
 # two pytest-xdist workers (pyproject's addopts), each taking one file at a time in collection order, start on
 # them and neither is left alone with one of them at the end.
 LONG_FILES = ("test_tuning.py", "test_resume.py", "test_fsdp.py", "test_workflows.py", "test_image_folder.py",
