@@ -74,9 +74,22 @@ REQUIRE_SLURM_VAR = "TRAINWRIGHT_REQUIRE_SLURM"
 _cluster_tests: dict[str, set[str]] = {"collected": set(), "ran": set()}
 
 
+# Test files that take minutes on 2 CPU cores, roughly longest first: they are collected first, so that the
+# two pytest-xdist workers (pyproject's addopts), each taking one file at a time in collection order, start on
+# them and neither is left alone with one of them at the end.
+LONG_FILES = ("test_tuning.py", "test_resume.py", "test_fsdp.py", "test_workflows.py", "test_image_folder.py",
+              "test_slurm.py", "test_ema.py", "test_wandb.py", "test_shards.py", "test_early_stopping.py")
+
+
+def _file_rank(item: pytest.Item) -> int:
+    name = item.path.name
+    return LONG_FILES.index(name) if name in LONG_FILES else len(LONG_FILES)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:  # before -k/-m deselect anything
     _cluster_tests["collected"] = {item.nodeid for item in items if item.get_closest_marker("slurm_cluster")}
+    items.sort(key=_file_rank)  # stable: the files keep their tests' order, the other files theirs
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
@@ -84,7 +97,18 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         _cluster_tests["ran"].add(report.nodeid)
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """Under pytest-xdist, in the controller: what a worker collected (the reports of what ran reach the
+    controller's pytest_runtest_logreport)."""
+    _cluster_tests["collected"] |= set(getattr(node, "workeroutput", {}).get("slurm_cluster_tests", ()))
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # a pytest-xdist worker: the controller decides
+        workeroutput["slurm_cluster_tests"] = sorted(_cluster_tests["collected"])
+        return
     if os.environ.get(REQUIRE_SLURM_VAR) != "1":
         return
     collected, ran = _cluster_tests["collected"], _cluster_tests["ran"]

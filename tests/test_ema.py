@@ -16,15 +16,17 @@ from torch import nn
 
 import processes
 from conftest import REPO, checkpoint_steps, cli_env, describe, run_cli
-from reliability_helpers import HEART
+from reliability_helpers import HEART, call
 from trainwright.ema import WeightAverage
 from trainwright.recipe import EmaConfig
 
 CONFIGS = {"ddp": REPO / "accelerate_configs" / "cpu_2proc.yaml", "fsdp": REPO / "accelerate_configs" / "fsdp_cpu_2proc.yaml"}
-# 25600 training points / 64 = 400 steps per epoch, 2 epochs, a checkpoint every 50 steps.
-SMALL = ["data.num_points=32000", "trainer.epochs=2", "logging.wandb=false", "checkpoint.every_steps=50",
-         "checkpoint.keep_last=3", "trainer.ema.decay=0.99", "trainer.ema.start_step=30", "trainer.ema.every_steps=2"]
-TOTAL_STEPS = 800
+# 2 epochs, a checkpoint every 50 steps. 25600 training points / 64 = 400 steps per epoch on one process and
+# under ddp; under fsdp, whose steps take ~35 ms on 2 CPU cores, 12800 / 64 = 200. The killed runs are killed
+# after the checkpoint at a quarter of the first epoch, long after the average's start_step.
+STEPS_PER_EPOCH = {"one": 400, "ddp": 400, "fsdp": 200}
+SMALL = ["trainer.epochs=2", "logging.wandb=false", "checkpoint.every_steps=50", "checkpoint.keep_last=3",
+         "trainer.ema.decay=0.99", "trainer.ema.start_step=30", "trainer.ema.every_steps=2"]
 
 
 # --- the average --------------------------------------------------------------------------------------
@@ -47,17 +49,18 @@ def test_the_average_copies_up_to_start_step_then_moves_by_one_minus_decay_every
 # --- a real run ---------------------------------------------------------------------------------------
 
 
-def command(run_dir: Path, launch: str) -> list[object]:
+def command(run_dir: Path, launch: str, *overrides: str) -> list[object]:
     """One process ('one'), or two under 'ddp' or 'fsdp'."""
-    args = ["-m", "trainwright", "train", HEART, *SMALL, "--run-dir", run_dir]
+    points = STEPS_PER_EPOCH[launch] * 64 * 5 // 4  # val_fraction 0.2
+    args = ["-m", "trainwright", "train", HEART, f"data.num_points={points}", *SMALL, *overrides, "--run-dir", run_dir]
     if launch == "one":
         return [sys.executable, *args]
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", CONFIGS[launch],
             "--main_process_port", processes.free_port(), *args]
 
 
-def train(run_dir: Path, launch: str = "one"):
-    result = processes.run(command(run_dir, launch), cli_env())
+def train(run_dir: Path, launch: str = "one", *overrides: str):
+    result = processes.run(command(run_dir, launch, *overrides), cli_env())
     assert result.returncode == 0 and "Traceback" not in result.stderr, describe(result)
     world = "world_size=1 device=cpu" if launch == "one" else f"world_size=2 device=cpu precision=no strategy={launch}"
     assert world in result.stdout
@@ -68,33 +71,36 @@ def files(run_dir: Path) -> tuple[bytes, bytes]:
     return (run_dir / "model.safetensors").read_bytes(), (run_dir / "model_raw.safetensors").read_bytes()
 
 
+def uninterrupted(run_dir: Path, launch: str = "one") -> Path:
+    """The reference run: only its final checkpoint is saved (how often a run saves changes none of its
+    weights, and the killed runs save every 50 steps)."""
+    train(run_dir, launch, "checkpoint.every_steps=null")
+    return run_dir
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("reference") / "run"
-    train(run_dir)
-    return run_dir
+    return uninterrupted(tmp_path_factory.mktemp("reference") / "run")
 
 
 @pytest.fixture(scope="module")
 def fsdp_reference(tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("fsdp") / "run"
-    train(run_dir, "fsdp")
-    return run_dir
+    return uninterrupted(tmp_path_factory.mktemp("fsdp") / "run", "fsdp")
 
 
 @pytest.mark.parametrize("launch", ["one", "ddp", "fsdp"])
 def test_killed_mid_epoch_resumes_bitwise_averaged_and_raw(launch, request, start, tmp_path, tmp_path_factory):
     if launch == "ddp":
-        expected = tmp_path_factory.mktemp("ddp") / "run"
-        train(expected, "ddp")
+        expected = uninterrupted(tmp_path_factory.mktemp("ddp") / "run", "ddp")
     else:
         expected = request.getfixturevalue("reference" if launch == "one" else "fsdp_reference")
     run_dir = tmp_path / "run"
     killed = start(command(run_dir, launch), cli_env(), name="killed")
-    killed.wait_for("a checkpoint inside the first epoch", lambda: (checkpoint_steps(run_dir) or [0])[-1] >= 100)
+    per_epoch = STEPS_PER_EPOCH[launch]
+    killed.wait_for("a checkpoint inside the first epoch", lambda: (checkpoint_steps(run_dir) or [0])[-1] >= per_epoch // 4)
     killed.kill()  # the whole process tree
     killed_at = checkpoint_steps(run_dir)[-1]  # a folder is named step_* once complete
-    assert killed_at < TOTAL_STEPS and killed_at % 400, killed.describe()
+    assert killed_at < 2 * per_epoch and killed_at % per_epoch, killed.describe()
     averages = "ema" if launch == "fsdp" else "ema.safetensors"  # shards, or one file
     assert (run_dir / "checkpoints" / f"step_{killed_at:08d}" / averages).exists()
 
@@ -105,22 +111,23 @@ def test_killed_mid_epoch_resumes_bitwise_averaged_and_raw(launch, request, star
     assert averaged != raw
 
 
-def evaluated(*args: object) -> dict:
-    result = run_cli("eval", *args)
-    assert result.returncode == 0, describe(result)
-    return json.loads(result.stdout)
+def evaluated(capsys, *args: object) -> dict:
+    """`trainwright eval ARGS` in this process: the metrics it prints."""
+    code, out, err = call(capsys, "eval", *args)
+    assert code == 0 and "Traceback" not in err, err
+    return json.loads(out)
 
 
 @pytest.mark.parametrize("kind", ["full", "sharded"])
-def test_eval_reports_the_averaged_weights_and_the_raw_ones_when_asked(kind, request):
+def test_eval_reports_the_averaged_weights_and_the_raw_ones_when_asked(kind, request, capsys):
     run_dir = request.getfixturevalue("reference" if kind == "full" else "fsdp_reference")
-    assert checkpoint_steps(run_dir)[-1] == TOTAL_STEPS
+    assert checkpoint_steps(run_dir)[-1] == 2 * STEPS_PER_EPOCH["one" if kind == "full" else "fsdp"]
     summary = json.loads((run_dir / "summary.json").read_text())
-    averaged, raw = evaluated(run_dir), evaluated(run_dir, "--raw-weights")
+    averaged, raw = evaluated(capsys, run_dir), evaluated(capsys, run_dir, "--raw-weights")
     assert averaged["val/loss"] == pytest.approx(summary["val/loss"], rel=1e-6)  # what training validated
     assert raw["val/loss"] != averaged["val/loss"]
-    assert evaluated(run_dir, "--checkpoint", "latest") == averaged  # the last checkpoint's averages
-    assert evaluated(run_dir, "--checkpoint", "latest", "--raw-weights") == raw
+    assert evaluated(capsys, run_dir, "--checkpoint", "latest") == averaged  # the last checkpoint's averages
+    assert evaluated(capsys, run_dir, "--checkpoint", "latest", "--raw-weights") == raw
 
 
 def test_a_full_checkpoint_s_averages_resume_into_fsdp_shards(tmp_path):

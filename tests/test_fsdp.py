@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 
 import processes
 from conftest import REPO, write_fashion_mnist
+from reliability_helpers import call
 
 CONFIGS = REPO / "accelerate_configs"
 FSDP_2PROC = CONFIGS / "fsdp_cpu_2proc.yaml"
@@ -229,19 +230,17 @@ def test_resumes_resharded_on_one_and_on_three_processes(reference, data_root, t
         torch.testing.assert_close(weights[key], expected[key], rtol=1e-4, atol=1e-5)
 
 
-def test_export_of_a_sharded_checkpoint_equals_the_gathered_weights(reference, tmp_path):
+def test_export_of_a_sharded_checkpoint_equals_the_gathered_weights(reference, tmp_path, capsys):
     run_dir, _ = reference
     out = tmp_path / "weights.safetensors"
-    result = subprocess.run([sys.executable, "-m", "trainwright", "export", str(run_dir / "checkpoints" / f"step_{TOTAL_STEPS:08d}"),
-                             "--out", str(out)], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert f"Exported step {TOTAL_STEPS}" in result.stdout
+    code, stdout, stderr = call(capsys, "export", run_dir / "checkpoints" / f"step_{TOTAL_STEPS:08d}", "--out", out)
+    assert code == 0, stderr
+    assert f"Exported step {TOTAL_STEPS}" in stdout
     exported, gathered = load_file(out), load_file(run_dir / "model.safetensors")
     assert exported.keys() == gathered.keys()
     assert all(torch.equal(exported[k], gathered[k]) for k in gathered)
-    again = subprocess.run([sys.executable, "-m", "trainwright", "export", str(run_dir), "--out", str(out)], cwd=REPO,
-                           env=_env(), capture_output=True, text=True, timeout=120)
-    assert again.returncode == 2 and "does not overwrite" in again.stderr
+    code, _, stderr = call(capsys, "export", run_dir, "--out", out)
+    assert code == 2 and "does not overwrite" in stderr
 
 
 def test_ddp_to_fsdp_to_single_process_resume(reference, data_root, tmp_path):
@@ -286,27 +285,25 @@ def test_shard_modules_must_name_classes_of_the_model(capsys, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_a_sharded_checkpoint_missing_one_process_file_is_not_used(reference, tmp_path):
+def test_a_sharded_checkpoint_missing_one_process_file_is_not_used(reference, tmp_path, capsys):
     import shutil
 
     run_dir = tmp_path / "run"
     shutil.copytree(reference[0], run_dir)
     newest = run_dir / "checkpoints" / f"step_{TOTAL_STEPS:08d}"
     (newest / "optimizer" / "shard-00002-model-00001-of-00001.safetensors").unlink()
-    result = subprocess.run([sys.executable, "-m", "trainwright", "export", str(run_dir), "--out", str(tmp_path / "w.safetensors")],
-                            cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert f"Exported step {TOTAL_STEPS - 5} " in result.stdout  # the previous checkpoint (keep_last: 2)
+    code, stdout, stderr = call(capsys, "export", run_dir, "--out", tmp_path / "w.safetensors")
+    assert code == 0, stderr
+    assert f"Exported step {TOTAL_STEPS - 5} " in stdout  # the previous checkpoint (keep_last: 2)
 
 
-def test_eval_and_predict_work_on_an_fsdp_run(reference):
+def test_eval_and_predict_work_on_an_fsdp_run(reference, capsys):
     run_dir, _ = reference
-    for command in (["eval", str(run_dir)], ["predict", str(run_dir), "-n", "3"]):
-        result = subprocess.run([sys.executable, "-m", "trainwright", *command], cwd=REPO, env=_env(),
-                                capture_output=True, text=True, timeout=120)
-        assert result.returncode == 0, result.stderr
-    assert json.loads(subprocess.run([sys.executable, "-m", "trainwright", "eval", str(run_dir)], cwd=REPO, env=_env(),
-                                     capture_output=True, text=True, timeout=120).stdout)["test/accuracy"] >= 0.9
+    code, stdout, stderr = call(capsys, "eval", run_dir)
+    assert code == 0, stderr
+    assert json.loads(stdout)["test/accuracy"] >= 0.9
+    code, stdout, stderr = call(capsys, "predict", run_dir, "-n", "3")
+    assert code == 0 and len(stdout.splitlines()) == 3, stdout + stderr
 
 
 def test_accumulation_clipping_schedule_and_a_stop_signal_under_fsdp_match_ddp(data_root, tmp_path):
@@ -340,7 +337,7 @@ def test_accumulation_clipping_schedule_and_a_stop_signal_under_fsdp_match_ddp(d
         torch.testing.assert_close(weights[key], expected[key], rtol=1e-4, atol=1e-5)
 
 
-def test_validation_with_uneven_shares_does_not_hang(tmp_path):
+def test_validation_with_uneven_shares_does_not_hang(tmp_path, capsys):
     """2049 validation points on 2 processes: 1025 and 1024, i.e. 2 and 1 batches of 1024. A sharded
     forward is a collective, so the process with fewer batches runs a filler batch instead of hanging."""
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP_2PROC),
@@ -352,7 +349,7 @@ def test_validation_with_uneven_shares_does_not_hang(tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "strategy=fsdp" in result.stdout and "Run complete at step 3" in result.stdout
-    single = subprocess.run([sys.executable, "-m", "trainwright", "eval", str(tmp_path / "run")], cwd=REPO, env=_env(),
-                            capture_output=True, text=True, timeout=120)
+    code, single, stderr = call(capsys, "eval", tmp_path / "run")  # in this process: one CLI start-up less
+    assert code == 0, stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert json.loads(single.stdout)["val/loss"] == pytest.approx(summary["val/loss"], rel=1e-5)  # every point once
+    assert json.loads(single)["val/loss"] == pytest.approx(summary["val/loss"], rel=1e-5)  # every point once

@@ -13,7 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, assert_ok, assert_user_error, cli_env, run_cli
+from conftest import REPO, assert_ok, cli_env, run_cli
+from reliability_helpers import call, user_error
 from trainwright.accelerate_compat import forget_accelerator_state
 from trainwright.data.bundle import DataBundle, Task, TensorSplit
 from trainwright.errors import UserError
@@ -145,22 +146,29 @@ def test_a_per_position_model_on_a_multiclass_data_set_is_told_what_a_sequence_t
         _check_output_shape(recipe, data, torch.zeros(64, 32, 16), torch.zeros(64, dtype=torch.long))
 
 
-def test_predict_prompt_generates_text(corpus, tmp_path):
+def test_predict_prompt_generates_text(corpus, tmp_path, capsys):
+    """Trained by the CLI; predict and plot then run in this process (a CLI start-up is most of their time),
+    on the same token cache (the autouse fixture's)."""
     run_dir = tmp_path / "run"
     overrides = [*SMALL, f"data.path={corpus}", "data.pattern=*", "data.max_bytes=null", "trainer.max_steps=60"]
     env = cli_env(TRAINWRIGHT_CACHE=str(tmp_path / "cache"))
     assert_ok(run_cli("train", TINY_GPT, *overrides, "--run-dir", run_dir, env=env))
-    greedy = assert_ok(run_cli("predict", run_dir, "--prompt", "def ", "--length", "40", "--temperature", "0", env=env))
-    again = assert_ok(run_cli("predict", run_dir, "--prompt", "def ", "--length", "40", "--temperature", "0", env=env))
-    text = greedy.stdout.rstrip("\n")
-    assert text.startswith("def ") and len(text) == 44 and greedy.stdout == again.stdout
-    sampled = assert_ok(run_cli("predict", run_dir, "--prompt", "def ", "--length", "40", env=env))
-    assert sampled.stdout.startswith("def ") and sampled.stdout != greedy.stdout
-    unknown = run_cli("predict", run_dir, "--prompt", "\u20ac", env=env)
-    assert_user_error(unknown.returncode, unknown.stderr, "the prompt holds characters", "'\u20ac'")
-    listed = run_cli("predict", run_dir, "-n", "3", env=env)
-    assert_user_error(listed.returncode, listed.stderr, "--prompt")
-    assert_ok(run_cli("plot", run_dir, env=env))
+
+    def predicted(*args: str) -> str:
+        code, out, err = call(capsys, "predict", run_dir, *args)
+        assert code == 0 and "Traceback" not in err, err
+        return out
+
+    greedy = predicted("--prompt", "def ", "--length", "40", "--temperature", "0")
+    again = predicted("--prompt", "def ", "--length", "40", "--temperature", "0")
+    text = greedy.rstrip("\n")
+    assert text.startswith("def ") and len(text) == 44 and greedy == again
+    sampled = predicted("--prompt", "def ", "--length", "40")
+    assert sampled.startswith("def ") and sampled != greedy
+    user_error(capsys, "predict", run_dir, "--prompt", "\u20ac", fragments=("the prompt holds characters", "'\u20ac'"))
+    user_error(capsys, "predict", run_dir, "-n", "3", fragments=("--prompt",))
+    code, _, err = call(capsys, "plot", run_dir)
+    assert code == 0, err
     assert (run_dir / "plots" / "loss_curves.png").is_file()
 
 

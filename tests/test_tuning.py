@@ -175,10 +175,14 @@ def test_a_sweep_run_again_trains_only_the_unfinished_and_missing_trials(sweep_r
 
 
 def test_a_sweep_in_parallel_gives_the_same_trials(sweep_run, tmp_path):
+    """The shipped sweep's first 3 trials (run_cap), 2 at a time: the third starts when a slot frees."""
     done, _ = sweep_run
     folder = tmp_path / "parallel"
-    assert_ok(run_cli("sweep", SWEEP, *TINY_SWEEP, "--run-dir", folder, "--parallel", "2"))
-    for trial in sorted(done.glob("trial_*/")):
+    spec = {**yaml.safe_load(SWEEP.read_text()), "recipe": str(HEART), "run_cap": 3}
+    (tmp_path / "first3.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))  # the grid's order: as shipped
+    assert_ok(run_cli("sweep", tmp_path / "first3.yaml", *TINY_SWEEP, "--run-dir", folder, "--parallel", "2"))
+    assert sorted(t.name for t in folder.glob("trial_*/")) == ["trial_001", "trial_002", "trial_003"]
+    for trial in sorted(done.glob("trial_00[123]/")):
         assert _summary(folder / trial.name)["val/loss"] == pytest.approx(_summary(trial)["val/loss"], rel=1e-5)
     assert (folder / "trial_003.log").is_file()  # with several at a time, each trial logs to a file
 
