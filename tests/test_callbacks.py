@@ -216,6 +216,8 @@ def test_every_checkpoint_holds_the_callbacks_state_in_its_manifest(logged):
     for step in (4, 5, 8, 10):
         assert checkpoint_problem(checkpoint_dir(run_dir, step)) is None  # callbacks.json listed with its sha256
         assert saved_count(run_dir, step) == step
+    merged = metrics_by_step(run_dir)  # handed to a callback written, so each save's own write time is known
+    assert all(merged[step]["checkpoint/write_seconds"] > 0 for step in (4, 5, 8, 10)), merged
     assert not (run_dir / "profile").exists()  # trainer.profile is off: nothing written
 
 

@@ -319,19 +319,22 @@ class Trainer:
 
     def _save(self) -> None:
         """Checkpoint the current step (the not-yet-logged loss is averaged over processes first); log how
-        long training waited for it and how long the previous checkpoint took to write in the background."""
+        long training waited for it and how long the previous checkpoint took to write in the background
+        (this one's, when callbacks watch checkpoints: they are handed it written)."""
         started = time.perf_counter()
         written = self._wait_for_checkpoint()
         self.state.loss_sum, self.state.loss_count = self._loss_sum_over_processes()
         self._require_finite(self.state.loss_sum, "training loss")
         with disk_writes("a checkpoint", self.state.step, self.run.checkpoints):
             folder = self.checkpoints.save(self.state, self.recipe.to_dict())
+        watched = self.callbacks is not None and self.callbacks.watches_checkpoints
+        if watched:
+            written = self._wait_for_checkpoint()  # by the main process: complete for every process after the barrier
         times = {"checkpoint/stall_seconds": time.perf_counter() - started}
-        if written is not None:  # the previous save's (the last save's write time is not logged)
+        if written is not None:  # the last save's write time is not logged unless callbacks watch checkpoints
             times["checkpoint/write_seconds"] = written
         self.tracker.log(times, self.state.step, self.state.epoch)
-        if self.callbacks is not None and self.callbacks.watches_checkpoints:
-            self._wait_for_checkpoint()  # written by the main process: complete for every process after the barrier
+        if watched:
             self.processes.barrier()
             self.callbacks.checkpoint_saved(folder)
 
