@@ -177,6 +177,24 @@ def test_npy_arrays_are_memory_mapped_and_fingerprinted_by_samples(tmp_path):
         npy(tmp_path / "x.npy", tmp_path / "missing.npy")
 
 
+@pytest.mark.parametrize("name", ["npy", "shards"])
+def test_row_data_sets_refuse_the_sequence_task(name, tmp_path):
+    """npy and shards hold one target per row (a class index or numbers): a sequence task's targets (a class
+    per position) would be read as numbers and scored as such, so `task: sequence` is refused at check."""
+    from trainwright.components import check_recipe
+    from trainwright.recipe import load_recipe
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"name: rows\ndata: {{name: {name}, inputs: npy, targets: cls, root: ., task: sequence, "
+                      "batch_size: 4}\nmodel: {name: mlp, in_features: 2, out_features: 3, hidden: [4]}\n"
+                      "loss: {name: cross_entropy}\noptimizer: {name: sgd, lr: 0.1}\n")
+    if name == "npy":
+        recipe.write_text(recipe.read_text().replace("inputs: npy, targets: cls, root: .", "inputs: x.npy, targets: y.npy"))
+    with pytest.raises(UserError, match=r"^data.task: Input should be 'binary', 'multiclass' or 'regression' "
+                                        r"\(got 'sequence'"):
+        check_recipe(load_recipe(recipe))
+
+
 def test_array_image_and_shard_data_sets_do_not_import_pandas():
     """pandas (a third of a second to import) is for tables: the start-up of other data sets goes without it."""
     import subprocess

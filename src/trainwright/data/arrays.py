@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainwright.data.bundle import DataBundle, Task, TaskKind, TensorSplit
+from trainwright.data.bundle import DataBundle, RowTaskKind, Task, TensorSplit
 from trainwright.data.fingerprint import sampled_file_fingerprint
 from trainwright.data.input_batch import InputBatch
 from trainwright.errors import UserError
@@ -42,7 +42,7 @@ def _open(path: Path, key: str) -> np.ndarray:
         raise UserError(f"{key}: {path} is not a .npy array file that can be memory-mapped ({exc})") from None
 
 
-def _targets(targets: np.ndarray, kind: TaskKind, key: str) -> np.ndarray:
+def _targets(targets: np.ndarray, kind: RowTaskKind, key: str) -> np.ndarray:
     """Class indices as int64 (read into memory when stored otherwise); regression and binary targets as
     float32 columns (N, k)."""
     if kind == "multiclass":
@@ -58,7 +58,7 @@ def _targets(targets: np.ndarray, kind: TaskKind, key: str) -> np.ndarray:
 def npy(
     inputs: Path,
     targets: Path,
-    task: TaskKind = "multiclass",
+    task: RowTaskKind = "multiclass",
     class_names: list[str] | None = None,
     val_fraction: float = 0.1,
     val_inputs: Path | None = None,

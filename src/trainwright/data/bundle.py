@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 # sequence: a class per position (language modelling, token tagging): outputs (batch, time, classes),
 # integer targets (batch, time), positions whose target is `ignore_index` (padding) not counted.
 TaskKind = Literal["binary", "multiclass", "regression", "sequence"]
+RowTaskKind = Literal["binary", "multiclass", "regression"]  # a data set's task with one target per row
 IGNORE_INDEX = -100  # torch's cross_entropy default, and Hugging Face's label for padding
 
 

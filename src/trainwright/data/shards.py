@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
-from trainwright.data.bundle import DataBundle, Task, TaskKind
+from trainwright.data.bundle import DataBundle, RowTaskKind, Task
 from trainwright.data.folders import DEFAULT_PIPELINE, IMAGE_SUFFIXES, ImageMode
 from trainwright.data.loading import EVAL_EPOCH, epoch_order
 from trainwright.data.transforms import build_pipeline
@@ -149,7 +149,7 @@ class ShardSamples(IterableDataset):
         return {"shards": listed, "keys": list(self.keys)}
 
 
-def _decoder(inputs: str, targets: str, task: TaskKind, transform: Any, mode: ImageMode) -> Decode:
+def _decoder(inputs: str, targets: str, task: RowTaskKind, transform: Any, mode: ImageMode) -> Decode:
     """How a sample's members become (input, target): .npy arrays as stored, images decoded by torchvision
     (uint8) and sent through `transform`; the target is a class index (.cls, text) or a number."""
     from torchvision.io import ImageReadMode, decode_image
@@ -191,7 +191,7 @@ def shards(
     val: str = "val-*.tar",
     inputs: str = "npy",
     targets: str = "cls",
-    task: TaskKind = "multiclass",
+    task: RowTaskKind = "multiclass",
     class_names: list[str] | None = None,
     train_transforms: list[dict[str, Any]] | None = None,
     eval_transforms: list[dict[str, Any]] | None = None,
