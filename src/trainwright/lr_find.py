@@ -20,7 +20,7 @@ from accelerate.utils import set_seed
 from torch import nn
 
 from trainwright.accelerate_compat import step_calls
-from trainwright.components import build_data, build_model, build_optimizer, build_scoring, check_recipe
+from trainwright.components import build_data, build_model, build_optimizer, build_scoring
 from trainwright.data.loading import TrainBatches, resolve_workers
 from trainwright.errors import UserError
 from trainwright.files import check_new_output
@@ -80,10 +80,9 @@ def exponential_lrs(min_lr: float, max_lr: float, steps: int) -> list[float]:
 def lr_range_test(recipe: Recipe, min_lr: float, max_lr: float, steps: int) -> RangeTest:
     """Train a fresh copy of the recipe's model (seeded as `train` seeds it) for `steps` optimizer steps of
     the recipe's batches, loss, optimizer, gradient accumulation, clipping and precision, at exponentially
-    rising learning rates; the recipe's scheduler and optimizer.lr are not used."""
-    check_options(min_lr, max_lr, steps)
-    check_single_process()
-    check_recipe(recipe)
+    rising learning rates; the recipe's scheduler and optimizer.lr are not used. The caller checks the options
+    and the recipe first (check_options, check_single_process, components.check_recipe), as `lr-find` does
+    before it chooses the plot's file."""
     accelerator = make_accelerator(resolve_precision(recipe))
     torch.set_deterministic_debug_mode("warn" if recipe.trainer.deterministic else "default")
     set_seed(recipe.seed)
