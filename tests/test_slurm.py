@@ -220,10 +220,12 @@ def _preempt_requeue_resume(tmp_path: Path, script: str, sbatch_args: list[str],
         assert not (run_dir / "summary.json").exists(), f"the run finished before it was signalled:\n{_read(log)}"
         subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], check=True, timeout=30)
 
-        # 2. The job saved, exited 75 and requeued itself: PENDING, Restarts=1, held until BeginTime.
+        # 2. The job saved, exited 75 and requeued itself: PENDING, Restarts=1, held until BeginTime. Its
+        # Reason reads None until slurmctld's next scheduling pass looks at the requeued job (seen under load).
         requeued = _wait_for(
-            f"job {job_id} to be requeued",
-            lambda: (info := _job(job_id)).get("JobState") == "PENDING" and info.get("Restarts") == "1" and info,
+            f"job {job_id} to be requeued and looked at by the scheduler",
+            lambda: (info := _job(job_id)).get("JobState") == "PENDING" and info.get("Restarts") == "1"
+            and info.get("Reason") != "None" and info,
             60, log,
         )
         assert requeued["Reason"] == "BeginTime", requeued  # Slurm holds a requeued job (~2 minutes)
