@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+from torch import nn
 
 from trainwright.checkpoint import retention
 from trainwright.checkpoint.format import MANIFEST, read_recipe, read_train_state, verify
@@ -37,6 +38,7 @@ def export_weights(source: str | Path, out: str | Path, raw: bool = False) -> Ex
     check_new_output(out, "--out")
     checkpoint = find_checkpoint(Path(source))
     weights = checkpoint_weights(checkpoint, raw)
+    _require_fit(checkpoint, weights, _recipe_model(checkpoint))
     step = read_train_state(checkpoint).step
     save_weights(weights, out, {"step": str(step), "exported_from": str(checkpoint)})
     return Exported(checkpoint, step, len(weights), sum(t.numel() for t in weights.values()))
@@ -58,9 +60,8 @@ def export_hf(source: str | Path, out: str | Path, raw: bool = False) -> Exporte
 
     model = build_model(recipe)
     weights = checkpoint_weights(checkpoint, raw)
-    missing, unexpected = model.load_state_dict(retied(weights, tied_aliases(model)), strict=False)
-    if missing or unexpected:
-        raise UserError(f"{checkpoint} does not fit the run's model (missing {missing}, unexpected {unexpected})")
+    _require_fit(checkpoint, weights, model)
+    model.load_state_dict(retied(weights, tied_aliases(model)))
     tmp = out.with_name(f".{out.name}.incomplete")
     remove_tree(tmp)  # an earlier export's, stopped half-way
     model.save_pretrained(tmp)
@@ -79,6 +80,30 @@ def checkpoint_weights(folder: Path, raw: bool = False) -> dict[str, torch.Tenso
     elif not raw and (folder / EMA_DIR).is_dir():
         weights.update(consolidated_part(folder / EMA_DIR))
     return weights
+
+
+def _recipe_model(checkpoint: Path) -> nn.Module:
+    """The model of the checkpoint's recipe (for a sequence task, with the vocabulary its run recorded), on
+    the meta device: its tensors' names, shapes and dtypes without their memory (a pretrained Hugging Face
+    model is loaded: transformers loads no weights onto the meta device)."""
+    from trainwright.components import build_model  # torch and transformers: only now
+    from trainwright.data.bundle import Task
+
+    recipe = validate(read_recipe(checkpoint), str(checkpoint / "recipe.json"))
+    run = RunDir(checkpoint.parent.parent)
+    record = run.read_json(run.data_file) if run.holds_run() else None
+    task = Task.from_record(record["task"]) if isinstance(record, dict) and "task" in record else None
+    device = "cpu" if recipe.model.kwargs().get("pretrained") else "meta"
+    with torch.device(device):
+        return build_model(recipe, task)
+
+
+def _require_fit(checkpoint: Path, weights: dict[str, torch.Tensor], model: nn.Module) -> None:
+    """Refuse weights that the checkpoint's own model could not load (see expected.weights_problem)."""
+    from trainwright.checkpoint.expected import weights_problem
+
+    if problem := weights_problem(weights, model, f"checkpoint {checkpoint}"):
+        raise UserError(f"{problem}: it does not fit its recipe's model; export another checkpoint")
 
 
 def find_checkpoint(source: Path) -> Path:

@@ -24,6 +24,7 @@ from typing import Any
 from torch import nn
 
 from trainwright.errors import UserError, did_you_mean
+from trainwright.safetensors_header import header_problem
 from trainwright.step import SHIFTS_LABELS
 
 EXTRA = "pip install 'trainwright[hf]'"
@@ -43,11 +44,30 @@ def hf(architecture: str, config: dict[str, Any] | None = None, pretrained: str 
             raise UserError(
                 f"model.pretrained: {folder} is not a folder written by save_pretrained (it has no config.json)"
             )
+        _check_weights_files(folder)
         saved = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
         _check_settings(type(saved), {k: v for k, v in settings.items() if k != "model_type"})
-        return _marked(transformers, model_class.from_pretrained(folder, local_files_only=True, **settings))
+        model = model_class.from_pretrained(folder, local_files_only=True, use_safetensors=True, **settings)
+        return _marked(transformers, model)
     model_config = _config(transformers, model_class, architecture, settings, auto)
     return _marked(transformers, model_class.from_config(model_config) if auto else model_class(model_config))
+
+
+def _check_weights_files(folder: Path) -> None:
+    """A pretrained folder's weights must be safetensors files, whole and well-formed (their headers checked
+    before transformers reads them): pickled weights (pytorch_model.bin) are never loaded, as they could run
+    code."""
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        pickled = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt"))
+        found = f"it holds {', '.join(pickled)}, pickled weights that trainwright does not load" if pickled else "it holds none"
+        raise UserError(
+            f"model.pretrained: {folder} has no safetensors weights (model.safetensors); {found}. Save the model "
+            "with save_pretrained(..., safe_serialization=True), or convert its weights to safetensors"
+        )
+    for path in files:
+        if problem := header_problem(path):
+            raise UserError(f"model.pretrained: {path} is damaged ({problem}); save the pretrained model again")
 
 
 def _marked(transformers: ModuleType, model: nn.Module) -> nn.Module:

@@ -20,6 +20,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import nn
 
+from trainwright.checkpoint.expected import weights_problem
 from trainwright.checkpoint.format import read_train_state, step_of
 from trainwright.checkpoint.retention import step_dirs
 from trainwright.checkpoint.ties import retied, tied_aliases
@@ -194,12 +195,12 @@ def load_run(
         source = find_checkpoint(run.path if str(checkpoint) == "latest" else Path(checkpoint))
         weights, step = checkpoint_weights(source, raw), read_train_state(source).step
         warn(f"using the weights of checkpoint step {step} ({source})")
-    try:
-        missing, unexpected = model.load_state_dict(retied(weights, tied_aliases(model)), strict=False)
-    except RuntimeError as exc:  # shapes that differ
-        raise UserError(f"{source} does not fit the run's model: {str(exc).splitlines()[-1].strip()}") from None
-    if missing or unexpected:
-        raise UserError(f"{source} does not fit the run's model (missing {missing}, unexpected {unexpected})")
+    if problem := weights_problem(weights, model, str(source)):
+        raise UserError(
+            f"{problem}: it does not fit the run's model; train the run again to write its final weights from its "
+            "newest checkpoint, or use --checkpoint with another checkpoint"
+        )
+    model.load_state_dict(retied(weights, tied_aliases(model)))
     model.eval()
     target = _device(device)
     return Run(run, recipe, model.to(target), step, target, allow_data_change, record)

@@ -114,8 +114,9 @@ class Trainer:
 
     # --- start-up -------------------------------------------------------------------------------
 
-    def fit(self, resume_from: Path | None = None, started: float | None = None) -> Outcome:
-        """Train to the end of the recipe (or to a stop signal), from `resume_from` if given. `started`
+    def fit(self, resume_from: Path | None = None, started: float | None = None, fallback: bool = True) -> Outcome:
+        """Train to the end of the recipe (or to a stop signal), from `resume_from` if given (`fallback`: or from
+        an older checkpoint of the run where it does not fit, see CheckpointManager.load). `started`
         (a time.perf_counter() value): when the command started, to log train/startup_seconds at the first
         optimizer step."""
         self._started = started
@@ -128,7 +129,7 @@ class Trainer:
                 flush=True,
             )
         if resume_from is not None:
-            saved = self.checkpoints.load(resume_from)
+            saved = self.checkpoints.load(resume_from, fallback)
             self.state = state = dataclasses.replace(
                 saved, world_size=processes.world_size, recipe_digest=recipe.digest(),
                 precision=self.accelerator.mixed_precision, steps_per_epoch=self.steps_per_epoch,
@@ -136,7 +137,7 @@ class Trainer:
             if processes.is_main:
                 print(
                     f"Resuming from step {state.step} (epoch {state.epoch}, batch {state.batch_in_epoch}) "
-                    f"in {resume_from}",
+                    f"in {self.checkpoints.resumed_from}",
                     flush=True,
                 )
         state = self.state

@@ -82,7 +82,7 @@ def execute(recipe: Recipe, plan: RunPlan, started: float) -> Outcome:
     callbacks = build_callbacks(recipe)
     trainer = Trainer(recipe, plan.run, accelerator, processes, strategy, data, scoring, model, optimizer, scheduler,
                       callbacks)
-    return trainer.fit(plan.resume_from, started)
+    return trainer.fit(plan.resume_from, started, fallback=not plan.explicit)
 
 
 def make_accelerator(precision: str) -> Accelerator:

@@ -33,6 +33,8 @@ SHARDED_EMA_DIR = "ema"  # and, with trainer.ema, its averaged weights' shards
 JSON_STATE_FILES = ("scheduler.json", "scaler.json")  # null, or the object's state_dict
 CALLBACKS_FILE = "callbacks.json"  # with `callbacks` in the recipe: their states (callbacks.py)
 _STEP_DIR = re.compile(r"^step_(\d{8,})$")
+MAX_JSON_DEPTH = 64  # a checkpoint's JSON nests a few levels (a chained scheduler's state: 4)
+_JSON_STRING = re.compile(r'"(?:[^"\\]++|\\.)*+"')
 
 
 @dataclass
@@ -229,8 +231,21 @@ def _read_json(path: Path, schema: Any = None) -> tuple[Any, str | None]:
         return None, f"{path.name} is missing"
     try:
         text = path.read_text(encoding="utf-8")
+        if too_deep := json_depth_problem(text):
+            return None, f"{path.name} is damaged ({too_deep})"
         content = json.loads(text)
     except (UnicodeDecodeError, ValueError) as exc:
         return None, f"{path.name} is not JSON ({exc})"
     problem = schema_problem(schema, text) if schema else None
     return (None, f"{path.name} is damaged ({problem})") if problem else (content, None)
+
+
+def json_depth_problem(text: str) -> str | None:
+    """Whether JSON `text` nests lists and objects deeper than MAX_JSON_DEPTH (found before json.loads, whose
+    recursion such a file would exhaust), or None."""
+    depth = 0
+    for bracket in re.findall(r"[\[\]{}]", _JSON_STRING.sub("", text)):
+        depth += 1 if bracket in "[{" else -1
+        if depth > MAX_JSON_DEPTH:
+            return f"it nests lists or objects more than {MAX_JSON_DEPTH} deep"
+    return None

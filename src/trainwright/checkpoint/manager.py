@@ -19,6 +19,7 @@ import functools
 import json
 import shutil
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
@@ -29,14 +30,16 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from trainwright.checkpoint import retention
+from trainwright.checkpoint.expected import Expected
 from trainwright.checkpoint.format import (
-    RECIPE_FILE, TMP_PREFIX, TRAINER_FILE, TrainState, is_sharded, read_train_state, step_dir_name, write_manifest,
+    RECIPE_FILE, TMP_PREFIX, TRAINER_FILE, TrainState, is_sharded, read_train_state, step_dir_name, step_of, verify,
+    write_manifest,
 )
 from trainwright.checkpoint.full import FullState, read_full_state
 from trainwright.checkpoint.objects import TrainObjects, fresh_rng, rng_from_files, rng_to_files
 from trainwright.checkpoint.policy import SavePolicy
 from trainwright.errors import UserError
-from trainwright.files import WRITE_ERRORS, remove_tree, replace_dir, write_json
+from trainwright.files import WRITE_ERRORS, remove_tree, replace_dir, warn, write_json
 from trainwright.processes import Processes
 from trainwright.recipe import CheckpointConfig
 
@@ -124,9 +127,47 @@ class CheckpointManager:
         self.prune()
         return time.perf_counter() - started
 
-    def load(self, folder: Path) -> TrainState:
-        """Restore every live object from `folder` (verified when the run was planned) and return the
-        loop's state."""
+    def load(self, folder: Path, fallback: bool = True) -> TrainState:
+        """Restore every live object from `folder` (verified when the run was planned) and return the loop's
+        state. A checkpoint whose tensors or values do not fit the live objects (see expected.py), or whose
+        weights are not finite, is damaged: with `fallback`, the next older checkpoint of this run that
+        verifies is tried instead (each one skipped is named); without, or when none is left, it is refused."""
+        expected = Expected.of(self.objects)
+        first: tuple[Path, str] | None = None
+        for candidate in self._candidates(folder, fallback):
+            problem = expected.problem(candidate)
+            state = None if problem else self._read(candidate)
+            problem = problem or self._nonfinite_weights()
+            if problem is None:
+                self.resumed_from = candidate
+                self.policy.saved(state.step)
+                return state
+            first = first or (candidate, problem)
+            if fallback and self.processes.is_main:
+                warn(f"checkpoint {candidate} is damaged ({problem}); skipping it")
+        newest, problem = first
+        if fallback:
+            problem = f"no checkpoint of {self.folder} fits this run (the newest, {newest}: {problem})"
+        else:
+            problem = f"--resume: checkpoint {newest} cannot be used: {problem}"
+        raise UserError(f"{problem}; resume from another checkpoint, or start over with --restart (the old run is kept)")
+
+    def _candidates(self, folder: Path, fallback: bool) -> Iterator[Path]:
+        """`folder`, then (with `fallback`) the older checkpoints of this run that verify, newest first."""
+        yield folder
+        if not fallback or folder.parent != self.folder:
+            return
+        for older in reversed(retention.step_dirs(self.folder)):
+            if step_of(older) >= step_of(folder):
+                continue
+            problem = verify(older)
+            if problem is None:
+                yield older
+            elif self.processes.is_main:
+                warn(f"checkpoint {older} is damaged ({problem}); skipping it")
+
+    def _read(self, folder: Path) -> TrainState:
+        """Load `folder` into the live objects (its tensors fit them: Expected.problem)."""
         state = read_train_state(folder)
         try:
             if is_sharded(folder):
@@ -151,9 +192,20 @@ class CheckpointManager:
                 f"checkpoint {folder} does not fit this recipe's model, optimizer or scheduler ({detail}); resume "
                 "from a checkpoint of this recipe, or start over with --restart (the old run is kept)"
             ) from None
-        self.resumed_from = folder
-        self.policy.saved(state.step)
         return state
+
+    def _nonfinite_weights(self) -> str | None:
+        """Whether the loaded weights (and averages) hold NaN or infinity: each process looks at its own
+        (shards), and all agree (a collective)."""
+        objects = self.objects
+        tensors = {**objects.model.state_dict(), **(objects.ema.tensors() if objects.ema is not None else {})}
+        bad = [
+            name for name, tensor in tensors.items()
+            if tensor.is_floating_point() and not bool(torch.isfinite(getattr(tensor, "_local_tensor", tensor)).all())
+        ]
+        if not int(self.processes.max(torch.tensor([len(bad)], device=self.processes.device)).item()):
+            return None
+        return f"its weight {bad[0]!r} holds NaN or infinite values" if bad else "its weights hold NaN or infinite values"
 
     def prune(self) -> None:
         """Apply keep_last/keep_best (main process); the checkpoint this run resumed from is kept."""

@@ -77,7 +77,7 @@ def _score(checkpoint: Path, monitor: str) -> float | None:
     """The monitored metric measured at this checkpoint's own step, if any."""
     try:
         state = json.loads((checkpoint / TRAINER_FILE).read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # a damaged checkpoint's (verify says so when it is read)
         return None
     if state.get("val_step") != state.get("step"):
         return None

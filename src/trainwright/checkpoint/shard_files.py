@@ -46,6 +46,19 @@ def shards_problem(folder: Path) -> str | None:
     return None
 
 
+def whole_tensors(folder: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Each tensor of a shard folder that `shards_problem` passed: its dtype and its whole shape."""
+    chunks: dict[str, list[Chunk]] = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        for key, chunk in _chunks(path, path.name).items():
+            chunks.setdefault(key, []).append(chunk)
+    return {key: (parts[0].dtype, _whole(parts)) for key, parts in chunks.items()}
+
+
+def _whole(parts: list[Chunk]) -> tuple[int, ...]:
+    return tuple(max(p.offsets[d] + p.shape[d] for p in parts) for d in range(len(parts[0].shape)))
+
+
 def _chunks(path: Path, name: str) -> dict[str, Chunk]:
     header = read_header(path)
     try:
@@ -68,7 +81,7 @@ def _tiling_problem(parts: list[Chunk]) -> str | None:
     """The chunks of one tensor must share dtype and rank and cover the whole exactly once."""
     if len({(p.dtype, len(p.shape)) for p in parts}) != 1:
         return "its shards disagree on dtype or rank"
-    whole = [max(p.offsets[d] + p.shape[d] for p in parts) for d in range(len(parts[0].shape))]
+    whole = list(_whole(parts))
     for a, b in itertools.combinations(parts, 2):
         if _overlap(a, b):
             return f"the shards in {a.file} and {b.file} overlap"

@@ -32,11 +32,12 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor, distribute_tensor
 
+from trainwright.checkpoint.expected import param_names, plain_optimizer
 from trainwright.checkpoint.format import SHARDED_MODEL_DIR, is_sharded
 from trainwright.checkpoint.objects import (
     TrainObjects, json_states, optimizer_from_files, read_json_states, write_json_states,
 )
-from trainwright.checkpoint.ties import retied, state_dict_name, tied_aliases, untied
+from trainwright.checkpoint.ties import retied, tied_aliases, untied
 from trainwright.ema import EMA_DIR, EMA_FILE, WeightAverage
 from trainwright.errors import UserError
 from trainwright.files import write_json
@@ -49,7 +50,7 @@ _FLAT = StateDictOptions(flatten_optimizer_state_dict=True)
 
 def write_sharded_state(folder: Path, objects: TrainObjects, processes: Processes) -> None:
     """Every process writes its shards; the main process the JSON files. A collective."""
-    optimizer = _plain(objects.optimizer)
+    optimizer = plain_optimizer(objects.optimizer)
     model_state = untied(get_model_state_dict(objects.model), tied_aliases(objects.model))
     tensors, other = _split(get_optimizer_state_dict(objects.model, optimizer, options=_FLAT))
     parts = [(MODEL_DIR, model_state), (OPTIMIZER_DIR, tensors)]
@@ -66,7 +67,7 @@ def read_sharded_state(folder: Path, objects: TrainObjects) -> None:
     """Load a sharded checkpoint into the live objects: a sharded model takes its own shards at any process
     count (a collective); an unsharded one reads the whole state on every process by itself."""
     collective = isinstance(objects.model, FSDPModule)
-    optimizer = _plain(objects.optimizer)
+    optimizer = plain_optimizer(objects.optimizer)
     with _checkpoint_must_fit(folder):
         aliases = tied_aliases(objects.model)
         model_state = untied(get_model_state_dict(objects.model), aliases)
@@ -89,13 +90,13 @@ def read_sharded_state(folder: Path, objects: TrainObjects) -> None:
 def read_full_state_sharded(folder: Path, objects: TrainObjects, processes: Processes) -> None:
     """Load a full checkpoint (model.safetensors, optimizer.safetensors keyed by parameter index) into a
     sharded model: the main process reads the files and every process receives its shards."""
-    optimizer = _plain(objects.optimizer)
+    optimizer = plain_optimizer(objects.optimizer)
     options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
     model_state: dict[str, torch.Tensor] = {}
     optimizer_state: dict[str, Any] = {}
     if processes.is_main:
         model_state = retied(load_file(folder / "model.safetensors"), tied_aliases(objects.model))
-        optimizer_state = _by_name(folder, _param_names(objects.model, optimizer))
+        optimizer_state = _by_name(folder, param_names(objects.model, optimizer))
     with _checkpoint_must_fit(folder):
         set_model_state_dict(objects.model, model_state, options=options)
         if _holds_tensors(folder / "optimizer.safetensors"):
@@ -158,20 +159,9 @@ def _checkpoint_must_fit(folder: Path) -> Iterator[None]:
         raise UserError(f"checkpoint {folder} does not fit this recipe's model or optimizer: {exc}") from None
 
 
-def _plain(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
-    """The torch optimizer inside Accelerate's wrapper (the state-dict helpers match it to the model's parameters)."""
-    return getattr(optimizer, "optimizer", optimizer)
-
-
 def _split(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
     return tensors, {k: v for k, v in state.items() if k not in tensors}
-
-
-def _param_names(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
-    """Parameter names in the order of the optimizer's param groups: name i is index i of a full optimizer file."""
-    names = {param: state_dict_name(name) for name, param in model.named_parameters()}
-    return [names[param] for group in optimizer.param_groups for param in group["params"]]
 
 
 def _by_name(folder: Path, names: list[str]) -> dict[str, Any]:
