@@ -18,9 +18,11 @@ from typing import Any
 
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 import processes
-from conftest import REPO, cli_env
+from conftest import REPO, assert_user_error, cli_env
 from reliability_helpers import HEART, TINY, call, train_ok, user_error
 from trainwright.checkpoint.format import verify
 from trainwright.checkpoint.manager import CheckpointManager
@@ -417,3 +419,122 @@ def test_shard_offsets_that_overlap_are_damaged_and_skipped(capsys, sharded, tmp
     assert "overlap" in verify(newest(run_dir))
     assert_falls_back(capsys, run_dir)
 
+
+
+# --- tensors and values that fit the files but not the model or optimizer (issue 26) -------------------
+
+
+def retype(path: Path, name: str, dtype: torch.dtype | None = None, value: float | None = None) -> None:
+    """Store tensor `name` of a safetensors file as `dtype` (same shape) or filled with `value`, metadata kept."""
+    with safe_open(path, "pt") as file:
+        metadata = file.metadata()
+    tensors = load_file(path)
+    tensors[name] = tensors[name].to(dtype) if dtype is not None else torch.full_like(tensors[name], value)
+    save_file(tensors, path, metadata=metadata)
+
+
+def first_weight(path: Path) -> str:
+    return sorted(k for k in load_file(path) if k.endswith("weight"))[0]
+
+
+def assert_skipped_by_train(capsys, run_dir: Path, *fragments: str) -> None:
+    """train skips the newest checkpoint as damaged (saying why) and resumes from step 2; --resume of it is
+    refused with one message."""
+    damaged = newest(run_dir)
+    user_error(capsys, "train", HEART, *TINY, *STEPS, "--run-dir", run_dir.parent / "elsewhere", "--resume", damaged,
+               fragments=("--resume", str(damaged), "cannot be used", *fragments))
+    out, err = train_ok(capsys, HEART, *TINY, *STEPS, "--run-dir", run_dir)
+    assert f"checkpoint {damaged} is damaged (" in err and "skipping it" in err and "Traceback" not in err, err
+    assert all(fragment in err for fragment in fragments), err
+    assert "Resuming from step 2 (" in out and "Resuming from step 4" not in out, out
+
+
+def test_a_weight_stored_in_another_dtype_is_damaged_for_train_and_refused_by_eval_and_export(capsys, run_dir):
+    model = newest(run_dir) / "model.safetensors"
+    name = first_weight(model)
+    retype(model, name, torch.float16)
+    reseal(newest(run_dir))
+    assert verify(newest(run_dir)) is None  # sha256 and manifest match: only the dtype check can tell
+    said = (f"tensor {name!r} is F16", "F32")
+    user_error(capsys, "eval", run_dir, "--checkpoint", "latest", fragments=(str(newest(run_dir)), *said))
+    user_error(capsys, "export", run_dir, "--out", run_dir.parent / "w.safetensors", fragments=(str(newest(run_dir)), *said))
+    assert not (run_dir.parent / "w.safetensors").exists()
+    assert_skipped_by_train(capsys, run_dir, f"model.safetensors: tensor {name!r} is F16")
+
+
+def test_an_optimizer_state_stored_as_integers_is_damaged(capsys, run_dir):
+    optimizer = newest(run_dir) / "optimizer.safetensors"
+    name = sorted(load_file(optimizer))[0]  # '0.momentum_buffer' (sgd with momentum)
+    retype(optimizer, name, torch.int64)
+    reseal(newest(run_dir))
+    assert verify(newest(run_dir)) is None
+    assert_skipped_by_train(capsys, run_dir, f"{name.split('.', 1)[1]!r} is I64", "where the optimizer has F32")
+
+
+def test_an_optimizer_value_of_the_wrong_type_is_damaged(capsys, run_dir):
+    path = newest(run_dir) / "optimizer.json"
+    meta = json.loads(path.read_text())
+    meta["param_groups"][0]["lr"] = "0.01"
+    path.write_text(json.dumps(meta))
+    reseal(newest(run_dir))
+    assert verify(newest(run_dir)) is None
+    assert_skipped_by_train(capsys, run_dir, "parameter group 0: 'lr' is '0.01', not a number")
+
+
+def test_a_scheduler_state_nested_without_bound_is_damaged(capsys, run_dir):
+    (newest(run_dir) / "scheduler.json").write_text("[" * 100_000 + "]" * 100_000)
+    reseal(newest(run_dir))
+    assert "scheduler.json is damaged (it nests lists or objects more than 64 deep)" in verify(newest(run_dir))
+    assert_falls_back(capsys, run_dir)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_non_finite_weights_in_a_checkpoint_are_damaged_for_train_and_refused_by_eval_and_export(capsys, run_dir, value):
+    model = newest(run_dir) / "model.safetensors"
+    name = first_weight(model)
+    retype(model, name, value=value)
+    reseal(newest(run_dir))
+    said = (str(newest(run_dir)), f"tensor {name!r} holds NaN or infinite values")
+    user_error(capsys, "eval", run_dir, "--checkpoint", "latest", fragments=said)
+    user_error(capsys, "export", run_dir, "--out", run_dir.parent / "w.safetensors", fragments=said)
+    assert_skipped_by_train(capsys, run_dir, f"its weight {name!r} holds NaN or infinite values")
+
+
+@pytest.mark.parametrize("file", ["model.safetensors", "model_raw.safetensors"])
+def test_final_weights_of_another_dtype_or_not_finite_are_refused_by_eval_and_predict(capsys, run_dir, file):
+    raw = ["--raw"] if file == "model_raw.safetensors" else []
+    train_ok(capsys, HEART, *TINY, *STEPS, *(["trainer.ema.decay=0.5"] if raw else []), "--run-dir", run_dir / file)
+    final = run_dir / file / file
+    name = first_weight(final)
+    original = final.read_bytes()
+    for craft, said in [({"dtype": torch.float16}, (f"tensor {name!r} is F16", "F32")),
+                        ({"value": float("nan")}, (f"tensor {name!r} holds NaN or infinite values",))]:
+        final.write_bytes(original)
+        retype(final, name, **craft)
+        user_error(capsys, "eval", run_dir / file, *raw, fragments=(str(final), *said))
+        user_error(capsys, "predict", run_dir / file, "-n", "2", *raw, fragments=(str(final), *said))
+
+
+def rewrite_shards(folder: Path, key: str, dtype: torch.dtype) -> None:
+    for path in sorted(folder.glob("*.safetensors")):
+        retype(path, key, dtype)
+
+
+def test_a_sharded_checkpoint_with_a_tensor_of_another_dtype_is_damaged(capsys, sharded, tmp_path):
+    """Every shard of one weight and, in a second checkpoint, of one optimizer state stored as F16 (so the
+    shards agree with one another): the weights' dtype check reads the shards' headers alone."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(sharded, run_dir)
+    name = first_weight(next((newest(run_dir) / "model").glob("*.safetensors")))
+    rewrite_shards(newest(run_dir) / "model", name, torch.float16)
+    reseal(newest(run_dir))
+    assert verify(newest(run_dir)) is None
+    user_error(capsys, "export", run_dir, "--out", tmp_path / "w.safetensors", fragments=(f"tensor {name!r} is F16",))
+    older = run_dir / "checkpoints" / "step_00000002"
+    state = sorted(load_file(next((older / "optimizer").glob("*.safetensors"))))[0]
+    rewrite_shards(older / "optimizer", state, torch.float16)
+    reseal(older)
+    code, out, err = call(capsys, "train", HEART, *TINY, *STEPS, "--run-dir", run_dir)
+    assert_user_error(code, err, "no checkpoint of", f"model/: tensor {name!r} is F16", "--restart")
+    assert f"checkpoint {older} is damaged (optimizer/ state of parameter" in err and f"{state.split('.')[-1]!r} is F16" in err
+    assert "Resuming" not in out and newest(run_dir).is_dir() and older.is_dir()  # nothing is deleted
