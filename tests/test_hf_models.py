@@ -121,6 +121,38 @@ def test_a_local_pretrained_folder_loads_with_its_weights(tmp_path):
         assert torch.equal(a, b), name
 
 
+def test_a_pretrained_folder_with_only_pickled_weights_is_refused_before_transformers_reads_it(tmp_path):
+    saved = hf("GPT2LMHeadModel", dict(CONFIG))
+    saved.save_pretrained(tmp_path / "gpt2")
+    (tmp_path / "gpt2" / "model.safetensors").unlink()
+    torch.save(saved.state_dict(), tmp_path / "gpt2" / "pytorch_model.bin")  # transformers would unpickle it
+    with pytest.raises(UserError) as error:
+        hf("GPT2LMHeadModel", pretrained=str(tmp_path / "gpt2"))
+    assert "model.pretrained" in str(error.value) and "pytorch_model.bin, pickled weights" in str(error.value)
+
+
+def test_a_pretrained_folder_with_a_damaged_safetensors_file_is_refused(tmp_path):
+    hf("GPT2LMHeadModel", dict(CONFIG)).save_pretrained(tmp_path / "gpt2")
+    weights = tmp_path / "gpt2" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(UserError, match=f"model.pretrained: {weights} is damaged"):
+        hf("GPT2LMHeadModel", pretrained=str(tmp_path / "gpt2"))
+
+
+def test_export_hf_refuses_a_checkpoint_weight_of_another_dtype(recipe, tmp_path, capsys):
+    from reliability_helpers import user_error
+    from test_crafted_checkpoints import reseal, retype
+
+    run_dir = tmp_path / "run"
+    train(recipe, run_dir, "trainer.max_steps=8")
+    checkpoint = step(run_dir, 8)
+    retype(checkpoint / "model.safetensors", TIE[1], torch.float16)
+    reseal(checkpoint)
+    user_error(capsys, "export", checkpoint, "--hf", "--out", tmp_path / "out",
+               fragments=(str(checkpoint), f"tensor {TIE[1]!r} is F16 [32, 32], where the model has F32 [32, 32]"))
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_relative_pretrained_folder_is_pinned_absolute_in_the_run_recipe(tmp_path, monkeypatch):
     from trainwright.data.paths import pin_paths
     from trainwright.recipe import validate
