@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from trainwright.data.arguments import check_val_fraction
 from trainwright.data.bundle import DataBundle, RowTaskKind, Task, TensorSplit
 from trainwright.data.fingerprint import sampled_file_fingerprint
 from trainwright.data.input_batch import InputBatch
@@ -79,8 +80,7 @@ def npy(
         train = ArraySplit(files, x, y, slice(None))
         val = ArraySplit((Path(val_inputs), Path(val_targets)), vx, _targets(vy, task, "data.val_targets"), slice(None))
     else:
-        if not 0 < val_fraction < 1:
-            raise UserError(f"data.val_fraction must be between 0 and 1, got {val_fraction}")
+        check_val_fraction(val_fraction)
         cut = len(x) - max(1, round(len(x) * val_fraction))
         train, val = ArraySplit(files, x, y, slice(0, cut)), ArraySplit(files, x, y, slice(cut, None))
     names = class_names

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import Dataset
 
+from trainwright.data.arguments import check_data_arguments, check_val_fraction
 from trainwright.data.bundle import DataBundle, Task
 from trainwright.data.input_batch import InputBatch
 from trainwright.data.transforms import build_pipeline
@@ -91,7 +92,8 @@ def _listing(folder: Path, classes: list[str] | None = None) -> tuple[list[str],
 
 
 def check_arguments(kwargs: dict[str, Any]) -> None:
-    """The recipe's pipelines, checked without reading any image (`trainwright check`)."""
+    """The recipe's pipelines and arguments, checked without reading any image (`trainwright check`)."""
+    check_data_arguments(kwargs)
     for key in ("train_transforms", "eval_transforms"):
         build_pipeline(kwargs.get(key) or DEFAULT_PIPELINE, f"data.{key}")
 
@@ -120,8 +122,7 @@ def image_folder(
         classes, train = _listing(root / "train")
         _, val = _listing(root / "val", classes)
     else:
-        if not 0 < val_fraction < 1:
-            raise UserError(f"data.val_fraction must be between 0 and 1, got {val_fraction}")
+        check_val_fraction(val_fraction)
         classes, samples = _listing(root)
         order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(split_seed)).tolist()
         cut = max(1, round(len(samples) * val_fraction))

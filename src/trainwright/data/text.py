@@ -25,6 +25,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from trainwright.data.arguments import check_data_arguments
 from trainwright.data.bundle import DataBundle, Task, TensorSplit
 from trainwright.errors import UserError
 
@@ -178,10 +179,7 @@ def text(
 ) -> DataBundle:
     """A language-modelling data set of local text (see the module's docstring); `path` None: the running
     Python's standard library (with `pattern: "*.py"`, its top-level modules)."""
-    if context < 1:
-        raise ValueError(f"context must be at least 1, got {context}")
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+    check_data_arguments({"context": context, "val_fraction": val_fraction})
     files = corpus_files(path, pattern)
     corpus = read_corpus(files, max_bytes)
     codec = make_codec(corpus, vocabulary, tokenizer)
