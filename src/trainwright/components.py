@@ -18,6 +18,7 @@ from trainwright.data.bundle import DataBundle, Task
 from trainwright.data.folds import Fold, fold_of
 from trainwright.data.input_batch import InputBatch
 from trainwright.data.loading import require_stream
+from trainwright.data.targets import check_bundle_targets
 from trainwright.errors import UserError, did_you_mean
 from trainwright.evaluation import MetricFn, Scoring
 from trainwright.recipe import Recipe
@@ -36,7 +37,9 @@ DATASETS.register_path(
 DATASETS.register_path(
     "linear", "trainwright.data.synthetic:linear", inputs="trainwright.data.inputs:line_points", check=_ARGUMENTS
 )
-DATASETS.register_path("csv", "trainwright.data.tabular:csv", inputs="trainwright.data.inputs:table_rows", check=_ARGUMENTS)
+DATASETS.register_path(
+    "csv", "trainwright.data.tabular:csv", inputs="trainwright.data.inputs:table_rows", check=_ARGUMENTS
+)
 DATASETS.register_path(
     "fashion_mnist", "trainwright.data.vision:fashion_mnist", inputs="trainwright.data.images:fashion_images"
 )
@@ -44,7 +47,9 @@ DATASETS.register_path("text", "trainwright.data.text:text", check=_ARGUMENTS)
 MODELS.register_path("gpt", "trainwright.gpt:gpt", check="trainwright.gpt:check_gpt_arguments")
 # Hugging Face transformers models (the optional extra trainwright[hf]), imported when a recipe names them.
 MODELS.register_path("hf", "trainwright.hf_models:hf")
-DATASETS.register_path("npy", "trainwright.data.arrays:npy", inputs="trainwright.data.arrays:array_rows", check=_ARGUMENTS)
+DATASETS.register_path(
+    "npy", "trainwright.data.arrays:npy", inputs="trainwright.data.arrays:array_rows", check=_ARGUMENTS
+)
 DATASETS.register_path(
     "image_folder", "trainwright.data.folders:image_folder", inputs="trainwright.data.folders:folder_images",
     check="trainwright.data.folders:check_arguments",
@@ -101,6 +106,7 @@ def build_data(recipe: Recipe) -> DataBundle:
     for name, split in (("train", bundle.train), ("val", bundle.val), ("test", bundle.test)):
         if split is not None:
             require_stream(split, f"data set '{recipe.data.name}': its {name} split")
+    check_bundle_targets(bundle, recipe.data.name)
     return fold_of(bundle, fold) if fold is not None and not splits_itself else bundle
 
 

@@ -29,6 +29,10 @@ class ArraySplit(TensorSplit):
         super().__init__(torch.from_numpy(inputs[rows]), torch.from_numpy(targets[rows]))
         self.files, self.rows = files, (rows.start or 0, rows.stop if rows.stop is not None else len(inputs))
 
+    def describe_target(self, row: int) -> str:
+        """Where target `row` of the split is stored (for messages)."""
+        return f"{self.files[1]}, row {self.rows[0] + row}"
+
     def fingerprint(self) -> dict[str, Any]:
         return {"rows": list(self.rows), "inputs": sampled_file_fingerprint(self.files[0]),
                 "targets": sampled_file_fingerprint(self.files[1])}
