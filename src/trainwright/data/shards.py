@@ -42,12 +42,19 @@ _KEY = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset's key and extens
 
 
 def _index(path: Path) -> list[Sample]:
-    """The samples of a tar shard, read from its headers alone (the members' data are skipped)."""
+    """The samples of a tar shard, read from its headers alone (the members' data are skipped); a member
+    whose data would run past the end of the file means the shard was cut short."""
     samples: list[Sample] = []
     key = None
     try:
+        size = path.stat().st_size
         with tarfile.open(path, "r:") as tar:
             for member in tar:
+                if member.offset_data + member.size > size:  # tarfile stops there without a word
+                    raise UserError(
+                        f"data.root: {path} is truncated: its member {member.name} needs {member.size} bytes from byte "
+                        f"{member.offset_data}, but the file ends at byte {size}; copy the shard again or remove it"
+                    )
                 found = _KEY.match(member.name) if member.isfile() else None
                 if found is None:
                     continue
