@@ -399,6 +399,18 @@ def test_a_bad_callback_is_one_message_at_check(capsys, on_path, entry, fragment
     user_error(capsys, "check", HEART, callbacks(entry), fragments=fragments)
 
 
+@pytest.mark.parametrize("command", ["check", "train"])
+def test_a_callback_that_is_not_a_class_is_refused_before_it_is_called(capsys, tmp_path, command):
+    """`os:system` takes the recipe's argument as a shell command: it must never be called."""
+    made = tmp_path / "made"
+    entry = f'{{name: "os:system", command: "touch {made}"}}'
+    extra = [*TINY, "--run-dir", tmp_path / "run"] if command == "train" else []
+    user_error(capsys, command, HEART, callbacks(entry), *extra,
+               fragments=("callbacks[0].name: os:system is a builtin_function_or_method, not a class",
+                          "a subclass of trainwright.Callback"))
+    assert not made.exists()
+
+
 # --- the profiler ------------------------------------------------------------------------------------
 
 

@@ -281,7 +281,12 @@ def _builder(index: int, name: str) -> Callable[..., Any]:
             "of trainwright.Callback), importable from PYTHONPATH"
         )
     builder = _registry(index).get(name)
-    if inspect.isclass(builder) and not issubclass(builder, Callback):
+    if not inspect.isclass(builder):  # refused before anything calls it (os:system is a function)
+        raise UserError(
+            f"callbacks[{index}].name: {name} is a {type(builder).__name__}, not a class; give a subclass of "
+            "trainwright.Callback ('package.module:Class')"
+        )
+    if not issubclass(builder, Callback):
         raise UserError(f"callbacks[{index}].name: {name} is not a subclass of trainwright.Callback")
     return builder
 
@@ -299,9 +304,5 @@ def build_callbacks(recipe: Recipe) -> list[Named]:
     for index, config in enumerate(recipe.callbacks or []):
         _builder(index, config.name)
         callback = _registry(index).build(config.name, config.kwargs())
-        if not isinstance(callback, Callback):
-            raise UserError(
-                f"callbacks[{index}].name: {config.name} returned {type(callback).__name__}, not a trainwright.Callback"
-            )
         built.append(Named(callback, type(callback).__name__, config.name))
     return built

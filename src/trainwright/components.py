@@ -18,6 +18,7 @@ from trainwright.data.bundle import DataBundle, Task
 from trainwright.data.folds import Fold, fold_of
 from trainwright.data.input_batch import InputBatch
 from trainwright.data.loading import require_stream
+from trainwright.data.targets import check_bundle_targets
 from trainwright.errors import UserError, did_you_mean
 from trainwright.evaluation import MetricFn, Scoring
 from trainwright.recipe import Recipe
@@ -28,17 +29,27 @@ InputReader = Callable[[Any, dict[str, Any], int], Iterator[InputBatch]]  # (sou
 
 # The built-in data sets, imported when a recipe names them (pandas and torchvision load only then).
 # `inputs`: how `predict --input` reads new inputs for a run of the data set (data/inputs.py).
-DATASETS.register_path("heart", "trainwright.data.synthetic:heart", inputs="trainwright.data.inputs:heart_points")
-DATASETS.register_path("linear", "trainwright.data.synthetic:linear", inputs="trainwright.data.inputs:line_points")
-DATASETS.register_path("csv", "trainwright.data.tabular:csv", inputs="trainwright.data.inputs:table_rows")
+# `check`: the argument values each refuses, checked by `trainwright check` without reading data.
+_ARGUMENTS = "trainwright.data.arguments:check_data_arguments"
+DATASETS.register_path(
+    "heart", "trainwright.data.synthetic:heart", inputs="trainwright.data.inputs:heart_points", check=_ARGUMENTS
+)
+DATASETS.register_path(
+    "linear", "trainwright.data.synthetic:linear", inputs="trainwright.data.inputs:line_points", check=_ARGUMENTS
+)
+DATASETS.register_path(
+    "csv", "trainwright.data.tabular:csv", inputs="trainwright.data.inputs:table_rows", check=_ARGUMENTS
+)
 DATASETS.register_path(
     "fashion_mnist", "trainwright.data.vision:fashion_mnist", inputs="trainwright.data.images:fashion_images"
 )
-DATASETS.register_path("text", "trainwright.data.text:text")
-MODELS.register_path("gpt", "trainwright.gpt:gpt")
+DATASETS.register_path("text", "trainwright.data.text:text", check=_ARGUMENTS)
+MODELS.register_path("gpt", "trainwright.gpt:gpt", check="trainwright.gpt:check_gpt_arguments")
 # Hugging Face transformers models (the optional extra trainwright[hf]), imported when a recipe names them.
 MODELS.register_path("hf", "trainwright.hf_models:hf")
-DATASETS.register_path("npy", "trainwright.data.arrays:npy", inputs="trainwright.data.arrays:array_rows")
+DATASETS.register_path(
+    "npy", "trainwright.data.arrays:npy", inputs="trainwright.data.arrays:array_rows", check=_ARGUMENTS
+)
 DATASETS.register_path(
     "image_folder", "trainwright.data.folders:image_folder", inputs="trainwright.data.folders:folder_images",
     check="trainwright.data.folders:check_arguments",
@@ -52,9 +63,6 @@ DATASETS.register_path(
 def check_recipe(recipe: Recipe) -> None:
     """Check that every component exists and takes the arguments given (no data is read)."""
     DATASETS.check(recipe.data.name, recipe.data.kwargs())
-    check_data = DATASETS.meta(recipe.data.name).get("check")  # arguments a signature cannot check (pipelines)
-    if check_data is not None:
-        import_attr(check_data, "data.name")(recipe.data.kwargs())
     MODELS.check(recipe.model.name, recipe.model.kwargs())
     LOSSES.check(recipe.loss.name, recipe.loss.kwargs())
     OPTIMIZERS.check(recipe.optimizer.name, recipe.optimizer.kwargs())
@@ -98,6 +106,7 @@ def build_data(recipe: Recipe) -> DataBundle:
     for name, split in (("train", bundle.train), ("val", bundle.val), ("test", bundle.test)):
         if split is not None:
             require_stream(split, f"data set '{recipe.data.name}': its {name} split")
+    check_bundle_targets(bundle, recipe.data.name)
     return fold_of(bundle, fold) if fold is not None and not splits_itself else bundle
 
 

@@ -8,10 +8,13 @@ by `cross_entropy` as they are. `GPTBlock` is the unit to shard under FSDP
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from trainwright.errors import UserError
 
 
 class CausalSelfAttention(nn.Module):
@@ -93,11 +96,25 @@ class GPT(nn.Module):
         return self.head(self.norm(x))
 
 
+def check_gpt_arguments(kwargs: dict[str, Any]) -> None:
+    """The values `gpt` refuses (it calls this, and so does `trainwright check`)."""
+    for key in ("vocab_size", "context", "layers", "heads", "width"):
+        if kwargs.get(key) is not None and kwargs[key] < 1:
+            raise UserError(f"model.{key} must be at least 1, got {kwargs[key]}")
+    width, heads = kwargs.get("width", 128), kwargs.get("heads", 4)
+    if width % heads:
+        raise UserError(f"model.width ({width}) must be a multiple of model.heads ({heads})")
+    if not 0 <= kwargs.get("dropout", 0.0) < 1:
+        raise UserError(f"model.dropout must be at least 0 and below 1, got {kwargs['dropout']}")
+
+
 def gpt(
     vocab_size: int | None = None, context: int = 128, layers: int = 4, heads: int = 4, width: int = 128,
     dropout: float = 0.0, tie_embeddings: bool = True,
 ) -> GPT:
     """The `gpt` model of recipes; `vocab_size` None: the data set's (its sequence task's number of classes)."""
+    check_gpt_arguments({"vocab_size": vocab_size, "context": context, "layers": layers, "heads": heads,
+                         "width": width, "dropout": dropout})
     if vocab_size is None:
         raise ValueError("vocab_size is not known: give model.vocab_size, or train on a sequence data set (data: text)")
     return GPT(vocab_size, context, layers, heads, width, dropout, tie_embeddings)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -21,6 +22,7 @@ from trainwright.components import build_optimizer, build_scheduler, check_monit
 from trainwright.data.bundle import DataBundle
 from trainwright.data.fingerprint import check_same_data, data_record
 from trainwright.data.loading import iterate
+from trainwright.data.targets import check_targets
 from trainwright.errors import UserError
 from trainwright.evaluation import Scoring
 from trainwright.recipe import Recipe
@@ -109,6 +111,7 @@ def check_first_batch(recipe: Recipe, data: DataBundle, model: nn.Module, scorin
     """One batch of training data through the model (eval mode, RNG untouched) and the loss."""
     count = min(recipe.data.batch_size, len(data.train))
     batch = next(iterate(data.train, iter([torch.arange(count)])))
+    _check_batch_targets(recipe, data, batch)
     was_training = model.training
     model.eval()
     loss_fn = scoring.loss_fn if isinstance(scoring.loss_fn, ModelLoss) else _Watched(scoring.loss_fn)
@@ -139,6 +142,17 @@ def check_first_batch(recipe: Recipe, data: DataBundle, model: nn.Module, scorin
         )
     if not math.isfinite(loss.item()):
         raise UserError(f"the loss on the first batch is already {loss.item()}: check the data and the model's outputs")
+
+
+def _check_batch_targets(recipe: Recipe, data: DataBundle, batch: Batch) -> None:
+    """The first batch's targets fit the task (splits held as tensors were checked whole by build_data;
+    this reaches data served item by item: image folders, shards, your own)."""
+    if isinstance(batch, Mapping):
+        targets = batch.get(TARGETS_KEY)
+    else:
+        targets = batch[1] if isinstance(batch, (tuple, list)) and len(batch) > 1 else None
+    if isinstance(targets, torch.Tensor):
+        check_targets(targets, data.task, lambda row: f"data set '{recipe.data.name}', training item {row}")
 
 
 class _Watched(nn.Module):

@@ -83,7 +83,7 @@ class LossConfig(_Component):
 
 
 class OptimizerConfig(_Component):
-    lr: float = Field(gt=0)
+    lr: float = Field(gt=0, allow_inf_nan=False)
 
 
 class SchedulerConfig(_Component):
@@ -94,7 +94,7 @@ class EarlyStoppingConfig(_Section):
     monitor: str = Field("val/loss", description="the validation metric watched (one the run reports)")
     mode: Literal["min", "max"] = Field("min", description="min: lower is better; max: higher is better")
     patience: int = Field(ge=1, description="stop after this many validations in a row without improvement")
-    min_delta: float = Field(0.0, ge=0, description="an improvement must beat the best value by more than this")
+    min_delta: float = Field(0.0, ge=0, allow_inf_nan=False, description="an improvement must beat the best value by more than this")
 
 
 class EmaConfig(_Section):
@@ -115,7 +115,7 @@ class TrainerConfig(_Section):
         "auto", description="auto: what the launcher says (accelerate launch --mixed_precision), else no"
     )
     grad_accum_steps: int = Field(1, ge=1)
-    grad_clip: float | None = Field(None, gt=0)
+    grad_clip: float | None = Field(None, gt=0, allow_inf_nan=False)
     log_every_steps: int = Field(50, ge=1)
     eval_every_epochs: int = Field(1, ge=1)
     record_samples: bool = Field(False, description="write each step's sample indices to <run dir>/samples/")
@@ -166,7 +166,7 @@ class WandbConfig(_Section):
     tags: list[str] = Field(default_factory=list)
     group: str | None = Field(None, description="W&B group (`cv` and `sweep` set it to their run dir's name)")
     init_timeout: float = Field(
-        10.0, gt=0, description="seconds to wait for W&B to start online before falling back to offline"
+        10.0, gt=0, allow_inf_nan=False, description="seconds to wait for W&B to start online before falling back to offline"
     )
 
 
@@ -215,7 +215,7 @@ class CvConfig(_Section):
 
 class Recipe(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seeds NumPy, Python and torch: 0 to 2**32 - 1")
     data: DataConfig
     model: ModelConfig
     loss: LossConfig

@@ -73,7 +73,15 @@ class Registry:
         )
 
     def check(self, name: str, kwargs: dict[str, Any]) -> None:
-        """Fail early, naming the key, when `kwargs` holds an argument the component does not take."""
+        """Fail early, naming the key, when `kwargs` holds an argument the component does not take, or (for a
+        built-in registered with `check=`: a function of the kwargs, or its import path) a value its builder
+        refuses: the builder calls the same function, so `trainwright check` refuses what `train` does."""
+        self._check_signature(name, kwargs)
+        values = self.meta(name).get("check")
+        if values is not None:
+            (import_attr(values, f"{self.section}.name") if isinstance(values, str) else values)(kwargs)
+
+    def _check_signature(self, name: str, kwargs: dict[str, Any]) -> None:
         builder = self.get(name)
         try:
             params = inspect.signature(builder).parameters

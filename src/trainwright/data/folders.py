@@ -20,6 +20,7 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import Dataset
 
+from trainwright.data.arguments import check_data_arguments, check_val_fraction
 from trainwright.data.bundle import DataBundle, Task
 from trainwright.data.input_batch import InputBatch
 from trainwright.data.transforms import build_pipeline
@@ -90,8 +91,26 @@ def _listing(folder: Path, classes: list[str] | None = None) -> tuple[list[str],
     return found.classes, found.samples
 
 
+def _training_classes(folder: Path, classes: list[str], samples: list[tuple[str, int]]) -> None:
+    """The classes a classifier trains on: at least two, each with images (an empty class folder would be a
+    class the model is asked to output but never sees)."""
+    if len(classes) < 2:
+        raise UserError(
+            f"data.root: {folder} holds one class folder ({classes[0]}/); a classifier needs at least two class "
+            "subfolders of images"
+        )
+    empty = sorted(set(classes) - {classes[label] for _, label in samples})
+    if empty:
+        others = f" (nor do {', '.join(empty[1:])})" if len(empty) > 1 else ""
+        raise UserError(
+            f"data.root: the class folder {folder / empty[0]} holds no images ({', '.join(IMAGE_SUFFIXES)}){others}; "
+            "add images to it or remove it"
+        )
+
+
 def check_arguments(kwargs: dict[str, Any]) -> None:
-    """The recipe's pipelines, checked without reading any image (`trainwright check`)."""
+    """The recipe's pipelines and arguments, checked without reading any image (`trainwright check`)."""
+    check_data_arguments(kwargs)
     for key in ("train_transforms", "eval_transforms"):
         build_pipeline(kwargs.get(key) or DEFAULT_PIPELINE, f"data.{key}")
 
@@ -118,11 +137,12 @@ def image_folder(
                 "data.val_fraction to validate on part of the class folders under data.root"
             )
         classes, train = _listing(root / "train")
+        _training_classes(root / "train", classes, train)
         _, val = _listing(root / "val", classes)
     else:
-        if not 0 < val_fraction < 1:
-            raise UserError(f"data.val_fraction must be between 0 and 1, got {val_fraction}")
+        check_val_fraction(val_fraction)
         classes, samples = _listing(root)
+        _training_classes(root, classes, samples)
         order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(split_seed)).tolist()
         cut = max(1, round(len(samples) * val_fraction))
         val = [samples[i] for i in sorted(order[:cut])]

@@ -32,6 +32,7 @@ from torch.utils.data import IterableDataset
 from trainwright.data.bundle import DataBundle, RowTaskKind, Task
 from trainwright.data.folders import DEFAULT_PIPELINE, IMAGE_SUFFIXES, ImageMode
 from trainwright.data.loading import EVAL_EPOCH, epoch_order
+from trainwright.data.targets import check_targets
 from trainwright.data.transforms import build_pipeline
 from trainwright.errors import UserError
 
@@ -41,12 +42,19 @@ _KEY = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset's key and extens
 
 
 def _index(path: Path) -> list[Sample]:
-    """The samples of a tar shard, read from its headers alone (the members' data are skipped)."""
+    """The samples of a tar shard, read from its headers alone (the members' data are skipped); a member
+    whose data would run past the end of the file means the shard was cut short."""
     samples: list[Sample] = []
     key = None
     try:
+        size = path.stat().st_size
         with tarfile.open(path, "r:") as tar:
             for member in tar:
+                if member.offset_data + member.size > size:  # tarfile stops there without a word
+                    raise UserError(
+                        f"data.root: {path} is truncated: its member {member.name} needs {member.size} bytes from byte "
+                        f"{member.offset_data}, but the file ends at byte {size}; copy the shard again or remove it"
+                    )
                 found = _KEY.match(member.name) if member.isfile() else None
                 if found is None:
                     continue
@@ -149,9 +157,10 @@ class ShardSamples(IterableDataset):
         return {"shards": listed, "keys": list(self.keys)}
 
 
-def _decoder(inputs: str, targets: str, task: RowTaskKind, transform: Any, mode: ImageMode) -> Decode:
+def _decoder(inputs: str, targets: str, task: Task, transform: Any, mode: ImageMode) -> Decode:
     """How a sample's members become (input, target): .npy arrays as stored, images decoded by torchvision
-    (uint8) and sent through `transform`; the target is a class index (.cls, text) or a number."""
+    (uint8) and sent through `transform`; the target is a class index (.cls, text) or a number, checked
+    against the task."""
     from torchvision.io import ImageReadMode, decode_image
 
     image = f".{inputs}" in IMAGE_SUFFIXES
@@ -167,11 +176,12 @@ def _decoder(inputs: str, targets: str, task: RowTaskKind, transform: Any, mode:
             else:
                 raise UserError(f"data.inputs: cannot decode .{inputs} members (choose npy or an image: png, jpg, ...)")
             text = members[targets].decode().strip()
-            target: Any = int(text) if task == "multiclass" else torch.tensor([float(text)])
+            target: Any = int(text) if task.kind == "multiclass" else torch.tensor([float(text)])
         except UserError:
             raise
         except (ValueError, RuntimeError, OSError, UnicodeDecodeError) as exc:
             raise UserError(f"{where}: cannot decode it ({exc}); replace or remove the shard") from None
+        check_targets(torch.as_tensor([target]), task, lambda _: f"{where} (.{targets})")
         return value, target
 
     return decode
@@ -204,13 +214,14 @@ def shards(
         raise UserError("data.class_names: a multiclass shards data set needs its class names, in class-index order")
     eval_steps = eval_transforms or DEFAULT_PIPELINE
     train_pipeline = build_pipeline(train_transforms or DEFAULT_PIPELINE, "data.train_transforms")
-    train_decode = _decoder(inputs, targets, task, train_pipeline, mode)
-    eval_decode = _decoder(inputs, targets, task, build_pipeline(eval_steps, "data.eval_transforms"), mode)
+    kind = Task(task, tuple(class_names or ()))
+    train_decode = _decoder(inputs, targets, kind, train_pipeline, mode)
+    eval_decode = _decoder(inputs, targets, kind, build_pipeline(eval_steps, "data.eval_transforms"), mode)
     keys = (inputs.lower(), targets.lower())
     return DataBundle(
         train=ShardSamples(_shards(root, train, "train"), train_decode, keys),
         val=ShardSamples(_shards(root, val, "val"), eval_decode, keys),
-        task=Task(task, tuple(class_names or ())),
+        task=kind,
         describe_input=lambda i: f"sample {i}",
         preprocessing={"eval_transforms": eval_steps, "mode": mode, "inputs": inputs},
     )

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 
+from trainwright.data.arguments import check_at_least, check_val_fraction
 from trainwright.data.bundle import DataBundle, Task, TensorSplit
 
 
 def _split(inputs: torch.Tensor, targets: torch.Tensor, val_fraction: float) -> tuple[TensorSplit, TensorSplit]:
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+    check_val_fraction(val_fraction)
     n_train = int(round(len(inputs) * (1.0 - val_fraction)))
     return TensorSplit(inputs[:n_train], targets[:n_train]), TensorSplit(inputs[n_train:], targets[n_train:])
 
@@ -23,8 +23,7 @@ def heart_labels(points: torch.Tensor) -> torch.Tensor:
 
 def heart(num_points: int = 100_000, seed: int = 123, val_fraction: float = 0.2) -> DataBundle:
     """Points uniform in [-2, 2]^2 (from `seed`), labelled inside/outside the heart; 80/20 split."""
-    if num_points < 2:
-        raise ValueError(f"num_points must be at least 2, got {num_points}")
+    check_at_least("num_points", num_points, 2)
     generator = torch.Generator().manual_seed(seed)
     points = torch.rand(num_points, 2, generator=generator) * 4 - 2
     train, val = _split(points, heart_labels(points), val_fraction)

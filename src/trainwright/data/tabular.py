@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from trainwright.data.arguments import check_val_fraction
 from trainwright.data.bundle import DataBundle, Task, TensorSplit
 from trainwright.data.folds import Fold
 from trainwright.errors import UserError, did_you_mean
@@ -143,8 +144,7 @@ def describe_row(row: pd.Series) -> str:
 
 def _split_rows(count: int, val_fraction: float, split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(train rows, val rows): a random split with at least one row on each side."""
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+    check_val_fraction(val_fraction)
     order = torch.randperm(count, generator=torch.Generator().manual_seed(split_seed))
     n_val = min(count - 1, max(1, int(round(count * val_fraction))))
     return order[n_val:], order[:n_val]

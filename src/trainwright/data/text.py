@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +26,10 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from trainwright.data.arguments import check_data_arguments
 from trainwright.data.bundle import DataBundle, Task, TensorSplit
 from trainwright.errors import UserError
+from trainwright.processes import launch_rank
 
 Vocabulary = Literal["chars", "bytes", "tokenizer"]
 CACHE_VARIABLE = "TRAINWRIGHT_CACHE"  # where token arrays are stored (default: ~/.cache/trainwright)
@@ -61,6 +64,39 @@ def read_corpus(files: list[Path], max_bytes: int | None) -> bytes:
         chunks.append(data)
         total += len(data)
     return b"".join(chunks)
+
+
+MOSTLY_BINARY = 0.3  # a text with more than this share of bytes that are not UTF-8 is refused
+
+
+def check_utf8(text: bytes, files: list[Path]) -> None:
+    """Bytes that are not UTF-8 become U+FFFD in a `chars` or tokenizer vocabulary: say how many (and where
+    the first is); refuse a text that is mostly not UTF-8 (a binary file read as text)."""
+    invalid = len(text) - len(text.decode("utf-8", errors="ignore").encode("utf-8"))
+    if not invalid:
+        return
+    first = 0
+    try:
+        text.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        first = exc.start
+    where = f"byte {first}"
+    for file in files:  # which file the first one is in (the text is the files one after the other)
+        size = file.stat().st_size
+        if first < size:
+            where = f"byte {first} of {file}"
+            break
+        first -= size
+    share = invalid / len(text)
+    if share > MOSTLY_BINARY:
+        raise UserError(
+            f"data.path: {invalid:,} of the text's {len(text):,} bytes ({share:.0%}) are not UTF-8 text (the first at "
+            f"{where}): is it a binary file? Give text files (data.pattern picks them), or data.vocabulary=bytes to "
+            "model raw bytes"
+        )
+    if launch_rank() == 0:
+        print(f"trainwright: data.path: {invalid:,} bytes of the text are not UTF-8 (the first at {where}) and are "
+              "read as U+FFFD; save the files as UTF-8, or use data.vocabulary=bytes", file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)
@@ -178,12 +214,11 @@ def text(
 ) -> DataBundle:
     """A language-modelling data set of local text (see the module's docstring); `path` None: the running
     Python's standard library (with `pattern: "*.py"`, its top-level modules)."""
-    if context < 1:
-        raise ValueError(f"context must be at least 1, got {context}")
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+    check_data_arguments({"context": context, "val_fraction": val_fraction})
     files = corpus_files(path, pattern)
     corpus = read_corpus(files, max_bytes)
+    if vocabulary != "bytes" or tokenizer is not None:
+        check_utf8(corpus, files)
     codec = make_codec(corpus, vocabulary, tokenizer)
     tokens = torch.from_numpy(token_array(corpus, codec))
     cut = int(len(tokens) * (1.0 - val_fraction))

@@ -9,7 +9,9 @@ their arguments, e.g.
 
 A pipeline gets a decoded image as a uint8 tensor (channels, height, width). Names and arguments are
 checked against torchvision when the data set is built (start-up, before any folder is made); `dtype`
-arguments are written as torch dtype names ('float32')."""
+arguments are written as torch dtype names ('float32'). Values that torchvision refuses only on an image
+(`Resize size: -5`, a zero `std`) are one message naming the step and its arguments, at the start-up
+check's first batch."""
 
 from __future__ import annotations
 
@@ -19,6 +21,30 @@ from typing import Any
 import torch
 
 from trainwright.errors import UserError, did_you_mean
+
+_NO_RECIPE_FORM = {"Lambda": "it takes a Python function, which a recipe cannot hold"}
+
+
+class Pipeline:
+    """The built steps, applied in turn; a step that fails on an image is one UserError naming it (its place
+    in the recipe's list and its arguments), instead of torchvision's traceback."""
+
+    def __init__(self, steps: list[tuple[str, str, dict[str, Any], Any]]) -> None:
+        self.steps = steps  # (where, name, arguments as written, transform)
+
+    def __call__(self, image: Any) -> Any:
+        for where, name, arguments, transform in self.steps:
+            try:
+                image = transform(image)
+            except UserError:
+                raise
+            except Exception as exc:
+                shape = tuple(getattr(image, "shape", ()))
+                raise UserError(
+                    f"{where}: {name} with {arguments} fails on an image of shape {shape}: {type(exc).__name__}: "
+                    f"{str(exc).rstrip('.')}; fix its arguments"
+                ) from None
+        return image
 
 
 def _transform_classes() -> dict[str, type]:
@@ -39,10 +65,8 @@ def _argument(name: str, value: Any, where: str) -> Any:
     return value
 
 
-def build_pipeline(steps: list[dict[str, Any]], key: str) -> Any:
-    """`steps` (the recipe's list under `key`, e.g. 'data.train_transforms') as a v2.Compose."""
-    from torchvision.transforms import v2
-
+def build_pipeline(steps: list[dict[str, Any]], key: str) -> Pipeline:
+    """`steps` (the recipe's list under `key`, e.g. 'data.train_transforms') as a Pipeline."""
     classes = _transform_classes()
     built = []
     for i, step in enumerate(steps):
@@ -54,6 +78,8 @@ def build_pipeline(steps: list[dict[str, Any]], key: str) -> Any:
             raise UserError(
                 f"{where}.name: torchvision.transforms.v2 has no transform '{name}'{did_you_mean(name, classes)}"
             )
+        if name in _NO_RECIPE_FORM:
+            raise UserError(f"{where}.name: {name} cannot be used in a recipe: {_NO_RECIPE_FORM[name]}; remove it")
         params = inspect.signature(classes[name]).parameters
         accepted = [p for p in params if p != "self"]
         if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
@@ -64,7 +90,8 @@ def build_pipeline(steps: list[dict[str, Any]], key: str) -> Any:
                         f"(it takes: {', '.join(accepted) or 'no arguments'})"
                     )
         try:
-            built.append(classes[name](**{k: _argument(k, v, where) for k, v in arguments.items()}))
+            transform = classes[name](**{k: _argument(k, v, where) for k, v in arguments.items()})
         except (TypeError, ValueError) as exc:
             raise UserError(f"{where}: cannot build {name} from {arguments}: {exc}") from None
-    return v2.Compose(built)
+        built.append((where, name, arguments, transform))
+    return Pipeline(built)
