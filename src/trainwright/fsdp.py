@@ -89,10 +89,11 @@ def shard_units(model: nn.Module, names: list[str] | None) -> list[nn.Module]:
         if tie is None:
             units.append(module)
         elif names is not None:
+            kind = type(module).__name__
             raise UserError(
-                f"{SHARD_KEY}: {type(module).__name__} '{prefix}' cannot be sharded on its own: its parameter "
-                f"'{prefix}.{tie[0]}' is tied to '{tie[1]}' outside it (FSDP keeps a shared parameter in one unit); "
-                f"name a class that holds both, or leave '{type(module).__name__}' out (the whole model then holds the tie)"
+                f"{SHARD_KEY}: {kind} '{prefix}' cannot be sharded on its own: its parameter '{prefix}.{tie[0]}' "
+                f"is tied to '{tie[1]}' outside it (FSDP keeps a shared parameter in one unit); name a class that "
+                f"holds both, or leave '{kind}' out (the whole model then holds the tie)"
             )
     return units
 

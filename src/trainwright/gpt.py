@@ -8,6 +8,7 @@ transformers models name theirs); the tied embedding and output layer stay with 
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -54,7 +55,7 @@ class GPTBlock(nn.Module):
 class GPT(nn.Module):
     """Token ids (batch, time <= context) -> next-token logits (batch, time, vocab_size)."""
 
-    _no_split_modules = ["GPTBlock"]  # the default FSDP unit (fsdp.default_unit_classes)
+    _no_split_modules: ClassVar[list[str]] = ["GPTBlock"]  # the default FSDP unit (fsdp.default_unit_classes)
 
     def __init__(
         self, vocab_size: int, context: int, layers: int, heads: int, width: int, dropout: float,
