@@ -222,7 +222,9 @@ class Recipe(_Section):
     loss: LossConfig
     optimizer: OptimizerConfig
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
-    metrics: list[str] | None = Field(None, description="validation metrics (default: accuracy or mae by task)")
+    metrics: list[str] | None = Field(
+        None, description="validation metrics (default: by task; []: none, only the loss)"
+    )
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
