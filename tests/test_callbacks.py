@@ -311,7 +311,7 @@ def test_a_callback_stops_the_run_cleanly_and_it_is_then_already_complete(module
     stopped = summary(run_dir)
     assert stopped["status"] == "completed" and stopped["step"] == 7 and "val/loss" in stopped
     assert stopped["stopped_by_callback"] == {"callback": "Counter", "reason": "counted 7 steps on process 0",
-                                              "step": 7, "epoch": 1}
+                                              "step": 7, "epoch": 2}  # step 7 of 5 per epoch
     assert newest_valid_checkpoint(run_dir) == 7 and (run_dir / "model.safetensors").is_file()
     trainer = json.loads((checkpoint_dir(run_dir, 7) / "trainer.json").read_text())
     assert (trainer["stopped_by_callback"], trainer["stop_reason"]) == ("Counter", "counted 7 steps on process 0")

@@ -65,3 +65,24 @@ def test_metrics_from_the_registry_and_from_user_code(tmp_path, monkeypatch):
     scoring = build_scoring(recipe, Task("regression"))
     metrics = evaluate(torch.nn.Identity(), split, scoring, Processes.single(), batch_size=4)
     assert metrics == pytest.approx({"loss": 1.0, "mae": 1.0, "mse": 3.0, "off_by_more_than_one": 2 / 6})
+
+
+def test_empty_metrics_mean_none_and_absent_metrics_the_defaults(capsys, tmp_path):
+    """`metrics: []` (what the README and a start-up message tell a model without logits to set) reports
+    only the loss, in training, summary.json and eval; no `metrics` key reports the task's defaults."""
+    import json
+
+    from reliability_helpers import HEART, TINY, call, train_ok
+    from trainwright.components import metric_names
+    from trainwright.data.bundle import Task
+    from trainwright.recipe import load_recipe
+
+    train_ok(capsys, HEART, *TINY, "metrics=[]", "--run-dir", tmp_path / "none")
+    assert [k for k in json.loads((tmp_path / "none" / "summary.json").read_text()) if k.startswith("val/")] == [
+        "val/loss"
+    ]
+    code, out, err = call(capsys, "eval", tmp_path / "none")
+    assert code == 0, err
+    assert list(json.loads(out)) == ["val/loss"]  # heart has no test split: eval scores validation
+    recipe = load_recipe(HEART)
+    assert recipe.metrics is None and metric_names(recipe, Task("binary")) == ["accuracy"]

@@ -45,3 +45,20 @@ def test_a_failed_metrics_write_leaves_no_half_line(tmp_path, monkeypatch):
     monkeypatch.undo()
     log.close()
     assert path.read_text() == '{"step": 1, "epoch": 1, "train/loss": 0.5}\n'
+
+
+def test_epochs_are_counted_from_1_everywhere_a_user_reads_them(capsys, tmp_path):
+    """metrics.jsonl (training, validation and checkpoint lines), the samples log, summary.json and the resume
+    message all give a step's epoch counted from 1 (5 steps per epoch: steps 1-5 are epoch 1, 6-10 epoch 2)."""
+    run_dir = tmp_path / "run"
+    args = [HEART, *TINY, "trainer.epochs=2", "trainer.log_every_steps=1", "checkpoint.every_steps=3",
+            "checkpoint.keep_last=5", "trainer.record_samples=true", "--run-dir", run_dir]
+    train_ok(capsys, *args)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    samples = [json.loads(line) for line in (run_dir / "samples" / "rank0.jsonl").read_text().splitlines()]
+    assert any("checkpoint/stall_seconds" in r for r in records) and len(samples) == 10
+    for record in records + samples:
+        assert record["epoch"] == (record["step"] + 4) // 5, record
+    assert json.loads((run_dir / "summary.json").read_text())["epoch"] == 2
+    out, _ = train_ok(capsys, *args, "--resume", run_dir / "checkpoints" / "step_00000006")
+    assert "Resuming from step 6 (epoch 2, batch 1) in " in out  # the second epoch, after its first batch

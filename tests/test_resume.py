@@ -586,7 +586,7 @@ def test_elastic_resume_on_another_process_count(reference, reference_2proc, sta
     result = completed(train(run_dir, *overrides, processes_=then))
     assert f"world_size={then} device=cpu" in result.stdout
     step, epoch, batch = assert_resumed_from(result.stdout, 150)
-    assert (epoch, batch) == (1, 50)  # mid-epoch: the second epoch's 50th batch
+    assert (epoch, batch) == (2, 50)  # mid-epoch: the second epoch (counted from 1), after 50 of its batches
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["step"] == TOTAL_STEPS and summary["status"] == "completed"
 

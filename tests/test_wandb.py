@@ -85,8 +85,9 @@ def test_wandb_history_matches_metrics_jsonl(offline):
         row = history.get(record["step"])
         assert row is not None, f"step {record['step']} missing from W&B history"
         for key, value in record.items():
-            if key not in ("step", "epoch"):
+            if key != "step":
                 assert row[key] == pytest.approx(value), (record, row)
+    assert {record["epoch"] for record in logged} == {1, 2}  # counted from 1 (2 epochs)
 
 
 def test_wandb_config_holds_the_recipe(offline):

@@ -150,7 +150,7 @@ class RunView:
         values = {str(name): float(value) for name, value in metrics.items()}
         if taken := sorted({"step", "epoch"} & values.keys()):
             raise ValueError(f"log() got {taken}: the record's own keys; use other names")
-        trainer.tracker.log(values, state.step, state.epoch + (1 if state.batch_in_epoch else 0))
+        trainer.tracker.log(values, state.step, state.epoch_number())
 
     def request_stop(self, reason: str) -> None:
         """Ask the run to end as completed (validation, checkpoint, final weights, exit 0) with `reason`.

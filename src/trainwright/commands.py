@@ -54,15 +54,23 @@ def train_command(args: argparse.Namespace) -> int:
 
 
 def eval_command(args: argparse.Namespace) -> int:
+    """Under a launcher each process scores its share of the split; the main process prints the whole's metrics."""
     from trainwright.inference import load_run
+    from trainwright.launched import end_launched
 
-    run = load_run(args.run_dir, args.checkpoint, allow_data_change=args.allow_data_change, raw=args.raw_weights)
-    print(json.dumps(run.evaluate(), indent=2))
+    run = load_run(args.run_dir, args.checkpoint, allow_data_change=args.allow_data_change, raw=args.raw_weights,
+                   launched=True)
+    with end_launched(run.processes):
+        metrics = run.evaluate()
+    if run.processes.is_main:
+        print(json.dumps(metrics, indent=2))
     return 0
 
 
 def predict_command(args: argparse.Namespace) -> int:
+    """Under a launcher each process predicts its share of each batch; the main process prints them all."""
     from trainwright.inference import load_run
+    from trainwright.launched import end_launched
 
     if args.output is not None:
         if args.prompt is not None:
@@ -70,26 +78,34 @@ def predict_command(args: argparse.Namespace) -> int:
         return _predict_to_file(args)
     if args.prompt is not None and args.input is not None:
         raise UserError("--prompt generates text; it takes no --input or --output")
-    run = load_run(args.run_dir, args.checkpoint, args.device, args.allow_data_change, raw=args.raw_weights)
-    if args.prompt is not None:
-        print(run.generate(args.prompt, args.length, args.temperature, args.seed))
-    elif args.input is None:  # the first N items of the run's own evaluation split
-        _, predictions = run.predict_split(args.n)
-        print("\n".join(predictions.lines()))
-    else:
-        predictions = next(run.predict_stream(args.input, batch_size=args.n + 1))  # one more: are there more?
-        print("\n".join(predictions.lines()[: args.n]))
-        if len(predictions) > args.n:
-            print(f"trainwright: showing the first {args.n} predictions; --output FILE.csv writes one row per input",
-                  file=sys.stderr)
+    run = load_run(args.run_dir, args.checkpoint, args.device, args.allow_data_change, raw=args.raw_weights,
+                   launched=True)
+    main = run.processes.is_main
+    with end_launched(run.processes):
+        if args.prompt is not None:
+            if main:  # one text: nothing to share
+                print(run.generate(args.prompt, args.length, args.temperature, args.seed))
+        elif args.input is None:  # the first N items of the run's own evaluation split
+            _, predictions = run.predict_split(args.n)
+            if main:
+                print("\n".join(predictions.lines()))
+        else:
+            predictions = next(run.predict_stream(args.input, batch_size=args.n + 1))  # one more: are there more?
+            if main:
+                print("\n".join(predictions.lines()[: args.n]))
+            if main and len(predictions) > args.n:
+                print(f"trainwright: showing the first {args.n} predictions; --output FILE.csv writes one row per "
+                      "input", file=sys.stderr)
     return 0
 
 
 def _predict_to_file(args: argparse.Namespace) -> int:
-    """`predict --input X --output FILE`; a stop signal on the way leaves no file and exits 75."""
+    """`predict --input X --output FILE`; a stop signal on the way leaves no file and exits 75. Under a
+    launcher each process predicts its share of each batch and the main process writes them all."""
     from tqdm.auto import tqdm
 
     from trainwright.inference import load_run
+    from trainwright.launched import end_launched
     from trainwright.prediction_files import StopSignal, check_output, stop_signals_raise, write_predictions
 
     if args.input is None:
@@ -97,15 +113,20 @@ def _predict_to_file(args: argparse.Namespace) -> int:
     check_output(Path(args.output))  # before anything is read
     try:
         with stop_signals_raise():
-            run = load_run(args.run_dir, args.checkpoint, args.device, args.allow_data_change, raw=args.raw_weights)
-            with tqdm(unit=" items", desc="predicting", file=sys.stderr, disable=None) as progress:
+            run = load_run(args.run_dir, args.checkpoint, args.device, args.allow_data_change, raw=args.raw_weights,
+                           launched=True)
+            main = run.processes.is_main
+            with end_launched(run.processes), tqdm(unit=" items", desc="predicting", file=sys.stderr,
+                                                   disable=None if main else True) as progress:
                 batches = (progress.update(len(p)) or p for p in run.predict_stream(args.input, args.batch_size))
-                count = write_predictions(batches, Path(args.output))
+                count = write_predictions(batches, Path(args.output)) if main else sum(map(len, batches))
     except StopSignal as stop:
-        print(f"trainwright: got {stop.name}; stopped predicting, nothing was written to {args.output} (run the same "
-              "command again to write it)", file=sys.stderr, flush=True)
+        if launch_rank() == 0:
+            print(f"trainwright: got {stop.name}; stopped predicting, nothing was written to {args.output} (run the "
+                  "same command again to write it)", file=sys.stderr, flush=True)
         return EXIT_PREEMPTED
-    print(f"Wrote {count} predictions to {args.output}")
+    if main:
+        print(f"Wrote {count} predictions to {args.output}")
     return 0
 
 

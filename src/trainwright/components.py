@@ -71,13 +71,17 @@ def check_recipe(recipe: Recipe) -> None:
         METRICS.get(name, key="metrics")
     check_callbacks(recipe)
     # Without the data the task is unknown, so the default metric may be either; start-up checks it exactly.
-    check_monitor(recipe, metric_names(recipe) if recipe.metrics else ["accuracy", "mae", "perplexity"])
+    check_monitor(recipe, metric_names(recipe) if recipe.metrics is not None else ["accuracy", "mae", "perplexity"])
 
 
 def metric_names(recipe: Recipe, task: Task | None = None) -> list[str]:
     """The names the run reports its metrics under ('pkg.mod:f1' reports as 'f1'), without 'val/'."""
-    names = list(recipe.metrics) if recipe.metrics else metrics.default_metrics(task)
-    return [name.rpartition(":")[2] for name in names]
+    return [name.rpartition(":")[2] for name in _metric_choice(recipe, task)]
+
+
+def _metric_choice(recipe: Recipe, task: Task | None) -> list[str]:
+    """The recipe's metrics (`[]`: none, only the loss), or the task's default when it names none."""
+    return list(recipe.metrics) if recipe.metrics is not None else metrics.default_metrics(task)
 
 
 def check_monitor(recipe: Recipe, names: list[str]) -> None:
@@ -158,7 +162,7 @@ def build_scoring(recipe: Recipe, task: Task) -> Scoring:
     (the recipe's, or the task's default: accuracy for classifiers, MAE for regression, token accuracy and
     perplexity for sequence tasks)."""
     default_kind = "value" if task.kind == "regression" else "logits"
-    names = list(recipe.metrics) if recipe.metrics else metrics.default_metrics(task)
+    names = _metric_choice(recipe, task)
     shorts = metric_names(recipe, task)
     functions: dict[str, MetricFn] = {short: METRICS.get(name, key="metrics") for name, short in zip(names, shorts)}
     finish = {short: METRICS.meta(name)["finish"] for name, short in zip(names, shorts) if "finish" in METRICS.meta(name)}

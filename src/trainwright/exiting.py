@@ -20,7 +20,7 @@ _closed_a_group = False
 
 
 def closed_a_group() -> None:
-    """Called by training.end_processes after it destroyed the process group."""
+    """Called after the process group was destroyed (training.end_processes, launched.end_launched)."""
     global _closed_a_group
     _closed_a_group = True
 

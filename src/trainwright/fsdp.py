@@ -23,6 +23,8 @@ from trainwright.parallel import BuildOptimizer, checkpoint_activations, compile
 from trainwright.processes import Processes
 from trainwright.recipe import DistributedConfig
 
+SHARD_KEY = "distributed.shard_modules"
+
 
 class FullySharded:
     """FSDP2 over all processes (a group of one when there is one process)."""
@@ -49,14 +51,13 @@ class FullySharded:
         return sharded, self.accelerator.prepare(build_optimizer(sharded))
 
     def shard(self, model: nn.Module) -> nn.Module:
-        """`fully_shard` every module of the chosen classes (innermost first), then the root."""
-        chosen = set(_shard_classes(model, self.config.shard_modules))
+        """`fully_shard` every unit (innermost first), then the root (which holds the rest)."""
+        units = shard_units(model, self.config.shard_modules)
         _ensure_process_group(self.processes)
         mesh = init_device_mesh(self.processes.device.type, (self.processes.world_size,))
         options = {"mesh": mesh, "reshard_after_forward": self.config.reshard_after_forward, "mp_policy": self.policy}
-        for module in reversed(list(model.modules())):  # descendants before their ancestors
-            if module is not model and type(module).__name__ in chosen:
-                fully_shard(module, **options)
+        for module in reversed(units):  # descendants before their ancestors
+            fully_shard(module, **options)
         fully_shard(model, **options)
         return model
 
@@ -70,13 +71,41 @@ class FullySharded:
         return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def _shard_classes(model: nn.Module, names: list[str] | None) -> list[str]:
-    """Class names of the modules to shard one by one: the recipe's list, or by default every class of
-    module that holds parameters of its own (Linear, Conv2d, ... in the built-in models)."""
-    if names is None:
-        present = {type(m).__name__: m for m in model.modules()}
-        return [name for name, m in present.items() if any(True for _ in m.parameters(recurse=False))]
-    return module_classes(model, names, "distributed.shard_modules")
+def shard_units(model: nn.Module, names: list[str] | None) -> list[nn.Module]:
+    """The modules sharded one by one, ancestors first: those of the classes `names` (distributed.shard_modules)
+    or by default `default_unit_classes`. A module holding a parameter that is also used outside it (a tied
+    embedding and output layer) is never a unit of its own (FSDP keeps a parameter in one group): by default
+    the root holds it; a class named in the recipe is an error naming both places."""
+    classes = set(default_unit_classes(model) if names is None else module_classes(model, names, SHARD_KEY))
+    names_of: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names_of.setdefault(id(param), []).append(name)
+    units = []
+    for prefix, module in model.named_modules():
+        if module is model or type(module).__name__ not in classes:
+            continue
+        tie = next(((inside, outside) for inside, param in module.named_parameters(remove_duplicate=False)
+                    for outside in names_of[id(param)] if not outside.startswith(f"{prefix}.")), None)
+        if tie is None:
+            units.append(module)
+        elif names is not None:
+            kind = type(module).__name__
+            raise UserError(
+                f"{SHARD_KEY}: {kind} '{prefix}' cannot be sharded on its own: its parameter '{prefix}.{tie[0]}' "
+                f"is tied to '{tie[1]}' outside it (FSDP keeps a shared parameter in one unit); name a class that "
+                f"holds both, or leave '{kind}' out (the whole model then holds the tie)"
+            )
+    return units
+
+
+def default_unit_classes(model: nn.Module) -> set[str]:
+    """The block classes the model declares as not to be split (`_no_split_modules`, as transformers models
+    and `gpt` do), or else every class of module that holds parameters of its own (Linear, Conv2d, ...)."""
+    present = {type(m).__name__ for m in model.modules()}
+    declared = {name for m in model.modules() for name in getattr(m, "_no_split_modules", None) or ()}
+    if declared & present:
+        return declared & present
+    return {type(m).__name__ for m in model.modules() if any(True for _ in m.parameters(recurse=False))}
 
 
 def _ensure_process_group(processes: Processes) -> None:

@@ -2,13 +2,13 @@
 an MLP, learned positions, the token embedding tied to the output layer by default).
 
 It maps token ids (batch, time) to logits (batch, time, vocab_size): a sequence task's outputs, scored
-by `cross_entropy` as they are. `GPTBlock` is the unit to shard under FSDP
-(`distributed.shard_modules: [GPTBlock]`)."""
+by `cross_entropy` as they are. `GPTBlock` is its default unit under FSDP (`_no_split_modules`, as
+transformers models name theirs); the tied embedding and output layer stay with the model as a whole."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +56,8 @@ class GPTBlock(nn.Module):
 
 class GPT(nn.Module):
     """Token ids (batch, time <= context) -> next-token logits (batch, time, vocab_size)."""
+
+    _no_split_modules: ClassVar[list[str]] = ["GPTBlock"]  # the default FSDP unit (fsdp.default_unit_classes)
 
     def __init__(
         self, vocab_size: int, context: int, layers: int, heads: int, width: int, dropout: float,

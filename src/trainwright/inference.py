@@ -1,6 +1,7 @@
 """Using a trained run: `load_run` gives its recipe and model with the trained weights; `Run.predict` on
 new inputs (tensors, DataFrames, files, images), `Run.evaluate` and `Run.predict_split` on its own data.
-The CLI's eval, predict and plot use the same functions.
+The CLI's eval, predict and plot use the same functions. Under a launcher (`load_run(..., launched=True)`)
+the launch's processes share evaluation and prediction (launched.py).
 
 New inputs are read by the data set's reader (data/inputs.py) with the statistics recorded in the run
 (data.json), so predicting needs neither the training data nor a recomputation from the new inputs.
@@ -28,13 +29,14 @@ from trainwright.components import build_data, build_model, build_scoring, input
 from trainwright.data.bundle import DataBundle, Task
 from trainwright.data.fingerprint import check_same_data, data_record
 from trainwright.data.input_batch import InputBatch
-from trainwright.data.loading import eval_indices, iterate
+from trainwright.data.loading import iterate
 from trainwright.errors import UserError
 from trainwright.export import checkpoint_weights, find_checkpoint
 from trainwright.evaluation import EVAL_BATCH_SIZE, Scoring, evaluate
 from trainwright.files import warn
+from trainwright.launched import gathered_rows, launched_processes, share
 from trainwright.predictions import Predictions
-from trainwright.processes import Processes
+from trainwright.processes import Processes, launch_rank
 from trainwright.recipe import Recipe
 from trainwright.rundir import RunDir
 from trainwright.safetensors_header import header_problem
@@ -46,7 +48,8 @@ DEVICES = ("auto", "cpu", "cuda")
 @dataclass
 class Run:
     """A trained run: its recipe, its model with the trained weights (in eval mode on `device`), and where
-    the weights come from (`step`)."""
+    the weights come from (`step`); `processes`: the processes that share evaluation and prediction (each
+    method returns the whole result on every one of them)."""
 
     run_dir: RunDir
     recipe: Recipe
@@ -55,6 +58,7 @@ class Run:
     device: torch.device
     allow_data_change: bool = False
     _record: dict[str, Any] | None = field(default=None, repr=False)  # data.json
+    processes: Processes = field(default_factory=Processes.single, repr=False)
 
     @cached_property
     def data(self) -> DataBundle:
@@ -80,7 +84,7 @@ class Run:
         dataset = {"val": self.data.val, "test": self.data.test}.get(split)
         if dataset is None:
             raise UserError(f"split must be 'val' or 'test' (a data set with a test split), got {split!r}")
-        metrics = evaluate(self.model.cpu(), dataset, self.scoring, Processes.single())
+        metrics = evaluate(self.model.to(self.processes.device), dataset, self.scoring, self.processes)
         self.model.to(self.device)
         return {f"{split}/{key}": value for key, value in metrics.items()}
 
@@ -119,14 +123,18 @@ class Run:
             )
         split = self.data.eval_split
         size = len(split) if count is None else min(count, len(split))
-        batches = list(iterate(split, (index for index, _ in eval_indices(size, EVAL_BATCH_SIZE, 0, 1))))
-        score = Step(self.scoring.loss_fn, self.device).scorer(self.model, batches[0])
-        scored = [score(batch) for batch in batches]
-        outputs, targets = (torch.cat([getattr(s, key).cpu() for s in scored]) for key in ("outputs", "targets"))
-        if isinstance(batches[0], Mapping):
-            inputs = {key: torch.cat([b[key] for b in batches]) for key in batches[0] if key != TARGETS_KEY}
-        else:
-            inputs = torch.cat([b[0] for b in batches])
+        start, stop = share(size, self.processes)
+        part = None
+        if stop > start:  # this process's share, in order
+            batches = list(iterate(split, torch.arange(start, stop).split(EVAL_BATCH_SIZE)))
+            score = Step(self.scoring.loss_fn, self.device).scorer(self.model, batches[0])
+            scored = [score(batch) for batch in batches]
+            inputs = [{k: v for k, v in b.items() if k != TARGETS_KEY} if isinstance(b, Mapping) else b[0]
+                      for b in batches]
+            part = (_joined_rows(inputs), *(_joined_rows([getattr(s, key).cpu() for s in scored])
+                                            for key in ("outputs", "targets")))
+        parts = [p for p in self.processes.gather(part) if p is not None]
+        inputs, outputs, targets = (_joined_rows([p[i] for p in parts]) for i in range(3))
         actual = self.task.decode(targets) if self.task.kind == "regression" else targets
         ids = [str(i) for i in range(size)]
         predictions = Predictions(ids, outputs, self.task, self.scoring.output_kind, actual, self.data.describe_input)
@@ -156,10 +164,19 @@ class Run:
         return prompt + codec.decode(new)
 
     def _predictions(self, batch: InputBatch, describe: bool = True) -> Predictions:
+        start, stop = share(len(batch.inputs), self.processes)  # each process its slice of the batch
+        part = self.outputs(batch.inputs[start:stop]) if stop > start else torch.empty(0)
         return Predictions(
-            batch.ids, self.outputs(batch.inputs), self.task, self.scoring.output_kind, batch.actual,
+            batch.ids, gathered_rows(part, self.processes), self.task, self.scoring.output_kind, batch.actual,
             batch.describe if describe else None,
         )
+
+
+def _joined_rows(parts: list[Any]) -> Any:
+    """Row blocks (tensors, or mappings of tensors) joined in order."""
+    if isinstance(parts[0], Mapping):
+        return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+    return torch.cat(parts)
 
 
 def _joined(parts: list[Predictions], task: Task, output_kind: str) -> Predictions:
@@ -180,12 +197,13 @@ def _joined(parts: list[Predictions], task: Task, output_kind: str) -> Predictio
 
 def load_run(
     run_dir: str | Path | RunDir, checkpoint: str | Path | None = None, device: str = "cpu",
-    allow_data_change: bool = False, raw: bool = False,
+    allow_data_change: bool = False, raw: bool = False, launched: bool = False,
 ) -> Run:
     """A trained run: its final weights (model.safetensors), or with `checkpoint` ('latest' or a checkpoint
     folder) a checkpoint's, e.g. of a run that has not finished. `device`: 'cpu', 'cuda' or 'auto'. With
     trainer.ema these are the averaged weights; `raw`: the raw ones instead. Says on stderr which step the
-    weights are from."""
+    weights are from. `launched`: under a launcher, the launch's processes share its evaluation and
+    prediction (each on its own GPU where `device` is CUDA)."""
     run = run_dir if isinstance(run_dir, RunDir) else RunDir.existing(run_dir)
     recipe, record = run.recipe(), run.read_json(run.data_file)
     model = build_model(recipe, Task.from_record(record["task"]) if record and "task" in record else None)
@@ -194,7 +212,7 @@ def load_run(
     else:
         source = find_checkpoint(run.path if str(checkpoint) == "latest" else Path(checkpoint))
         weights, step = checkpoint_weights(source, raw), read_train_state(source).step
-        warn(f"using the weights of checkpoint step {step} ({source})")
+        _note(f"using the weights of checkpoint step {step} ({source})")
     if problem := weights_problem(weights, model, str(source)):
         raise UserError(
             f"{problem}: it does not fit the run's model; train the run again to write its final weights from its "
@@ -203,7 +221,16 @@ def load_run(
     model.load_state_dict(retied(weights, tied_aliases(model)))
     model.eval()
     target = _device(device)
-    return Run(run, recipe, model.to(target), step, target, allow_data_change, record)
+    processes = launched_processes(target) if launched else Processes.single()
+    if processes.world_size > 1 and target.type == "cuda":
+        target = processes.device  # this process's GPU
+    return Run(run, recipe, model.to(target), step, target, allow_data_change, record, processes)
+
+
+def _note(message: str) -> None:
+    """A note on stderr, said once under a launcher (by the main process)."""
+    if launch_rank() == 0:
+        warn(message)
 
 
 def _device(name: str) -> torch.device:
@@ -238,5 +265,5 @@ def _final_weights(run: RunDir, raw: bool = False) -> tuple[Path, dict[str, torc
     note = f"using the weights of step {step} ({weights_file})"
     if newest is not None and step is not None and newest > step:
         note += f"; the run has trained on to step {newest} since and is not finished (train it again to complete it)"
-    warn(note)
+    _note(note)
     return weights_file, weights, step

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -30,6 +30,12 @@ def _nothing() -> None:
     return None
 
 
+def _gather_objects(parts: list[Any]) -> list[Any]:
+    from accelerate.utils import gather_object
+
+    return gather_object(parts)  # every process's list, concatenated in rank order
+
+
 @dataclass(frozen=True)
 class Processes:
     """Rank, world size, device, strategy, and the collectives (every process must call them together)."""
@@ -40,6 +46,7 @@ class Processes:
     strategy: str = "ddp"  # how the processes hold the model: 'ddp' (a whole copy each) or 'fsdp' (a shard each)
     barrier: Callable[[], None] = _nothing
     _reduce: Callable[[torch.Tensor, str], torch.Tensor] | None = None
+    _gather: Callable[[list[Any]], list[Any]] | None = None
 
     @property
     def is_main(self) -> bool:
@@ -58,6 +65,10 @@ class Processes:
         """The element-wise maximum of `tensor` over all processes."""
         return tensor if self._reduce is None else self._reduce(tensor, "max")
 
+    def gather(self, part: Any) -> list[Any]:
+        """Every process's `part` (any picklable object), in rank order, on every process."""
+        return [part] if self._gather is None else self._gather([part])
+
     @classmethod
     def from_accelerator(cls, accelerator: Accelerator, strategy: str = "ddp") -> Processes:
         if accelerator.num_processes == 1:
@@ -69,6 +80,7 @@ class Processes:
             strategy=strategy,
             barrier=accelerator.wait_for_everyone,
             _reduce=accelerator.reduce,
+            _gather=_gather_objects,
         )
 
     @classmethod

@@ -188,7 +188,8 @@ class DistributedConfig(_Section):
         "auto", description="auto: fsdp when the accelerate config's distributed_type is FSDP, else ddp"
     )
     shard_modules: list[str] | None = Field(
-        None, description="fsdp: class names of the modules to shard one by one (default: those holding parameters)"
+        None, description="fsdp: class names of the modules to shard one by one (default: the model's block "
+        "classes, _no_split_modules, else those holding parameters; never one that splits tied weights)",
     )
     reshard_after_forward: bool = Field(True, description="fsdp: free gathered parameters after forward")
     activation_checkpointing: list[str] | None = Field(
@@ -221,7 +222,9 @@ class Recipe(_Section):
     loss: LossConfig
     optimizer: OptimizerConfig
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
-    metrics: list[str] | None = Field(None, description="validation metrics (default: accuracy or mae by task)")
+    metrics: list[str] | None = Field(
+        None, description="validation metrics (default: by task; []: none, only the loss)"
+    )
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)

@@ -143,7 +143,7 @@ class WandbLogger:
         if self.run is None:
             return
         try:
-            self.run.log(metrics, step=step)
+            self.run.log({**metrics, "epoch": epoch}, step=step)  # the epoch counted from 1, as metrics.jsonl
         except Exception as exc:
             warn(f"W&B logging failed ({exc}); W&B is off for the rest of this run")
             self.run = None

@@ -136,7 +136,7 @@ class Trainer:
             )
             if processes.is_main:
                 print(
-                    f"Resuming from step {state.step} (epoch {state.epoch}, batch {state.batch_in_epoch}) "
+                    f"Resuming from step {state.step} (epoch {state.epoch + 1}, batch {state.batch_in_epoch}) "
                     f"in {self.checkpoints.resumed_from}",
                     flush=True,
                 )
@@ -254,7 +254,7 @@ class Trainer:
                     self.tracker.log({"train/startup_seconds": time.perf_counter() - self._started}, state.step, epoch + 1)
                     self._started = None
                 if self.sample_log is not None:
-                    self.sample_log.log({"indices": group_indices}, state.step, epoch)
+                    self.sample_log.log({"indices": group_indices}, state.step, epoch + 1)
                     group_indices = []
                 state.batch_in_epoch = micro + 1
                 state.samples_seen += batch_size * group_size
@@ -297,7 +297,7 @@ class Trainer:
         mean_loss = total / max(count, 1)
         self._require_finite(mean_loss, "training loss")
         lr = self.optimizer.param_groups[0]["lr"]
-        self.tracker.log({"train/loss": mean_loss, "lr": lr}, state.step, state.epoch + 1)
+        self.tracker.log({"train/loss": mean_loss, "lr": lr}, state.step, state.epoch_number())
         self.loss.reset()
 
     def _validate(self) -> None:
@@ -312,7 +312,7 @@ class Trainer:
             state.best_metric is None or (monitored < state.best_metric if mode == "min" else monitored > state.best_metric)
         ):
             state.best_metric = monitored
-        self.tracker.log(state.val_metrics, state.step, state.epoch)
+        self.tracker.log(state.val_metrics, state.step, state.epoch_number())
         if self.callbacks is not None:
             self.callbacks.validation_end(state.val_metrics)
 
@@ -334,7 +334,7 @@ class Trainer:
         times = {"checkpoint/stall_seconds": time.perf_counter() - started}
         if written is not None:  # the last save's write time is not logged unless callbacks watch checkpoints
             times["checkpoint/write_seconds"] = written
-        self.tracker.log(times, self.state.step, self.state.epoch)
+        self.tracker.log(times, self.state.step, self.state.epoch_number())
         if watched:
             self.processes.barrier()
             self.callbacks.checkpoint_saved(folder)
@@ -380,7 +380,7 @@ class Trainer:
             "status": "completed",
             "recipe": self.recipe.name,
             "step": state.step,
-            "epoch": state.epoch,
+            "epoch": state.epoch_number(),
             "samples_seen": state.samples_seen,
             "steps_per_epoch": self.steps_per_epoch,
             **state.val_metrics,
@@ -390,7 +390,7 @@ class Trainer:
         if state.stopped_by_callback:
             summary["stopped_by_callback"] = {
                 "callback": state.stopped_by_callback, "reason": state.stop_reason,
-                "step": state.step, "epoch": state.epoch,
+                "step": state.step, "epoch": state.epoch_number(),
             }
         aliases = tied_aliases(self.checkpoints.objects.model)
         with averaged(self.average):  # the averaged weights are the run's weights when trainer.ema is on

@@ -42,7 +42,7 @@ class TrainState:
     """Everything about the loop's progress that a restart needs (the rest is tensors)."""
 
     step: int = 0
-    epoch: int = 0
+    epoch: int = 0  # epochs done: the 0-based index of the epoch in progress (users read epoch_number)
     batch_in_epoch: int = 0  # global batches of `epoch` already trained on
     samples_seen: int = 0
     loss_sum: float = 0.0  # training loss not yet logged (so logged values match an uninterrupted run)
@@ -62,6 +62,11 @@ class TrainState:
     stopped_early_epoch: int = 0  # the epoch after which early stopping ended the run (0: it did not)
     stopped_by_callback: str = ""  # the callback that ended the run (request_stop), '' when none did
     stop_reason: str = ""  # ... and why it did
+
+    def epoch_number(self) -> int:
+        """The epoch the last step belongs to, counted from 1 as every log, message and summary shows it
+        (`epoch` counts the epochs done; 0 before the first step)."""
+        return self.epoch + (1 if self.batch_in_epoch else 0)
 
     def ended_early(self) -> bool:
         """Whether early stopping or a callback ended the run before its last step."""
