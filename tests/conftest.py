@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -164,6 +165,19 @@ def newest_valid_checkpoint(run_dir: Path) -> int | None:
     """The step a restarted run must resume from: the newest checkpoint that matches its manifest."""
     valid = [s for s in checkpoint_steps(run_dir) if checkpoint_problem(checkpoint_dir(run_dir, s)) is None]
     return valid[-1] if valid else None
+
+
+RESUMED = re.compile(r"^Resuming from step (\d+) ", re.M)
+
+
+def assert_resumed(output: str, step: int | None = None) -> int:
+    """A restart's output (stdout and stderr) says it resumed from step N > 0 (`step` when given) and names no
+    checkpoint as damaged; returns N."""
+    found = [int(n) for n in RESUMED.findall(output)]
+    assert len(found) == 1 and found[0] > 0, f"no single 'Resuming from step N' with N > 0: the run started over\n{output}"
+    assert step is None or found[0] == step, f"resumed from step {found[0]}, expected {step}\n{output}"
+    assert "is damaged" not in output, f"a checkpoint was called damaged\n{output}"
+    return found[0]
 
 
 def describe(result: subprocess.CompletedProcess) -> str:

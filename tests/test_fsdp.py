@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -25,7 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 import processes
-from conftest import REPO, write_fashion_mnist
+from conftest import REPO, assert_resumed, write_fashion_mnist
 from reliability_helpers import call
 
 CONFIGS = REPO / "accelerate_configs"
@@ -64,9 +65,10 @@ def _command(data_root: Path, run_dir: Path, *overrides: str, processes: int, co
     return [*launch, *train]
 
 
-def train(data_root: Path, run_dir: Path, *overrides: str, processes: int = 2, **options) -> subprocess.CompletedProcess:
+def train(data_root: Path, run_dir: Path, *overrides: str, processes: int = 2, env: dict[str, str] | None = None,
+          **options) -> subprocess.CompletedProcess:
     result = subprocess.run(_command(data_root, run_dir, *overrides, processes=processes, **options), cwd=REPO,
-                            env=_env(), capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+                            env=env or _env(), capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     return result
@@ -353,3 +355,72 @@ def test_validation_with_uneven_shares_does_not_hang(tmp_path, capsys):
     assert code == 0, stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert json.loads(single)["val/loss"] == pytest.approx(summary["val/loss"], rel=1e-5)  # every point once
+
+
+# A callback that SIGKILLs the whole launch (every worker, then the launcher, then itself) once the checkpoint of
+# step $TW_TEST_KILL_AT_STEP is on disk: a kill at a chosen step, not at a moment. Unset, it does nothing (so
+# the reference run and the resumes carry the same recipe).
+KILL_AT_STEP = "TW_TEST_KILL_AT_STEP"
+KILL_MODULE = f"""
+import os
+import signal
+
+import psutil
+
+from trainwright import Callback
+
+
+class KillTreeAt(Callback):
+    def on_checkpoint_saved(self, run, folder):
+        if run.is_main and run.step == int(os.environ.get("{KILL_AT_STEP}", "0")):
+            launcher = psutil.Process(os.getppid())
+            for process in launcher.children(recursive=True):
+                if process.pid != os.getpid():
+                    process.kill()
+            launcher.kill()
+            os.kill(os.getpid(), signal.SIGKILL)
+"""
+KILL_CALLBACK = "callbacks=[tw_kill_tree:KillTreeAt]"
+# 1000 images in global batches of 48: 20 steps per epoch; 12 steps, a checkpoint every 4, killed at step 8.
+SMALL_RUN = ["trainer.max_steps=12", "checkpoint.every_steps=4", KILL_CALLBACK]
+
+
+@pytest.fixture(scope="module")
+def kill_env(tmp_path_factory) -> dict[str, str]:
+    """The environment of runs that carry the KillTreeAt callback (its module on PYTHONPATH)."""
+    folder = tmp_path_factory.mktemp("kill_module")
+    (folder / "tw_kill_tree.py").write_text(KILL_MODULE)
+    return {**_env(), "PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))}
+
+
+def killed_at(data_root: Path, run_dir: Path, env: dict[str, str], step: int, *overrides: str) -> None:
+    """Run on 2 processes until the KillTreeAt callback SIGKILLs the whole launch after the checkpoint of `step`."""
+    result = subprocess.run(_command(data_root, run_dir, *overrides, processes=2), cwd=REPO,
+                            env={**env, KILL_AT_STEP: str(step)}, capture_output=True, text=True, timeout=300,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == -signal.SIGKILL, result.stdout + result.stderr
+    assert checkpoint_steps(run_dir)[-1] == step, result.stdout + result.stderr
+
+
+def test_a_stateless_optimizer_resumes_under_fsdp_at_every_process_count(data_root, kill_env, tmp_path):
+    """Plain SGD keeps no per-parameter state, so a sharded checkpoint's optimizer/ holds no shard file: that
+    is a whole state, not a damaged one. SIGKILLed (whole tree) after step 8, the run resumes from step 8 and
+    ends bitwise where an uninterrupted one ends; the same checkpoint resumes on 1 and on 3 processes."""
+    sgd = ["optimizer.name=sgd", "optimizer.lr=0.05", *SMALL_RUN]
+    reference = tmp_path / "reference"
+    train(data_root, reference, *sgd, env=kill_env)
+    run_dir = tmp_path / "run"
+    killed_at(data_root, run_dir, kill_env, 8, *sgd)
+    assert not list((run_dir / "checkpoints" / "step_00000008" / "optimizer").glob("*.safetensors"))
+    copies = {count: tmp_path / f"run_{count}" for count in (1, 3)}
+    for copy in copies.values():
+        shutil.copytree(run_dir, copy)
+    resumed = train(data_root, run_dir, *sgd, env=kill_env)
+    assert_resumed(resumed.stdout + resumed.stderr, 8)
+    assert (run_dir / "model.safetensors").read_bytes() == (reference / "model.safetensors").read_bytes()
+    for count, copy in copies.items():
+        strategy = ["distributed.strategy=fsdp"] if count == 1 else []
+        result = train(data_root, copy, *sgd, *strategy, processes=count, env=kill_env)
+        assert f"world_size={count} device=cpu precision=no strategy=fsdp" in result.stdout
+        assert_resumed(result.stdout + result.stderr, 8)
+        assert "Run complete at step 12:" in result.stdout
