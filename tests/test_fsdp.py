@@ -424,3 +424,18 @@ def test_a_stateless_optimizer_resumes_under_fsdp_at_every_process_count(data_ro
         assert f"world_size={count} device=cpu precision=no strategy=fsdp" in result.stdout
         assert_resumed(result.stdout + result.stderr, 8)
         assert "Run complete at step 12:" in result.stdout
+
+
+@pytest.mark.parametrize("optimizer", [
+    ["optimizer.name=sgd", "optimizer.lr=0.05", "optimizer.momentum=0.9"],
+    ["optimizer.name=adam"],
+    ["optimizer.name=rmsprop", "optimizer.momentum=0.5"],
+], ids=["sgd-momentum", "adam", "rmsprop"])
+def test_every_named_optimizer_resumes_under_fsdp(data_root, tmp_path, optimizer):
+    """The README's optimizers with tensor state (adamw: the tests above) resume from a sharded checkpoint."""
+    run_dir = tmp_path / "run"
+    train(data_root, run_dir, *optimizer, "trainer.max_steps=4", "checkpoint.every_steps=4")
+    assert list((run_dir / "checkpoints" / "step_00000004" / "optimizer").glob("*.safetensors"))
+    result = train(data_root, run_dir, *optimizer, "trainer.max_steps=8", "checkpoint.every_steps=4")
+    assert_resumed(result.stdout + result.stderr, 4)
+    assert "Run complete at step 8:" in result.stdout
