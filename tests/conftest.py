@@ -168,16 +168,17 @@ def newest_valid_checkpoint(run_dir: Path) -> int | None:
 
 
 RESUMED = re.compile(r"^Resuming from step (\d+) ", re.M)
+DAMAGED = re.compile(r"checkpoint \S+ is damaged")
 
 
-def assert_resumed(output: str, step: int | None = None) -> int:
-    """A restart's output (stdout and stderr) says it resumed from step N > 0 (`step` when given) and names no
-    checkpoint as damaged; returns N."""
-    found = [int(n) for n in RESUMED.findall(output)]
-    assert len(found) == 1 and found[0] > 0, f"no single 'Resuming from step N' with N > 0: the run started over\n{output}"
-    assert step is None or found[0] == step, f"resumed from step {found[0]}, expected {step}\n{output}"
-    assert "is damaged" not in output, f"a checkpoint was called damaged\n{output}"
-    return found[0]
+def assert_resumed(output: str, step: int | None = None, times: int = 1) -> list[int]:
+    """A restart's whole output (stdout and stderr) says `times` times that it resumed from a step N > 0
+    (`step` when given) and names no checkpoint as damaged; returns the steps."""
+    steps = [int(n) for n in RESUMED.findall(output)]
+    assert len(steps) == times and all(n > 0 for n in steps), f"resumed from steps {steps}, not {times} times\n{output}"
+    assert step is None or steps == [step] * times, f"resumed from steps {steps}, expected {step}\n{output}"
+    assert not DAMAGED.search(output), f"a checkpoint was called damaged\n{output}"
+    return steps
 
 
 def describe(result: subprocess.CompletedProcess) -> str:

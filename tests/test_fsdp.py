@@ -187,7 +187,7 @@ def test_sigkill_mid_run_resumes_bitwise(reference, data_root, tmp_path):
     assert resumed_at < TOTAL_STEPS
     result = train(data_root, run_dir)
     assert "world_size=2 device=cpu precision=no strategy=fsdp" in result.stdout
-    assert f"Resuming from step {resumed_at} " in result.stdout
+    assert_resumed(result.stdout + result.stderr, resumed_at)
     assert (run_dir / "model.safetensors").read_bytes() == (reference[0] / "model.safetensors").read_bytes()
 
 
@@ -210,7 +210,8 @@ def test_workers_save_and_exit_75_when_the_launcher_is_killed(reference, data_ro
     assert stopped < TOTAL_STEPS and checkpoint_steps(run_dir)[-1] == stopped
     assert not (run_dir.parent / f".{run_dir.name}.trainwright-lock").exists()
     result = train(data_root, run_dir)
-    assert f"Resuming from step {stopped} " in result.stdout and "taking over the lock" not in result.stderr
+    assert_resumed(result.stdout + result.stderr, stopped)
+    assert "taking over the lock" not in result.stderr
     assert (run_dir / "model.safetensors").read_bytes() == (reference[0] / "model.safetensors").read_bytes()
 
 
@@ -219,10 +220,10 @@ def test_resumes_resharded_on_one_and_on_three_processes(reference, data_root, t
     train(data_root, run_dir, "trainer.max_steps=15")
     one = train(data_root, run_dir, "trainer.max_steps=25", "distributed.strategy=fsdp", processes=1)
     assert "world_size=1 device=cpu precision=no strategy=fsdp" in one.stdout
-    assert "Resuming from step 15 " in one.stdout
+    assert_resumed(one.stdout + one.stderr, 15)
     three = train(data_root, run_dir, processes=3)
     assert "world_size=3 device=cpu precision=no strategy=fsdp" in three.stdout
-    assert "Resuming from step 25 " in three.stdout
+    assert_resumed(three.stdout + three.stderr, 25)
     assert f"Run complete at step {TOTAL_STEPS}:" in three.stdout
     shards = sorted((run_dir / "checkpoints" / f"step_{TOTAL_STEPS:08d}" / "model").glob("*.safetensors"))
     assert len(shards) == 3
@@ -251,11 +252,12 @@ def test_ddp_to_fsdp_to_single_process_resume(reference, data_root, tmp_path):
     assert "world_size=2 device=cpu precision=no strategy=ddp" in ddp.stdout
     assert (run_dir / "checkpoints" / "step_00000010" / "model.safetensors").is_file()  # a full checkpoint
     fsdp = train(data_root, run_dir, "trainer.max_steps=20")
-    assert "strategy=fsdp" in fsdp.stdout and "Resuming from step 10 " in fsdp.stdout
+    assert "strategy=fsdp" in fsdp.stdout
+    assert_resumed(fsdp.stdout + fsdp.stderr, 10)
     assert (run_dir / "checkpoints" / "step_00000020" / "model").is_dir()  # a sharded one
     single = train(data_root, run_dir, "distributed.strategy=ddp", processes=1)
     assert "world_size=1 device=cpu precision=no strategy=ddp" in single.stdout
-    assert "Resuming from step 20 " in single.stdout
+    assert_resumed(single.stdout + single.stderr, 20)
     weights, expected = load_file(run_dir / "model.safetensors"), load_file(reference[0] / "model.safetensors")
     for key in expected:
         torch.testing.assert_close(weights[key], expected[key], rtol=1e-4, atol=1e-5)
@@ -267,7 +269,8 @@ def test_a_full_checkpoint_of_an_optimizer_without_state_resumes_under_fsdp(data
     run_dir = tmp_path / "run"
     train(data_root, run_dir, "optimizer.name=sgd", "trainer.max_steps=10", config=DDP_2PROC)
     fsdp = train(data_root, run_dir, "optimizer.name=sgd", "trainer.max_steps=20")
-    assert "strategy=fsdp" in fsdp.stdout and "Resuming from step 10 " in fsdp.stdout
+    assert "strategy=fsdp" in fsdp.stdout
+    assert_resumed(fsdp.stdout + fsdp.stderr, 10)
     assert "Run complete at step 20:" in fsdp.stdout
 
 
@@ -333,7 +336,8 @@ def test_accumulation_clipping_schedule_and_a_stop_signal_under_fsdp_match_ddp(d
     stopped = int(output.split("Stopped at step ")[1].split(":")[0])
     assert stopped < TOTAL_STEPS and checkpoint_steps(run_dir)[-1] == stopped
     resumed = train(data_root, run_dir, *options)
-    assert f"Resuming from step {stopped} " in resumed.stdout and "strategy=fsdp" in resumed.stdout
+    assert_resumed(resumed.stdout + resumed.stderr, stopped)
+    assert "strategy=fsdp" in resumed.stdout
     weights, expected = load_file(run_dir / "model.safetensors"), load_file(ddp / "model.safetensors")
     for key in expected:
         torch.testing.assert_close(weights[key], expected[key], rtol=1e-4, atol=1e-5)
@@ -405,23 +409,23 @@ def killed_at(data_root: Path, run_dir: Path, env: dict[str, str], step: int, *o
 def test_a_stateless_optimizer_resumes_under_fsdp_at_every_process_count(data_root, kill_env, tmp_path):
     """Plain SGD keeps no per-parameter state, so a sharded checkpoint's optimizer/ holds no shard file: that
     is a whole state, not a damaged one. SIGKILLed (whole tree) after step 8, the run resumes from step 8 and
-    ends bitwise where an uninterrupted one ends; the same checkpoint resumes on 1 and on 3 processes."""
+    ends bitwise where an uninterrupted one ends; the same checkpoint resumes on 3 processes and on 1 (sharded
+    or not)."""
     sgd = ["optimizer.name=sgd", "optimizer.lr=0.05", *SMALL_RUN]
     reference = tmp_path / "reference"
     train(data_root, reference, *sgd, env=kill_env)
     run_dir = tmp_path / "run"
     killed_at(data_root, run_dir, kill_env, 8, *sgd)
     assert not list((run_dir / "checkpoints" / "step_00000008" / "optimizer").glob("*.safetensors"))
-    copies = {count: tmp_path / f"run_{count}" for count in (1, 3)}
-    for copy in copies.values():
-        shutil.copytree(run_dir, copy)
+    elsewhere = {(1, "ddp"): ["distributed.strategy=ddp"], (1, "fsdp"): ["distributed.strategy=fsdp"], (3, "fsdp"): []}
+    for count, strategy in elsewhere:
+        shutil.copytree(run_dir, tmp_path / f"run_{count}_{strategy}")
     resumed = train(data_root, run_dir, *sgd, env=kill_env)
     assert_resumed(resumed.stdout + resumed.stderr, 8)
     assert (run_dir / "model.safetensors").read_bytes() == (reference / "model.safetensors").read_bytes()
-    for count, copy in copies.items():
-        strategy = ["distributed.strategy=fsdp"] if count == 1 else []
-        result = train(data_root, copy, *sgd, *strategy, processes=count, env=kill_env)
-        assert f"world_size={count} device=cpu precision=no strategy=fsdp" in result.stdout
+    for (count, strategy), overrides in elsewhere.items():  # resharded, and into one unsharded process
+        result = train(data_root, tmp_path / f"run_{count}_{strategy}", *sgd, *overrides, processes=count, env=kill_env)
+        assert f"world_size={count} device=cpu precision=no strategy={strategy}" in result.stdout
         assert_resumed(result.stdout + result.stderr, 8)
         assert "Run complete at step 12:" in result.stdout
 
