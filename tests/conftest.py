@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -164,6 +165,20 @@ def newest_valid_checkpoint(run_dir: Path) -> int | None:
     """The step a restarted run must resume from: the newest checkpoint that matches its manifest."""
     valid = [s for s in checkpoint_steps(run_dir) if checkpoint_problem(checkpoint_dir(run_dir, s)) is None]
     return valid[-1] if valid else None
+
+
+RESUMED = re.compile(r"^Resuming from step (\d+) ", re.M)
+DAMAGED = re.compile(r"checkpoint \S+ is damaged")
+
+
+def assert_resumed(output: str, step: int | None = None, times: int = 1) -> list[int]:
+    """A restart's whole output (stdout and stderr) says `times` times that it resumed from a step N > 0
+    (`step` when given) and names no checkpoint as damaged; returns the steps."""
+    steps = [int(n) for n in RESUMED.findall(output)]
+    assert len(steps) == times and all(n > 0 for n in steps), f"resumed from steps {steps}, not {times} times\n{output}"
+    assert step is None or steps == [step] * times, f"resumed from steps {steps}, expected {step}\n{output}"
+    assert not DAMAGED.search(output), f"a checkpoint was called damaged\n{output}"
+    return steps
 
 
 def describe(result: subprocess.CompletedProcess) -> str:

@@ -19,7 +19,7 @@ import pytest
 
 import processes
 from conftest import (
-    REPO, assert_ok, assert_user_error, checkpoint_dir, checkpoint_problem, checkpoint_steps, cli_env, describe,
+    REPO, assert_ok, assert_resumed, assert_user_error, checkpoint_dir, checkpoint_problem, checkpoint_steps, cli_env,
     metrics_by_step, newest_valid_checkpoint, no_credentials_env, read_jsonl, run_cli, wandb_history, wandb_records,
 )
 from reliability_helpers import HEART, user_error
@@ -266,7 +266,7 @@ def test_the_counter_survives_a_sigkill_and_the_resumed_run_is_bitwise_equal(mod
 
     result = processes.run(long_command(run_dir), env_with(module_dir))
     assert_ok(result)
-    assert f"Resuming from step {killed_at} " in result.stdout, describe(result)
+    assert_resumed(result.stdout + result.stderr, killed_at)
     counts = {r["step"]: r["callback/count"] for r in read_jsonl(run_dir / "metrics.jsonl") if "callback/count" in r}
     assert counts == {step: step for step in range(1, LONG_STEPS + 1)}  # restored, not counted from 0 again
     assert saved_count(run_dir, LONG_STEPS) == LONG_STEPS
@@ -291,7 +291,8 @@ def test_the_state_resumes_from_sharded_checkpoints_on_another_process_count(mod
     assert (checkpoint_dir(run_dir, 4) / "model").is_dir() and saved_count(run_dir, 4) == 4  # sharded
     one = processes.run([sys.executable, *args, "trainer.max_steps=7"], env_with(module_dir))
     assert_ok(one)
-    assert "Resuming from step 4 " in one.stdout and "world_size=1" in one.stdout
+    assert_resumed(one.stdout + one.stderr, 4)
+    assert "world_size=1" in one.stdout
     assert "trainer.profile" not in one.stdout and sorted((run_dir / "profile").iterdir()) == traces
     assert saved_count(run_dir, 7) == 7
     starts = [e for e in events(out) if e["hook"] == "fit_start"]
@@ -431,7 +432,8 @@ def test_the_profiler_records_the_steps_asked_for_once(tmp_path):
 
     written = trace.stat().st_mtime_ns  # a resumed run past the window does not profile again
     longer = assert_ok(run_cli(*args[:-2], "trainer.epochs=3", "--run-dir", run_dir))
-    assert "Resuming from step 10 " in longer.stdout and "trainer.profile" not in longer.stdout
+    assert_resumed(longer.stdout + longer.stderr, 10)
+    assert "trainer.profile" not in longer.stdout
     assert trace.stat().st_mtime_ns == written
 
 

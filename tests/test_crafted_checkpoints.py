@@ -538,3 +538,46 @@ def test_a_sharded_checkpoint_with_a_tensor_of_another_dtype_is_damaged(capsys, 
     assert_user_error(code, err, "no checkpoint of", f"model/: tensor {name!r} is F16", "--restart")
     assert f"checkpoint {older} is damaged (optimizer/ state of parameter" in err and f"{state.split('.')[-1]!r} is F16" in err
     assert "Resuming" not in out and newest(run_dir).is_dir() and older.is_dir()  # nothing is deleted
+
+
+def _remove_optimizer_shards(folder: Path) -> None:
+    """Delete the optimizer's shard files and their manifest entries (a crafted checkpoint that claims none)."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for path in (folder / "optimizer").glob("*.safetensors"):
+        path.unlink()
+        del manifest["files"][f"optimizer/{path.name}"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.slow
+def test_a_sharded_checkpoint_without_the_optimizer_shards_it_records_is_damaged(capsys, sharded, tmp_path):
+    """SGD with momentum keeps a tensor per parameter: optimizer.json names them, so an optimizer/ without
+    shard files is damaged (an empty one is whole only for an optimizer without tensor state, e.g. plain SGD)."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(sharded, run_dir)
+    names = json.loads((newest(run_dir) / "optimizer.json").read_text())["tensors"]
+    assert names and all(name.endswith(".momentum_buffer") for name in names)
+    _remove_optimizer_shards(newest(run_dir))
+    assert "optimizer/ holds no shards of tensor" in verify(newest(run_dir))
+    assert_falls_back(capsys, run_dir)
+
+
+@pytest.mark.slow
+def test_the_optimizer_tensors_a_sharded_checkpoint_records_must_be_its_files(sharded, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(sharded, run_dir)
+    folder = newest(run_dir)
+    meta = json.loads((folder / "optimizer.json").read_text())
+    for names, problem in ((meta["tensors"][1:], "holds a tensor"), ([*meta["tensors"], "state.0.weight.exp_avg"],
+                           "holds no shards of tensor 'state.0.weight.exp_avg'"), ("all", "is not a list")):
+        (folder / "optimizer.json").write_text(json.dumps({**meta, "tensors": names}))
+        reseal(folder)
+        assert problem in verify(folder)
+    # An older checkpoint (no record) with no optimizer shards verifies; the load, which knows the optimizer's
+    # state, refuses it.
+    del meta["tensors"]
+    (folder / "optimizer.json").write_text(json.dumps(meta))
+    _remove_optimizer_shards(folder)
+    reseal(folder)
+    assert verify(folder) is None
+    assert _loads_exactly_its_files(run_dir, folder) == "refused"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import processes
-from conftest import REPO, checkpoint_dir, cli_env, describe, newest_valid_checkpoint, run_cli
+from conftest import REPO, assert_resumed, checkpoint_dir, cli_env, describe, newest_valid_checkpoint, run_cli
 from reliability_helpers import HEART, user_error
 from trainwright.checkpoint.format import TrainState
 from trainwright.early_stopping import improves, observe
@@ -134,7 +134,7 @@ def test_sigkilled_while_counting_patience_stops_at_the_same_epoch_bitwise(refer
     assert not (run_dir / "summary.json").exists()
 
     result = train(run_dir)
-    assert f"Resuming from step {killed_at} " in result.stdout, describe(result)
+    assert_resumed(result.stdout + result.stderr, killed_at)
     assert summary(run_dir)["stopped_early"] == summary(reference)["stopped_early"]
     assert (run_dir / "model.safetensors").read_bytes() == (reference / "model.safetensors").read_bytes()
 

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 import processes
-from conftest import REPO, checkpoint_steps, cli_env, describe, run_cli
+from conftest import REPO, assert_resumed, checkpoint_steps, cli_env, describe, run_cli
 from reliability_helpers import HEART, call
 from trainwright.ema import WeightAverage
 from trainwright.recipe import EmaConfig
@@ -105,7 +105,7 @@ def test_killed_mid_epoch_resumes_bitwise_averaged_and_raw(launch, request, star
     assert (run_dir / "checkpoints" / f"step_{killed_at:08d}" / averages).exists()
 
     result = train(run_dir, launch)
-    assert f"Resuming from step {killed_at} " in result.stdout, describe(result)
+    assert_resumed(result.stdout + result.stderr, killed_at)
     averaged, raw = files(run_dir)
     assert (averaged, raw) == files(expected)
     assert averaged != raw
@@ -142,7 +142,7 @@ def test_a_full_checkpoint_s_averages_resume_into_fsdp_shards(tmp_path):
                           "--main_process_port", processes.free_port(), "-m", "trainwright", "train", HEART, *base,
                           "trainer.max_steps=101"], cli_env())
     assert fsdp.returncode == 0 and "strategy=fsdp" in fsdp.stdout, describe(fsdp)
-    assert "Resuming from step 100 " in fsdp.stdout
+    assert_resumed(fsdp.stdout + fsdp.stderr, 100)
     from trainwright.checkpoint.sharded import consolidated_part
 
     full = load_file(run_dir / "checkpoints" / "step_00000100" / "ema.safetensors")

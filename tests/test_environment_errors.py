@@ -12,6 +12,7 @@ import pytest
 import trainwright.checkpoint.full
 import trainwright.rundir
 import trainwright.trainer
+from conftest import assert_resumed
 from reliability_helpers import HEART, TINY, call, read_only, snapshot, train_ok, user_error
 
 
@@ -68,8 +69,9 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(capsys, tmp_path
     assert "step_00000005, is kept" in err
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["latest.json", "step_00000005"]
     monkeypatch.undo()  # space was freed
-    out, _ = train_ok(capsys, *args)
-    assert "Resuming from step 5" in out and "Run complete at step 15" in out
+    out, err = train_ok(capsys, *args)
+    assert_resumed(out + err, 5)
+    assert "Run complete at step 15" in out
 
 
 def test_a_full_disk_during_the_final_write_is_one_message_and_the_run_completes_later(capsys, tmp_path,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -25,7 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 import processes
-from conftest import REPO, write_fashion_mnist
+from conftest import REPO, assert_resumed, write_fashion_mnist
 from reliability_helpers import call
 
 CONFIGS = REPO / "accelerate_configs"
@@ -64,9 +65,10 @@ def _command(data_root: Path, run_dir: Path, *overrides: str, processes: int, co
     return [*launch, *train]
 
 
-def train(data_root: Path, run_dir: Path, *overrides: str, processes: int = 2, **options) -> subprocess.CompletedProcess:
+def train(data_root: Path, run_dir: Path, *overrides: str, processes: int = 2, env: dict[str, str] | None = None,
+          **options) -> subprocess.CompletedProcess:
     result = subprocess.run(_command(data_root, run_dir, *overrides, processes=processes, **options), cwd=REPO,
-                            env=_env(), capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+                            env=env or _env(), capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     return result
@@ -185,7 +187,7 @@ def test_sigkill_mid_run_resumes_bitwise(reference, data_root, tmp_path):
     assert resumed_at < TOTAL_STEPS
     result = train(data_root, run_dir)
     assert "world_size=2 device=cpu precision=no strategy=fsdp" in result.stdout
-    assert f"Resuming from step {resumed_at} " in result.stdout
+    assert_resumed(result.stdout + result.stderr, resumed_at)
     assert (run_dir / "model.safetensors").read_bytes() == (reference[0] / "model.safetensors").read_bytes()
 
 
@@ -208,7 +210,8 @@ def test_workers_save_and_exit_75_when_the_launcher_is_killed(reference, data_ro
     assert stopped < TOTAL_STEPS and checkpoint_steps(run_dir)[-1] == stopped
     assert not (run_dir.parent / f".{run_dir.name}.trainwright-lock").exists()
     result = train(data_root, run_dir)
-    assert f"Resuming from step {stopped} " in result.stdout and "taking over the lock" not in result.stderr
+    assert_resumed(result.stdout + result.stderr, stopped)
+    assert "taking over the lock" not in result.stderr
     assert (run_dir / "model.safetensors").read_bytes() == (reference[0] / "model.safetensors").read_bytes()
 
 
@@ -217,10 +220,10 @@ def test_resumes_resharded_on_one_and_on_three_processes(reference, data_root, t
     train(data_root, run_dir, "trainer.max_steps=15")
     one = train(data_root, run_dir, "trainer.max_steps=25", "distributed.strategy=fsdp", processes=1)
     assert "world_size=1 device=cpu precision=no strategy=fsdp" in one.stdout
-    assert "Resuming from step 15 " in one.stdout
+    assert_resumed(one.stdout + one.stderr, 15)
     three = train(data_root, run_dir, processes=3)
     assert "world_size=3 device=cpu precision=no strategy=fsdp" in three.stdout
-    assert "Resuming from step 25 " in three.stdout
+    assert_resumed(three.stdout + three.stderr, 25)
     assert f"Run complete at step {TOTAL_STEPS}:" in three.stdout
     shards = sorted((run_dir / "checkpoints" / f"step_{TOTAL_STEPS:08d}" / "model").glob("*.safetensors"))
     assert len(shards) == 3
@@ -249,11 +252,12 @@ def test_ddp_to_fsdp_to_single_process_resume(reference, data_root, tmp_path):
     assert "world_size=2 device=cpu precision=no strategy=ddp" in ddp.stdout
     assert (run_dir / "checkpoints" / "step_00000010" / "model.safetensors").is_file()  # a full checkpoint
     fsdp = train(data_root, run_dir, "trainer.max_steps=20")
-    assert "strategy=fsdp" in fsdp.stdout and "Resuming from step 10 " in fsdp.stdout
+    assert "strategy=fsdp" in fsdp.stdout
+    assert_resumed(fsdp.stdout + fsdp.stderr, 10)
     assert (run_dir / "checkpoints" / "step_00000020" / "model").is_dir()  # a sharded one
     single = train(data_root, run_dir, "distributed.strategy=ddp", processes=1)
     assert "world_size=1 device=cpu precision=no strategy=ddp" in single.stdout
-    assert "Resuming from step 20 " in single.stdout
+    assert_resumed(single.stdout + single.stderr, 20)
     weights, expected = load_file(run_dir / "model.safetensors"), load_file(reference[0] / "model.safetensors")
     for key in expected:
         torch.testing.assert_close(weights[key], expected[key], rtol=1e-4, atol=1e-5)
@@ -265,7 +269,8 @@ def test_a_full_checkpoint_of_an_optimizer_without_state_resumes_under_fsdp(data
     run_dir = tmp_path / "run"
     train(data_root, run_dir, "optimizer.name=sgd", "trainer.max_steps=10", config=DDP_2PROC)
     fsdp = train(data_root, run_dir, "optimizer.name=sgd", "trainer.max_steps=20")
-    assert "strategy=fsdp" in fsdp.stdout and "Resuming from step 10 " in fsdp.stdout
+    assert "strategy=fsdp" in fsdp.stdout
+    assert_resumed(fsdp.stdout + fsdp.stderr, 10)
     assert "Run complete at step 20:" in fsdp.stdout
 
 
@@ -331,7 +336,8 @@ def test_accumulation_clipping_schedule_and_a_stop_signal_under_fsdp_match_ddp(d
     stopped = int(output.split("Stopped at step ")[1].split(":")[0])
     assert stopped < TOTAL_STEPS and checkpoint_steps(run_dir)[-1] == stopped
     resumed = train(data_root, run_dir, *options)
-    assert f"Resuming from step {stopped} " in resumed.stdout and "strategy=fsdp" in resumed.stdout
+    assert_resumed(resumed.stdout + resumed.stderr, stopped)
+    assert "strategy=fsdp" in resumed.stdout
     weights, expected = load_file(run_dir / "model.safetensors"), load_file(ddp / "model.safetensors")
     for key in expected:
         torch.testing.assert_close(weights[key], expected[key], rtol=1e-4, atol=1e-5)
@@ -353,3 +359,87 @@ def test_validation_with_uneven_shares_does_not_hang(tmp_path, capsys):
     assert code == 0, stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert json.loads(single)["val/loss"] == pytest.approx(summary["val/loss"], rel=1e-5)  # every point once
+
+
+# A callback that SIGKILLs the whole launch (every worker, then the launcher, then itself) once the checkpoint of
+# step $TW_TEST_KILL_AT_STEP is on disk: a kill at a chosen step, not at a moment. Unset, it does nothing (so
+# the reference run and the resumes carry the same recipe).
+KILL_AT_STEP = "TW_TEST_KILL_AT_STEP"
+KILL_MODULE = f"""
+import os
+import signal
+
+import psutil
+
+from trainwright import Callback
+
+
+class KillTreeAt(Callback):
+    def on_checkpoint_saved(self, run, folder):
+        if run.is_main and run.step == int(os.environ.get("{KILL_AT_STEP}", "0")):
+            launcher = psutil.Process(os.getppid())
+            for process in launcher.children(recursive=True):
+                if process.pid != os.getpid():
+                    process.kill()
+            launcher.kill()
+            os.kill(os.getpid(), signal.SIGKILL)
+"""
+KILL_CALLBACK = "callbacks=[tw_kill_tree:KillTreeAt]"
+# 1000 images in global batches of 48: 20 steps per epoch; 12 steps, a checkpoint every 4, killed at step 8.
+SMALL_RUN = ["trainer.max_steps=12", "checkpoint.every_steps=4", KILL_CALLBACK]
+
+
+@pytest.fixture(scope="module")
+def kill_env(tmp_path_factory) -> dict[str, str]:
+    """The environment of runs that carry the KillTreeAt callback (its module on PYTHONPATH)."""
+    folder = tmp_path_factory.mktemp("kill_module")
+    (folder / "tw_kill_tree.py").write_text(KILL_MODULE)
+    return {**_env(), "PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))}
+
+
+def killed_at(data_root: Path, run_dir: Path, env: dict[str, str], step: int, *overrides: str) -> None:
+    """Run on 2 processes until the KillTreeAt callback SIGKILLs the whole launch after the checkpoint of `step`."""
+    result = subprocess.run(_command(data_root, run_dir, *overrides, processes=2), cwd=REPO,
+                            env={**env, KILL_AT_STEP: str(step)}, capture_output=True, text=True, timeout=300,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == -signal.SIGKILL, result.stdout + result.stderr
+    assert checkpoint_steps(run_dir)[-1] == step, result.stdout + result.stderr
+
+
+def test_a_stateless_optimizer_resumes_under_fsdp_at_every_process_count(data_root, kill_env, tmp_path):
+    """Plain SGD keeps no per-parameter state, so a sharded checkpoint's optimizer/ holds no shard file: that
+    is a whole state, not a damaged one. SIGKILLed (whole tree) after step 8, the run resumes from step 8 and
+    ends bitwise where an uninterrupted one ends; the same checkpoint resumes on 3 processes and on 1 (sharded
+    or not)."""
+    sgd = ["optimizer.name=sgd", "optimizer.lr=0.05", *SMALL_RUN]
+    reference = tmp_path / "reference"
+    train(data_root, reference, *sgd, env=kill_env)
+    run_dir = tmp_path / "run"
+    killed_at(data_root, run_dir, kill_env, 8, *sgd)
+    assert not list((run_dir / "checkpoints" / "step_00000008" / "optimizer").glob("*.safetensors"))
+    elsewhere = {(1, "ddp"): ["distributed.strategy=ddp"], (1, "fsdp"): ["distributed.strategy=fsdp"], (3, "fsdp"): []}
+    for count, strategy in elsewhere:
+        shutil.copytree(run_dir, tmp_path / f"run_{count}_{strategy}")
+    resumed = train(data_root, run_dir, *sgd, env=kill_env)
+    assert_resumed(resumed.stdout + resumed.stderr, 8)
+    assert (run_dir / "model.safetensors").read_bytes() == (reference / "model.safetensors").read_bytes()
+    for (count, strategy), overrides in elsewhere.items():  # resharded, and into one unsharded process
+        result = train(data_root, tmp_path / f"run_{count}_{strategy}", *sgd, *overrides, processes=count, env=kill_env)
+        assert f"world_size={count} device=cpu precision=no strategy={strategy}" in result.stdout
+        assert_resumed(result.stdout + result.stderr, 8)
+        assert "Run complete at step 12:" in result.stdout
+
+
+@pytest.mark.parametrize("optimizer", [
+    ["optimizer.name=sgd", "optimizer.lr=0.05", "optimizer.momentum=0.9"],
+    ["optimizer.name=adam"],
+    ["optimizer.name=rmsprop", "optimizer.momentum=0.5"],
+], ids=["sgd-momentum", "adam", "rmsprop"])
+def test_every_named_optimizer_resumes_under_fsdp(data_root, tmp_path, optimizer):
+    """The README's optimizers with tensor state (adamw: the tests above) resume from a sharded checkpoint."""
+    run_dir = tmp_path / "run"
+    train(data_root, run_dir, *optimizer, "trainer.max_steps=4", "checkpoint.every_steps=4")
+    assert list((run_dir / "checkpoints" / "step_00000004" / "optimizer").glob("*.safetensors"))
+    result = train(data_root, run_dir, *optimizer, "trainer.max_steps=8", "checkpoint.every_steps=4")
+    assert_resumed(result.stdout + result.stderr, 4)
+    assert "Run complete at step 8:" in result.stdout

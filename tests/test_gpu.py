@@ -19,8 +19,8 @@ from safetensors.numpy import load_file
 
 import processes
 from conftest import (
-    WALL_CLOCK, assert_ok, assert_user_error, checkpoint_dir, checkpoint_problem, checkpoint_steps, cli_env, describe,
-    newest_valid_checkpoint, read_jsonl, run_cli, workflow,
+    WALL_CLOCK, assert_ok, assert_resumed, assert_user_error, checkpoint_dir, checkpoint_problem, checkpoint_steps,
+    cli_env, newest_valid_checkpoint, read_jsonl, run_cli, workflow,
 )
 
 pytestmark = pytest.mark.skipif(
@@ -81,7 +81,7 @@ def test_fp16_resume_restores_the_grad_scaler_bitwise(fp16):
     result = assert_ok(fp16["resumed"])
     killed_at = fp16["killed_at"]
     assert killed_at is not None and 0 < killed_at < 200
-    assert f"Resuming from step {killed_at} " in result.stdout, describe(result)
+    assert_resumed(result.stdout + result.stderr, killed_at)
     run, reference = fp16["run"], fp16["reference"]
     assert (run / "model.safetensors").read_bytes() == (reference / "model.safetensors").read_bytes()
     assert curve(run) == curve(reference)

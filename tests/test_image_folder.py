@@ -28,7 +28,7 @@ from PIL import Image
 
 import processes
 from conftest import (
-    REPO, RECIPES, assert_ok, assert_user_error, checkpoint_steps, cli_env, describe, workflow,
+    REPO, RECIPES, assert_ok, assert_resumed, assert_user_error, checkpoint_steps, cli_env, describe, workflow,
 )
 from reliability_helpers import call
 from test_resume import step_samples
@@ -95,6 +95,7 @@ def test_killed_mid_epoch_with_workers_ends_bitwise_equal(folder_runs):
     assert "world_size=1 device=cpu" in reference.stdout
     assert f"Run complete at step {STEPS_PER_EPOCH * EPOCHS}" in reference.stdout
     resumed = assert_ok(folder_runs["resumed"])
+    assert_resumed(resumed.stdout + resumed.stderr)
     step, epoch, batch = (int(v) for v in RESUMING.search(resumed.stdout).groups())
     assert step >= 10 and batch != 0, resumed.stdout  # mid-epoch
     assert "Traceback" not in folder_runs["killed_output"]
@@ -111,6 +112,7 @@ def test_zero_and_two_workers_give_the_same_weights(folder_runs):
 def test_two_processes_resumed_on_one_see_each_sample_once(folder_runs):
     two, one = assert_ok(folder_runs["two"]), assert_ok(folder_runs["one"])
     assert "world_size=2 device=cpu" in two.stdout and "world_size=1 device=cpu" in one.stdout
+    assert_resumed(one.stdout + one.stderr, 10)
     assert RESUMING.search(one.stdout).groups() == ("10", "1", "10"), one.stdout
     samples = step_samples(folder_runs["folder"] / "elastic")
     assert samples == step_samples(folder_runs["folder"] / "reference")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,29 @@ def test_windows_follow_the_token_stream_and_are_stored_once(corpus, tmp_path):
     assert stored[0].stat().st_mtime_ns == written and torch.equal(again.train.inputs, bundle.train.inputs)
 
 
+def test_the_token_cache_is_keyed_by_the_texts_content(tmp_path):
+    """The same file rewritten with other text of the same length, characters and modification time gets
+    tokens of its new text; the same text under another name reads the array already stored."""
+    from trainwright.data.text import text
+
+    def decoded(bundle: DataBundle) -> str:
+        return "".join(bundle.task.class_names[i] for i in bundle.train.inputs[0].tolist())
+
+    corpus = tmp_path / "corpus.txt"
+    first, second = "abcdefgh" * 40, "hgfedcba" * 40
+    corpus.write_text(first)
+    assert decoded(text(path=corpus, pattern="*", context=8)) == first[:8]
+    stat = corpus.stat()
+    corpus.write_text(second)
+    os.utime(corpus, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert decoded(text(path=corpus, pattern="*", context=8)) == second[:8]
+    stored = sorted((tmp_path / "cache" / "tokens").glob("*.npy"))
+    assert len(stored) == 2
+    (tmp_path / "copy.txt").write_text(second)
+    assert decoded(text(path=tmp_path / "copy.txt", pattern="*", context=8)) == second[:8]
+    assert sorted((tmp_path / "cache" / "tokens").glob("*.npy")) == stored
+
+
 class _Padded(torch.nn.Module):
     """Logits that favour class 0 everywhere (a fixed linear map of the one-hot input ids)."""
 
@@ -102,10 +126,10 @@ class _Padded(torch.nn.Module):
 
 
 def test_metrics_count_tokens_not_padding_nor_batches():
-    """Two batches of very different numbers of real tokens: loss, accuracy and perplexity are means over
-    the real tokens of the whole split, not means of batch means."""
-    inputs = torch.tensor([[0, 1, 2, 0], [1, 1, 0, 2], [2, 0, 0, 0]])
-    targets = torch.tensor([[0, 1, 2, 1], [-100, -100, -100, 2], [-100, -100, -100, -100]])
+    """Batches of 5, 1 and 0 real tokens whose mean losses differ: loss, accuracy and perplexity are means
+    over the real tokens of the whole split, not means of batch means (nor counts of padding)."""
+    inputs = torch.tensor([[0, 1, 2, 0], [1, 1, 0, 2], [2, 0, 0, 0], [0, 2, 1, 1], [2, 0, 0, 0]])
+    targets = torch.tensor([[0, 1, 2, 1], [-100, -100, -100, 2], [-100, -100, 0, -100], [-100] * 4, [-100] * 4])
     task = Task("sequence", class_names=("a", "b", "c"))
     recipe = load_recipe(TINY_GPT, ["logging.wandb=false"])
     scoring = build_scoring(recipe, task)
@@ -144,6 +168,28 @@ def test_a_per_position_model_on_a_multiclass_data_set_is_told_what_a_sequence_t
                       Task("multiclass", class_names=tuple("abcdefghijklmnop")))
     with pytest.raises(UserError, match=r"shape \(64, 32, 16\).*16 classes.*class per position.*'sequence'"):
         _check_output_shape(recipe, data, torch.zeros(64, 32, 16), torch.zeros(64, dtype=torch.long))
+
+
+class _TwoTokens(torch.nn.Module):
+    """Next-token logits [0, 2] at every position: token 1 has probability sigmoid(2 / temperature)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logits = torch.nn.Parameter(torch.tensor([0.0, 2.0]))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(*ids.shape, 2)
+
+
+@pytest.mark.parametrize("temperature", [0.5, 4.0])
+def test_generation_divides_the_logits_by_the_temperature(temperature):
+    """A low temperature sharpens the distribution and a high one flattens it: the share of token 1 in
+    1000 seeded samples is sigmoid(2 / t) (0.98 at t=0.5, 0.62 at t=4; the logits multiplied by t would
+    give 0.73 and 0.9997)."""
+    from trainwright.generation import generate
+
+    tokens = list(generate(_TwoTokens(), torch.tensor([0]), length=1000, temperature=temperature, context=1))
+    assert sum(tokens) / len(tokens) == pytest.approx(1 / (1 + math.exp(-2 / temperature)), abs=0.04)
 
 
 def test_predict_prompt_generates_text(corpus, tmp_path, capsys):

@@ -29,8 +29,9 @@ import pytest
 
 import processes
 from conftest import (
-    REPO, WALL_CLOCK, assert_user_error, checkpoint_dir, checkpoint_problem, checkpoint_steps, cli_env, describe, metrics_by_step,
-    newest_valid_checkpoint, no_credentials_env, read_jsonl, wandb_history, wandb_records, wandb_run_ids,
+    REPO, WALL_CLOCK, assert_resumed, assert_user_error, checkpoint_dir, checkpoint_problem, checkpoint_steps, cli_env,
+    describe, metrics_by_step, newest_valid_checkpoint, no_credentials_env, read_jsonl, wandb_history, wandb_records,
+    wandb_run_ids,
 )
 
 CPU_2PROC = REPO / "accelerate_configs" / "cpu_2proc.yaml"
@@ -80,6 +81,8 @@ def resumed_from(output: str) -> tuple[int, int, int] | None:
 
 
 def assert_resumed_from(output: str, step: int) -> tuple[int, int, int]:
+    """`output`: a restart's stdout and stderr; it names no checkpoint as damaged (conftest.assert_resumed)."""
+    assert_resumed(output, step)
     position = resumed_from(output)
     assert position is not None, f"no 'Resuming from step {step}' line: the run started over\n{output}"
     assert position[0] == step, f"resumed from step {position[0]}, expected the newest valid checkpoint {step}\n{output}"
@@ -175,7 +178,7 @@ def test_sigkill_and_stop_resume_bitwise_and_continue_one_wandb_run(reference, s
     assert killed_at < stop_step < TOTAL_STEPS
 
     result = completed(train(run_dir, offline, env=env))
-    assert_resumed_from(result.stdout, stop_step)
+    assert_resumed_from(result.stdout + result.stderr, stop_step)
     assert weights(run_dir) == weights(reference)
     assert training_curve(run_dir) == training_curve(reference)  # no step logged twice, nothing rewound
 
@@ -208,7 +211,7 @@ def test_sigkill_with_two_processes_resumes_bitwise(reference_2proc, start, tmp_
     killed_at = newest_valid_checkpoint(run_dir)
     result = completed(train(run_dir, "trainer.record_samples=true", processes_=2))
     assert "world_size=2 device=cpu" in result.stdout
-    assert_resumed_from(result.stdout, killed_at)
+    assert_resumed_from(result.stdout + result.stderr, killed_at)
     assert weights(run_dir) == weights(reference_2proc)
 
 
@@ -283,7 +286,7 @@ def test_kills_at_any_moment_including_during_saves(reference, start, tmp_path):
     assert kills_during_saves >= 1, "no kill landed while a save was in progress"
 
     result = completed(train(run_dir, *overrides))
-    assert_resumed_from(result.stdout, newest)
+    assert_resumed_from(result.stdout + result.stderr, newest)
     assert weights(run_dir) == weights(reference)
     assert training_curve(run_dir) == training_curve(reference)
     assert_no_stale_files(run_dir)
@@ -302,7 +305,7 @@ def test_damaged_newest_checkpoint_is_reported_and_skipped(reference, start, tmp
 
     result = completed(train(run_dir))
     assert f"checkpoint {newest} is damaged" in result.stderr
-    assert_resumed_from(result.stdout, previous)
+    assert resumed_from(result.stdout)[0] == previous
     assert weights(run_dir) == weights(reference)
 
 
@@ -350,7 +353,7 @@ def test_stop_signal_saves_a_checkpoint_and_exits_75(reference, start, tmp_path,
     assert not (run_dir / "summary.json").exists() and not (run_dir / "model.safetensors").exists()
 
     result = completed(train(run_dir))
-    assert_resumed_from(result.stdout, step)
+    assert_resumed_from(result.stdout + result.stderr, step)
     assert weights(run_dir) == weights(reference)
 
 
@@ -432,7 +435,7 @@ def test_two_processes_stop_at_one_step_whoever_gets_the_signal(reference_2proc,
 
     result = completed(train(run_dir, *overrides, processes_=2))
     assert "world_size=2 device=cpu" in result.stdout
-    assert_resumed_from(result.stdout, resumed)
+    assert_resumed_from(result.stdout + result.stderr, resumed)
     assert weights(run_dir) == weights(reference_2proc)
 
 
@@ -464,7 +467,7 @@ def test_workers_save_and_exit_75_when_the_launcher_is_killed(reference_2proc, s
 
     result = completed(train(run_dir, *overrides, processes_=2))
     assert "taking over the lock" not in result.stderr  # released, not left behind
-    assert_resumed_from(result.stdout, step)
+    assert_resumed_from(result.stdout + result.stderr, step)
     assert weights(run_dir) == weights(reference_2proc)
 
 
@@ -528,7 +531,7 @@ def test_sighup_to_the_launcher_stops_the_workers_with_a_checkpoint(reference_2p
 
     result = completed(train(run_dir, *overrides, processes_=2))
     assert "taking over the lock" not in result.stderr
-    assert_resumed_from(result.stdout, step)
+    assert_resumed_from(result.stdout + result.stderr, step)
     assert weights(run_dir) == weights(reference_2proc)
 
 
@@ -563,7 +566,7 @@ def test_a_closed_terminal_stops_the_run_with_a_checkpoint_and_exit_75(reference
     assert not lock_file(run_dir).exists()
     result = completed(train(run_dir))
     assert "taking over the lock" not in result.stderr
-    assert_resumed_from(result.stdout, step)
+    assert_resumed_from(result.stdout + result.stderr, step)
     assert weights(run_dir) == weights(reference)
 
 
@@ -585,7 +588,7 @@ def test_elastic_resume_on_another_process_count(reference, reference_2proc, sta
 
     result = completed(train(run_dir, *overrides, processes_=then))
     assert f"world_size={then} device=cpu" in result.stdout
-    step, epoch, batch = assert_resumed_from(result.stdout, 150)
+    step, epoch, batch = assert_resumed_from(result.stdout + result.stderr, 150)
     assert (epoch, batch) == (2, 50)  # mid-epoch: the second epoch (counted from 1), after 50 of its batches
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["step"] == TOTAL_STEPS and summary["status"] == "completed"
@@ -660,7 +663,7 @@ def test_resume_is_bitwise_with_a_schedule_accumulation_or_bf16(variant, name):
     assert f"world_size=1 device=cpu precision={precision}" in runs["killed_output"]
     killed_at = runs["killed_at"]
     assert killed_at is not None and 0 < killed_at < VARIANT_STEPS[name]
-    assert_resumed_from(result.stdout, killed_at)
+    assert_resumed_from(result.stdout + result.stderr, killed_at)
     summary = json.loads((runs["run"] / "summary.json").read_text())
     assert summary["step"] == VARIANT_STEPS[name]
     assert weights(runs["run"]) == weights(runs["reference"])
@@ -719,7 +722,7 @@ def test_allowed_recipe_change_extends_a_finished_run(tmp_path):
 
     result = completed(train(run_dir, "trainer.max_steps=80", "checkpoint.keep_last=1"))
     assert "Recipe changed since the checkpoint (allowed): checkpoint.keep_last" in result.stdout
-    assert_resumed_from(result.stdout, 50)
+    assert_resumed_from(result.stdout + result.stderr, 50)
     assert json.loads((run_dir / "summary.json").read_text())["step"] == 80
     assert checkpoint_steps(run_dir) == [80]  # keep_last=1 (the resumed-from one is kept only while training)
 
@@ -729,7 +732,7 @@ def test_resume_from_an_older_checkpoint_sets_later_ones_aside(reference, tmp_pa
     completed(train(run_dir, "trainer.max_steps=100"))
     assert checkpoint_steps(run_dir) == [50, 75, 100]
     result = completed(train(run_dir, extra=("--resume", str(checkpoint_dir(run_dir, 50)))))
-    assert_resumed_from(result.stdout, 50)
+    assert_resumed_from(result.stdout + result.stderr, 50)
     moved = list(run_dir.glob("superseded-*/step_*"))
     assert sorted(p.name for p in moved) == ["step_00000075", "step_00000100"]
     assert weights(run_dir) == weights(reference)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import RECIPES, assert_ok, assert_user_error, run_cli
+from conftest import RECIPES, assert_ok, assert_resumed, assert_user_error, run_cli
 
 HEART = RECIPES / "heart.yaml"
 TINY = ["data.num_points=1000", "logging.wandb=false"]
@@ -23,4 +23,5 @@ def test_extending_a_run_with_a_step_schedule_goes_on(tmp_path):
     step = ["scheduler.name=step", "scheduler.step_size=5"]
     assert_ok(run_cli("train", HEART, *TINY, *step, "trainer.max_steps=10", "--run-dir", run_dir))
     result = assert_ok(run_cli("train", HEART, *TINY, *step, "trainer.max_steps=20", "--run-dir", run_dir))
-    assert "Resuming from step 10 " in result.stdout and "Run complete at step 20" in result.stdout
+    assert_resumed(result.stdout + result.stderr, 10)
+    assert "Run complete at step 20" in result.stdout

@@ -28,7 +28,7 @@ from PIL import Image
 from torch.utils.data import IterableDataset
 
 import processes
-from conftest import REPO, assert_ok, assert_user_error, checkpoint_steps, cli_env, workflow
+from conftest import REPO, assert_ok, assert_resumed, assert_user_error, checkpoint_steps, cli_env, workflow
 from reliability_helpers import call
 from test_resume import step_samples
 from trainwright.data.loading import TrainBatches, iterate
@@ -110,6 +110,7 @@ def test_killed_mid_epoch_on_two_processes_ends_bitwise_equal(stream_runs):
     assert "world_size=2 device=cpu" in reference.stdout
     assert f"Run complete at step {STEPS_PER_EPOCH * EPOCHS}" in reference.stdout
     resumed = assert_ok(stream_runs["resumed"])
+    assert_resumed(resumed.stdout + resumed.stderr)
     step, _, batch = (int(v) for v in RESUMING.search(resumed.stdout).groups())
     assert step < STEPS_PER_EPOCH * EPOCHS and batch != 0, resumed.stdout  # mid-epoch
     assert "Traceback" not in stream_runs["killed_output"]
@@ -121,6 +122,7 @@ def test_killed_mid_epoch_on_two_processes_ends_bitwise_equal(stream_runs):
 def test_each_sample_once_per_epoch_and_two_processes_resumed_on_one(stream_runs):
     two, one = assert_ok(stream_runs["two"]), assert_ok(stream_runs["one"])
     assert "world_size=2 device=cpu" in two.stdout and "world_size=1 device=cpu" in one.stdout
+    assert_resumed(one.stdout + one.stderr, 13)
     assert RESUMING.search(one.stdout).groups() == ("13", "2", "4"), one.stdout
     reference = step_samples(stream_runs["folder"] / "reference")
     assert step_samples(stream_runs["folder"] / "elastic") == reference

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 import processes
-from conftest import REQUIRE_SLURM_VAR, checkpoint_dir, checkpoint_problem, read_jsonl
+from conftest import REQUIRE_SLURM_VAR, assert_resumed, checkpoint_dir, checkpoint_problem, read_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
 SLURM = ROOT / "slurm"
@@ -252,7 +252,7 @@ def _preempt_requeue_resume(tmp_path: Path, script: str, sbatch_args: list[str],
         assert done["JobState"] == "COMPLETED", f"{done}\n{text}"
         assert done["Restarts"] == "1"
         assert "restart 1:" in text, text
-        assert f"Resuming from step {step} " in text, text
+        assert_resumed(text, step)
         assert f"Run complete at step {TOTAL_STEPS}:" in text, text
         assert "finished (exit 0)" in text, text
         summary = _summary(run_dir)

@@ -21,8 +21,8 @@ import torch
 import yaml
 
 import processes
-from conftest import (RECIPES, REPO, assert_ok, checkpoint_steps, cli_env, describe, newest_valid_checkpoint,
-                      no_credentials_env, run_cli, wandb_records)
+from conftest import (RECIPES, REPO, assert_ok, assert_resumed, checkpoint_steps, cli_env, describe,
+                      newest_valid_checkpoint, no_credentials_env, run_cli, wandb_records)
 from reliability_helpers import HEART, HOUSE, snapshot, user_error
 from test_slurm import _job_env, needs_cluster
 from trainwright.cli import main
@@ -73,7 +73,7 @@ def test_cv_killed_during_a_fold_resumes_to_the_same_weights(cv_run, tmp_path, s
     process.kill()  # the driver and the fold it runs, at once
     assert not (folder / "fold_2" / "summary.json").exists() and not (folder / "fold_3").exists()
     result = assert_ok(run_cli("cv", HEART, "--folds", "3", *CV_ARGS, "--run-dir", folder))
-    assert "Resuming from step" in result.stdout  # fold 2 went on from its checkpoint
+    assert_resumed(result.stdout + result.stderr)  # fold 2 went on from its checkpoint
     for k in (1, 2, 3):
         weights = (folder / f"fold_{k}" / "model.safetensors").read_bytes()
         assert weights == (cv_run / f"fold_{k}" / "model.safetensors").read_bytes(), f"fold_{k}"
@@ -444,7 +444,8 @@ def test_a_sweep_killed_by_sigkill_ends_its_trials_with_a_checkpoint(tmp_path, s
         step = int(log.split("Stopped at step ")[1].split(":")[0])
         assert newest_valid_checkpoint(trial) == step and not (trial / "summary.json").exists()
     result = assert_ok(run_cli("sweep", _two_trial_spec(tmp_path), *LONG_TRIAL, "--run-dir", folder))
-    assert result.stdout.count("Resuming from step") == 2 and result.stdout.count("completed") == 2
+    assert_resumed(result.stdout + result.stderr, times=2)
+    assert result.stdout.count("completed") == 2
 
 
 @pytest.mark.parametrize("when", ["training", "starting"])

@@ -20,8 +20,8 @@ import yaml
 
 import processes
 from conftest import (
-    WALL_CLOCK, WANDB_CLI, assert_ok, assert_user_error, cli_env, describe, metrics_by_step, no_credentials_env, read_jsonl,
-    run_cli, wandb_history, wandb_records, workflow,
+    WALL_CLOCK, WANDB_CLI, assert_ok, assert_resumed, assert_user_error, cli_env, describe, metrics_by_step,
+    no_credentials_env, read_jsonl, run_cli, wandb_history, wandb_records, workflow,
 )
 
 WANDB_METRICS = ("train/loss", "val/loss", "val/accuracy")
@@ -289,7 +289,7 @@ def test_tensorboard_event_files(tensorboard_resume):
 def test_tensorboard_after_a_resume_shows_every_step_once(tensorboard_resume):
     assert_ok(tensorboard_resume["first"])
     result = assert_ok(tensorboard_resume["second"])
-    assert "Resuming from step 50 " in result.stdout
+    assert_resumed(result.stdout + result.stderr, 50)
     run_dir = tensorboard_resume["dir"]
     assert len(list((run_dir / "tensorboard").glob("events.out.tfevents.*"))) == 2
     accumulator = _tensorboard_scalars(run_dir)

@@ -30,6 +30,9 @@ TMP_PREFIX = ".tmp-"
 SHARDED_MODEL_DIR = "model"  # a sharded checkpoint's model shards (sharded.py)
 SHARDED_OPTIMIZER_DIR = "optimizer"  # and its optimizer state shards
 SHARDED_EMA_DIR = "ema"  # and, with trainer.ema, its averaged weights' shards
+# The key of a sharded checkpoint's optimizer.json that lists the tensors of optimizer/ (none for plain SGD);
+# checkpoints written before it was recorded lack it.
+OPTIMIZER_TENSORS = "tensors"
 JSON_STATE_FILES = ("scheduler.json", "scaler.json")  # null, or the object's state_dict
 CALLBACKS_FILE = "callbacks.json"  # with `callbacks` in the recipe: their states (callbacks.py)
 _STEP_DIR = re.compile(r"^step_(\d{8,})$")
@@ -215,9 +218,16 @@ def _sharded_problem(folder: Path) -> str | None:
     optimizer, problem = _read_json(folder / "optimizer.json")
     if problem or not isinstance(optimizer, dict):
         return problem or "optimizer.json is not a mapping"
-    optional = [SHARDED_EMA_DIR] if (folder / SHARDED_EMA_DIR).is_dir() else []
-    for part in (SHARDED_MODEL_DIR, SHARDED_OPTIMIZER_DIR, *optional):
-        if problem := shards_problem(folder / part):
+    names = optimizer.get(OPTIMIZER_TENSORS)
+    if names is not None and not (isinstance(names, list) and all(isinstance(name, str) for name in names)):
+        return f"optimizer.json's {OPTIMIZER_TENSORS!r} is not a list of tensor names"
+    if names is None and not any((folder / SHARDED_OPTIMIZER_DIR).glob("*.safetensors")):
+        names = []  # an older checkpoint of an optimizer without tensor state: the load compares with the live one
+    parts = {SHARDED_MODEL_DIR: None, SHARDED_OPTIMIZER_DIR: None if names is None else set(names)}
+    if (folder / SHARDED_EMA_DIR).is_dir():
+        parts[SHARDED_EMA_DIR] = None
+    for part, tensors in parts.items():
+        if problem := shards_problem(folder / part, tensors):
             return problem
     return None
 

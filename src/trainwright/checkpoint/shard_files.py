@@ -26,10 +26,14 @@ class Chunk:
     shape: tuple[int, ...]
 
 
-def shards_problem(folder: Path) -> str | None:
-    """Why the shard files in `folder` do not make whole tensors, or None."""
+def shards_problem(folder: Path, names: set[str] | None = None) -> str | None:
+    """Why the shard files in `folder` do not make whole tensors, or None. `names`: the tensors they must
+    make, exactly (none, and then no file, for an optimizer without tensor state such as plain SGD); without
+    it, at least one file."""
+    if not folder.is_dir():
+        return f"{folder.name}/ is missing"
     files = sorted(folder.glob("*.safetensors"))
-    if not files:
+    if not files and names is None:
         return f"{folder.name}/ holds no shard files"
     chunks: dict[str, list[Chunk]] = {}
     for path in files:
@@ -39,6 +43,10 @@ def shards_problem(folder: Path) -> str | None:
                 chunks.setdefault(key, []).append(chunk)
         except BadHeader as exc:
             return f"{name}: {exc}"
+    if names is not None and (missing := sorted(names - set(chunks))):
+        return f"{folder.name}/ holds no shards of tensor {missing[0]!r} (of {len(names)} the checkpoint records)"
+    if names is not None and (extra := sorted(set(chunks) - names)):
+        return f"{folder.name}/ holds a tensor {extra[0]!r} the checkpoint does not record"
     for key, parts in chunks.items():
         problem = _tiling_problem(parts)
         if problem:

@@ -5,6 +5,8 @@ shards, and a checkpoint loads into any number of processes and into any strateg
   optimizer/shard-0000K-model-00001-of-00001.safetensors  its shards of the optimizer state (`state.<param>.<name>`)
   ema/shard-0000K-model-00001-of-00001.safetensors        with trainer.ema: its shards of the averaged weights
   optimizer.json                                          the non-tensor optimizer state (`param_groups.<param>.<key>`)
+                                                          and the names of optimizer/'s tensors (`tensors`: none
+                                                          for an optimizer without state, e.g. plain SGD)
   scheduler.json, scaler.json                             as in a full checkpoint
 
 Written and read through torch.distributed.checkpoint's Hugging Face safetensors storage: each file's
@@ -33,7 +35,7 @@ from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from trainwright.checkpoint.expected import param_names, plain_optimizer
-from trainwright.checkpoint.format import SHARDED_MODEL_DIR, is_sharded
+from trainwright.checkpoint.format import OPTIMIZER_TENSORS, SHARDED_MODEL_DIR, is_sharded
 from trainwright.checkpoint.objects import (
     TrainObjects, json_states, optimizer_from_files, read_json_states, write_json_states,
 )
@@ -59,7 +61,7 @@ def write_sharded_state(folder: Path, objects: TrainObjects, processes: Processe
     for name, state in parts:
         dcp.save(state, storage_writer=HuggingFaceStorageWriter(str(folder / name), save_distributed=True))
     if processes.is_main:
-        write_json(folder / "optimizer.json", other)
+        write_json(folder / "optimizer.json", {**other, OPTIMIZER_TENSORS: sorted(tensors)})
         write_json_states(folder, json_states(objects))
 
 
@@ -76,6 +78,7 @@ def read_sharded_state(folder: Path, objects: TrainObjects) -> None:
         tensors, other = _split(get_optimizer_state_dict(objects.model, optimizer, options=_FLAT))
         _load(tensors, folder / OPTIMIZER_DIR, collective)
         saved = json.loads((folder / "optimizer.json").read_text())
+        saved.pop(OPTIMIZER_TENSORS, None)  # verified against optimizer/'s files; the load compares with `tensors`
         if set(saved) != set(other):
             raise UserError(f"checkpoint {folder} does not fit this recipe's optimizer (its parameter groups differ)")
         other = {key: tuple(value) if isinstance(other[key], tuple) else value for key, value in saved.items()}
