@@ -20,6 +20,8 @@ CASES = [
     (HEART, "seed=4294967296", "seed: Input should be less than or equal to 4294967295"),
     (HEART, "optimizer.lr=.inf", "optimizer.lr: Input should be a finite number"),
     (HEART, "trainer.grad_clip=.nan", "trainer.grad_clip: Input should be a finite number"),
+    (HEART, "optimizer.momentum=-1", "optimizer: cannot build optimizer 'sgd' from {'momentum': -1}"),
+    (GPT, "scheduler.warmup_steps=-1", "scheduler: cannot build LR scheduler 'cosine' from {'warmup_steps': -1}"),
     (GPT, "model.heads=5", "model.width (96) must be a multiple of model.heads (5)"),
     (GPT, "data.context=0", "data.context must be at least 1, got 0"),
 ]

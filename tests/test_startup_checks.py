@@ -72,3 +72,19 @@ def test_a_monitor_the_task_does_not_report_is_refused_at_start(capsys, tmp_path
     """val/mae is a valid name for `check` (the task is unknown there), but heart reports accuracy."""
     refused_without_a_folder(capsys, tmp_path, HEART, *TINY, "checkpoint.monitor=val/mae",
                              fragments=("no 'val/mae'", "val/accuracy"))
+
+
+def test_a_forward_pass_that_fails_for_another_reason_is_not_blamed_on_the_vocabulary(capsys, tmp_path, monkeypatch):
+    """gpt with loss.name=model is called as model(inputs, targets), which its forward does not take: said so,
+    not 'set model.vocab_size' (the vocabulary fits); ids past the vocabulary still get that hint."""
+    monkeypatch.setenv("TRAINWRIGHT_CACHE", str(tmp_path / "cache"))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog. " * 100)
+    gpt = [RECIPES / "tiny_gpt.yaml", f"data.path={corpus}", "logging.wandb=false", "data.batch_size=8",
+           "--run-dir", tmp_path / "run"]
+    message = user_error(capsys, "train", *gpt, "loss.name=model", fragments=(
+        "TypeError: GPT.forward() takes 2 positional arguments but 3 were given",
+        "with loss.name=model a batch of (inputs, targets) is given as model(inputs, targets)"))
+    assert "vocab" not in message
+    user_error(capsys, "train", *gpt, "model.vocab_size=10", fragments=(
+        "IndexError", "check the model's vocabulary: data set 'text' has 28 tokens (set model.vocab_size=28)"))

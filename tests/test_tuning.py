@@ -235,6 +235,17 @@ def test_a_bad_sweep_spec_is_one_message_before_any_run(capsys, tmp_path, change
     assert not (tmp_path / "sweep").exists()
 
 
+@pytest.mark.parametrize("override", [
+    "optimizer.lr=0.5", "model={name: mlp, in_features: 2, hidden: [4], out_features: 1}",  # a key, its section
+])
+def test_a_command_line_override_of_a_swept_key_is_refused(capsys, tmp_path, override):
+    """Every trial's value would replace it: one message instead of a sweep that ignores it."""
+    swept = "optimizer.lr" if override.startswith("optimizer") else "model.hidden"
+    user_error(capsys, "sweep", _spec(tmp_path), *TINY_SWEEP, override, "--run-dir", tmp_path / "sweep",
+               fragments=(f"sweep: the override '{override}' sets", f"sweeps ({swept})", "remove the override"))
+    assert not (tmp_path / "sweep").exists()
+
+
 @pytest.mark.parametrize(("argv", "fragments"), [
     (["--folds", "1"], ("--folds must be at least 2, got 1",)),
     (["--folds", "0"], ("--folds must be at least 2, got 0",)),  # not argparse's "at least 1"

@@ -180,9 +180,13 @@ def lr_find_command(args: argparse.Namespace) -> int:
 
 def check_command(args: argparse.Namespace) -> int:
     from trainwright.components import check_recipe
+    from trainwright.preflight import dry_run_optimizer
 
     recipe = load_recipe(args.recipe, args.overrides)
     check_recipe(recipe)
+    # The optimizer and scheduler's first steps, as train's start-up tries them; the run's length depends on
+    # the data (not read here): its cap, else a length no real run's warm-up exceeds.
+    dry_run_optimizer(recipe, recipe.trainer.max_steps or 10**9)
     print(yaml.safe_dump(recipe.to_dict(), sort_keys=False), end="")
     return 0
 

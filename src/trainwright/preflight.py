@@ -124,7 +124,7 @@ def check_first_batch(recipe: Recipe, data: DataBundle, model: nn.Module, scorin
         in_loss = getattr(loss_fn, "called", False)
         if in_loss:  # outputs of the wrong shape are the likelier cause: say so in those terms
             _check_output_shape(recipe, data, loss_fn.outputs, loss_fn.targets)
-        raise UserError(_failure(recipe, data, batch, exc, in_loss)) from None
+        raise UserError(_failure(recipe, data, model, batch, exc, in_loss)) from None
     finally:
         model.train(was_training)
     outputs, targets, loss = scored.outputs, scored.targets, scored.loss
@@ -167,22 +167,36 @@ class _Watched(nn.Module):
         return self.loss(outputs, targets)
 
 
-def _failure(recipe: Recipe, data: DataBundle, batch: Batch, exc: Exception, in_loss: bool) -> str:
+def _failure(recipe: Recipe, data: DataBundle, model: nn.Module, batch: Batch, exc: Exception, in_loss: bool) -> str:
     """Why the first batch failed: in the model's forward pass, or in the loss."""
     if in_loss:
         return (
             f"loss '{recipe.loss.name}' fails on the model's outputs and the targets ({describe(batch)}): "
             f"{type(exc).__name__}: {exc}"
         )
-    if data.task.kind == "sequence" and data.task.class_names:  # token ids beyond the model's vocabulary
-        hint = (f"check the model's vocabulary: data set '{recipe.data.name}' has {len(data.task.class_names)} "
-                f"tokens (set {_output_argument(recipe)}={len(data.task.class_names)}) and its context")
-    else:
-        hint = "check the model's input size (e.g. model.in_features)"
     return (
         f"model '{recipe.model.name}' does not fit the data: a batch ({describe(batch)}) from data set "
-        f"'{recipe.data.name}' fails in its forward pass ({type(exc).__name__}: {exc}); {hint}"
+        f"'{recipe.data.name}' fails in its forward pass ({type(exc).__name__}: {exc}); "
+        f"{_forward_hint(recipe, data, model, batch, exc)}"
     )
+
+
+def _forward_hint(recipe: Recipe, data: DataBundle, model: nn.Module, batch: Batch, exc: Exception) -> str:
+    """What to check for a forward pass that failed, from what the failure and the batch show."""
+    pair = isinstance(batch, (tuple, list)) and len(batch) == 2
+    inputs, weight = batch[0] if pair else None, next(model.parameters(), None)
+    if isinstance(inputs, torch.Tensor) and inputs.is_floating_point() and weight is not None \
+            and weight.is_floating_point() and inputs.dtype != weight.dtype:
+        return f"its inputs are {inputs.dtype}, the model's weights {weight.dtype}: give the inputs as {weight.dtype}"
+    if data.task.kind == "sequence" and data.task.class_names and isinstance(exc, IndexError):  # ids past the end
+        return (f"check the model's vocabulary: data set '{recipe.data.name}' has {len(data.task.class_names)} "
+                f"tokens (set {_output_argument(recipe)}={len(data.task.class_names)}) and its context")
+    if pair and recipe.loss.name == MODEL_LOSS:
+        return ("with loss.name=model a batch of (inputs, targets) is given as model(inputs, targets): check that the "
+                "model's forward takes the targets second, or give batches as mappings of named tensors")
+    if data.task.kind == "sequence":
+        return "check that the model takes token ids of shape (batch, time) and the data's context"
+    return "check the model's input size (e.g. model.in_features)"
 
 
 def _check_output_shape(recipe: Recipe, data: DataBundle, outputs: torch.Tensor, targets: torch.Tensor) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 from trainwright.components import build_data, check_recipe, metric_names
 from trainwright.errors import EXIT_NONFINITE, UserError, did_you_mean
 from trainwright.files import atomic_open, write_json_atomic
-from trainwright.recipe import load_recipe
+from trainwright.recipe import load_recipe, parse_override
 from trainwright.tuning.runner import Job, run_jobs
 from trainwright.tuning.space import SweepSpec, load_spec, overrides
 from trainwright.tuning.study import claim, final_metrics, format_table, lock, run_labels
@@ -20,6 +20,20 @@ from trainwright.tuning.study import claim, final_metrics, format_table, lock, r
 SPEC_FILE = "sweep_spec.json"
 RESULTS_FILE = "sweep.json"
 TABLE_FILE = "sweep.csv"
+
+
+def check_common(spec: SweepSpec, spec_path: Path, common: list[str]) -> None:
+    """A command-line override of a key the spec sweeps (or of a section holding one) would be replaced by
+    every trial's value: refused, rather than dropped without a word."""
+    for text in common:
+        key = ".".join(parse_override(text)[0])
+        for swept in spec.parameters:
+            if key == swept or swept.startswith(f"{key}.") or key.startswith(f"{swept}."):
+                raise UserError(
+                    f"sweep: the override '{text}' sets {key}, which {spec_path} sweeps ({swept}): every trial would "
+                    f"train with the spec's values instead; remove the override, or remove {swept} from the spec's "
+                    "parameters"
+                )
 
 
 def trial_jobs(spec: SweepSpec, recipe_path: Path, common: list[str], folder: Path) -> list[Job]:
@@ -49,6 +63,7 @@ def check_trials(spec: SweepSpec, jobs: list[Job]) -> None:
 
 def sweep(spec_path: Path, common: list[str], run_dir: str | None, parallel: int, slurm: bool) -> int:
     spec, recipe_path = load_spec(spec_path)
+    check_common(spec, spec_path, common)
     folder = Path(run_dir or Path("runs") / spec_path.stem)
     jobs = trial_jobs(spec, recipe_path, common, folder)
     check_trials(spec, jobs)
