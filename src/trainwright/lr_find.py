@@ -210,4 +210,4 @@ def plot_range_test(result: RangeTest, path: Path, title: str) -> None:
     ax.set(xlabel="learning rate", ylabel="training loss", title=title)
     ax.legend()
     fig.tight_layout()
-    save_figure(fig, path)
+    save_figure(fig, path, replace=False)

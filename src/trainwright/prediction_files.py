@@ -28,9 +28,10 @@ def check_output(path: Path) -> None:
 
 
 def write_predictions(batches: Iterable[Predictions], path: Path) -> int:
-    """Write every batch's rows to `path` (atomically: on any error no file is left); returns the row count."""
+    """Write every batch's rows to `path` (atomically: on any error no file is left; a file made there
+    meanwhile is left as it is); returns the row count."""
     count = 0
-    with atomic_open(path) as file:
+    with atomic_open(path, replace=False) as file:
         writer: csv.DictWriter | None = None
         for predictions in batches:
             rows = predictions.rows()
