@@ -90,18 +90,19 @@ def _predict_to_file(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from trainwright.inference import load_run
-    from trainwright.prediction_files import StopSignal, check_output, stop_signals_raise, write_predictions
+    from trainwright.interrupts import Stopped, stops_raise
+    from trainwright.prediction_files import check_output, write_predictions
 
     if args.input is None:
         raise UserError("--output writes the predictions for --input; give --input FILE as well")
     check_output(Path(args.output))  # before anything is read
     try:
-        with stop_signals_raise():
+        with stops_raise():
             run = load_run(args.run_dir, args.checkpoint, args.device, args.allow_data_change, raw=args.raw_weights)
             with tqdm(unit=" items", desc="predicting", file=sys.stderr, disable=None) as progress:
                 batches = (progress.update(len(p)) or p for p in run.predict_stream(args.input, args.batch_size))
                 count = write_predictions(batches, Path(args.output))
-    except StopSignal as stop:
+    except Stopped as stop:
         print(f"trainwright: got {stop.name}; stopped predicting, nothing was written to {args.output} (run the same "
               "command again to write it)", file=sys.stderr, flush=True)
         return EXIT_PREEMPTED
