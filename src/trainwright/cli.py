@@ -74,7 +74,7 @@ def _add_predict_options(predict: argparse.ArgumentParser) -> None:
                          help="where the model runs (default auto: a CUDA GPU when there is one)")
     predict.add_argument("--prompt", metavar="TEXT",
                          help="language models (data: text): print TEXT and the text the model writes after it")
-    predict.add_argument("--length", type=_positive_int, default=200, help="--prompt: tokens to generate (default 200)")
+    predict.add_argument("--length", type=_positive_int, default=200, help="--prompt: tokens to generate (default 200, at most 100,000)")
     predict.add_argument("--temperature", type=_non_negative_float, default=0.8,
                          help="--prompt: sampling temperature; 0 picks the most likely token each time (default 0.8)")
     predict.add_argument("--seed", type=int, default=0, help="--prompt: the sampling seed (default 0)")

@@ -72,7 +72,9 @@ def predict_command(args: argparse.Namespace) -> int:
         raise UserError("--prompt generates text; it takes no --input or --output")
     run = load_run(args.run_dir, args.checkpoint, args.device, args.allow_data_change, raw=args.raw_weights)
     if args.prompt is not None:
-        print(run.generate(args.prompt, args.length, args.temperature, args.seed))
+        for piece in run.generate_stream(args.prompt, args.length, args.temperature, args.seed):
+            print(piece, end="", flush=True)  # each token as it comes
+        print()
     elif args.input is None:  # the first N items of the run's own evaluation split
         _, predictions = run.predict_split(args.n)
         print("\n".join(predictions.lines()))
