@@ -100,3 +100,16 @@ def test_aliases_within_the_bounds_still_work():
     nested = "x: " + "[" * 100 + "]" * 100
     assert parse_yaml("a: &a [1, 2]\nb: [*a, *a]\n" + nested) == {"a": [1, 2], "b": [[1, 2], [1, 2]],
                                                                    "x": parse_yaml(nested)["x"]}
+
+
+@pytest.mark.parametrize(("override", "fragment"), [
+    ("data.num_workers=1000000", "num_workers must be 0 to 128"),
+    ("data.prefetch_factor=1000000000", "prefetch_factor"),
+])
+def test_worker_counts_are_bounded_before_any_process_starts(capsys, override, fragment):
+    user_error(capsys, "check", HEART, override, fragments=(fragment,))
+
+
+def test_lr_find_steps_are_bounded_before_its_rates_are_made(capsys, tmp_path):
+    user_error(capsys, "lr-find", HEART, "--steps", "1000000000", "--plot", tmp_path / "lr.png",
+               fragments=("--steps 1,000,000,000: the range test takes at most 100,000 steps",))

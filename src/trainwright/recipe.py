@@ -25,6 +25,7 @@ _YamlLoader.add_implicit_resolver(
 )
 
 
+MAX_WORKERS = 128  # DataLoader worker processes per training process
 MAX_YAML_VALUES = 1_000_000  # values a YAML text may hold, every alias counted as what it repeats
 MAX_YAML_DEPTH = 100  # sections and lists inside each other
 
@@ -102,13 +103,13 @@ class DataConfig(_Component):
         0, description="DataLoader workers for data sets served item by item (auto: the cores per process, less one, "
         "at most 8); they stay up for the whole run"
     )
-    prefetch_factor: int | None = Field(None, ge=1, description="batches each worker loads ahead (torch's default: 2)")
+    prefetch_factor: int | None = Field(None, ge=1, le=64, description="batches each worker loads ahead (torch's default: 2)")
 
     @field_validator("num_workers")
     @classmethod
-    def _workers_not_negative(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and value < 0:
-            raise ValueError("num_workers must be 0 or more, or 'auto'")
+    def _workers_bounded(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 0 <= value <= MAX_WORKERS:  # each is a process: a bound before any fork
+            raise ValueError(f"num_workers must be 0 to {MAX_WORKERS}, or 'auto'")
         return value
 
 
