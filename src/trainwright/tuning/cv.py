@@ -33,8 +33,10 @@ def cross_validate(recipe_path: Path, overrides: list[str], folds: int | None, r
         folds = recipe.cv.folds if recipe.cv else None
     if folds is None:
         raise UserError("cv: give --folds K (or a recipe section cv: {folds: K})")
-    if not 2 <= folds <= MAX_TRIALS:
-        raise UserError(f"--folds must be 2 to {MAX_TRIALS:,} (each fold is a run dir and a training), got {folds:,}")
+    if folds < 2:
+        raise UserError(f"--folds must be at least 2, got {folds}")
+    if folds > MAX_TRIALS:
+        raise UserError(f"--folds {folds:,}: a cv has at most {MAX_TRIALS:,} folds (each is a run dir and a training)")
     folder = Path(run_dir or Path("runs") / f"{recipe.name}-cv")
     first = load_recipe(recipe_path, fold_job(recipe_path, overrides, recipe, folds, 1, folder).overrides)
     check_recipe(first)  # every check before any run starts (or any other fold is made)
