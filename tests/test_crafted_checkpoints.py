@@ -202,6 +202,29 @@ def test_a_crafted_trainer_json_is_damaged(capsys, run_dir):
     assert_falls_back(capsys, run_dir)
 
 
+def test_a_trainer_json_beyond_its_own_epoch_is_damaged(capsys, run_dir):
+    """Issue 26: batch_in_epoch 10^9 made the resumed run spin at 99% CPU, deaf to SIGTERM."""
+    path = newest(run_dir) / "trainer.json"
+    state = json.loads(path.read_text())
+    state["batch_in_epoch"] = 10**9
+    path.write_text(json.dumps(state))
+    reseal(newest(run_dir))
+    assert verify(newest(run_dir)) == "trainer.json is at batch 1000000000 of an epoch of 5 batches (5 steps)"
+    assert_falls_back(capsys, run_dir)
+
+
+def test_a_position_beyond_an_epoch_of_the_data_trained_on_now_is_refused(capsys, run_dir):
+    """A checkpoint consistent in itself (an epoch of 100 steps, at batch 50) but not with the data: one message."""
+    path = newest(run_dir) / "trainer.json"
+    state = json.loads(path.read_text())
+    state.update(steps_per_epoch=100, batch_in_epoch=50)
+    path.write_text(json.dumps(state))
+    reseal(newest(run_dir))
+    assert verify(newest(run_dir)) is None
+    user_error(capsys, "train", HEART, *TINY, *STEPS, "--run-dir", run_dir, fragments=(
+        f"{newest(run_dir)} is at batch 50 of epoch 0, but an epoch of this data has 5 batches", "--restart"))
+
+
 def test_a_crafted_final_model_file_is_damaged_and_train_writes_it_again(capsys, run_dir):
     train_ok(capsys, HEART, *TINY, *STEPS, "--run-dir", run_dir)  # completes: model.safetensors is written
     model = run_dir / "model.safetensors"

@@ -1,7 +1,8 @@
 """No file trainwright writes is written through a symbolic link (issue 19, item 5): a link where trainwright
-keeps a file of its own (the run dir's files, checkpoints, plots, the temporary files beside them) is
-replaced or removed, never followed; a link at a path the user names (--output, --out) is refused. What a
-link points to, a user's file or nothing, is left as it was. (The lock file: tests/test_lock.py.)"""
+keeps a file of its own (the run dir's files, checkpoints, plots) is replaced or removed, never followed; a
+link at a path the user names (--output, --out) is refused; a link at a name an older trainwright used for
+its temporary files is left as it is (issue 26: temporaries have random names). What a link points to, a
+user's file or nothing, is left as it was. (The lock file: tests/test_lock.py.)"""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 
 from reliability_helpers import HEART, TINY, call, snapshot, train_ok, user_error
 from trainwright.errors import UserError
-from trainwright.files import atomic_open, atomic_path, write_json, write_json_atomic
+from trainwright.files import atomic_open, atomic_path, is_temporary, write_json, write_json_atomic
 
 # Files of a run dir that a resumed run writes again.
 REWRITTEN = ["summary.json", "metrics.jsonl", "recipe.yaml", "data.json", "model.safetensors",
@@ -23,7 +24,8 @@ KEPT = [".trainwright"]
 
 
 def _link_to_copy(path: Path, users: Path) -> None:
-    """Make `path` a link to a user's copy of it, and `path`.tmp a link to another user's file."""
+    """Make `path` a link to a user's copy of it, and `path`.tmp (an older trainwright's temporary name) a link
+    to another user's file."""
     copy = users / path.name
     copy.write_bytes(path.read_bytes())
     path.unlink()
@@ -55,11 +57,12 @@ def test_links_in_a_run_dir_are_replaced_and_what_they_point_to_is_untouched(cap
     for name in REWRITTEN:
         path = finished / name
         assert path.is_file() and not path.is_symlink(), name
-        assert not os.path.lexists(f"{path}.tmp"), name
+        assert os.path.islink(f"{path}.tmp"), name  # not trainwright's: left as it is
+        assert not [p.name for p in path.parent.iterdir() if is_temporary(p.name)], name
     assert (finished / "checkpoints" / "step_00000010" / "manifest.json").is_file()
     assert not (finished / "checkpoints" / "step_00000010").is_symlink()
-    assert sorted(p.name for p in (finished / "checkpoints").iterdir()) == ["latest.json", "step_00000005",
-                                                                            "step_00000010"]
+    assert sorted(p.name for p in (finished / "checkpoints").iterdir()) == ["latest.json", "latest.json.tmp",
+                                                                            "step_00000005", "step_00000010"]
     assert call(capsys, "eval", finished)[0] == 0
 
 
@@ -123,7 +126,7 @@ def test_predict_and_export_never_write_through_a_link_at_their_temporary_file(c
         assert code == 0, err
         assert (users / name).read_text() == "precious\n"
         assert (tmp_path / name).is_file() and not (tmp_path / name).is_symlink()
-        assert not os.path.lexists(tmp_path / f"{name}.tmp")
+        assert (tmp_path / f"{name}.tmp").readlink() == users / name  # the user's link: left as it is
 
 
 # --- files.py, the one way trainwright writes files ------------------------------------------------------
@@ -138,7 +141,7 @@ def _user_files(tmp_path: Path) -> tuple[Path, Path]:
 
 
 @pytest.mark.parametrize("write", ["json", "text", "library"])
-def test_an_atomic_write_replaces_a_link_and_its_temporary_link(tmp_path, write):
+def test_an_atomic_write_replaces_a_link_and_leaves_one_at_the_old_temporary_name(tmp_path, write):
     a, b = _user_files(tmp_path)
     target = tmp_path / "file"
     target.symlink_to(a)
@@ -152,7 +155,8 @@ def test_an_atomic_write_replaces_a_link_and_its_temporary_link(tmp_path, write)
         with atomic_path(target) as tmp, open(tmp, "w") as file:  # a library given the path opens it itself
             file.write("x\n")
     assert a.read_text() == "precious a\n" and b.read_text() == "precious b\n"
-    assert not target.is_symlink() and not os.path.lexists(tmp_path / "file.tmp")
+    assert not target.is_symlink() and (tmp_path / "file.tmp").readlink() == b
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "file.tmp", "users"]
 
 
 def test_new_files_and_appended_files_refuse_links(tmp_path):
@@ -180,4 +184,4 @@ def test_an_atomic_write_that_fails_names_its_target_not_the_temporary_file(tmp_
         with atomic_path(target) as tmp:
             raise PermissionError(errno.EACCES, "Permission denied", str(tmp))
     assert denied.value.filename == str(target)
-    assert not target.exists() and not os.path.lexists(f"{target}.tmp")
+    assert list(tmp_path.iterdir()) == []

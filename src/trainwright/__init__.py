@@ -6,9 +6,10 @@ imported on first use, so `import trainwright` stays light."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
+TYPE_CHECKING = False  # (typing itself is not imported: this module is the first of every command)
 if TYPE_CHECKING:
+    from typing import Any
+
     from trainwright.callbacks import Callback, RunView
     from trainwright.inference import load_run
 

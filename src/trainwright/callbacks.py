@@ -169,7 +169,7 @@ class Named:
     key: str | None = None  # its recipe name (import path), its state's key in callbacks.json; None: a built-in
 
 
-def _where(exc: Exception) -> str:
+def _where(exc: BaseException) -> str:
     """' (file:line)' of the innermost frame of the raise outside trainwright (the callback's own code), else
     the innermost one."""
     frames = traceback.extract_tb(exc.__traceback__)[1:]  # below Callbacks._call
@@ -223,6 +223,9 @@ class Callbacks:
             return function(*args)
         except UserError:  # already one message (e.g. metrics.jsonl cannot be written)
             raise
+        except SystemExit as exc:  # sys.exit() in a hook is a failure too (run.request_stop ends a run)
+            raise self._failed(entry, hook, f"it called sys.exit({exc.code!r}){_where(exc)}; to end the run as "
+                                "completed, call run.request_stop(reason)") from None
         except Exception as exc:
             raise self._failed(entry, hook, f"{type(exc).__name__}: {exc}{_where(exc)}") from None
 

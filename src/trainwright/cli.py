@@ -1,17 +1,16 @@
 """The `trainwright` command line: argument parsing and user-error reporting only; what each command
-does is in commands.py."""
+does is in commands.py. This module imports nothing heavy at its top (commands.py, with the recipe's
+pydantic models, only once the signal handling is in place), so a signal in a command's first instant
+is one message too."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from trainwright import __version__, commands
-from trainwright.data.paths import ALLOW_FLAG
+from trainwright import __version__, interrupts
 from trainwright.errors import UserError
 from trainwright.exiting import leave
-from trainwright.launcher import report_to_launcher
-from trainwright.processes import launch_rank
 
 
 def _whole_number(text: str) -> int:
@@ -50,6 +49,8 @@ def _positive_float(text: str) -> float:
 
 
 def _add_allow_data_change(command: argparse.ArgumentParser, what: str) -> None:
+    from trainwright.data.paths import ALLOW_FLAG
+
     command.add_argument(
         ALLOW_FLAG, action="store_true",
         help=f"{what} even if the data differ from those the run trained on (recorded in <run dir>/data.json)",
@@ -73,7 +74,7 @@ def _add_predict_options(predict: argparse.ArgumentParser) -> None:
                          help="where the model runs (default auto: a CUDA GPU when there is one)")
     predict.add_argument("--prompt", metavar="TEXT",
                          help="language models (data: text): print TEXT and the text the model writes after it")
-    predict.add_argument("--length", type=_positive_int, default=200, help="--prompt: tokens to generate (default 200)")
+    predict.add_argument("--length", type=_positive_int, default=200, help="--prompt: tokens to generate (default 200, at most 100,000)")
     predict.add_argument("--temperature", type=_non_negative_float, default=0.8,
                          help="--prompt: sampling temperature; 0 picks the most likely token each time (default 0.8)")
     predict.add_argument("--seed", type=int, default=0, help="--prompt: the sampling seed (default 0)")
@@ -97,6 +98,8 @@ def _add_study(subcommands: argparse._SubParsersAction, name: str, help_text: st
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from trainwright import commands
+
     parser = argparse.ArgumentParser(
         prog="trainwright",
         description="Recipe-driven PyTorch training on HuggingFace Accelerate.",
@@ -205,10 +208,6 @@ def _add_raw_weights(command: argparse.ArgumentParser) -> None:
                          help="a run with trainer.ema: use the raw weights instead of their moving average")
 
 
-def _is_main_process() -> bool:
-    return launch_rank() == 0
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line; overrides may also come after options (`train R --run-dir D k=v`)."""
     parser = build_parser()
@@ -227,6 +226,21 @@ def _os_error(exc: OSError) -> UserError:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        code = _main(argv)
+    except (KeyboardInterrupt, interrupts.Stopped) as signalled:
+        return interrupts.ending(signalled, argv)
+    except Exception:
+        if (signalled := interrupts.received.first()) is None:
+            raise
+        return interrupts.ending(signalled, argv)  # its exception, swallowed on the way, broke something else
+    if code == 0 and (signalled := interrupts.received.first()) is not None:  # swallowed by a library
+        return interrupts.ending(signalled, argv)
+    return code
+
+
+def _main(argv: list[str]) -> int:
     args = parse_args(argv)
     try:
         try:
@@ -234,17 +248,16 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as exc:
             raise _os_error(exc) from None
     except UserError as exc:
+        from trainwright.launcher import report_to_launcher
+
         message = f"trainwright: error: {exc}"
-        if _is_main_process():
-            print(message, file=sys.stderr, flush=True)
+        interrupts.say(message)
         report_to_launcher(message)  # every process: whichever the launcher reports as the root cause names it
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("trainwright: interrupted", file=sys.stderr)
-        return 130
 
 
 def run() -> None:
-    """The `trainwright` command (console script and `python -m trainwright`): main(), then exit with its
-    code (exiting.py says how a process of a launch leaves)."""
+    """The `trainwright` command (console script and `python -m trainwright`): the signal handling first, then
+    main(), then exit with its code (exiting.py says how a process of a launch leaves)."""
+    interrupts.install()
     leave(main())

@@ -84,7 +84,9 @@ def predict_command(args: argparse.Namespace) -> int:
     with end_launched(run.processes):
         if args.prompt is not None:
             if main:  # one text: nothing to share
-                print(run.generate(args.prompt, args.length, args.temperature, args.seed))
+                for piece in run.generate_stream(args.prompt, args.length, args.temperature, args.seed):
+                    print(piece, end="", flush=True)  # each token as it comes
+                print()
         elif args.input is None:  # the first N items of the run's own evaluation split
             _, predictions = run.predict_split(args.n)
             if main:
@@ -105,14 +107,15 @@ def _predict_to_file(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from trainwright.inference import load_run
+    from trainwright.interrupts import Stopped, stops_raise
     from trainwright.launched import end_launched
-    from trainwright.prediction_files import StopSignal, check_output, stop_signals_raise, write_predictions
+    from trainwright.prediction_files import check_output, write_predictions
 
     if args.input is None:
         raise UserError("--output writes the predictions for --input; give --input FILE as well")
     check_output(Path(args.output))  # before anything is read
     try:
-        with stop_signals_raise():
+        with stops_raise():
             run = load_run(args.run_dir, args.checkpoint, args.device, args.allow_data_change, raw=args.raw_weights,
                            launched=True)
             main = run.processes.is_main
@@ -120,7 +123,7 @@ def _predict_to_file(args: argparse.Namespace) -> int:
                                                    disable=None if main else True) as progress:
                 batches = (progress.update(len(p)) or p for p in run.predict_stream(args.input, args.batch_size))
                 count = write_predictions(batches, Path(args.output)) if main else sum(map(len, batches))
-    except StopSignal as stop:
+    except Stopped as stop:
         if launch_rank() == 0:
             print(f"trainwright: got {stop.name}; stopped predicting, nothing was written to {args.output} (run the "
                   "same command again to write it)", file=sys.stderr, flush=True)

@@ -14,9 +14,10 @@ from matplotlib.figure import Figure  # noqa: E402
 from trainwright.files import atomic_open  # noqa: E402
 
 
-def save_figure(fig: Figure, path: Path) -> None:
-    """Write a figure as PNG atomically (a reader never sees half a picture) and close it."""
-    with atomic_open(path, "wb") as file:
+def save_figure(fig: Figure, path: Path, replace: bool = True) -> None:
+    """Write a figure as PNG atomically (a reader never sees half a picture; unless `replace`, only where
+    nothing is: see atomic_path) and close it."""
+    with atomic_open(path, "wb", replace) as file:
         fig.savefig(file, dpi=110, format="png")
     plt.close(fig)
 

@@ -18,7 +18,7 @@ from trainwright.checkpoint.ties import retied, tied_aliases
 from trainwright.checkpoint.weights import save_weights
 from trainwright.ema import EMA_DIR, EMA_FILE
 from trainwright.errors import UserError
-from trainwright.files import check_new_output, remove_tree, replace_dir, warn
+from trainwright.files import check_new_output, publish_dir, remove_tree, temporary_beside, warn
 from trainwright.recipe import validate
 from trainwright.rundir import RunDir
 
@@ -40,7 +40,7 @@ def export_weights(source: str | Path, out: str | Path, raw: bool = False) -> Ex
     weights = checkpoint_weights(checkpoint, raw)
     _require_fit(checkpoint, weights, _recipe_model(checkpoint))
     step = read_train_state(checkpoint).step
-    save_weights(weights, out, {"step": str(step), "exported_from": str(checkpoint)})
+    save_weights(weights, out, {"step": str(step), "exported_from": str(checkpoint)}, replace=False)
     return Exported(checkpoint, step, len(weights), sum(t.numel() for t in weights.values()))
 
 
@@ -62,10 +62,13 @@ def export_hf(source: str | Path, out: str | Path, raw: bool = False) -> Exporte
     weights = checkpoint_weights(checkpoint, raw)
     _require_fit(checkpoint, weights, model)
     model.load_state_dict(retied(weights, tied_aliases(model)))
-    tmp = out.with_name(f".{out.name}.incomplete")
-    remove_tree(tmp)  # an earlier export's, stopped half-way
-    model.save_pretrained(tmp)
-    replace_dir(tmp, out)
+    tmp = temporary_beside(out, folder=True)
+    try:
+        model.save_pretrained(tmp)
+        publish_dir(tmp, out)
+    except BaseException:
+        remove_tree(tmp)  # the folder made just above: trainwright's own
+        raise
     return Exported(checkpoint, read_train_state(checkpoint).step, len(weights), sum(t.numel() for t in weights.values()))
 
 

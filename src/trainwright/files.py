@@ -7,18 +7,26 @@ any reader (a non-finite number is written as null); only checkpoint internals k
 No file is ever written through a symbolic link: a new file is created with O_EXCL|O_NOFOLLOW (a link,
 even a dangling one, where it is to be made is removed or refused, never followed), and the rename of
 an atomic write replaces a link at the target rather than the file it points to. Folders may be links
-(a run dir or `runs/` on another disk is a user's choice)."""
+(a run dir or `runs/` on another disk is a user's choice).
+
+Every temporary file or folder is made here (`temporary_beside`), with a name nothing else holds: made with
+O_EXCL and a random part (`.NAME.XXXXXXXX.tmp`, beside its target so the rename is atomic), so a user's
+file is never taken for one; trainwright removes only temporaries it made itself (and, in the run dir's
+own folders, what a killed run of its own left)."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -31,6 +39,7 @@ from trainwright.errors import UserError
 WRITE_ERRORS = (OSError, SafetensorError)
 
 TMP_SUFFIX = ".tmp"
+_NAME_KEPT = 200  # of the target's name in its temporary's (a file name has at most 255 bytes)
 
 # Errors of writing a file (a full disk, a read-only folder): an atomic write names its target in them,
 # not its temporary file (nor nothing, as a failed write names no file).
@@ -44,6 +53,7 @@ def _umask() -> int:
 
 
 FILE_MODE = 0o666 & ~_umask()  # what open() would give a new file
+DIR_MODE = 0o777 & ~_umask()  # and mkdir a new folder
 
 
 def warn(message: str) -> None:
@@ -128,35 +138,86 @@ def _settle(tmp: Path) -> None:
         os.close(fd)
 
 
+def temporary_beside(path: Path, folder: bool = False) -> Path:
+    """A new empty file (or, with `folder`, folder) beside `path`, named `.NAME.XXXXXXXX.tmp` with a random
+    part and made with O_EXCL (mode 0600, or 0700), so it is trainwright's own: nothing else held that name."""
+    options = {"prefix": f".{path.name[:_NAME_KEPT]}.", "suffix": TMP_SUFFIX, "dir": path.parent}
+    if folder:
+        return Path(tempfile.mkdtemp(**options))
+    fd, name = tempfile.mkstemp(**options)
+    os.close(fd)
+    return Path(name)
+
+
+def is_temporary(name: str) -> bool:
+    """Whether `name` has the form of temporary_beside's names (a killed writer's leftover, in a folder that
+    only trainwright writes)."""
+    return re.fullmatch(rf"\..+\.[a-z0-9_]{{8}}{re.escape(TMP_SUFFIX)}", name) is not None
+
+
+_RENAME_NOREPLACE = 1
+_AT_FDCWD = -100
+
+
+def rename_new(source: Path, target: Path) -> None:
+    """Rename `source` to `target` only if nothing is at `target` (not even a dangling link): FileExistsError
+    otherwise, and nothing there is touched. Atomic where the system has renameat2 (Linux); elsewhere
+    checked just before an ordinary rename."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is not None:
+        if renameat2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), _RENAME_NOREPLACE) == 0:
+            return
+        code = ctypes.get_errno()
+        if code not in (errno.ENOSYS, errno.EINVAL):  # (a file system without the flag: the fallback below)
+            raise OSError(code, os.strerror(code), str(target))
+    if os.path.lexists(target):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target))
+    os.rename(source, target)
+
+
+def _appeared(path: Path) -> UserError:
+    return UserError(
+        f"{path} was made by something else while trainwright wrote it; it is left as it is and nothing was "
+        "written (choose another name)"
+    )
+
+
 @contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path` to write to, already made as a new empty file (a leftover of a
-    crash or a link there is removed first, never written through); on success it replaces `path`
-    durably (a link at `path` is replaced, what it points to is untouched), on an error it is removed and
-    `path` is left as it was. A write error (a full disk, a read-only folder) about the temporary file or
-    about no file names `path` instead."""
-    tmp = path.with_name(path.name + TMP_SUFFIX)
+def atomic_path(path: Path, replace: bool = True) -> Iterator[Path]:
+    """Yield a new empty temporary file beside `path` to write to (see temporary_beside); on success it
+    replaces `path` durably (a link at `path` is replaced, what it points to is untouched) or, unless
+    `replace`, takes the name only if nothing is there (a UserError otherwise); on an error it is removed
+    and `path` is left as it was. A write error (a full disk, a read-only folder) about the temporary file
+    or about no file names `path` instead."""
+    tmp: Path | None = None
     try:
-        tmp.unlink(missing_ok=True)
+        tmp = temporary_beside(path)
         try:
-            os.close(create_new(tmp))
             yield tmp
             _settle(tmp)
-            os.replace(tmp, path)
+            if replace:
+                os.replace(tmp, path)
+            else:
+                rename_new(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         fsync_path(path.parent)
+    except FileExistsError as exc:
+        if replace or exc.filename != str(path):
+            raise
+        raise _appeared(path) from None
     except OSError as exc:
-        if exc.errno in _WRITE_ERRNOS and exc.filename in (None, str(tmp), tmp):
+        if exc.errno in _WRITE_ERRNOS and exc.filename in (None, str(tmp), tmp, str(path.parent)):
             raise OSError(exc.errno, exc.strerror, str(path)) from None
         raise
 
 
 @contextlib.contextmanager
-def atomic_open(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
-    """`open(path, mode)` whose content appears at `path` only once the block finished without error."""
-    with atomic_path(path) as tmp:
+def atomic_open(path: Path, mode: str = "w", replace: bool = True) -> Iterator[IO[Any]]:
+    """`open(path, mode)` whose content appears at `path` only once the block finished without error (see
+    atomic_path for `replace`)."""
+    with atomic_path(path, replace) as tmp:
         fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as file:
             yield file
@@ -222,6 +283,18 @@ def write_json_atomic(path: Path, data: Any) -> None:
     (a non-finite number is written as null)."""
     with atomic_open(path) as file:
         _dump_json(data, file)
+
+
+def publish_dir(tmp: Path, final: Path) -> None:
+    """Give a finished temporary folder (temporary_beside's, mode 0700) the usual mode and the name `final`,
+    which must still be free (a UserError otherwise; nothing there is touched)."""
+    os.chmod(tmp, DIR_MODE)
+    fsync_path(tmp)
+    try:
+        rename_new(tmp, final)
+    except FileExistsError:
+        raise _appeared(final) from None
+    fsync_path(final.parent)
 
 
 def replace_dir(tmp: Path, final: Path) -> None:

@@ -10,6 +10,7 @@ New inputs are read by the data set's reader (data/inputs.py) with the statistic
 from __future__ import annotations
 
 import glob
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -143,9 +144,17 @@ class Run:
     def generate(self, prompt: str, length: int = 200, temperature: float = 0.8, seed: int = 0) -> str:
         """The text a language model (a sequence task on text data) writes after `prompt`: `length` tokens
         sampled at `temperature` (0: greedy), encoded and decoded with the run's recorded vocabulary."""
-        from trainwright.data.text import Codec
-        from trainwright.generation import generate
+        return "".join(self.generate_stream(prompt, length, temperature, seed))
 
+    def generate_stream(self, prompt: str, length: int = 200, temperature: float = 0.8, seed: int = 0) -> Iterator[str]:
+        """`generate`, piece by piece as the tokens are sampled: the prompt first, then the text of each new token."""
+        from trainwright.data.text import Codec
+        from trainwright.generation import MAX_LENGTH, generate, text_pieces
+
+        if not 1 <= length <= MAX_LENGTH:  # (a count checked before any work)
+            raise UserError(f"--length {length}: give 1 to {MAX_LENGTH:,} tokens")
+        if not 0 <= temperature < math.inf:
+            raise UserError(f"--temperature: must be 0 (greedy) or more, got {temperature}")
         record = self._record or {}
         if self.task.kind != "sequence" or "vocabulary" not in record.get("preprocessing", {}):
             raise UserError(
@@ -157,11 +166,8 @@ class Run:
         codec = Codec.from_record(record)
         context = getattr(self.model, "context", None) or int(self.recipe.data.kwargs().get("context", 128))
         ids = torch.from_numpy(codec.encode(prompt))
-        try:
-            new = generate(self.model, ids, length, temperature, context, seed)
-        except ValueError as exc:
-            raise UserError(f"--temperature: {exc}") from None
-        return prompt + codec.decode(new)
+        yield prompt
+        yield from text_pieces(generate(self.model, ids, length, temperature, context, seed), codec.decode)
 
     def _predictions(self, batch: InputBatch, describe: bool = True) -> Predictions:
         start, stop = share(len(batch.inputs), self.processes)  # each process its slice of the batch

@@ -34,6 +34,7 @@ from trainwright.training import make_accelerator
 SMOOTHING = 0.9  # the weight of the running average of the loss (see the README: fastai and Lightning use 0.98)
 DIVERGED = 4.0  # stop once the smoothed loss exceeds this many times its lowest value (Lightning's threshold)
 MIN_STEPS = 20
+MAX_STEPS = 100_000
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,8 @@ def check_options(min_lr: float, max_lr: float, steps: int) -> None:
         raise UserError(f"--min-lr {min_lr:g} and --max-lr {max_lr:g}: give 0 < --min-lr < --max-lr")
     if steps < MIN_STEPS:
         raise UserError(f"--steps {steps}: the range test needs at least {MIN_STEPS} steps to suggest a learning rate")
+    if steps > MAX_STEPS:  # (its learning rates are made up front, one per step)
+        raise UserError(f"--steps {steps:,}: the range test takes at most {MAX_STEPS:,} steps")
 
 
 def check_single_process() -> None:
@@ -210,4 +213,4 @@ def plot_range_test(result: RangeTest, path: Path, title: str) -> None:
     ax.set(xlabel="learning rate", ylabel="training loss", title=title)
     ax.legend()
     fig.tight_layout()
-    save_figure(fig, path)
+    save_figure(fig, path, replace=False)

@@ -3,18 +3,14 @@ p_<class> for classifiers), written as the predictions stream in and made visibl
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
-import signal
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 from trainwright.errors import UserError
 from trainwright.files import atomic_open, check_new_output
 from trainwright.predictions import Predictions
-from trainwright.stopping import STOP_SIGNALS
 
 FORMATS = (".csv", ".jsonl")
 
@@ -28,9 +24,10 @@ def check_output(path: Path) -> None:
 
 
 def write_predictions(batches: Iterable[Predictions], path: Path) -> int:
-    """Write every batch's rows to `path` (atomically: on any error no file is left); returns the row count."""
+    """Write every batch's rows to `path` (atomically: on any error no file is left; a file made there
+    meanwhile is left as it is); returns the row count."""
     count = 0
-    with atomic_open(path) as file:
+    with atomic_open(path, replace=False) as file:
         writer: csv.DictWriter | None = None
         for predictions in batches:
             rows = predictions.rows()
@@ -43,30 +40,3 @@ def write_predictions(batches: Iterable[Predictions], path: Path) -> int:
                 writer.writerows(rows)
             count += len(rows)
     return count
-
-
-class StopSignal(BaseException):
-    """A stop signal (SIGTERM/SIGUSR1) arrived while predictions were written (a BaseException, like
-    KeyboardInterrupt, so that no `except Exception` on the way swallows it)."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.name = signal.Signals(signum).name
-
-
-@contextlib.contextmanager
-def stop_signals_raise() -> Iterator[None]:
-    """While inside (main thread), the first SIGTERM/SIGUSR1 raises StopSignal where the program is, so the
-    file being written is removed on the way out; later ones are ignored (the removal is not interrupted)."""
-
-    def stop(signum: int, _frame: Any) -> None:
-        for sig in STOP_SIGNALS:
-            signal.signal(sig, signal.SIG_IGN)
-        raise StopSignal(signum)
-
-    previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)

@@ -25,9 +25,48 @@ _YamlLoader.add_implicit_resolver(
 )
 
 
+MAX_WORKERS = 128  # DataLoader worker processes per training process
+MAX_YAML_VALUES = 1_000_000  # values a YAML text may hold, every alias counted as what it repeats
+MAX_YAML_DEPTH = 100  # sections and lists inside each other
+
+
+class YamlTooLarge(yaml.YAMLError):
+    """A YAML text that holds (or, through aliases, expands to) more than the bounds above."""
+
+
 def parse_yaml(text: str) -> Any:
-    """YAML text as data, with exponent numbers read as numbers (recipes, overrides, saved recipes)."""
-    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 (a SafeLoader subclass)
+    """YAML text as data, with exponent numbers read as numbers (recipes, overrides, saved recipes). Aliases
+    are shared, not copied, by the loader, but everything after it copies them: a text that expands beyond
+    MAX_YAML_VALUES values (a "billion laughs") or nests deeper than MAX_YAML_DEPTH is refused first."""
+    try:
+        data = yaml.load(text, Loader=_YamlLoader)  # noqa: S506 (a SafeLoader subclass)
+    except RecursionError:
+        raise YamlTooLarge(f"it nests sections or lists more than {MAX_YAML_DEPTH} deep") from None
+    _measure(data, 0, {}, set())
+    return data
+
+
+def _measure(node: Any, depth: int, known: dict[int, tuple[int, int]], open_: set[int]) -> tuple[int, int]:
+    """(values, depth) of `node` with its aliases expanded, counted once per shared object; YamlTooLarge beyond
+    the bounds, or for an alias that holds itself."""
+    if not isinstance(node, (dict, list)):
+        return 1, 0
+    if id(node) in open_:
+        raise YamlTooLarge("an alias holds itself (a structure without end)")
+    if id(node) not in known:
+        open_.add(id(node))
+        values, deepest = 1, 0
+        for child in node.values() if isinstance(node, dict) else node:
+            size, below = _measure(child, depth + 1, known, open_)
+            values, deepest = values + size, max(deepest, below + 1)
+            if values > MAX_YAML_VALUES:
+                raise YamlTooLarge(f"it holds more than {MAX_YAML_VALUES:,} values once its aliases are expanded")
+        open_.discard(id(node))
+        known[id(node)] = values, deepest
+    values, deepest = known[id(node)]
+    if depth + deepest > MAX_YAML_DEPTH:
+        raise YamlTooLarge(f"it nests sections or lists more than {MAX_YAML_DEPTH} deep")
+    return values, deepest
 
 
 # Values are taken as written: `true` is not an int and `64.0` is not a batch size (strict types).
@@ -64,13 +103,13 @@ class DataConfig(_Component):
         0, description="DataLoader workers for data sets served item by item (auto: the cores per process, less one, "
         "at most 8); they stay up for the whole run"
     )
-    prefetch_factor: int | None = Field(None, ge=1, description="batches each worker loads ahead (torch's default: 2)")
+    prefetch_factor: int | None = Field(None, ge=1, le=64, description="batches each worker loads ahead (torch's default: 2)")
 
     @field_validator("num_workers")
     @classmethod
-    def _workers_not_negative(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and value < 0:
-            raise ValueError("num_workers must be 0 or more, or 'auto'")
+    def _workers_bounded(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 0 <= value <= MAX_WORKERS:  # each is a process: a bound before any fork
+            raise ValueError(f"num_workers must be 0 to {MAX_WORKERS}, or 'auto'")
         return value
 
 
@@ -264,6 +303,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise UserError(f"cannot read recipe file {path}: {exc}") from None
     try:
         data = parse_yaml(text)
+    except YamlTooLarge as exc:
+        raise UserError(f"{path}: refused: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

@@ -84,12 +84,12 @@ class RunLock:
         self.run.check_location(restart=False)  # a folder that cannot be made or written is said as such
         self._make_parent()
         try:
-            self._fd = self._acquire()
-        except BaseException:
-            self._remove_made_folders()
+            self._acquire()
+            _held.add(self)
+            threading.Thread(target=self._heartbeat, name="trainwright-lock", daemon=True).start()
+        except BaseException:  # a refusal, or a signal while taking it: a lock taken is released
+            self.__exit__(None, None, None)
             raise
-        _held.add(self)
-        threading.Thread(target=self._heartbeat, name="trainwright-lock", daemon=True).start()
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
@@ -128,7 +128,8 @@ class RunLock:
                 break
         self._made = []
 
-    def _acquire(self) -> int:
+    def _acquire(self) -> None:
+        """Lock the lock file (self._fd, once it is this command's) and write the holder record into it."""
         while True:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
@@ -160,12 +161,12 @@ class RunLock:
         if previous:
             self._check_other_machine(fd, previous)
             warn(f"taking over the lock of {self.run.path} from {_describe(previous)}, {_gone(previous, fd)}")
+        self._fd = fd
         record = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
                   "command": " ".join(sys.argv)}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(record).encode(), 0)
         os.fsync(fd)
-        return fd
 
     def _in_use(self, record: dict) -> str:
         """The refusal: the holder, named only where the record names a live one."""
@@ -199,6 +200,13 @@ class RunLock:
                     os.utime(fd)
                 except OSError:
                     pass  # the run goes on; only another machine's takeover check would be affected
+
+
+def release_held() -> None:
+    """Release every lock this process holds: for a process about to leave with os._exit, which runs no
+    `with` block's exit."""
+    for lock in list(_held):
+        lock.__exit__(None, None, None)
 
 
 def holder(run: RunDir) -> str | None:

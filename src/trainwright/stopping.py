@@ -38,10 +38,11 @@ from typing import Any
 import torch
 
 from trainwright.errors import EXIT_PREEMPTED
+from trainwright.interrupts import STOP_SIGNALS
 from trainwright.launcher import gone_launcher_store, launcher_pid
 from trainwright.processes import Processes, launch_rank
+from trainwright.runlock import release_held
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP)
 CHECK_EVERY_SECONDS = 0.1
 WATCH_SECONDS = 0.5  # how often a worker checks that its launcher is still there
 LAUNCHER_GONE = 256  # the stop request of a worker whose launcher is gone (beyond every signal number)
@@ -100,7 +101,8 @@ def ending_without_launcher() -> Iterator[None]:
 
 def _end_without(why: str) -> None:
     """End this process now, saying `why` (from the watch's thread too: the main one may be blocked in the
-    connection). The kernel frees the run dir's lock; its file stays for the next command to take over."""
+    connection), the run dir's lock released."""
+    release_held()
     if launch_rank() == 0:
         with contextlib.suppress(OSError):
             print(f"trainwright: {why} before training started; stopping (nothing to save yet)", file=sys.stderr,

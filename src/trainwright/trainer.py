@@ -134,6 +134,12 @@ class Trainer:
                 saved, world_size=processes.world_size, recipe_digest=recipe.digest(),
                 precision=self.accelerator.mixed_precision, steps_per_epoch=self.steps_per_epoch,
             )
+            if state.batch_in_epoch > self.micro_per_epoch:  # (the loop would find no batch to train on, forever)
+                raise UserError(
+                    f"{resume_from} is at batch {state.batch_in_epoch} of epoch {state.epoch}, but an epoch of this "
+                    f"data has {self.micro_per_epoch} batches: the data changed since; resume on the data it was "
+                    "trained on, or start over with --restart (the old run is kept)"
+                )
             if processes.is_main:
                 print(
                     f"Resuming from step {state.step} (epoch {state.epoch + 1}, batch {state.batch_in_epoch}) "

@@ -180,6 +180,8 @@ def _contents_problem(folder: Path, step: int) -> str | None:
     recipe, problem = _read_json(folder / RECIPE_FILE)
     if problem or not isinstance(recipe, dict):
         return problem or f"{RECIPE_FILE} is not a recipe mapping"
+    if problem := _position_problem(state, recipe):
+        return problem
     for name in JSON_STATE_FILES:
         content, problem = _read_json(folder / name)
         if problem or not (content is None or isinstance(content, dict)):
@@ -195,6 +197,20 @@ def _contents_problem(folder: Path, step: int) -> str | None:
     if is_sharded(folder):
         return _sharded_problem(folder)
     return _full_problem(folder)
+
+
+def _position_problem(state: dict[str, Any], recipe: dict[str, Any]) -> str | None:
+    """Whether trainer.json's place in its epoch lies beyond the epoch it records (a resume would find no
+    batch to train on)."""
+    trainer = recipe.get("trainer")
+    accum = trainer.get("grad_accum_steps", 1) if isinstance(trainer, dict) else 1
+    if type(accum) is not int or accum < 1:
+        return f"{RECIPE_FILE} holds trainer.grad_accum_steps={accum!r}, not a whole number of at least 1"
+    batches = state["steps_per_epoch"] * accum
+    if state["steps_per_epoch"] and state["batch_in_epoch"] > batches:
+        return (f"{TRAINER_FILE} is at batch {state['batch_in_epoch']} of an epoch of {batches} batches "
+                f"({state['steps_per_epoch']} steps)")
+    return None
 
 
 def _full_problem(folder: Path) -> str | None:

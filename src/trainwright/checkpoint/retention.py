@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainwright.checkpoint.format import TMP_PREFIX, TRAINER_FILE, is_step_dir, step_of, verify
-from trainwright.files import TMP_SUFFIX, write_json_atomic
+from trainwright.files import is_temporary, write_json_atomic
 from trainwright.recipe import CheckpointConfig
 
 LATEST = "latest.json"
@@ -48,7 +48,7 @@ def remove_unfinished(folder: Path) -> None:
     for path in folder.iterdir():
         if path.name.startswith(TMP_PREFIX) and path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
-        elif path.name.startswith(TMP_PREFIX) or path.name.endswith(".json" + TMP_SUFFIX):
+        elif path.name.startswith(TMP_PREFIX) or is_temporary(path.name):
             path.unlink()
 
 

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, default_colla
 
 from trainwright.data.bundle import TensorSplit
 from trainwright.errors import UserError
+from trainwright.interrupts import quiet_worker
 
 Batch = Any  # what the data set's items collate to: (inputs, targets) or named tensors
 EVAL_EPOCH = -1  # the `epoch` that items served for evaluation and prediction are seeded with
@@ -309,6 +310,7 @@ class TrainBatches:
             self.loader = DataLoader(
                 **served, num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=pin_memory,
                 prefetch_factor=prefetch_factor if num_workers > 0 else None, generator=_own_generator(seed),
+                worker_init_fn=quiet_worker if num_workers > 0 else None,
             )
 
     def indices(self, epoch: int, start: int) -> list[torch.Tensor]:

@@ -18,7 +18,6 @@ import bisect
 import hashlib
 import io
 import json
-import os
 import re
 import tarfile
 from collections.abc import Callable, Iterator
@@ -35,6 +34,7 @@ from trainwright.data.loading import EVAL_EPOCH, epoch_order
 from trainwright.data.targets import check_targets
 from trainwright.data.transforms import build_pipeline
 from trainwright.errors import UserError
+from trainwright.files import write_text_atomic
 
 Sample = dict[str, list[int]]  # extension -> [offset of its bytes in the tar file, size]
 Decode = Callable[[dict[str, bytes], str], Any]  # (a sample's members by extension, where it is) -> item
@@ -82,9 +82,7 @@ def _cached_index(path: Path) -> list[Sample]:
     samples = _index(path)
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_name(f"{cached.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(samples, separators=(",", ":")))
-        os.replace(tmp, cached)
+        write_text_atomic(cached, json.dumps(samples, separators=(",", ":")))
     except OSError:  # a read-only cache: the index is read again next time
         pass
     return samples

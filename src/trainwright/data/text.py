@@ -30,6 +30,7 @@ from trainwright.data.arguments import check_data_arguments
 from trainwright.data.bundle import DataBundle, Task, TensorSplit
 from trainwright.errors import UserError
 from trainwright.processes import launch_rank
+from trainwright.files import atomic_open
 
 Vocabulary = Literal["chars", "bytes", "tokenizer"]
 CACHE_VARIABLE = "TRAINWRIGHT_CACHE"  # where token arrays are stored (default: ~/.cache/trainwright)
@@ -189,10 +190,8 @@ def token_array(text: bytes, codec: Codec) -> np.ndarray:
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         ids = codec.encode(_as_text(text)) if codec.vocabulary != "bytes" else np.frombuffer(text, np.uint8).astype(np.int64)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        with tmp.open("wb") as file:  # (np.save on a path would add '.npy' to the name)
+        with atomic_open(path, "wb") as file:  # (np.save on a path would add '.npy' to the name)
             np.save(file, ids)
-        os.replace(tmp, path)
     return np.load(path, mmap_mode="c")  # copy-on-write: writable views (as torch wants), the file untouched
 
 

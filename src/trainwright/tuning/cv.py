@@ -14,21 +14,17 @@ from trainwright.errors import EXIT_NONFINITE, UserError
 from trainwright.files import write_json_atomic
 from trainwright.recipe import Recipe, load_recipe
 from trainwright.tuning.runner import Job, run_jobs
+from trainwright.tuning.space import MAX_TRIALS
 from trainwright.tuning.study import claim, final_metrics, format_table, lock, run_labels
 
 SPEC_FILE = "cv.json"
 SUMMARY_FILE = "cv_summary.json"
 
 
-def fold_jobs(recipe_path: Path, overrides: list[str], recipe: Recipe, folds: int, folder: Path) -> list[Job]:
-    """One job per fold; each W&B run is in the group named after the CV folder, tagged with its fold."""
-    return [
-        Job(f"fold_{k}", recipe_path,
-            [*overrides, f"cv.folds={folds}", f"cv.fold={k}", *run_labels(recipe, f"{recipe.name}-fold_{k}", folder,
-                                                                           ["cv", f"fold_{k}"])],
-            folder / f"fold_{k}")
-        for k in range(1, folds + 1)
-    ]
+def fold_job(recipe_path: Path, overrides: list[str], recipe: Recipe, folds: int, k: int, folder: Path) -> Job:
+    """The job of fold k; its W&B run is in the group named after the CV folder, tagged with its fold."""
+    labels = run_labels(recipe, f"{recipe.name}-fold_{k}", folder, ["cv", f"fold_{k}"])
+    return Job(f"fold_{k}", recipe_path, [*overrides, f"cv.folds={folds}", f"cv.fold={k}", *labels], folder / f"fold_{k}")
 
 
 def cross_validate(recipe_path: Path, overrides: list[str], folds: int | None, run_dir: str | None, parallel: int) -> int:
@@ -39,11 +35,13 @@ def cross_validate(recipe_path: Path, overrides: list[str], folds: int | None, r
         raise UserError("cv: give --folds K (or a recipe section cv: {folds: K})")
     if folds < 2:
         raise UserError(f"--folds must be at least 2, got {folds}")
+    if folds > MAX_TRIALS:
+        raise UserError(f"--folds {folds:,}: a cv has at most {MAX_TRIALS:,} folds (each is a run dir and a training)")
     folder = Path(run_dir or Path("runs") / f"{recipe.name}-cv")
-    jobs = fold_jobs(recipe_path.absolute(), overrides, recipe, folds, folder)
-    first = load_recipe(recipe_path, jobs[0].overrides)  # every check before any run starts
-    check_recipe(first)
+    first = load_recipe(recipe_path, fold_job(recipe_path, overrides, recipe, folds, 1, folder).overrides)
+    check_recipe(first)  # every check before any run starts (or any other fold is made)
     build_data(first)  # the folds can be made (K is at most the number of items)
+    jobs = [fold_job(recipe_path.absolute(), overrides, recipe, folds, k, folder) for k in range(1, folds + 1)]
     with lock(folder):
         claim(folder, SPEC_FILE, {"recipe": str(recipe_path.absolute()), "overrides": overrides, "folds": folds}, "cv",
               recipe, set_per_run=("cv.folds", "cv.fold"))
