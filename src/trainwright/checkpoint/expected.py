@@ -23,7 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainwright.checkpoint.format import SHARDED_EMA_DIR, SHARDED_MODEL_DIR, SHARDED_OPTIMIZER_DIR, is_sharded
+from trainwright.checkpoint.format import (
+    OPTIMIZER_TENSORS, SHARDED_EMA_DIR, SHARDED_MODEL_DIR, SHARDED_OPTIMIZER_DIR, is_sharded,
+)
 from trainwright.checkpoint.objects import TrainObjects
 from trainwright.checkpoint.shard_files import whole_tensors
 from trainwright.checkpoint.ties import state_dict_name, tied_aliases, untied
@@ -223,7 +225,7 @@ class Expected:
                 return problem
         groups = {f"param_groups.{self.names[i]}.{k}": v for g in self.groups for i in g["params"] for k, v in g.items()
                   if k != "params"}
-        saved_groups = {k: v for k, v in saved.items() if not k.startswith("state.")}
+        saved_groups = {k: v for k, v in saved.items() if not k.startswith("state.") and k != OPTIMIZER_TENSORS}
         if set(saved_groups) != set(groups):
             odd = sorted(set(saved_groups) ^ set(groups))[0]
             return f"optimizer.json {'lacks' if odd in groups else 'holds'} {odd!r}, unlike the optimizer's parameter groups"
