@@ -43,7 +43,7 @@ def pretrained_folder(folder: Path) -> Path:
 def write_recipe(path: Path, pretrained: Path | None) -> Path:
     model = {"name": "hf", "architecture": "GPT2LMHeadModel"}
     model.update({"pretrained": str(pretrained)} if pretrained else {"config": CONFIG})
-    recipe = {**RECIPE, "model": model, "trainer": {"max_steps": 8, "log_every_steps": 8}, "distributed": {}}
+    recipe = {**RECIPE, "model": model, "trainer": {"max_steps": 8, "log_every_steps": 8}}
     path.write_text(yaml.safe_dump(recipe))
     return path
 
