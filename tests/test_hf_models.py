@@ -1,7 +1,8 @@
 """Hugging Face models by name (`model.name: hf`): a GPT-2 built from a small config in the recipe (its
 token embedding and output head tied) trains on batches of named tensors with its own loss, on 1 process
-and under FSDP2 on 2 with `shard_modules: [GPT2Block]`; checkpoints, resumes bitwise, exports (`export
---hf` for transformers' from_pretrained) and its final weights load back with the tie intact."""
+and under FSDP2 on 2 with its default shard units (its declared GPT2Block; the tied embedding and head in
+the root's unit); checkpoints, resumes bitwise, exports (`export --hf` for transformers' from_pretrained)
+and its final weights load back with the tie intact."""
 
 from __future__ import annotations
 
@@ -39,7 +40,6 @@ RECIPE = {
     "trainer": {"epochs": 3, "log_every_steps": 8},  # 256 training windows: 8 steps per epoch
     "checkpoint": {"every_steps": 8, "keep_last": 5},
     "logging": {"wandb": False},
-    "distributed": {"shard_modules": ["GPT2Block"]},
 }
 TIE = ("lm_head.weight", "transformer.wte.weight")  # (the alias, the name it is saved under)
 

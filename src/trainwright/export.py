@@ -5,6 +5,8 @@ reads the checkpoint for `predict --checkpoint`."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from trainwright.checkpoint.weights import save_weights
 from trainwright.ema import EMA_DIR, EMA_FILE
 from trainwright.errors import UserError
 from trainwright.files import check_new_output, publish_dir, remove_tree, temporary_beside, warn
-from trainwright.recipe import validate
+from trainwright.recipe import Recipe, validate
 from trainwright.rundir import RunDir
 
 
@@ -46,7 +48,8 @@ def export_weights(source: str | Path, out: str | Path, raw: bool = False) -> Ex
 
 def export_hf(source: str | Path, out: str | Path, raw: bool = False) -> Exported:
     """Write the Hugging Face model of `source` (a run with `model.name: hf`) to the folder `out` with
-    `save_pretrained`: its config.json and weights, tied weights as transformers ties them."""
+    `save_pretrained`: its config.json and weights, tied weights as transformers ties them, and the run's
+    tokenizer files where it has them (vocabulary.tokenizer_files), so that a run from the folder generates."""
     out = Path(out)
     check_new_output(out, "--out")
     checkpoint = find_checkpoint(Path(source))
@@ -65,11 +68,26 @@ def export_hf(source: str | Path, out: str | Path, raw: bool = False) -> Exporte
     tmp = temporary_beside(out, folder=True)
     try:
         model.save_pretrained(tmp)
+        _copy_tokenizer(recipe, checkpoint, tmp, out)
         publish_dir(tmp, out)
     except BaseException:
         remove_tree(tmp)  # the folder made just above: trainwright's own
         raise
     return Exported(checkpoint, read_train_state(checkpoint).step, len(weights), sum(t.numel() for t in weights.values()))
+
+
+def _copy_tokenizer(recipe: Recipe, checkpoint: Path, folder: Path, out: Path) -> None:
+    """The run's tokenizer files into `folder`, the export to `out` being written (the run's data.json is in
+    the run dir of `checkpoint`)."""
+    from trainwright.vocabulary import tokenizer_files
+
+    data_file = checkpoint.parent.parent / "data.json"
+    record = json.loads(data_file.read_text()) if data_file.is_file() else None
+    for name, path in tokenizer_files(recipe, record).items():
+        if path.is_file():
+            shutil.copyfile(path, folder / name)
+        else:
+            warn(f"the run's tokenizer file {path} is gone: {out} has no {name}")
 
 
 def checkpoint_weights(folder: Path, raw: bool = False) -> dict[str, torch.Tensor]:

@@ -1,16 +1,32 @@
 """Text from a language model (`predict --prompt`): the prompt's tokens, then one sampled token at a time,
 each given out as soon as it is sampled (the model sees at most its last `context` tokens, so every token
-costs the same however long the text grows)."""
+costs the same however long the text grows). Any model that maps token ids (batch, time) to next-token logits
+(batch, time, vocabulary) generates: `gpt`, or a transformers causal LM (its ModelOutput's `logits`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
 
 MAX_LENGTH = 100_000  # tokens one command generates at most (--length)
 _PENDING = 64  # tokens decoded together at most before a piece of text is final
+
+
+def model_context(model: nn.Module) -> int | None:
+    """The most tokens the model sees at once: `gpt`'s `context`, a transformers model's
+    `max_position_embeddings`; None when it does not say."""
+    config = getattr(model, "config", None)
+    context = getattr(model, "context", None) or getattr(config, "max_position_embeddings", None)
+    return int(context) if isinstance(context, int) else None
+
+
+def vocabulary_size(model: nn.Module) -> int | None:
+    """The number of token ids the model reads (its input embedding's rows), where it says."""
+    embeddings = getattr(model, "get_input_embeddings", None)
+    embedding = embeddings() if callable(embeddings) else getattr(model, "tokens", None)
+    return embedding.num_embeddings if isinstance(embedding, nn.Embedding) else None
 
 
 @torch.no_grad()
@@ -23,7 +39,8 @@ def generate(
     device = next(model.parameters()).device
     tokens = ids.to(device).reshape(1, -1)[:, -context:]
     for _ in range(length):
-        logits = model(tokens)[0, -1].float().cpu()
+        outputs = model(tokens)
+        logits = (outputs["logits"] if isinstance(outputs, Mapping) else outputs)[0, -1].float().cpu()
         if temperature == 0:
             token = int(logits.argmax())
         else:

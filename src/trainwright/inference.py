@@ -42,6 +42,7 @@ from trainwright.recipe import Recipe
 from trainwright.rundir import RunDir
 from trainwright.safetensors_header import header_problem
 from trainwright.step import TARGETS_KEY, Step
+from trainwright.vocabulary import no_vocabulary, run_codec
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -118,9 +119,11 @@ class Run:
         """(inputs, predictions) for the first `count` items of the evaluation split (actual values known);
         the inputs of batches of named tensors are those tensors but the targets."""
         if self.task.kind == "sequence":
+            generates = run_codec(self.recipe, self._record) is not None
             raise UserError(
-                f"{self.run_dir.path} is a sequence model (a class per position): generate text from it with "
-                "`trainwright predict RUN --prompt TEXT`, or score its split with `trainwright eval RUN`"
+                f"{self.run_dir.path} is a sequence model (a class per position): "
+                + ("generate text from it with `trainwright predict RUN --prompt TEXT`, or " if generates else "")
+                + "score its split with `trainwright eval RUN`"
             )
         split = self.data.eval_split
         size = len(split) if count is None else min(count, len(split))
@@ -142,30 +145,39 @@ class Run:
         return inputs, predictions
 
     def generate(self, prompt: str, length: int = 200, temperature: float = 0.8, seed: int = 0) -> str:
-        """The text a language model (a sequence task on text data) writes after `prompt`: `length` tokens
-        sampled at `temperature` (0: greedy), encoded and decoded with the run's recorded vocabulary."""
+        """The text a language model (a sequence task: `gpt`, a transformers causal LM) writes after `prompt`:
+        `length` tokens sampled at `temperature` (0: greedy), encoded and decoded with the run's vocabulary
+        (vocabulary.run_codec)."""
         return "".join(self.generate_stream(prompt, length, temperature, seed))
 
     def generate_stream(self, prompt: str, length: int = 200, temperature: float = 0.8, seed: int = 0) -> Iterator[str]:
         """`generate`, piece by piece as the tokens are sampled: the prompt first, then the text of each new token."""
-        from trainwright.data.text import Codec
-        from trainwright.generation import MAX_LENGTH, generate, text_pieces
+        from trainwright.generation import MAX_LENGTH, generate, model_context, text_pieces, vocabulary_size
 
         if not 1 <= length <= MAX_LENGTH:  # (a count checked before any work)
             raise UserError(f"--length {length}: give 1 to {MAX_LENGTH:,} tokens")
         if not 0 <= temperature < math.inf:
             raise UserError(f"--temperature: must be 0 (greedy) or more, got {temperature}")
-        record = self._record or {}
-        if self.task.kind != "sequence" or "vocabulary" not in record.get("preprocessing", {}):
+        if self.task.kind != "sequence":
             raise UserError(
-                f"--prompt is for language models trained on text (data: text); {self.run_dir.path} is a "
+                f"--prompt is for language models (a sequence task, e.g. data: text); {self.run_dir.path} is a "
                 f"{self.task.kind} run: predict on it with --input, or without --prompt"
             )
+        codec = run_codec(self.recipe, self._record)
+        if codec is None:
+            raise UserError(f"--prompt: {no_vocabulary(self.run_dir.path, self.recipe)}")
         if not prompt:
             raise UserError("--prompt is empty: give the text to go on from, e.g. --prompt 'def '")
-        codec = Codec.from_record(record)
-        context = getattr(self.model, "context", None) or int(self.recipe.data.kwargs().get("context", 128))
+        context = model_context(self.model) or int(self.recipe.data.kwargs().get("context", 128))
         ids = torch.from_numpy(codec.encode(prompt))
+        if not len(ids):
+            raise UserError(f"--prompt {prompt!r} is no token of the run's vocabulary: give more text")
+        size = vocabulary_size(self.model)
+        if size is not None and int(ids.max()) >= size:
+            raise UserError(
+                f"--prompt {prompt!r} holds token id {int(ids.max())}, but the model reads {size} token ids: "
+                "its tokenizer and the model do not fit (give model.config.vocab_size at least the tokenizer's size)"
+            )
         yield prompt
         yield from text_pieces(generate(self.model, ids, length, temperature, context, seed), codec.decode)
 
