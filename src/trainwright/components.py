@@ -21,8 +21,8 @@ from trainwright.data.loading import require_stream
 from trainwright.errors import UserError, did_you_mean
 from trainwright.evaluation import MetricFn, Scoring
 from trainwright.recipe import Recipe
-from trainwright.registry import DATASETS, LOSSES, METRICS, MODELS, OPTIMIZERS, SCHEDULERS, import_attr
-from trainwright.step import MODEL_LOSS
+from trainwright.registry import DATASETS, LOSSES, METRICS, MODELS, OPTIMIZERS, SCHEDULERS, STEPS, import_attr
+from trainwright.step import MODEL_LOSS, DefaultStep, Step
 
 InputReader = Callable[[Any, dict[str, Any], int], Iterator[InputBatch]]  # (source, data.json, batch size)
 
@@ -35,6 +35,7 @@ DATASETS.register_path(
     "fashion_mnist", "trainwright.data.vision:fashion_mnist", inputs="trainwright.data.images:fashion_images"
 )
 DATASETS.register_path("text", "trainwright.data.text:text")
+STEPS.register("default")(DefaultStep)
 MODELS.register_path("gpt", "trainwright.gpt:gpt")
 # Hugging Face transformers models (the optional extra trainwright[hf]), imported when a recipe names them.
 MODELS.register_path("hf", "trainwright.hf_models:hf")
@@ -57,6 +58,8 @@ def check_recipe(recipe: Recipe) -> None:
         import_attr(check_data, "data.name")(recipe.data.kwargs())
     MODELS.check(recipe.model.name, recipe.model.kwargs())
     LOSSES.check(recipe.loss.name, recipe.loss.kwargs())
+    _require_step_class(recipe.step.name)
+    STEPS.check(recipe.step.name, recipe.step.kwargs())
     OPTIMIZERS.check(recipe.optimizer.name, recipe.optimizer.kwargs())
     SCHEDULERS.check(recipe.scheduler.name, recipe.scheduler.kwargs())
     for name in recipe.metrics or []:
@@ -144,21 +147,33 @@ def _takes(model_name: str, argument: str) -> bool:
         return False
 
 
+def _require_step_class(name: str) -> None:
+    """step.name must name a Step (subclass): what the loops call is its methods."""
+    builder = STEPS.get(name)
+    if not (inspect.isclass(builder) and issubclass(builder, Step)):
+        raise UserError(
+            f"step.name: '{name}' is {getattr(builder, '__name__', type(builder).__name__)}, not a subclass of "
+            "trainwright.step.Step (subclass it and override score(model, batch))"
+        )
+
+
 def build_scoring(recipe: Recipe, task: Task) -> Scoring:
-    """The loss, what the model's outputs mean (from the loss; imported losses: by task) and the metrics
+    """The loss, what the model's outputs mean (from the loss; imported losses: by task), the metrics
     (the recipe's, or the task's default: accuracy for classifiers, MAE for regression, token accuracy and
-    perplexity for sequence tasks)."""
+    perplexity for sequence tasks) and the step that scores batches with them (built here, once)."""
     default_kind = "value" if task.kind == "regression" else "logits"
     names = list(recipe.metrics) if recipe.metrics else metrics.default_metrics(task)
     shorts = metric_names(recipe, task)
     functions: dict[str, MetricFn] = {short: METRICS.get(name, key="metrics") for name, short in zip(names, shorts)}
     finish = {short: METRICS.meta(name)["finish"] for name, short in zip(names, shorts) if "finish" in METRICS.meta(name)}
+    loss_fn = _loss(recipe, task)
     return Scoring(
-        loss_fn=_loss(recipe, task),
+        loss_fn=loss_fn,
         task=task,
         output_kind=LOSSES.meta(recipe.loss.name).get("output", default_kind),
         metrics=functions,
         finish=finish,
+        step=STEPS.build(recipe.step.name, recipe.step.kwargs(), loss_fn=loss_fn, task=task),
     )
 
 

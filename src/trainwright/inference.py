@@ -37,7 +37,7 @@ from trainwright.processes import Processes
 from trainwright.recipe import Recipe
 from trainwright.rundir import RunDir
 from trainwright.safetensors_header import header_problem
-from trainwright.step import TARGETS_KEY, Step
+from trainwright.step import TARGETS_KEY
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -119,7 +119,7 @@ class Run:
         split = self.data.eval_split
         size = len(split) if count is None else min(count, len(split))
         batches = list(iterate(split, (index for index, _ in eval_indices(size, EVAL_BATCH_SIZE, 0, 1))))
-        score = Step(self.scoring.loss_fn, self.device).scorer(self.model, batches[0])
+        score = self.scoring.step.scorer(self.model, batches[0], self.device)
         scored = [score(batch) for batch in batches]
         outputs, targets = (torch.cat([getattr(s, key).cpu() for s in scored]) for key in ("outputs", "targets"))
         if isinstance(batches[0], Mapping):

@@ -82,6 +82,12 @@ class LossConfig(_Component):
     pass
 
 
+class StepConfig(_Component):
+    """How a batch goes through the model and is scored (step.py): `default`, or a Step class by import path."""
+
+    name: str = Field("default", description="registry name or import path 'package.module:Class' of a Step")
+
+
 class OptimizerConfig(_Component):
     lr: float = Field(gt=0)
 
@@ -219,6 +225,7 @@ class Recipe(_Section):
     data: DataConfig
     model: ModelConfig
     loss: LossConfig
+    step: StepConfig = Field(default_factory=StepConfig)
     optimizer: OptimizerConfig
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     metrics: list[str] | None = Field(None, description="validation metrics (default: accuracy or mae by task)")

@@ -193,4 +193,5 @@ LOSSES = Registry("loss", "loss")
 OPTIMIZERS = Registry("optimizer", "optimizer", provided=("params", "lr"), section_keys=("lr",))
 SCHEDULERS = Registry("LR scheduler", "scheduler", provided=("optimizer", "total_steps"))
 METRICS = Registry("metric", "metrics")
+STEPS = Registry("step", "step", provided=("loss_fn", "task"))  # step.py: built with the scoring's loss and task
 
