@@ -58,6 +58,6 @@ def test_a_user_step_by_import_path_trains_resumes_bitwise_and_evaluates(tmp_pat
     ("{name: denoising_step:Denoise, nois: 0.1}", ("step.nois", "did you mean 'noise'")),
 ])
 def test_a_step_that_cannot_be_built_is_one_message_from_check(step, fragments):
-    result = run_cli("check", RECIPES / "linear_regression.yaml", f"step={step}" if "{" in step else f"step.name={step}",
-                     env=env())
+    override = f"step={step}" if "{" in step else f"step.name={step}"
+    result = run_cli("check", RECIPES / "linear_regression.yaml", override, env=env())
     assert_user_error(result.returncode, result.stderr, *fragments)

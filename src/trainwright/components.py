@@ -5,6 +5,7 @@ recipe's component sections. No devices and no Accelerate here."""
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -14,14 +15,17 @@ from torch import nn
 
 from trainwright import losses, metrics, models, optim  # noqa: F401  (registers the built-ins)
 from trainwright.callbacks import check_callbacks
-from trainwright.data.bundle import DataBundle, Task
+from trainwright.data.bundle import DataBundle, Task, TensorSplit
+from trainwright.data.collate import COLLATE_ATTRIBUTE, Collate
 from trainwright.data.folds import Fold, fold_of
 from trainwright.data.input_batch import InputBatch
 from trainwright.data.loading import require_stream
 from trainwright.errors import UserError, did_you_mean
 from trainwright.evaluation import MetricFn, Scoring
 from trainwright.recipe import Recipe
-from trainwright.registry import DATASETS, LOSSES, METRICS, MODELS, OPTIMIZERS, SCHEDULERS, STEPS, import_attr
+from trainwright.registry import (
+    COLLATES, DATASETS, LOSSES, METRICS, MODELS, OPTIMIZERS, SCHEDULERS, STEPS, import_attr,
+)
 from trainwright.step import MODEL_LOSS, DefaultStep, Step
 
 InputReader = Callable[[Any, dict[str, Any], int], Iterator[InputBatch]]  # (source, data.json, batch size)
@@ -36,6 +40,7 @@ DATASETS.register_path(
 )
 DATASETS.register_path("text", "trainwright.data.text:text")
 STEPS.register("default")(DefaultStep)
+COLLATES.register_path("pad", "trainwright.data.collate:pad")
 MODELS.register_path("gpt", "trainwright.gpt:gpt")
 # Hugging Face transformers models (the optional extra trainwright[hf]), imported when a recipe names them.
 MODELS.register_path("hf", "trainwright.hf_models:hf")
@@ -56,6 +61,7 @@ def check_recipe(recipe: Recipe) -> None:
     check_data = DATASETS.meta(recipe.data.name).get("check")  # arguments a signature cannot check (pipelines)
     if check_data is not None:
         import_attr(check_data, "data.name")(recipe.data.kwargs())
+    build_collate(recipe)
     MODELS.check(recipe.model.name, recipe.model.kwargs())
     LOSSES.check(recipe.loss.name, recipe.loss.kwargs())
     _require_step_class(recipe.step.name)
@@ -101,7 +107,29 @@ def build_data(recipe: Recipe) -> DataBundle:
     for name, split in (("train", bundle.train), ("val", bundle.val), ("test", bundle.test)):
         if split is not None:
             require_stream(split, f"data set '{recipe.data.name}': its {name} split")
-    return fold_of(bundle, fold) if fold is not None and not splits_itself else bundle
+    bundle = fold_of(bundle, fold) if fold is not None and not splits_itself else bundle
+    collate = build_collate(recipe)
+    for split in (bundle.train, bundle.val, bundle.test):
+        if collate is not None and split is not None and not isinstance(split, TensorSplit):
+            setattr(split, COLLATE_ATTRIBUTE, collate)  # read by data/loading.py's loaders
+    return bundle
+
+
+def build_collate(recipe: Recipe) -> Collate | None:
+    """`data.collate`: the function (with the section's keyword arguments) that makes a batch of items,
+    None for the default (stacked)."""
+    config = recipe.data.collate
+    if config is None:
+        return None
+    function, kwargs = COLLATES.get(config.name), config.kwargs()
+    try:
+        inspect.signature(function).bind(None, **kwargs)
+    except TypeError as exc:
+        raise UserError(f"data.collate: '{config.name}' does not take {kwargs} ({exc}); it is called as "
+                        "function(items, **arguments)") from None
+    except ValueError:
+        pass  # a builtin without a signature: it is called as it is
+    return functools.partial(function, **kwargs) if kwargs else function
 
 
 def _fold(recipe: Recipe) -> Fold | None:

@@ -217,7 +217,8 @@ class Trainer:
         # The step's calls as locals: on a small model the loop's own Python is a visible part of a step.
         if first is not None:
             training = self.step.training(model, first, self.accelerator.device, self.processes, accum)
-            batch_loss, batches = training.loss, training.batches(batches, group_sizes(epoch_start, micro_per_epoch, accum))
+            batch_loss = training.loss
+            batches = training.batches(batches, group_sizes(epoch_start, micro_per_epoch, accum))
         backward, add_loss = self.calls.backward, self.loss.add
         optimizer_step, zero_grad = self.calls.step, self.calls.zero_grad
         scheduler_step = None if self.scheduler is None else self.scheduler.step
