@@ -37,7 +37,8 @@ RECIPE = {
 
 
 def train(tmp_path: Path, name: str, *overrides: str, config: str | None = None) -> tuple[dict, list[float]]:
-    """Train the recipe (under `accelerate launch` with `config`); its final weights and logged train/loss."""
+    """Train the recipe (under `accelerate launch` with `config`); its final weights, and its logged
+    train/loss values followed by its final val/loss."""
     recipe = tmp_path / "padded.json"
     recipe.write_text(json.dumps(RECIPE))
     launch = [] if config is None else ["-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / config),
@@ -51,7 +52,9 @@ def train(tmp_path: Path, name: str, *overrides: str, config: str | None = None)
     world = {None: 1, "cpu_2proc.yaml": 2, "cpu_3proc.yaml": 3}[config]
     assert f"world_size={world} " in result.stdout and "Run complete at step 30" in result.stdout, result.stdout
     records = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-    return load_file(tmp_path / name / "model.safetensors"), [r["train/loss"] for r in records if "train/loss" in r]
+    logged = [r["train/loss"] for r in records if "train/loss" in r]
+    logged.append(json.loads((tmp_path / name / "summary.json").read_text())["val/loss"])
+    return load_file(tmp_path / name / "model.safetensors"), logged
 
 
 def test_padded_sequences_train_the_same_on_any_process_count_and_accumulation(tmp_path):

@@ -244,16 +244,15 @@ def _as_outputs(result: Any) -> torch.Tensor:
     return logits.float()
 
 
-def summed(loss_fn: nn.Module) -> nn.Module:
-    """A copy of a torch loss (or of a loss wrapping one as `.loss`) that sums instead of averaging."""
-    clone = copy.copy(loss_fn)
+def summed(loss_fn: nn.Module) -> nn.Module | None:
+    """A copy of a torch loss (or of a loss wrapping one as `.loss`, as losses.PerPosition) that sums
+    instead of averaging; None for a loss without a `reduction`."""
+    clone = copy.deepcopy(loss_fn)  # (a shallow copy of a module shares its submodules with the original)
     inner = getattr(clone, "loss", None)
-    if isinstance(inner, nn.Module) and hasattr(inner, "reduction"):
-        clone.loss = summed(inner)
-    elif hasattr(clone, "reduction"):
-        clone.reduction = "sum"
-    else:
-        return None  # type: ignore[return-value]
+    target = inner if isinstance(inner, nn.Module) and hasattr(inner, "reduction") else clone
+    if getattr(target, "reduction", None) != "mean":
+        return None
+    target.reduction = "sum"
     return clone
 
 
