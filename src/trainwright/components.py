@@ -22,6 +22,7 @@ from trainwright.data.input_batch import InputBatch
 from trainwright.data.loading import require_stream
 from trainwright.errors import UserError, did_you_mean
 from trainwright.evaluation import MetricFn, Scoring
+from trainwright.pairing import check_pair
 from trainwright.recipe import Recipe
 from trainwright.registry import (
     COLLATES, DATASETS, LOSSES, METRICS, MODELS, OPTIMIZERS, SCHEDULERS, STEPS, import_attr,
@@ -63,6 +64,7 @@ def check_recipe(recipe: Recipe) -> None:
         import_attr(check_data, "data.name")(recipe.data.kwargs())
     build_collate(recipe)
     MODELS.check(recipe.model.name, recipe.model.kwargs())
+    check_pair(recipe)
     LOSSES.check(recipe.loss.name, recipe.loss.kwargs())
     _require_step_class(recipe.step.name)
     STEPS.check(recipe.step.name, recipe.step.kwargs())
