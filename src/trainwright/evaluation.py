@@ -10,9 +10,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from trainwright.data.bundle import Task
-from trainwright.data.loading import eval_indices, iterate
+from trainwright.data.loading import eval_indices, iterate, peek
 from trainwright.processes import Processes
-from trainwright.step import Step, peek
+from trainwright.step import Step
 
 EVAL_BATCH_SIZE = 1024  # evaluation keeps no activations for backward, so it takes larger batches
 

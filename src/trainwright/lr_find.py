@@ -22,14 +22,14 @@ from torch import nn
 
 from trainwright.accelerate_compat import step_calls
 from trainwright.components import build_data, build_model, build_optimizer, build_scoring
-from trainwright.data.loading import TrainBatches, resolve_workers
+from trainwright.data.loading import TrainBatches, peek, resolve_workers
 from trainwright.errors import UserError
 from trainwright.files import check_new_output
 from trainwright.launcher import resolve_precision
 from trainwright.preflight import check_first_batch, check_loss_fits_task, dry_run_optimizer
 from trainwright.recipe import Recipe
 from trainwright.processes import Processes
-from trainwright.step import Step, peek
+from trainwright.step import Step
 from trainwright.trainer import steps_per_epoch
 from trainwright.training import make_accelerator
 

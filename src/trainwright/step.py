@@ -168,12 +168,6 @@ def group_sizes(start: int, end: int, accum: int) -> Iterator[int]:
         yield min(first + accum, end) - first
 
 
-def peek(batches: Iterator[Batch]) -> tuple[Batch | None, Iterator[Batch]]:
-    """The first batch (None when there is none) and an iterator over all of them, the first included."""
-    first = next(batches, None)
-    return first, batches if first is None else itertools.chain([first], batches)
-
-
 def to_device(batch: Batch, device: torch.device) -> Batch:
     """The batch on `device`: every tensor of a tuple or a mapping (other values are left as they are)."""
     if isinstance(batch, Mapping):

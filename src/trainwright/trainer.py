@@ -25,7 +25,7 @@ from trainwright.checkpoint.objects import TrainObjects
 from trainwright.checkpoint.ties import tied_aliases, untied
 from trainwright.checkpoint.weights import save_weights
 from trainwright.data.bundle import DataBundle
-from trainwright.data.loading import TrainBatches, batches_per_epoch, resolve_workers
+from trainwright.data.loading import TrainBatches, batches_per_epoch, peek, resolve_workers
 from trainwright.errors import EXIT_PREEMPTED, UserError
 from trainwright.ema import WeightAverage, averaged
 from trainwright.evaluation import Scoring, evaluate
@@ -36,7 +36,7 @@ from trainwright.processes import Processes
 from trainwright.recipe import Recipe
 from trainwright.rundir import RunDir
 from trainwright.running_loss import RunningLoss
-from trainwright.step import group_sizes, peek
+from trainwright.step import group_sizes
 from trainwright.stopping import StopSignals
 from trainwright.tracking import JsonLinesFile, Tracker, sample_log
 

@@ -15,6 +15,7 @@ draws (dropout) are not disturbed.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import random
@@ -218,6 +219,14 @@ def _stream_batches(dataset: Any, indices: Iterator[torch.Tensor], seed: int, ep
 
 
 # --- serving batches ------------------------------------------------------------------------------
+
+
+def peek(batches: Iterator[Batch]) -> tuple[Batch | None, Iterator[Batch]]:
+    """The first batch (None when there is none) and an iterator over all of them, the first included (a
+    pass's first batch tells the step the batches' form)."""
+    first = next(batches, None)
+    return first, batches if first is None else itertools.chain([first], batches)
+
 
 
 def _own_generator(seed: int) -> torch.Generator:
