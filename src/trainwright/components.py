@@ -23,7 +23,7 @@ from trainwright.data.loading import require_stream
 from trainwright.errors import UserError, did_you_mean
 from trainwright.evaluation import MetricFn, Scoring
 from trainwright.pairing import check_pair
-from trainwright.recipe import Recipe
+from trainwright.recipe import Recipe, StepConfig
 from trainwright.registry import (
     COLLATES, DATASETS, LOSSES, METRICS, MODELS, OPTIMIZERS, SCHEDULERS, STEPS, import_attr,
 )
@@ -66,8 +66,9 @@ def check_recipe(recipe: Recipe) -> None:
     MODELS.check(recipe.model.name, recipe.model.kwargs())
     check_pair(recipe)
     LOSSES.check(recipe.loss.name, recipe.loss.kwargs())
-    _require_step_class(recipe.step.name)
-    STEPS.check(recipe.step.name, recipe.step.kwargs())
+    step = recipe.step or StepConfig()
+    _require_step_class(step.name)
+    STEPS.check(step.name, step.kwargs())
     OPTIMIZERS.check(recipe.optimizer.name, recipe.optimizer.kwargs())
     SCHEDULERS.check(recipe.scheduler.name, recipe.scheduler.kwargs())
     for name in recipe.metrics or []:
@@ -196,14 +197,14 @@ def build_scoring(recipe: Recipe, task: Task) -> Scoring:
     shorts = metric_names(recipe, task)
     functions: dict[str, MetricFn] = {short: METRICS.get(name, key="metrics") for name, short in zip(names, shorts)}
     finish = {short: METRICS.meta(name)["finish"] for name, short in zip(names, shorts) if "finish" in METRICS.meta(name)}
-    loss_fn = _loss(recipe, task)
+    loss_fn, step = _loss(recipe, task), recipe.step or StepConfig()
     return Scoring(
         loss_fn=loss_fn,
         task=task,
         output_kind=LOSSES.meta(recipe.loss.name).get("output", default_kind),
         metrics=functions,
         finish=finish,
-        step=STEPS.build(recipe.step.name, recipe.step.kwargs(), loss_fn=loss_fn, task=task),
+        step=STEPS.build(step.name, step.kwargs(), loss_fn=loss_fn, task=task),
     )
 
 

@@ -239,7 +239,9 @@ class Recipe(_Section):
     data: DataConfig
     model: ModelConfig
     loss: LossConfig
-    step: StepConfig = Field(default_factory=StepConfig)
+    step: StepConfig | None = Field(
+        None, description="how a batch goes through the model and is scored (null: the default step)"
+    )
     optimizer: OptimizerConfig
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     metrics: list[str] | None = Field(None, description="validation metrics (default: accuracy or mae by task)")
