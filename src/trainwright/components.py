@@ -5,6 +5,7 @@ recipe's component sections. No devices and no Accelerate here."""
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -14,16 +15,20 @@ from torch import nn
 
 from trainwright import losses, metrics, models, optim  # noqa: F401  (registers the built-ins)
 from trainwright.callbacks import check_callbacks
-from trainwright.data.bundle import DataBundle, Task
+from trainwright.data.bundle import DataBundle, Task, TensorSplit
+from trainwright.data.collate import COLLATE_ATTRIBUTE, Collate
 from trainwright.data.folds import Fold, fold_of
 from trainwright.data.input_batch import InputBatch
 from trainwright.data.loading import require_stream
 from trainwright.data.targets import check_bundle_targets
 from trainwright.errors import UserError, did_you_mean
 from trainwright.evaluation import MetricFn, Scoring
-from trainwright.recipe import Recipe
-from trainwright.registry import DATASETS, LOSSES, METRICS, MODELS, OPTIMIZERS, SCHEDULERS, import_attr
-from trainwright.step import MODEL_LOSS
+from trainwright.pairing import check_pair
+from trainwright.recipe import Recipe, StepConfig
+from trainwright.registry import (
+    COLLATES, DATASETS, LOSSES, METRICS, MODELS, OPTIMIZERS, SCHEDULERS, STEPS, import_attr,
+)
+from trainwright.step import MODEL_LOSS, DefaultStep, Step
 
 InputReader = Callable[[Any, dict[str, Any], int], Iterator[InputBatch]]  # (source, data.json, batch size)
 
@@ -44,6 +49,8 @@ DATASETS.register_path(
     "fashion_mnist", "trainwright.data.vision:fashion_mnist", inputs="trainwright.data.images:fashion_images"
 )
 DATASETS.register_path("text", "trainwright.data.text:text", check=_ARGUMENTS)
+STEPS.register("default")(DefaultStep)
+COLLATES.register_path("pad", "trainwright.data.collate:pad")
 MODELS.register_path("gpt", "trainwright.gpt:gpt", check="trainwright.gpt:check_gpt_arguments")
 # Hugging Face transformers models (the optional extra trainwright[hf]), imported when a recipe names them.
 MODELS.register_path("hf", "trainwright.hf_models:hf")
@@ -63,8 +70,13 @@ DATASETS.register_path(
 def check_recipe(recipe: Recipe) -> None:
     """Check that every component exists and takes the arguments given (no data is read)."""
     DATASETS.check(recipe.data.name, recipe.data.kwargs())
+    build_collate(recipe)
     MODELS.check(recipe.model.name, recipe.model.kwargs())
+    check_pair(recipe)
     LOSSES.check(recipe.loss.name, recipe.loss.kwargs())
+    step = recipe.step or StepConfig()
+    _require_step_class(step.name)
+    STEPS.check(step.name, step.kwargs())
     OPTIMIZERS.check(recipe.optimizer.name, recipe.optimizer.kwargs())
     SCHEDULERS.check(recipe.scheduler.name, recipe.scheduler.kwargs())
     for name in recipe.metrics or []:
@@ -111,7 +123,29 @@ def build_data(recipe: Recipe) -> DataBundle:
         if split is not None:
             require_stream(split, f"data set '{recipe.data.name}': its {name} split")
     check_bundle_targets(bundle, recipe.data.name)
-    return fold_of(bundle, fold) if fold is not None and not splits_itself else bundle
+    bundle = fold_of(bundle, fold) if fold is not None and not splits_itself else bundle
+    collate = build_collate(recipe)
+    for split in (bundle.train, bundle.val, bundle.test):
+        if collate is not None and split is not None and not isinstance(split, TensorSplit):
+            setattr(split, COLLATE_ATTRIBUTE, collate)  # read by data/loading.py's loaders
+    return bundle
+
+
+def build_collate(recipe: Recipe) -> Collate | None:
+    """`data.collate`: the function (with the section's keyword arguments) that makes a batch of items,
+    None for the default (stacked)."""
+    config = recipe.data.collate
+    if config is None:
+        return None
+    function, kwargs = COLLATES.get(config.name), config.kwargs()
+    try:
+        inspect.signature(function).bind(None, **kwargs)
+    except TypeError as exc:
+        raise UserError(f"data.collate: '{config.name}' does not take {kwargs} ({exc}); it is called as "
+                        "function(items, **arguments)") from None
+    except ValueError:
+        pass  # a builtin without a signature: it is called as it is
+    return functools.partial(function, **kwargs) if kwargs else function
 
 
 def _fold(recipe: Recipe) -> Fold | None:
@@ -157,21 +191,33 @@ def _takes(model_name: str, argument: str) -> bool:
         return False
 
 
+def _require_step_class(name: str) -> None:
+    """step.name must name a Step (subclass): what the loops call is its methods."""
+    builder = STEPS.get(name)
+    if not (inspect.isclass(builder) and issubclass(builder, Step)):
+        raise UserError(
+            f"step.name: '{name}' is {getattr(builder, '__name__', type(builder).__name__)}, not a subclass of "
+            "trainwright.step.Step (subclass it and override score(model, batch))"
+        )
+
+
 def build_scoring(recipe: Recipe, task: Task) -> Scoring:
-    """The loss, what the model's outputs mean (from the loss; imported losses: by task) and the metrics
+    """The loss, what the model's outputs mean (from the loss; imported losses: by task), the metrics
     (the recipe's, or the task's default: accuracy for classifiers, MAE for regression, token accuracy and
-    perplexity for sequence tasks)."""
+    perplexity for sequence tasks) and the step that scores batches with them (built here, once)."""
     default_kind = "value" if task.kind == "regression" else "logits"
     names = _metric_choice(recipe, task)
     shorts = metric_names(recipe, task)
     functions: dict[str, MetricFn] = {short: METRICS.get(name, key="metrics") for name, short in zip(names, shorts)}
     finish = {short: METRICS.meta(name)["finish"] for name, short in zip(names, shorts) if "finish" in METRICS.meta(name)}
+    loss_fn, step = _loss(recipe, task), recipe.step or StepConfig()
     return Scoring(
-        loss_fn=_loss(recipe, task),
+        loss_fn=loss_fn,
         task=task,
         output_kind=LOSSES.meta(recipe.loss.name).get("output", default_kind),
         metrics=functions,
         finish=finish,
+        step=STEPS.build(step.name, step.kwargs(), loss_fn=loss_fn, task=task),
     )
 
 

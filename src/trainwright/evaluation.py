@@ -10,9 +10,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from trainwright.data.bundle import Task
-from trainwright.data.loading import eval_indices, iterate
+from trainwright.data.loading import eval_indices, iterate, peek
 from trainwright.processes import Processes
-from trainwright.step import Step, peek
+from trainwright.step import Step
 
 EVAL_BATCH_SIZE = 1024  # evaluation keeps no activations for backward, so it takes larger batches
 
@@ -31,6 +31,7 @@ class Scoring:
     task: Task
     output_kind: str
     metrics: dict[str, MetricFn]
+    step: Step  # how batches go through the model and are scored (built once, by components.build_scoring)
     finish: dict[str, Callable[[float], float]] = field(default_factory=dict)
 
     def loss_sum(self, loss: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | int]:
@@ -53,7 +54,7 @@ def evaluate(
     totals = torch.zeros(2 + len(scoring.metrics), dtype=torch.float64, device=device)  # count, loss, metrics
     batches = eval_indices(len(dataset), batch_size, processes.rank, processes.world_size)
     first, served = peek(iterate(dataset, (index for index, _ in batches)))
-    score = Step(scoring.loss_fn, device).scorer(model, first) if first is not None else None
+    score = scoring.step.scorer(model, first, device) if first is not None else None
     for batch, counted in zip(served, (n for _, n in batches)):
         scored = score(batch)
         if not counted:  # a filler batch, run only so that every process takes part in each forward

@@ -41,7 +41,7 @@ from trainwright.processes import Processes, launch_rank
 from trainwright.recipe import Recipe
 from trainwright.rundir import RunDir
 from trainwright.safetensors_header import header_problem
-from trainwright.step import TARGETS_KEY, Step
+from trainwright.step import TARGETS_KEY
 from trainwright.vocabulary import no_vocabulary, run_codec
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -131,7 +131,7 @@ class Run:
         part = None
         if stop > start:  # this process's share, in order
             batches = list(iterate(split, torch.arange(start, stop).split(EVAL_BATCH_SIZE)))
-            score = Step(self.scoring.loss_fn, self.device).scorer(self.model, batches[0])
+            score = self.scoring.step.scorer(self.model, batches[0], self.device)
             scored = [score(batch) for batch in batches]
             inputs = [{k: v for k, v in b.items() if k != TARGETS_KEY} if isinstance(b, Mapping) else b[0]
                       for b in batches]

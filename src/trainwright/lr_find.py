@@ -7,6 +7,7 @@ Nothing is saved: no run dir, no checkpoint, no tracker; only the plot the user 
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections.abc import Generator
@@ -21,13 +22,14 @@ from torch import nn
 
 from trainwright.accelerate_compat import step_calls
 from trainwright.components import build_data, build_model, build_optimizer, build_scoring
-from trainwright.data.loading import TrainBatches, resolve_workers
+from trainwright.data.loading import TrainBatches, peek, resolve_workers
 from trainwright.errors import UserError
 from trainwright.files import check_new_output
 from trainwright.launcher import resolve_precision
 from trainwright.preflight import check_first_batch, check_loss_fits_task, dry_run_optimizer
 from trainwright.recipe import Recipe
-from trainwright.step import Step, peek
+from trainwright.processes import Processes
+from trainwright.step import Step
 from trainwright.trainer import steps_per_epoch
 from trainwright.training import make_accelerator
 
@@ -103,7 +105,7 @@ def lr_range_test(recipe: Recipe, min_lr: float, max_lr: float, steps: int) -> R
         recipe.data.prefetch_factor, pin_memory=accelerator.device.type == "cuda",
     )
     try:
-        losses = _batch_losses(batches, Step(scoring.loss_fn, accelerator.device), model)
+        losses = _batch_losses(batches, scoring.step, model, accelerator.device, recipe.trainer.grad_accum_steps)
         return _sweep(recipe, accelerator, model, optimizer, losses, exponential_lrs(min_lr, max_lr, steps))
     finally:
         batches.close()
@@ -152,16 +154,19 @@ def _sweep(
     return RangeTest(lrs[: len(raw)], raw, smoothed, stopped, lowest_point(smoothed, skip_begin=len(lrs) // 10))
 
 
-def _batch_losses(batches: TrainBatches, step: Step, model: nn.Module) -> Generator[torch.Tensor, None, None]:
-    """The loss of each training batch in turn (forward only), epoch after epoch as long as asked."""
-    epoch = 0
+def _batch_losses(
+    batches: TrainBatches, step: Step, model: nn.Module, device: torch.device, accum: int
+) -> Generator[torch.Tensor, None, None]:
+    """The loss of each training batch in turn (forward only), epoch after epoch as long as asked, weighed
+    as training weighs them (`accum` batches per optimizer step)."""
+    epoch, processes = 0, Processes.single(device)
     while True:
         first, epoch_batches = peek(batches.epoch(epoch, 0, batches.indices(epoch, 0)))
         if first is None:
             return
-        batch_loss = step.train_loss(model, first)
-        for batch in epoch_batches:
-            yield batch_loss(batch)
+        training = step.training(model, first, device, processes, accum)
+        for batch in training.batches(epoch_batches, itertools.repeat(accum)):
+            yield training.loss(batch)
         epoch += 1
 
 

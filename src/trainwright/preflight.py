@@ -28,7 +28,7 @@ from trainwright.evaluation import Scoring
 from trainwright.recipe import Recipe
 from trainwright.registry import MODELS
 from trainwright.run_plan import RunPlan
-from trainwright.step import MODEL_LOSS, TARGETS_KEY, Batch, ModelLoss, Step, describe
+from trainwright.step import MODEL_LOSS, TARGETS_KEY, Batch, ModelLoss, describe
 
 _CLASSIFICATION_LOSSES = (
     "bce_with_logits (one output), bce (one output through a sigmoid) or cross_entropy (one output per class)"
@@ -117,7 +117,7 @@ def check_first_batch(recipe: Recipe, data: DataBundle, model: nn.Module, scorin
     loss_fn = scoring.loss_fn if isinstance(scoring.loss_fn, ModelLoss) else _Watched(scoring.loss_fn)
     try:
         with torch.random.fork_rng(devices=[]):
-            scored = Step(loss_fn, torch.device("cpu")).scorer(model, batch)(batch)
+            scored = scoring.step.with_loss(loss_fn).scorer(model, batch, torch.device("cpu"))(batch)
     except UserError:
         raise
     except Exception as exc:

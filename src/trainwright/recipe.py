@@ -97,13 +97,27 @@ class _Component(BaseModel):
         return dict(self.model_extra or {})
 
 
+class CollateConfig(_Component):
+    """`data.collate`: a collate function's name (`pad`) or import path, and its keyword arguments."""
+
+
 class DataConfig(_Component):
     batch_size: int = Field(ge=1, description="GLOBAL batch size: each of N processes gets batch_size/N")
+    collate: CollateConfig | None = Field(
+        None, description="how items become a batch: null (stacked: items of one shape), pad (padded to the batch's "
+        "longest item; pad_to_multiple_of, pad_value, ignore_index), or package.module:function (items -> batch)"
+    )
     num_workers: int | Literal["auto"] = Field(
         0, description="DataLoader workers for data sets served item by item (auto: the cores per process, less one, "
         "at most 8); they stay up for the whole run"
     )
     prefetch_factor: int | None = Field(None, ge=1, le=64, description="batches each worker loads ahead (torch's default: 2)")
+
+    @field_validator("collate", mode="before")
+    @classmethod
+    def _a_name_alone(cls, value: Any) -> Any:
+        """`collate: pad` is short for `collate: {name: pad}`."""
+        return {"name": value} if isinstance(value, str) else value
 
     @field_validator("num_workers")
     @classmethod
@@ -119,6 +133,12 @@ class ModelConfig(_Component):
 
 class LossConfig(_Component):
     pass
+
+
+class StepConfig(_Component):
+    """How a batch goes through the model and is scored (step.py): `default`, or a Step class by import path."""
+
+    name: str = Field("default", description="registry name or import path 'package.module:Class' of a Step")
 
 
 class OptimizerConfig(_Component):
@@ -259,6 +279,9 @@ class Recipe(_Section):
     data: DataConfig
     model: ModelConfig
     loss: LossConfig
+    step: StepConfig | None = Field(
+        None, description="how a batch goes through the model and is scored (null: the default step)"
+    )
     optimizer: OptimizerConfig
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     metrics: list[str] | None = Field(

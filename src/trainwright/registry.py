@@ -201,4 +201,6 @@ LOSSES = Registry("loss", "loss")
 OPTIMIZERS = Registry("optimizer", "optimizer", provided=("params", "lr"), section_keys=("lr",))
 SCHEDULERS = Registry("LR scheduler", "scheduler", provided=("optimizer", "total_steps"))
 METRICS = Registry("metric", "metrics")
+COLLATES = Registry("collate function", "data.collate")  # data/collate.py: items -> a batch
+STEPS = Registry("step", "step", provided=("loss_fn", "task"))  # step.py: built with the scoring's loss and task
 

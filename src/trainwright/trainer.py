@@ -25,7 +25,7 @@ from trainwright.checkpoint.objects import TrainObjects
 from trainwright.checkpoint.ties import tied_aliases, untied
 from trainwright.checkpoint.weights import save_weights
 from trainwright.data.bundle import DataBundle
-from trainwright.data.loading import TrainBatches, batches_per_epoch, resolve_workers
+from trainwright.data.loading import TrainBatches, batches_per_epoch, peek, resolve_workers
 from trainwright.errors import EXIT_PREEMPTED, UserError
 from trainwright.ema import WeightAverage, averaged
 from trainwright.evaluation import Scoring, evaluate
@@ -36,7 +36,7 @@ from trainwright.processes import Processes
 from trainwright.recipe import Recipe
 from trainwright.rundir import RunDir
 from trainwright.running_loss import RunningLoss
-from trainwright.step import Step, peek
+from trainwright.step import group_sizes
 from trainwright.stopping import StopSignals
 from trainwright.tracking import JsonLinesFile, Tracker, sample_log
 
@@ -84,7 +84,7 @@ class Trainer:
         self.data, self.scoring = data, scoring
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.calls = step_calls(accelerator, optimizer)
-        self.step = Step(scoring.loss_fn, accelerator.device)
+        self.step = scoring.step
         self.micro_per_epoch = batches_per_epoch(len(data.train), recipe.data.batch_size)
         self.steps_per_epoch = steps_per_epoch(recipe, data)
         self.total_steps = recipe.trainer.total_steps(self.steps_per_epoch)
@@ -222,7 +222,10 @@ class Trainer:
         first, batches = peek(self.batches.epoch(epoch, epoch_start, indices))
         model = self.model
         # The step's calls as locals: on a small model the loop's own Python is a visible part of a step.
-        batch_loss = self.step.train_loss(model, first) if first is not None else None
+        if first is not None:
+            training = self.step.training(model, first, self.accelerator.device, self.processes, accum)
+            batch_loss = training.loss
+            batches = training.batches(batches, group_sizes(epoch_start, micro_per_epoch, accum))
         backward, add_loss = self.calls.backward, self.loss.add
         optimizer_step, zero_grad = self.calls.step, self.calls.zero_grad
         scheduler_step = None if self.scheduler is None else self.scheduler.step

@@ -15,6 +15,7 @@ draws (dropout) are not disturbed.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import random
@@ -23,9 +24,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate, get_worker_info
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from trainwright.data.bundle import TensorSplit
+from trainwright.data.collate import collate_of
 from trainwright.errors import UserError
 from trainwright.interrupts import quiet_worker
 
@@ -207,16 +209,25 @@ def _stream_batches(dataset: Any, indices: Iterator[torch.Tensor], seed: int, ep
                 yield position
 
     served, highest, last = _seeded_items(dataset, epoch, increasing, seed), -1, None
+    collate = collate_of(dataset)
     for batch in batches:
         chosen = []
         for position in batch:
             if position > highest:
                 highest, last = position, next(served)
             chosen.append(last)
-        yield default_collate(chosen)
+        yield collate(chosen)
 
 
 # --- serving batches ------------------------------------------------------------------------------
+
+
+def peek(batches: Iterator[Batch]) -> tuple[Batch | None, Iterator[Batch]]:
+    """The first batch (None when there is none) and an iterator over all of them, the first included (a
+    pass's first batch tells the step the batches' form)."""
+    first = next(batches, None)
+    return first, batches if first is None else itertools.chain([first], batches)
+
 
 
 def _own_generator(seed: int) -> torch.Generator:
@@ -237,7 +248,8 @@ def iterate(dataset: Dataset, indices: Iterator[torch.Tensor], seed: int = 0, ep
         yield from _stream_batches(dataset, indices, seed, epoch)
         return
     keys = [[(epoch, i) for i in index.tolist()] for index in indices]
-    yield from DataLoader(SeededItems(dataset, seed), batch_sampler=keys, generator=_own_generator(seed))
+    yield from DataLoader(SeededItems(dataset, seed), batch_sampler=keys, collate_fn=collate_of(dataset),
+                          generator=_own_generator(seed))
 
 
 class EpochBatches:
@@ -308,7 +320,8 @@ class TrainBatches:
             served = {"dataset": SeededItems(dataset, seed), "batch_sampler": self.sampler}
         if served:
             self.loader = DataLoader(
-                **served, num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=pin_memory,
+                **served, collate_fn=collate_of(dataset), num_workers=num_workers, persistent_workers=num_workers > 0,
+                pin_memory=pin_memory,
                 prefetch_factor=prefetch_factor if num_workers > 0 else None, generator=_own_generator(seed),
                 worker_init_fn=quiet_worker if num_workers > 0 else None,
             )
