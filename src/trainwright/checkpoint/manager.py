@@ -201,7 +201,7 @@ class CheckpointManager:
         tensors = {**objects.model.state_dict(), **(objects.ema.tensors() if objects.ema is not None else {})}
         bad = [
             name for name, tensor in tensors.items()
-            if tensor.is_floating_point() and not bool(torch.isfinite(getattr(tensor, "_local_tensor", tensor)).all())
+            if tensor.is_floating_point() and not bool(torch.isfinite(_local(tensor)).all())
         ]
         if not int(self.processes.max(torch.tensor([len(bad)], device=self.processes.device)).item()):
             return None
@@ -231,6 +231,11 @@ def _sharded() -> ModuleType:
     from trainwright.checkpoint import sharded
 
     return sharded
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This process's shard of a DTensor (fsdp), or the tensor itself."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 
 
 def _done(seconds: float) -> Future[float]:
