@@ -150,7 +150,9 @@ class CheckpointManager:
             problem = f"no checkpoint of {self.folder} fits this run (the newest, {newest}: {problem})"
         else:
             problem = f"--resume: checkpoint {newest} cannot be used: {problem}"
-        raise UserError(f"{problem}; resume from another checkpoint, or start over with --restart (the old run is kept)")
+        raise UserError(
+            f"{problem}; resume from another checkpoint, or start over with --restart (the old run is kept)"
+        )
 
     def _candidates(self, folder: Path, fallback: bool) -> Iterator[Path]:
         """`folder`, then (with `fallback`) the older checkpoints of this run that verify, newest first."""
@@ -205,7 +207,7 @@ class CheckpointManager:
         ]
         if not int(self.processes.max(torch.tensor([len(bad)], device=self.processes.device)).item()):
             return None
-        return f"its weight {bad[0]!r} holds NaN or infinite values" if bad else "its weights hold NaN or infinite values"
+        return f"its weight {bad[0]!r} holds NaN or infinite values" if bad else "its weights hold NaN or infinities"
 
     def prune(self) -> None:
         """Apply keep_last/keep_best (main process); the checkpoint this run resumed from is kept."""
