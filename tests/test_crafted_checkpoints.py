@@ -457,7 +457,7 @@ def retype(path: Path, name: str, dtype: torch.dtype | None = None, value: float
 
 
 def first_weight(path: Path) -> str:
-    return sorted(k for k in load_file(path) if k.endswith("weight"))[0]
+    return min(k for k in load_file(path) if k.endswith("weight"))
 
 
 def assert_skipped_by_train(capsys, run_dir: Path, *fragments: str) -> None:
@@ -480,14 +480,15 @@ def test_a_weight_stored_in_another_dtype_is_damaged_for_train_and_refused_by_ev
     assert verify(newest(run_dir)) is None  # sha256 and manifest match: only the dtype check can tell
     said = (f"tensor {name!r} is F16", "F32")
     user_error(capsys, "eval", run_dir, "--checkpoint", "latest", fragments=(str(newest(run_dir)), *said))
-    user_error(capsys, "export", run_dir, "--out", run_dir.parent / "w.safetensors", fragments=(str(newest(run_dir)), *said))
+    user_error(capsys, "export", run_dir, "--out", run_dir.parent / "w.safetensors",
+               fragments=(str(newest(run_dir)), *said))
     assert not (run_dir.parent / "w.safetensors").exists()
     assert_skipped_by_train(capsys, run_dir, f"model.safetensors: tensor {name!r} is F16")
 
 
 def test_an_optimizer_state_stored_as_integers_is_damaged(capsys, run_dir):
     optimizer = newest(run_dir) / "optimizer.safetensors"
-    name = sorted(load_file(optimizer))[0]  # '0.momentum_buffer' (sgd with momentum)
+    name = min(load_file(optimizer))  # '0.momentum_buffer' (sgd with momentum)
     retype(optimizer, name, torch.int64)
     reseal(newest(run_dir))
     assert verify(newest(run_dir)) is None
@@ -512,7 +513,9 @@ def test_a_scheduler_state_nested_without_bound_is_damaged(capsys, run_dir):
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
-def test_non_finite_weights_in_a_checkpoint_are_damaged_for_train_and_refused_by_eval_and_export(capsys, run_dir, value):
+def test_non_finite_weights_in_a_checkpoint_are_damaged_for_train_and_refused_by_eval_and_export(
+    capsys, run_dir, value
+):
     model = newest(run_dir) / "model.safetensors"
     name = first_weight(model)
     retype(model, name, value=value)
@@ -554,12 +557,13 @@ def test_a_sharded_checkpoint_with_a_tensor_of_another_dtype_is_damaged(capsys, 
     assert verify(newest(run_dir)) is None
     user_error(capsys, "export", run_dir, "--out", tmp_path / "w.safetensors", fragments=(f"tensor {name!r} is F16",))
     older = run_dir / "checkpoints" / "step_00000002"
-    state = sorted(load_file(next((older / "optimizer").glob("*.safetensors"))))[0]
+    state = min(load_file(next((older / "optimizer").glob("*.safetensors"))))
     rewrite_shards(older / "optimizer", state, torch.float16)
     reseal(older)
     code, out, err = call(capsys, "train", HEART, *TINY, *STEPS, "--run-dir", run_dir)
     assert_user_error(code, err, "no checkpoint of", f"model/: tensor {name!r} is F16", "--restart")
-    assert f"checkpoint {older} is damaged (optimizer/ state of parameter" in err and f"{state.split('.')[-1]!r} is F16" in err
+    assert f"checkpoint {older} is damaged (optimizer/ state of parameter" in err, err
+    assert f"{state.split('.')[-1]!r} is F16" in err, err
     assert "Resuming" not in out and newest(run_dir).is_dir() and older.is_dir()  # nothing is deleted
 
 

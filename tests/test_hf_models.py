@@ -129,7 +129,7 @@ def test_a_pretrained_folder_with_only_pickled_weights_is_refused_before_transfo
     torch.save(saved.state_dict(), tmp_path / "gpt2" / "pytorch_model.bin")  # transformers would unpickle it
     with pytest.raises(UserError) as error:
         hf("GPT2LMHeadModel", pretrained=str(tmp_path / "gpt2"))
-    assert "model.pretrained" in str(error.value) and "pytorch_model.bin, pickled weights" in str(error.value)
+    assert "model.pretrained" in str(error.value) and "pickled weights (pytorch_model.bin)" in str(error.value)
 
 
 def test_a_pretrained_folder_with_a_damaged_safetensors_file_is_refused(tmp_path):

@@ -103,10 +103,11 @@ def checkpoint_weights(folder: Path, raw: bool = False) -> dict[str, torch.Tenso
     return weights
 
 
-def _recipe_model(checkpoint: Path) -> nn.Module:
+def _recipe_model(checkpoint: Path) -> nn.Module | None:
     """The model of the checkpoint's recipe (for a sequence task, with the vocabulary its run recorded), on
     the meta device: its tensors' names, shapes and dtypes without their memory (a pretrained Hugging Face
-    model is loaded: transformers loads no weights onto the meta device)."""
+    model is loaded: transformers loads no weights onto the meta device). None: a model that needs its run's
+    data.json, of a checkpoint away from its run dir."""
     from trainwright.components import build_model  # torch and transformers: only now
     from trainwright.data.bundle import Task
 
@@ -115,15 +116,21 @@ def _recipe_model(checkpoint: Path) -> nn.Module:
     record = run.read_json(run.data_file) if run.holds_run() else None
     task = Task.from_record(record["task"]) if isinstance(record, dict) and "task" in record else None
     device = "cpu" if recipe.model.kwargs().get("pretrained") else "meta"
-    with torch.device(device):
-        return build_model(recipe, task)
+    try:
+        with torch.device(device):
+            return build_model(recipe, task)
+    except UserError:
+        if task is not None:
+            raise
+        warn(f"{checkpoint} is not in its run dir, whose data.json its model needs: its tensors are exported unchecked")
+        return None
 
 
-def _require_fit(checkpoint: Path, weights: dict[str, torch.Tensor], model: nn.Module) -> None:
+def _require_fit(checkpoint: Path, weights: dict[str, torch.Tensor], model: nn.Module | None) -> None:
     """Refuse weights that the checkpoint's own model could not load (see expected.weights_problem)."""
     from trainwright.checkpoint.expected import weights_problem
 
-    if problem := weights_problem(weights, model, f"checkpoint {checkpoint}"):
+    if model is not None and (problem := weights_problem(weights, model, f"checkpoint {checkpoint}")):
         raise UserError(f"{problem}: it does not fit its recipe's model; export another checkpoint")
 
 

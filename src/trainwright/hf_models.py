@@ -60,9 +60,9 @@ def _check_weights_files(folder: Path) -> None:
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         pickled = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt"))
-        found = f"it holds {', '.join(pickled)}, pickled weights that trainwright does not load" if pickled else "it holds none"
+        held = f"; its pickled weights ({', '.join(pickled)}) are never loaded (they could run code)" if pickled else ""
         raise UserError(
-            f"model.pretrained: {folder} has no safetensors weights (model.safetensors); {found}. Save the model "
+            f"model.pretrained: {folder} has no safetensors weights (model.safetensors){held}. Save the model "
             "with save_pretrained(..., safe_serialization=True), or convert its weights to safetensors"
         )
     for path in files:

@@ -64,11 +64,14 @@ def file_specs(path: Path) -> dict[str, Spec]:
     return {name: Spec(entry.dtype, entry.shape) for name, entry in read_header(path).tensors.items()}
 
 
-def tensors_problem(what: str, found: Mapping[str, Spec], expected: Mapping[str, Spec], owner: str = "the model") -> str | None:
+def tensors_problem(
+    what: str, found: Mapping[str, Spec], expected: Mapping[str, Spec], owner: str = "the model"
+) -> str | None:
     """Why the tensors `found` in `what` are not exactly `expected` (names, shapes and dtypes), or None."""
     missing = sorted(set(expected) - set(found))
     if missing:
-        return f"{what} lacks the tensor {missing[0]!r} of {owner}" + (f" (and {len(missing) - 1} more)" if missing[1:] else "")
+        more = f" (and {len(missing) - 1} more)" if missing[1:] else ""
+        return f"{what} lacks the tensor {missing[0]!r} of {owner}{more}"
     extra = sorted(set(found) - set(expected))
     if extra:
         return f"{what} holds a tensor {extra[0]!r} that {owner} does not have"
@@ -192,7 +195,8 @@ class Expected:
             return f"optimizer.json has {len(saved_groups)} parameter groups, the optimizer {len(self.groups)}"
         for number, (saved, live) in enumerate(zip(saved_groups, self.groups)):
             if saved["params"] != live["params"]:
-                return f"optimizer.json: parameter group {number} holds parameters {saved['params']}, the optimizer {live['params']}"
+                return (f"optimizer.json: parameter group {number} holds parameters {saved['params']}, "
+                        f"the optimizer {live['params']}")
             if problem := _group_problem(saved, live, f"optimizer.json: parameter group {number}"):
                 return problem
         found: dict[int, dict[str, Any]] = {}
@@ -227,9 +231,10 @@ class Expected:
                   if k != "params"}
         saved_groups = {k: v for k, v in saved.items() if not k.startswith("state.") and k != OPTIMIZER_TENSORS}
         if set(saved_groups) != set(groups):
-            odd = sorted(set(saved_groups) ^ set(groups))[0]
-            return f"optimizer.json {'lacks' if odd in groups else 'holds'} {odd!r}, unlike the optimizer's parameter groups"
-        return next((f"optimizer.json: {k!r} {p}" for k, v in groups.items() if (p := kind_problem(saved_groups[k], v))), None)
+            odd = min(set(saved_groups) ^ set(groups))
+            return f"optimizer.json {'lacks' if odd in groups else 'holds'} {odd!r}, unlike the optimizer's groups"
+        problems = (f"optimizer.json: {k!r} {p}" for k, v in groups.items() if (p := kind_problem(saved_groups[k], v)))
+        return next(problems, None)
 
     def _param_state_problem(self, index: int, values: dict[str, Any], where: str) -> str | None:
         """One parameter's saved state (Specs for tensors, values for the rest) against the live optimizer's."""
@@ -240,7 +245,8 @@ class Expected:
         for name, value in values.items():
             wanted = live[name]
             if isinstance(wanted, Spec) != isinstance(value, Spec):
-                return f"{what}: {name!r} is {'a tensor' if isinstance(value, Spec) else repr(value)[:40]}, unlike the optimizer's"
+                shown = "a tensor" if isinstance(value, Spec) else repr(value)[:40]
+                return f"{what}: {name!r} is {shown}, unlike the optimizer's"
             if isinstance(wanted, Spec) and value != wanted:
                 return f"{what}: {name!r} is {value}, where the optimizer has {wanted}"
             if not isinstance(wanted, Spec) and (problem := kind_problem(value, wanted)):

@@ -150,7 +150,9 @@ class CheckpointManager:
             problem = f"no checkpoint of {self.folder} fits this run (the newest, {newest}: {problem})"
         else:
             problem = f"--resume: checkpoint {newest} cannot be used: {problem}"
-        raise UserError(f"{problem}; resume from another checkpoint, or start over with --restart (the old run is kept)")
+        raise UserError(
+            f"{problem}; resume from another checkpoint, or start over with --restart (the old run is kept)"
+        )
 
     def _candidates(self, folder: Path, fallback: bool) -> Iterator[Path]:
         """`folder`, then (with `fallback`) the older checkpoints of this run that verify, newest first."""
@@ -201,11 +203,11 @@ class CheckpointManager:
         tensors = {**objects.model.state_dict(), **(objects.ema.tensors() if objects.ema is not None else {})}
         bad = [
             name for name, tensor in tensors.items()
-            if tensor.is_floating_point() and not bool(torch.isfinite(getattr(tensor, "_local_tensor", tensor)).all())
+            if tensor.is_floating_point() and not bool(torch.isfinite(_local(tensor)).all())
         ]
         if not int(self.processes.max(torch.tensor([len(bad)], device=self.processes.device)).item()):
             return None
-        return f"its weight {bad[0]!r} holds NaN or infinite values" if bad else "its weights hold NaN or infinite values"
+        return f"its weight {bad[0]!r} holds NaN or infinite values" if bad else "its weights hold NaN or infinities"
 
     def prune(self) -> None:
         """Apply keep_last/keep_best (main process); the checkpoint this run resumed from is kept."""
@@ -231,6 +233,11 @@ def _sharded() -> ModuleType:
     from trainwright.checkpoint import sharded
 
     return sharded
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This process's shard of a DTensor (fsdp), or the tensor itself."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 
 
 def _done(seconds: float) -> Future[float]:
