@@ -305,7 +305,8 @@ def test_damaged_newest_checkpoint_is_reported_and_skipped(reference, start, tmp
 
     result = completed(train(run_dir))
     assert f"checkpoint {newest} is damaged" in result.stderr
-    assert resumed_from(result.stdout)[0] == previous
+    position = resumed_from(result.stdout)
+    assert position is not None and position[0] == previous, describe(result)
     assert weights(run_dir) == weights(reference)
 
 
