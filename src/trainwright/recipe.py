@@ -165,6 +165,9 @@ class WandbConfig(_Section):
     entity: str | None = None
     tags: list[str] = Field(default_factory=list)
     group: str | None = Field(None, description="W&B group (`cv` and `sweep` set it to their run dir's name)")
+    name: str | None = Field(None, description="the W&B run's display name (null: the recipe's name)")
+    notes: str | None = Field(None, description="a description of the W&B run")
+    job_type: str | None = Field(None, description="the W&B run's job type, e.g. train or eval")
     init_timeout: float = Field(
         10.0, gt=0, description="seconds to wait for W&B to start online before falling back to offline"
     )
@@ -173,6 +176,16 @@ class WandbConfig(_Section):
 class LoggingConfig(_Section):
     wandb: WandbConfig = Field(default_factory=WandbConfig)
     tensorboard: bool = False
+    progress: Literal["auto", "bar", "lines", "off"] = Field(
+        "auto", description="what the main process shows while training, on stderr: bar (tqdm, with the loss), lines "
+        "(one per log interval and per validation), off; auto: bar on a terminal, else lines"
+    )
+
+    @field_validator("progress", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        """YAML reads a bare `off` as false: `progress: off` (or false) means 'off', `true` 'auto'."""
+        return {False: "off", True: "auto"}.get(value, value) if isinstance(value, bool) else value
 
     @field_validator("wandb", mode="before")
     @classmethod

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,9 +13,8 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from tqdm.auto import tqdm
 
-from trainwright import __version__, early_stopping
+from trainwright import __version__, early_stopping, model_summary
 from trainwright.accelerate_compat import step_calls
 from trainwright.callbacks import Callbacks, Named
 from trainwright.checkpoint.format import TrainState
@@ -33,6 +31,7 @@ from trainwright.files import write_json_atomic
 from trainwright.guards import disk_writes, kept, require_finite
 from trainwright.parallel import Strategy
 from trainwright.processes import Processes
+from trainwright.progress import Progress
 from trainwright.recipe import Recipe
 from trainwright.rundir import RunDir
 from trainwright.running_loss import RunningLoss
@@ -142,7 +141,10 @@ class Trainer:
         state = self.state
         wandb_on = processes.is_main and recipe.logging.wandb.mode != "disabled"
         state.wandb_run_id = self.run.wandb_run_id() if wandb_on else ""
-        self.tracker = Tracker(recipe, self.run, state.step, state.wandb_run_id, processes.is_main)
+        self.model_summary = model_summary.report(self.accelerator.unwrap_model(self.model), processes.is_main)
+        self.progress = Progress.of_run(recipe, processes.is_main, self.total_steps, self.steps_per_epoch, state.step)
+        self.tracker = Tracker(recipe, self.run, state.step, state.wandb_run_id, processes.is_main,
+                               run_config={"model_summary": self.model_summary}, shown=self.progress)
         self.sample_log: JsonLinesFile | None = (
             sample_log(self.run, processes.rank, processes.world_size, state.step) if recipe.trainer.record_samples else None
         )
@@ -226,7 +228,7 @@ class Trainer:
         next_event = self._next_event()
         group_indices: list[int] = []
         model.train()
-        with self._progress(epoch) as progress:
+        with self.progress.bar(epoch, math.ceil(epoch_start / accum)) as progress:
             show_progress = not progress.disable
             for micro in range(epoch_start, micro_per_epoch):
                 batch = next(batches)
@@ -274,15 +276,6 @@ class Trainer:
                     continue
                 yield end_of_epoch
                 next_event = self._next_event()
-
-    def _progress(self, epoch: int) -> tqdm:
-        return tqdm(
-            total=self.steps_per_epoch,
-            initial=math.ceil(self.state.batch_in_epoch / self.recipe.trainer.grad_accum_steps),
-            desc=f"epoch {epoch + 1}/{self.recipe.trainer.epochs}",
-            disable=not (self.processes.is_main and sys.stderr.isatty()),
-            leave=False,
-        )
 
     def _loss_sum_over_processes(self) -> tuple[float, int]:
         """The mean over processes of their unlogged training-loss sums, and this process's count of them."""
@@ -382,6 +375,7 @@ class Trainer:
             "epoch": state.epoch,
             "samples_seen": state.samples_seen,
             "steps_per_epoch": self.steps_per_epoch,
+            "model_summary": self.model_summary,
             **state.val_metrics,
         }
         if state.stopped_early_epoch:
