@@ -29,7 +29,9 @@ HEART_PARAMETERS = (2 * 72 + 72) + (72 * 36 + 36) + (36 + 1)  # Linear 2-72, 72-
 TRAIN_LINE = re.compile(
     r"^step (\d+)/(\d+) epoch (\d+)/2 loss=([0-9.e+-]+) lr=0\.01 samples/s=[0-9.]+ left=\d+:\d\d:\d\d$", re.M
 )
-VALIDATION_LINE = re.compile(r"^validation step (\d+)/24 epoch (\d)/2: val/loss=([0-9.e+-]+) val/accuracy=[0-9.]+$", re.M)
+VALIDATION_LINE = re.compile(
+    r"^validation step (\d+)/24 epoch (\d)/2: val/loss=([0-9.e+-]+) val/accuracy=[0-9.]+$", re.M
+)
 
 
 @workflow
@@ -164,7 +166,8 @@ def test_each_run_of_a_study_gets_its_own_wandb_name_from_the_recipes():
     named = load_recipe(heart, ["logging.wandb.mode=offline", 'logging.wandb.name="lr test: wide"'])
     labels = run_labels(named, "heart-fold_2", Path("/runs/heart-cv"), ["cv", "fold_2"])
     run = load_recipe(heart, ["logging.wandb.mode=offline", 'logging.wandb.name="lr test: wide"', *labels])
-    assert (run.name, run.logging.wandb.name, run.logging.wandb.group) == ("heart-fold_2", "lr test: wide-fold_2", "heart-cv")
+    wandb = run.logging.wandb
+    assert (run.name, wandb.name, wandb.group) == ("heart-fold_2", "lr test: wide-fold_2", "heart-cv")
     unnamed = load_recipe(heart, ["logging.wandb.mode=offline"])
     labels = run_labels(unnamed, "heart-fold_2", Path("/runs/heart-cv"), ["cv", "fold_2"])
     assert load_recipe(heart, labels).logging.wandb.name is None  # W&B shows the run's name, heart-fold_2

@@ -45,7 +45,9 @@ def summarize(model: nn.Module) -> dict[str, Any]:
         seen.update(id(p) for p in fresh)
         if fresh:  # modules holding no parameters (activations, dropout) are left out
             counts = _count(fresh)
-            modules.append({"name": name, "type": kind, "parameters": counts["parameters"], "trainable": counts["trainable"]})
+            modules.append(
+                {"name": name, "type": kind, "parameters": counts["parameters"], "trainable": counts["trainable"]}
+            )
     return {"model": _class_name(model), **_count(list(model.parameters())), "modules": modules}
 
 
