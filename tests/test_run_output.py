@@ -138,7 +138,7 @@ def test_auto_is_the_bar_on_a_terminal_and_lines_elsewhere():
 
 def test_the_bar_shows_the_loss():
     stream = Terminal()
-    progress = Progress("bar", total_steps=24, steps_per_epoch=12, samples_per_step=64, start_step=0, stream=stream)
+    progress = Progress("bar", total_steps=24, steps_per_epoch=12, start_step=0, stream=stream)
     with progress.bar(0, 0) as bar:
         bar.update(5)
         progress.log({"train/loss": 0.61234, "lr": 0.01}, 5, 1)
@@ -150,7 +150,7 @@ def test_the_bar_shows_the_loss():
 
 def test_off_shows_nothing():
     stream = io.StringIO()
-    progress = Progress("off", total_steps=24, steps_per_epoch=12, samples_per_step=64, start_step=0, stream=stream)
+    progress = Progress("off", total_steps=24, steps_per_epoch=12, start_step=0, stream=stream)
     with progress.bar(0, 0) as bar:
         bar.update(5)
         progress.log({"train/loss": 0.6, "lr": 0.01}, 5, 1)

@@ -42,27 +42,23 @@ def number(value: float) -> str:
 class Progress:
     """The run's progress for its user, fed like a metrics sink (Tracker.log) on the main process.
 
-    `samples_per_step`: samples of one optimizer step (the global batch times the accumulation steps);
-    `start_step`: the step the run starts or resumes at. Rates and the time left are measured from the end
-    of the launch's first step (train/startup_seconds), so start-up time does not count."""
+    `start_step`: the step the run starts or resumes at. The time left is measured from the end of the
+    launch's first step (train/startup_seconds), so start-up time does not count; the speed shown is the
+    interval's perf/tokens_per_second or perf/samples_per_second (throughput.py)."""
 
     def __init__(
-        self, mode: str, total_steps: int, steps_per_epoch: int, samples_per_step: int, start_step: int,
-        stream: TextIO | None = None,
+        self, mode: str, total_steps: int, steps_per_epoch: int, start_step: int, stream: TextIO | None = None
     ) -> None:
         self.mode, self.stream = mode, stream if stream is not None else sys.stderr
-        self.total_steps, self.steps_per_epoch, self.samples_per_step = total_steps, steps_per_epoch, samples_per_step
+        self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
         self.epochs = math.ceil(total_steps / steps_per_epoch)
-        self.start_step = self.last_step = start_step
-        self.started = self.last_time = time.perf_counter()
+        self.start_step, self.started = start_step, time.perf_counter()
         self._bar: Any = None
 
     @classmethod
     def of_run(cls, recipe: Recipe, is_main: bool, total_steps: int, steps_per_epoch: int, start_step: int) -> Progress:
         """The progress of a run of `recipe` on stderr (shown by the main process only)."""
-        mode = resolve_mode(recipe.logging.progress, is_main, sys.stderr)
-        samples_per_step = recipe.data.batch_size * recipe.trainer.grad_accum_steps
-        return cls(mode, total_steps, steps_per_epoch, samples_per_step, start_step)
+        return cls(resolve_mode(recipe.logging.progress, is_main, sys.stderr), total_steps, steps_per_epoch, start_step)
 
     def bar(self, epoch: int, done: int) -> tqdm:
         """The bar of epoch `epoch` (0-based), `done` of its steps already done (disabled unless in bar mode)."""
@@ -76,9 +72,8 @@ class Progress:
         """Show the training loss (a log interval) or the validation metrics among `metrics`."""
         if self.mode == "off":
             return
-        if "train/startup_seconds" in metrics:  # the launch's first step: rates and the time left count from here
-            self.start_step = self.last_step = step
-            self.started = self.last_time = time.perf_counter()
+        if "train/startup_seconds" in metrics:  # the launch's first step: the time left counts from here
+            self.start_step, self.started = step, time.perf_counter()
         if "train/loss" in metrics:
             if self.mode == "bar":
                 if self._bar is not None and not self._bar.disable:
@@ -91,20 +86,19 @@ class Progress:
             self._print(f"validation step {step}/{self.total_steps} epoch {epoch}/{self.epochs}: {shown}")
 
     def _train_line(self, metrics: Metrics, step: int, epoch: int) -> str:
-        now = time.perf_counter()
-        seconds, steps = now - self.last_time, step - self.last_step
-        self.last_step, self.last_time = step, now
         parts = [f"step {step}/{self.total_steps}", f"epoch {epoch}/{self.epochs}",
                  f"loss={number(metrics['train/loss'])}"]
         if "lr" in metrics:
             parts.append(f"lr={metrics['lr']:.4g}")
-        if "train/tokens_per_second" in metrics:
-            parts.append(f"tokens/s={metrics['train/tokens_per_second']:.1f}")
-        elif steps > 0 and seconds > 0:
-            parts.append(f"samples/s={steps * self.samples_per_step / seconds:.1f}")
+        for key, shown in (("perf/tokens_per_second", "tokens/s"), ("perf/samples_per_second", "samples/s")):
+            if key in metrics:
+                parts.append(f"{shown}={metrics[key]:.1f}")
+                break
+        if "perf/mfu" in metrics:
+            parts.append(f"mfu={metrics['perf/mfu']:.1%}")
         done = step - self.start_step
         if done > 0:
-            left = (now - self.started) / done * (self.total_steps - step)
+            left = (time.perf_counter() - self.started) / done * (self.total_steps - step)
             parts.append(f"left={clock(left)}")
         return " ".join(parts)
 

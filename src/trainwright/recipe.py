@@ -180,6 +180,9 @@ class LoggingConfig(_Section):
         "auto", description="what the main process shows while training, on stderr: bar (tqdm, with the loss), lines "
         "(one per log interval and per validation), off; auto: bar on a terminal, else lines"
     )
+    peak_tflops: float | None = Field(
+        None, gt=0, description="one device's peak TFLOP/s for perf/mfu (null: a table of known GPUs; none on the CPU)"
+    )
 
     @field_validator("progress", mode="before")
     @classmethod

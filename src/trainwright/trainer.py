@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
-from trainwright import __version__, early_stopping, model_summary
+from trainwright import __version__, early_stopping, model_summary, throughput
 from trainwright.accelerate_compat import step_calls
 from trainwright.callbacks import Callbacks, Named
 from trainwright.checkpoint.format import TrainState
@@ -142,6 +142,10 @@ class Trainer:
         wandb_on = processes.is_main and recipe.logging.wandb.mode != "disabled"
         state.wandb_run_id = self.run.wandb_run_id() if wandb_on else ""
         self.model_summary = model_summary.report(self.accelerator.unwrap_model(self.model), processes.is_main)
+        self.throughput = throughput.of_run(
+            recipe, self.data.task.kind == "sequence", self.model_summary["parameters"], processes.device,
+            processes.world_size,
+        )
         self.progress = Progress.of_run(recipe, processes.is_main, self.total_steps, self.steps_per_epoch, state.step)
         self.tracker = Tracker(recipe, self.run, state.step, state.wandb_run_id, processes.is_main,
                                run_config={"model_summary": self.model_summary}, shown=self.progress)
@@ -214,7 +218,7 @@ class Trainer:
         batch_size, log_every = recipe.data.batch_size, recipe.trainer.log_every_steps
         started, samples_before = time.perf_counter(), state.samples_seen
         indices = self.batches.indices(epoch, epoch_start)
-        first, batches = peek(self.batches.epoch(epoch, epoch_start, indices))
+        first, batches = peek(self.throughput.timed(self.batches.epoch(epoch, epoch_start, indices)))
         model = self.model
         # The step's calls as locals: on a small model the loop's own Python is a visible part of a step.
         batch_loss = self.step.train_loss(model, first) if first is not None else None
@@ -254,6 +258,7 @@ class Trainer:
                 if self._started is not None:
                     self.tracker.log({"train/startup_seconds": time.perf_counter() - self._started}, state.step, epoch + 1)
                     self._started = None
+                    self.throughput.restart()
                 if self.sample_log is not None:
                     self.sample_log.log({"indices": group_indices}, state.step, epoch)
                     group_indices = []
@@ -289,7 +294,7 @@ class Trainer:
         mean_loss = total / max(count, 1)
         self._require_finite(mean_loss, "training loss")
         lr = self.optimizer.param_groups[0]["lr"]
-        self.tracker.log({"train/loss": mean_loss, "lr": lr}, state.step, state.epoch + 1)
+        self.tracker.log({"train/loss": mean_loss, "lr": lr, **self.throughput.read()}, state.step, state.epoch + 1)
         self.loss.reset()
 
     def _validate(self) -> None:
