@@ -193,8 +193,12 @@ def _changes_since(folder: Path, recipe: Recipe) -> list[str]:
     return allowed
 
 
-# Schedulers whose learning rate does not depend on the run's planned length.
-_LENGTH_FREE_SCHEDULERS = ("none", "step")
+# Schedulers whose learning rate does not depend on the run's planned length (torch's classes by name, but
+# OneCycleLR, take no length: optim.py).
+_LENGTH_FREE_SCHEDULERS = (
+    "none", "step", "constant", "ConstantLR", "CosineAnnealingLR", "CosineAnnealingWarmRestarts", "CyclicLR",
+    "ExponentialLR", "LinearLR", "MultiStepLR", "PolynomialLR", "StepLR",
+)
 
 
 def _check_schedule_length(saved: dict[str, Any], recipe: Recipe, steps_per_epoch: int, folder: Path) -> None:
