@@ -118,6 +118,9 @@ class TrainerConfig(_Section):
     grad_clip: float | None = Field(None, gt=0)
     log_every_steps: int = Field(50, ge=1)
     eval_every_epochs: int = Field(1, ge=1)
+    eval_every_steps: int | None = Field(
+        None, ge=1, description="also validate after every N-th optimizer step of the run (null: at epoch ends only)"
+    )
     record_samples: bool = Field(False, description="write each step's sample indices to <run dir>/samples/")
     compile: bool = Field(False, description="torch.compile the model (module.compile(): state dict names unchanged)")
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"

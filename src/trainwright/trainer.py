@@ -177,12 +177,14 @@ class Trainer:
 
     def _loop(self) -> Outcome:
         state, every_eval = self.state, self.recipe.trainer.eval_every_epochs
+        every_steps = self.recipe.trainer.eval_every_steps
         stop_early, stops = self.recipe.trainer.early_stopping, self.stops
         while state.step < self.total_steps and not state.ended_early():
             for end_of_epoch in self._train_steps():
-                if end_of_epoch and (state.epoch % every_eval == 0 or state.step >= self.total_steps):
+                epoch_validation = end_of_epoch and (state.epoch % every_eval == 0 or state.step >= self.total_steps)
+                if epoch_validation or (every_steps and state.step % every_steps == 0):
                     self._validate()
-                    if stop_early is not None:
+                    if epoch_validation and stop_early is not None:
                         early_stopping.observe(stop_early, state, more_to_train=state.step < self.total_steps)
                 stopping = stops.stop_at(state.step)
                 if stops.finished_by is not None and not state.ended_early():  # a callback's request_stop
@@ -207,7 +209,13 @@ class Trainer:
         """The next step after which `_loop` may act (validate, save, stop or end), besides the end of an
         epoch and a stop signal received here, which `_train_steps` sees itself."""
         step = self.state.step
-        return min(self.total_steps, self.checkpoints.next_save_due(step), self.stops.next_agreement(step))
+        return min(self.total_steps, self.checkpoints.next_save_due(step), self.stops.next_agreement(step),
+                   self._next_validation(step))
+
+    def _next_validation(self, step: int) -> float:
+        """The first step after `step` that trainer.eval_every_steps validates at (inf without it)."""
+        every = self.recipe.trainer.eval_every_steps
+        return (step // every + 1) * every if every else math.inf
 
     def _train_steps(self) -> Iterator[bool]:
         """Train from the saved position to the end of the epoch. After an optimizer step that may need
