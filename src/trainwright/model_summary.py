@@ -33,9 +33,9 @@ def _count(parameters: list[nn.Parameter]) -> dict[str, int]:
 
 
 def summarize(model: nn.Module) -> dict[str, Any]:
-    """{parameters, trainable, bytes, trainable_bytes, modules: [{name, type, parameters, trainable}]}; the
-    modules are the top-level children that hold parameters (and `(own)` for parameters of the model
-    itself), each parameter counted under the first module that holds it."""
+    """{model (its class), parameters, trainable, bytes, trainable_bytes, modules: [{name, type, parameters,
+    trainable}]}; the modules are the top-level children that hold parameters (and `(own)` for parameters of
+    the model itself), each parameter counted under the first module that holds it."""
     seen: set[int] = set()
     modules = []
     groups = [(name, _class_name(module), list(module.parameters())) for name, module in model.named_children()]
