@@ -242,7 +242,8 @@ def wandb_run_ids(records: list[dict]) -> set[str]:
 
 # Timings in metrics.jsonl: they differ from run to run, so comparisons of two runs leave them out.
 WALL_CLOCK = ("train/epoch_seconds", "train/samples_per_second", "train/startup_seconds",
-              "checkpoint/stall_seconds", "checkpoint/write_seconds")
+              "checkpoint/stall_seconds", "checkpoint/write_seconds", "perf/samples_per_second",
+              "perf/tokens_per_second", "perf/mfu", "perf/data_wait_fraction", "perf/peak_memory_gib")
 
 
 def metrics_by_step(run_dir: Path, skip: tuple[str, ...] = ()) -> dict[int, dict]:

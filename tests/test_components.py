@@ -25,10 +25,15 @@ def test_fashion_mnist_reads_gzipped_idx_files(tmp_path):
     assert bundle.val.targets.tolist() == test_labels.tolist()
 
 
+def only_optimizer(optimizer):
+    """A scheduler builder that does not take total_steps (for the test below)."""
+
+
 def test_imported_scheduler_must_take_what_trainwright_passes():
     with pytest.raises(UserError, match="must take the argument.*total_steps"):
-        SCHEDULERS.check("torch.optim.lr_scheduler:StepLR", {"step_size": 2})
+        SCHEDULERS.check("test_components:only_optimizer", {})
     SCHEDULERS.check("cosine", {"warmup_steps": 2})
+    SCHEDULERS.check("torch.optim.lr_scheduler:StepLR", {"step_size": 2})  # a scheduler class: trainwright builds it
 
 
 def test_batch_order_does_not_depend_on_the_process_count():

@@ -624,8 +624,10 @@ VARIANTS = {
     "grad_accum": ["data.batch_size=32", "trainer.grad_accum_steps=3", "scheduler.name=step",
                    "scheduler.step_size=20", "scheduler.gamma=0.5"],
     "bf16": ["trainer.mixed_precision=bf16"],
+    # a closed-form schedule (LambdaLR): warm-up over 30 steps, then linear decay to 0.001 at step 200
+    "linear_warmup": ["scheduler.name=linear", "scheduler.warmup_steps=30", "scheduler.min_lr=0.001"],
 }
-VARIANT_STEPS = {"cosine_warmup": 200, "grad_accum": 134, "bf16": 200}
+VARIANT_STEPS = {"cosine_warmup": 200, "grad_accum": 134, "bf16": 200, "linear_warmup": 200}
 
 
 @pytest.fixture(scope="module")

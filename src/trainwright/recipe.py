@@ -177,6 +177,9 @@ class TrainerConfig(_Section):
     grad_clip: float | None = Field(None, gt=0, allow_inf_nan=False)
     log_every_steps: int = Field(50, ge=1)
     eval_every_epochs: int = Field(1, ge=1)
+    eval_every_steps: int | None = Field(
+        None, ge=1, description="also validate after every N-th optimizer step of the run (null: at epoch ends only)"
+    )
     record_samples: bool = Field(False, description="write each step's sample indices to <run dir>/samples/")
     compile: bool = Field(False, description="torch.compile the model (module.compile(): state dict names unchanged)")
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
@@ -224,6 +227,9 @@ class WandbConfig(_Section):
     entity: str | None = None
     tags: list[str] = Field(default_factory=list)
     group: str | None = Field(None, description="W&B group (`cv` and `sweep` set it to their run dir's name)")
+    name: str | None = Field(None, description="the W&B run's display name (null: the recipe's name)")
+    notes: str | None = Field(None, description="a description of the W&B run")
+    job_type: str | None = Field(None, description="the W&B run's job type, e.g. train or eval")
     init_timeout: float = Field(
         10.0, gt=0, allow_inf_nan=False, description="seconds to wait for W&B to start online before falling back to offline"
     )
@@ -232,6 +238,19 @@ class WandbConfig(_Section):
 class LoggingConfig(_Section):
     wandb: WandbConfig = Field(default_factory=WandbConfig)
     tensorboard: bool = False
+    progress: Literal["auto", "bar", "lines", "off"] = Field(
+        "auto", description="what the main process shows while training, on stderr: bar (tqdm, with the loss), lines "
+        "(one per log interval and per validation), off; auto: bar on a terminal, else lines"
+    )
+    peak_tflops: float | None = Field(
+        None, gt=0, description="one device's peak TFLOP/s for perf/mfu (null: a table of known GPUs; none on the CPU)"
+    )
+
+    @field_validator("progress", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        """YAML reads a bare `off` as false: `progress: off` (or false) means 'off', `true` 'auto'."""
+        return {False: "off", True: "auto"}.get(value, value) if isinstance(value, bool) else value
 
     @field_validator("wandb", mode="before")
     @classmethod

@@ -33,6 +33,7 @@ class Registry:
         self._entries: dict[str, Callable[..., Any]] = {}
         self._paths: dict[str, str] = {}
         self._meta: dict[str, dict[str, Any]] = {}
+        self.adapt: Callable[[Callable[..., Any]], Callable[..., Any]] = _as_it_is  # what an import path names
 
     def register(self, name: str, **meta: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Decorator: make `fn` available to recipes as `name`."""
@@ -66,7 +67,7 @@ class Registry:
             self._entries[name] = import_attr(self._paths[name], key)
             return self._entries[name]
         if ":" in name:
-            return import_attr(name, key)
+            return self.adapt(import_attr(name, key))
         raise UserError(
             f"{key}: unknown {self.kind} '{name}'{did_you_mean(name, self.names())} "
             f"(built in: {', '.join(self.names())}; or an import path 'package.module:attr')"
@@ -134,6 +135,10 @@ class Registry:
             return builder(**provided, **kwargs)
         except (TypeError, ValueError, RuntimeError) as exc:  # torch raises RuntimeError for impossible shapes
             raise UserError(f"{self.section}: cannot build {self.kind} '{name}' from {kwargs}: {exc}") from None
+
+
+def _as_it_is(builder: Callable[..., Any]) -> Callable[..., Any]:
+    return builder
 
 
 def _type_hints(builder: Callable[..., Any]) -> dict[str, Any]:

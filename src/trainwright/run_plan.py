@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 # trainer.mixed_precision may read differently (auto, or the value auto gave) if the precision stays the same.
 RESUMABLE_CHANGES = (
     "name", "trainer.epochs", "trainer.max_steps", "trainer.log_every_steps", "trainer.eval_every_epochs",
+    "trainer.eval_every_steps",
     "trainer.record_samples", "trainer.mixed_precision", "trainer.deterministic", "trainer.profile", "data.num_workers",
     "data.prefetch_factor",
     "metrics",
@@ -193,8 +194,12 @@ def _changes_since(folder: Path, recipe: Recipe) -> list[str]:
     return allowed
 
 
-# Schedulers whose learning rate does not depend on the run's planned length.
-_LENGTH_FREE_SCHEDULERS = ("none", "step")
+# Schedulers whose learning rate does not depend on the run's planned length (torch's classes by name, but
+# OneCycleLR, take no length: optim.py).
+_LENGTH_FREE_SCHEDULERS = (
+    "none", "step", "constant", "ConstantLR", "CosineAnnealingLR", "CosineAnnealingWarmRestarts", "CyclicLR",
+    "ExponentialLR", "LinearLR", "MultiStepLR", "PolynomialLR", "StepLR",
+)
 
 
 def _check_schedule_length(saved: dict[str, Any], recipe: Recipe, steps_per_epoch: int, folder: Path) -> None:

@@ -6,7 +6,7 @@ import json
 import netrc
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlparse
 
 from trainwright.errors import UserError
@@ -105,7 +105,8 @@ class WandbLogger:
     seconds; W&B's service is then shut down (it would keep the run id taken) and the run is recorded
     offline under the same id, to upload later with `wandb sync`."""
 
-    def __init__(self, recipe: Recipe, run: RunDir, run_id: str) -> None:
+    def __init__(self, recipe: Recipe, run: RunDir, run_id: str, config: dict[str, Any]) -> None:
+        """`config`: the W&B run's config (the resolved recipe and what the run adds, like its model summary)."""
         import wandb
 
         self._wandb = wandb
@@ -117,8 +118,8 @@ class WandbLogger:
         for attempt in dict.fromkeys([mode, "offline"]):
             try:
                 self.run = wandb.init(
-                    project=cfg.project, entity=cfg.entity, group=cfg.group, tags=cfg.tags, name=recipe.name,
-                    config=recipe.to_dict(),
+                    project=cfg.project, entity=cfg.entity, group=cfg.group, tags=cfg.tags,
+                    name=cfg.name or recipe.name, notes=cfg.notes, job_type=cfg.job_type, config=config,
                     dir=str(run.wandb.parent), id=run_id, resume="allow", mode=attempt,
                     settings=wandb.Settings(console="off", silent=True, init_timeout=cfg.init_timeout),
                 )
@@ -177,18 +178,34 @@ class TensorBoardLogger:
         self.writer.close()
 
 
-class Tracker:
-    """Every metrics sink of a run; on processes other than the main one it does nothing."""
+class Sink(Protocol):
+    """Where a run's metrics go: a file, W&B, TensorBoard, the progress shown to the user."""
 
-    def __init__(self, recipe: Recipe, run: RunDir, resume_step: int, wandb_run_id: str, is_main: bool) -> None:
-        self.sinks: list[JsonLinesFile | WandbLogger | TensorBoardLogger] = []
+    def log(self, metrics: Metrics, step: int, epoch: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Tracker:
+    """Every metrics sink of a run; on processes other than the main one it does nothing.
+
+    `run_config`: what the run adds to W&B's config beside the resolved recipe (its model summary);
+    `shown`: a sink for the user's eyes (progress.Progress), last, after the files."""
+
+    def __init__(
+        self, recipe: Recipe, run: RunDir, resume_step: int, wandb_run_id: str, is_main: bool,
+        run_config: dict[str, Any] | None = None, shown: Sink | None = None,
+    ) -> None:
+        self.sinks: list[Sink] = []
         if not is_main:
             return
         self.sinks.append(JsonLinesFile(run.metrics_file, resume_step))
         if recipe.logging.wandb.mode != "disabled":
-            self.sinks.append(WandbLogger(recipe, run, wandb_run_id))
+            self.sinks.append(WandbLogger(recipe, run, wandb_run_id, {**recipe.to_dict(), **(run_config or {})}))
         if recipe.logging.tensorboard:
             self.sinks.append(TensorBoardLogger(run.tensorboard, resume_step))
+        if shown is not None:
+            self.sinks.append(shown)
 
     def log(self, metrics: Metrics, step: int, epoch: int) -> None:
         for sink in self.sinks:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,9 +13,8 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from tqdm.auto import tqdm
 
-from trainwright import __version__, early_stopping
+from trainwright import __version__, early_stopping, model_summary, throughput
 from trainwright.accelerate_compat import step_calls
 from trainwright.callbacks import Callbacks, Named
 from trainwright.checkpoint.format import TrainState
@@ -33,6 +31,7 @@ from trainwright.files import write_json_atomic
 from trainwright.guards import disk_writes, kept, require_finite
 from trainwright.parallel import Strategy
 from trainwright.processes import Processes
+from trainwright.progress import Progress
 from trainwright.recipe import Recipe
 from trainwright.rundir import RunDir
 from trainwright.running_loss import RunningLoss
@@ -149,7 +148,14 @@ class Trainer:
         state = self.state
         wandb_on = processes.is_main and recipe.logging.wandb.mode != "disabled"
         state.wandb_run_id = self.run.wandb_run_id() if wandb_on else ""
-        self.tracker = Tracker(recipe, self.run, state.step, state.wandb_run_id, processes.is_main)
+        self.model_summary = model_summary.report(self.accelerator.unwrap_model(self.model), processes.is_main)
+        self.throughput = throughput.of_run(
+            recipe, self.data.task.kind == "sequence", self.model_summary["parameters"], processes.device,
+            processes.world_size,
+        )
+        self.progress = Progress.of_run(recipe, processes.is_main, self.total_steps, self.steps_per_epoch, state.step)
+        self.tracker = Tracker(recipe, self.run, state.step, state.wandb_run_id, processes.is_main,
+                               run_config={"model_summary": self.model_summary}, shown=self.progress)
         self.sample_log: JsonLinesFile | None = (
             sample_log(self.run, processes.rank, processes.world_size, state.step) if recipe.trainer.record_samples else None
         )
@@ -178,12 +184,14 @@ class Trainer:
 
     def _loop(self) -> Outcome:
         state, every_eval = self.state, self.recipe.trainer.eval_every_epochs
+        every_steps = self.recipe.trainer.eval_every_steps
         stop_early, stops = self.recipe.trainer.early_stopping, self.stops
         while state.step < self.total_steps and not state.ended_early():
             for end_of_epoch in self._train_steps():
-                if end_of_epoch and (state.epoch % every_eval == 0 or state.step >= self.total_steps):
+                epoch_validation = end_of_epoch and (state.epoch % every_eval == 0 or state.step >= self.total_steps)
+                if epoch_validation or (every_steps and state.step % every_steps == 0):
                     self._validate()
-                    if stop_early is not None:
+                    if epoch_validation and stop_early is not None:
                         early_stopping.observe(stop_early, state, more_to_train=state.step < self.total_steps)
                 stopping = stops.stop_at(state.step)
                 if stops.finished_by is not None and not state.ended_early():  # a callback's request_stop
@@ -208,7 +216,13 @@ class Trainer:
         """The next step after which `_loop` may act (validate, save, stop or end), besides the end of an
         epoch and a stop signal received here, which `_train_steps` sees itself."""
         step = self.state.step
-        return min(self.total_steps, self.checkpoints.next_save_due(step), self.stops.next_agreement(step))
+        return min(self.total_steps, self.checkpoints.next_save_due(step), self.stops.next_agreement(step),
+                   self._next_validation(step))
+
+    def _next_validation(self, step: int) -> float:
+        """The first step after `step` that trainer.eval_every_steps validates at (inf without it)."""
+        every = self.recipe.trainer.eval_every_steps
+        return (step // every + 1) * every if every else math.inf
 
     def _train_steps(self) -> Iterator[bool]:
         """Train from the saved position to the end of the epoch. After an optimizer step that may need
@@ -219,7 +233,7 @@ class Trainer:
         batch_size, log_every = recipe.data.batch_size, recipe.trainer.log_every_steps
         started, samples_before = time.perf_counter(), state.samples_seen
         indices = self.batches.indices(epoch, epoch_start)
-        first, batches = peek(self.batches.epoch(epoch, epoch_start, indices))
+        first, batches = peek(self.throughput.timed(self.batches.epoch(epoch, epoch_start, indices)))
         model = self.model
         # The step's calls as locals: on a small model the loop's own Python is a visible part of a step.
         if first is not None:
@@ -236,7 +250,7 @@ class Trainer:
         next_event = self._next_event()
         group_indices: list[int] = []
         model.train()
-        with self._progress(epoch) as progress:
+        with self.progress.bar(epoch, math.ceil(epoch_start / accum)) as progress:
             show_progress = not progress.disable
             for micro in range(epoch_start, micro_per_epoch):
                 batch = next(batches)
@@ -262,6 +276,7 @@ class Trainer:
                 if self._started is not None:
                     self.tracker.log({"train/startup_seconds": time.perf_counter() - self._started}, state.step, epoch + 1)
                     self._started = None
+                    self.throughput.restart()
                 if self.sample_log is not None:
                     self.sample_log.log({"indices": group_indices}, state.step, epoch + 1)
                     group_indices = []
@@ -285,15 +300,6 @@ class Trainer:
                 yield end_of_epoch
                 next_event = self._next_event()
 
-    def _progress(self, epoch: int) -> tqdm:
-        return tqdm(
-            total=self.steps_per_epoch,
-            initial=math.ceil(self.state.batch_in_epoch / self.recipe.trainer.grad_accum_steps),
-            desc=f"epoch {epoch + 1}/{self.recipe.trainer.epochs}",
-            disable=not (self.processes.is_main and sys.stderr.isatty()),
-            leave=False,
-        )
-
     def _loss_sum_over_processes(self) -> tuple[float, int]:
         """The mean over processes of their unlogged training-loss sums, and this process's count of them."""
         total, count = self.loss.read()
@@ -306,7 +312,7 @@ class Trainer:
         mean_loss = total / max(count, 1)
         self._require_finite(mean_loss, "training loss")
         lr = self.optimizer.param_groups[0]["lr"]
-        self.tracker.log({"train/loss": mean_loss, "lr": lr}, state.step, state.epoch_number())
+        self.tracker.log({"train/loss": mean_loss, "lr": lr, **self.throughput.read()}, state.step, state.epoch_number())
         self.loss.reset()
 
     def _validate(self) -> None:
@@ -392,6 +398,7 @@ class Trainer:
             "epoch": state.epoch_number(),
             "samples_seen": state.samples_seen,
             "steps_per_epoch": self.steps_per_epoch,
+            "model_summary": self.model_summary,
             **state.val_metrics,
         }
         if state.stopped_early_epoch:

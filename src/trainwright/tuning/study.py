@@ -85,10 +85,14 @@ def _short(spec: dict[str, Any]) -> str:
 
 
 def run_labels(recipe: Recipe, name: str, folder: Path, tags: list[str]) -> list[str]:
-    """Overrides that name one run of a study and, with W&B on, put it in the study's W&B group with `tags`."""
+    """Overrides that name one run of a study (`name`: the recipe's name, a dash and the run's own part) and,
+    with W&B on, put it in the study's W&B group with `tags`; a W&B run name the recipe sets gets the run's part."""
     labels = [f"name={name}"]
-    if recipe.logging.wandb.mode != "disabled":
-        labels += [f"logging.wandb.group={folder.name}", f"logging.wandb.tags={[*recipe.logging.wandb.tags, *tags]}"]
+    wandb = recipe.logging.wandb
+    if wandb.mode != "disabled":
+        labels += [f"logging.wandb.group={folder.name}", f"logging.wandb.tags={[*wandb.tags, *tags]}"]
+        if wandb.name is not None:
+            labels.append(f"logging.wandb.name={json.dumps(wandb.name + name.removeprefix(recipe.name))}")
     return labels
 
 
