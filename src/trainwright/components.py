@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainwright import losses, metrics, models, optim  # noqa: F401  (registers the built-ins)
+from trainwright import losses, metrics, models, optim, parameters  # noqa: F401  (registers the built-ins)
 from trainwright.callbacks import check_callbacks
 from trainwright.data.bundle import DataBundle, Task
 from trainwright.data.folds import Fold, fold_of
@@ -177,8 +177,23 @@ def _loss(recipe: Recipe, task: Task) -> nn.Module:
     return losses.PerPosition(LOSSES.build(recipe.loss.name, kwargs))
 
 
+def adapt_model(recipe: Recipe, model: nn.Module) -> nn.Module:
+    """The built model made ready for fine-tuning, before any parallel wrapping: model.freeze applied, and
+    optimizer.groups checked against its parameter names (before anything is written)."""
+    parameters.freeze(model, recipe.model.freeze)
+    parameters.check_weight_decay(recipe.optimizer, OPTIMIZERS.get(recipe.optimizer.name))
+    parameters.optimizer_groups(recipe.optimizer, model)
+    return model
+
+
 def build_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
-    return OPTIMIZERS.build(recipe.optimizer.name, recipe.optimizer.kwargs(), params=model.parameters(), lr=recipe.optimizer.lr)
+    """The recipe's optimizer over the parameters that train, in the groups of parameters.optimizer_groups."""
+    return optimizer_over(recipe, parameters.optimizer_groups(recipe.optimizer, model))
+
+
+def optimizer_over(recipe: Recipe, params: Any) -> torch.optim.Optimizer:
+    """The recipe's optimizer over `params` (parameters, or groups of them)."""
+    return OPTIMIZERS.build(recipe.optimizer.name, recipe.optimizer.kwargs(), params=params, lr=recipe.optimizer.lr)
 
 
 def build_scheduler(recipe: Recipe, optimizer: torch.optim.Optimizer, total_steps: int) -> Any | None:

@@ -32,6 +32,7 @@ from trainwright.evaluation import Scoring, evaluate
 from trainwright.files import write_json_atomic
 from trainwright.guards import disk_writes, kept, require_finite
 from trainwright.parallel import Strategy
+from trainwright.parameters import logged_lrs
 from trainwright.processes import Processes
 from trainwright.recipe import Recipe
 from trainwright.rundir import RunDir
@@ -295,8 +296,7 @@ class Trainer:
         total, count = self._loss_sum_over_processes()
         mean_loss = total / max(count, 1)
         self._require_finite(mean_loss, "training loss")
-        lr = self.optimizer.param_groups[0]["lr"]
-        self.tracker.log({"train/loss": mean_loss, "lr": lr}, state.step, state.epoch + 1)
+        self.tracker.log({"train/loss": mean_loss, **logged_lrs(self.optimizer)}, state.step, state.epoch + 1)
         self.loss.reset()
 
     def _validate(self) -> None:

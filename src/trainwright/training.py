@@ -16,7 +16,7 @@ from accelerate.utils import set_seed
 from trainwright.accelerate_compat import cache_lomo_probe, keep_accelerate_fsdp_off
 from trainwright.callbacks import build_callbacks
 from trainwright.components import (
-    build_data, build_model, build_optimizer, build_scheduler, build_scoring, check_recipe,
+    adapt_model, build_data, build_model, build_optimizer, build_scheduler, build_scoring, check_recipe,
 )
 from trainwright.data.paths import pin_paths
 from trainwright.errors import UserError
@@ -70,7 +70,7 @@ def execute(recipe: Recipe, plan: RunPlan, started: float) -> Outcome:
     data = build_data(recipe)
     total_steps = recipe.trainer.total_steps(steps_per_epoch(recipe, data))
     set_seed(recipe.seed)  # the model's initial weights depend on the seed alone
-    model = build_model(recipe, data.task)
+    model = adapt_model(recipe, build_model(recipe, data.task))
     scoring = build_scoring(recipe, data.task)
     data_record = check_startup(recipe, plan, data, model, scoring, total_steps)  # before the run dir is touched
     compile_mode = recipe.trainer.compile_mode if recipe.trainer.compile else None
