@@ -178,9 +178,14 @@ def _loss(recipe: Recipe, task: Task) -> nn.Module:
 
 
 def adapt_model(recipe: Recipe, model: nn.Module) -> nn.Module:
-    """The built model made ready for fine-tuning, before any parallel wrapping: model.freeze applied, and
-    optimizer.groups checked against its parameter names (before anything is written)."""
+    """The built model made ready for fine-tuning, before any parallel wrapping: model.freeze applied, the
+    recipe's peft adapter put on it (adapters.py), and optimizer.groups checked against its parameter names
+    (before anything is written)."""
     parameters.freeze(model, recipe.model.freeze)
+    if recipe.adapter is not None:
+        from trainwright.adapters import apply_adapter  # peft: only for recipes with an adapter
+
+        model = apply_adapter(recipe.adapter, model)
     parameters.check_weight_decay(recipe.optimizer, OPTIMIZERS.get(recipe.optimizer.name))
     parameters.optimizer_groups(recipe.optimizer, model)
     return model

@@ -1,6 +1,7 @@
 """`trainwright export`: the whole model's weights of any checkpoint, full or sharded, as one safetensors
 file, in one CPU process (no launcher, no process group); with `--hf`, a Hugging Face model's folder
-(config.json and model.safetensors, by `save_pretrained`) that `from_pretrained` loads. Also finds and
+(config.json and model.safetensors, by `save_pretrained`) that `from_pretrained` loads. A run with a peft
+adapter exports the adapter alone in peft's format (a folder), and with `--hf` the merged model. Also finds and
 reads the checkpoint for `predict --checkpoint`."""
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from trainwright.checkpoint.weights import save_weights
 from trainwright.ema import EMA_DIR, EMA_FILE
 from trainwright.errors import UserError
 from trainwright.files import check_new_output, remove_tree, replace_dir, warn
-from trainwright.recipe import validate
+from trainwright.recipe import Recipe, validate
 from trainwright.rundir import RunDir
 
 
@@ -36,6 +37,9 @@ def export_weights(source: str | Path, out: str | Path, raw: bool = False) -> Ex
     out = Path(out)
     check_new_output(out, "--out")
     checkpoint = find_checkpoint(Path(source))
+    recipe = validate(read_recipe(checkpoint), str(checkpoint / "recipe.json"))
+    if recipe.adapter is not None:
+        return _export_adapter(checkpoint, recipe, out, raw)
     weights = checkpoint_weights(checkpoint, raw)
     step = read_train_state(checkpoint).step
     save_weights(weights, out, {"step": str(step), "exported_from": str(checkpoint)})
@@ -56,13 +60,32 @@ def export_hf(source: str | Path, out: str | Path, raw: bool = False) -> Exporte
         )
     from trainwright.components import build_model  # torch and transformers: only now
 
-    model = build_model(recipe)
     weights = checkpoint_weights(checkpoint, raw)
-    missing, unexpected = model.load_state_dict(retied(weights, tied_aliases(model)), strict=False)
-    if missing or unexpected:
-        raise UserError(f"{checkpoint} does not fit the run's model (missing {missing}, unexpected {unexpected})")
+    if recipe.adapter is not None:
+        from trainwright.adapters import restored  # peft: only for runs with an adapter
+
+        model = restored(recipe, checkpoint, weights).merge_and_unload()  # the merged model, the base's names
+    else:
+        model = build_model(recipe)
+        missing, unexpected = model.load_state_dict(retied(weights, tied_aliases(model)), strict=False)
+        if missing or unexpected:
+            raise UserError(f"{checkpoint} does not fit the run's model (missing {missing}, unexpected {unexpected})")
     tmp = out.with_name(f".{out.name}.incomplete")
     remove_tree(tmp)  # an earlier export's, stopped half-way
+    model.save_pretrained(tmp)
+    replace_dir(tmp, out)
+    return Exported(checkpoint, read_train_state(checkpoint).step, len(weights), sum(t.numel() for t in weights.values()))
+
+
+def _export_adapter(checkpoint: Path, recipe: Recipe, out: Path, raw: bool) -> Exported:
+    """A run with an adapter: the adapter alone, in peft's own format (adapter_model.safetensors and
+    adapter_config.json in the folder `out`), which `PeftModel.from_pretrained(base, out)` loads."""
+    from trainwright.adapters import restored  # peft: only for runs with an adapter
+
+    weights = checkpoint_weights(checkpoint, raw)
+    model = restored(recipe, checkpoint, weights)
+    tmp = out.with_name(f".{out.name}.incomplete")
+    remove_tree(tmp)
     model.save_pretrained(tmp)
     replace_dir(tmp, out)
     return Exported(checkpoint, read_train_state(checkpoint).step, len(weights), sum(t.numel() for t in weights.values()))

@@ -80,6 +80,10 @@ class ModelConfig(_Component):
     )
 
 
+class AdapterConfig(_Component):
+    """A peft adapter: `name` the kind (lora, loha, ia3, ...), the other keys the settings of its peft config."""
+
+
 class LossConfig(_Component):
     pass
 
@@ -245,6 +249,10 @@ class Recipe(_Section):
     seed: int = 0
     data: DataConfig
     model: ModelConfig
+    adapter: AdapterConfig | None = Field(
+        None, description="train a peft adapter (e.g. {name: lora, r: 8, lora_alpha: 16, target_modules: [c_attn]}) "
+        "on the frozen model (the extra trainwright[finetune])",
+    )
     loss: LossConfig
     optimizer: OptimizerConfig
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
