@@ -7,6 +7,7 @@ bad settings are one message each."""
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from trainwright.components import build_model
 from trainwright.recipe import load_recipe
 
 KILLER = REPO / "tests" / "kill_at_step.py"
+FSDP_2PROC = REPO / "accelerate_configs" / "fsdp_cpu_2proc.yaml"
 # heart's MLP (1: 2-72, 3: 72-36, 5: 36-1) with LoRA on its first two layers; 10 steps per epoch, 2 epochs.
 LORA = ["data.num_points=800", "trainer.epochs=2", "logging.wandb=false", "checkpoint.every_steps=4",
         "optimizer.name=adamw", "optimizer.momentum=null",
@@ -35,6 +37,7 @@ ADAPTER_KEYS = {f"base_model.model.{layer}.lora_{ab}.default.weight" for layer i
 
 
 def train(run_dir: Path, *overrides: str, script: list[object] | None = None):
+    """`trainwright train` of heart with LORA; `script`: what python runs instead of `-m trainwright`."""
     return processes.run([sys.executable, *(script or ["-m", "trainwright"]), "train", HEART, *LORA, *overrides,
                           "--run-dir", run_dir], launch_env())
 
@@ -84,6 +87,30 @@ def test_a_lora_run_killed_at_a_step_resumes_bitwise(lora_run, tmp_path):
     assert resumed.returncode == 0, describe(resumed)
     assert "Resuming from step 8 " in resumed.stdout and "damaged" not in resumed.stdout + resumed.stderr
     assert (run_dir / "model.safetensors").read_bytes() == (lora_run / "model.safetensors").read_bytes()
+
+
+@pytest.mark.slow
+def test_under_fsdp_on_two_processes_a_killed_lora_run_resumes_bitwise_and_on_one_process(tmp_path):
+    """The frozen base sharded, the adapter trained; the sharded checkpoints hold the adapter's shards alone."""
+    def launch(script: list[object], run_dir: Path):
+        launcher = ["-m", "accelerate.commands.launch", "--config_file", FSDP_2PROC,
+                    "--main_process_port", processes.free_port(), "--num_processes", "2"]
+        return train(run_dir, script=[*launcher, *script])
+
+    reference = launch(["-m", "trainwright"], tmp_path / "reference")
+    assert reference.returncode == 0, describe(reference)
+    assert "world_size=2 device=cpu precision=no strategy=fsdp" in reference.stdout
+    shards = sorted((checkpoint_dir(tmp_path / "reference", 20) / "model").glob("*.safetensors"))
+    assert len(shards) == 2 and all(set(load_file(shard)) == ADAPTER_KEYS for shard in shards)
+    killed = launch([KILLER, "8"], tmp_path / "run")
+    assert killed.returncode != 0 and not (tmp_path / "run" / "model.safetensors").exists(), describe(killed)
+    shutil.copytree(tmp_path / "run", tmp_path / "one")
+    resumed = launch(["-m", "trainwright"], tmp_path / "run")
+    assert resumed.returncode == 0, describe(resumed)
+    assert "Resuming from step 8 " in resumed.stdout and "damaged" not in resumed.stdout + resumed.stderr
+    assert (tmp_path / "run" / "model.safetensors").read_bytes() == (tmp_path / "reference" / "model.safetensors").read_bytes()
+    one = train(tmp_path / "one")
+    assert one.returncode == 0 and "world_size=1" in one.stdout and "Resuming from step 8 " in one.stdout, describe(one)
 
 
 @pytest.mark.parametrize(("adapter", "fragments"), [
