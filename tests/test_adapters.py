@@ -24,6 +24,7 @@ from conftest import REPO, assert_user_error, checkpoint_dir, describe
 from reliability_helpers import HEART, call, user_error
 from test_hf_models import CONFIG, RECIPE
 from test_tied_weights import env as launch_env
+from trainwright import load_run
 from trainwright.components import build_model
 from trainwright.recipe import load_recipe
 
@@ -77,6 +78,8 @@ def test_export_writes_the_adapter_in_peft_format_loading_to_the_merged_outputs(
     points = torch.rand(64, 2) * 4 - 2
     with torch.no_grad():
         torch.testing.assert_close(adapted(points), merged(points))
+        from_checkpoint = load_run(lora_run, checkpoint="latest").model  # the adapter merged into its base
+        assert torch.equal(from_checkpoint(points), load_run(lora_run).model(points))
 
 
 def test_a_lora_run_killed_at_a_step_resumes_bitwise(lora_run, tmp_path):
@@ -168,8 +171,12 @@ def test_lora_on_a_pretrained_gpt2_refuses_a_changed_or_missing_base_and_exports
     exported = processes.run([sys.executable, "-m", "trainwright", "export", run_dir, "--out", tmp_path / "adapter"],
                              launch_env())
     assert exported.returncode == 0, describe(exported)
-    merged = transformers.GPT2LMHeadModel.from_pretrained(base)
-    merged.load_state_dict(load_file(run_dir / "model.safetensors"), strict=False)  # lm_head: tied to wte
+    hf = processes.run([sys.executable, "-m", "trainwright", "export", run_dir, "--hf", "--out", tmp_path / "merged"],
+                       launch_env())
+    assert hf.returncode == 0, describe(hf)
+    merged = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "merged")
+    final = load_file(run_dir / "model.safetensors")
+    assert all(final[name].equal(tensor) for name, tensor in merged.state_dict().items() if name in final)
     adapted = PeftModel.from_pretrained(transformers.GPT2LMHeadModel.from_pretrained(base), tmp_path / "adapter")
     ids = torch.randint(0, CONFIG["vocab_size"], (3, 16))
     with torch.no_grad():

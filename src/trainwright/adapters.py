@@ -143,8 +143,9 @@ def restored(recipe: Recipe, checkpoint: Path, weights: dict[str, torch.Tensor])
 
     from trainwright.components import build_model
 
-    set_seed(recipe.seed)
-    base = build_model(recipe)
+    with torch.random.fork_rng(devices=[]):
+        set_seed(recipe.seed)  # the base as `train` built it (a base without `pretrained` is its seeded weights)
+        base = build_model(recipe)
     run_dir = checkpoint.parent.parent
     saved = (_read_json(run_dir / "data.json") or {}).get("base")
     check_same_base(saved, base_record(recipe, base, saved), run_dir)
