@@ -123,11 +123,14 @@ def check_same_base(saved: dict[str, Any] | None, current: dict[str, Any], where
     )
 
 
-def merger(recipe: Recipe, build_base: Callable[[], nn.Module]) -> Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+Weights = dict[str, torch.Tensor]
+
+
+def merger(recipe: Recipe, build_base: Callable[[], nn.Module]) -> Callable[[Weights], Weights]:
     """A function from the adapted model's whole state dict to the merged weights under the base's own names
     (peft's merge_and_unload on a CPU copy built again; main process only)."""
 
-    def merged(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def merged(weights: Weights) -> Weights:
         model = apply_adapter(recipe.adapter, build_base())  # type: ignore[arg-type]
         model.load_state_dict(retied(weights, tied_aliases(model)))
         base = model.merge_and_unload()

@@ -61,6 +61,10 @@ def check_recipe(recipe: Recipe) -> None:
     SCHEDULERS.check(recipe.scheduler.name, recipe.scheduler.kwargs())
     for name in recipe.metrics or []:
         METRICS.get(name, key="metrics")
+    if recipe.adapter is not None:
+        from trainwright.adapters import peft_config  # peft: only for recipes with an adapter
+
+        peft_config(recipe.adapter)
     check_callbacks(recipe)
     # Without the data the task is unknown, so the default metric may be either; start-up checks it exactly.
     check_monitor(recipe, metric_names(recipe) if recipe.metrics else ["accuracy", "mae", "perplexity"])

@@ -88,7 +88,8 @@ def _export_adapter(checkpoint: Path, recipe: Recipe, out: Path, raw: bool) -> E
     remove_tree(tmp)
     model.save_pretrained(tmp)
     replace_dir(tmp, out)
-    return Exported(checkpoint, read_train_state(checkpoint).step, len(weights), sum(t.numel() for t in weights.values()))
+    step = read_train_state(checkpoint).step
+    return Exported(checkpoint, step, len(weights), sum(t.numel() for t in weights.values()))
 
 
 def checkpoint_weights(folder: Path, raw: bool = False) -> dict[str, torch.Tensor]:

@@ -110,7 +110,9 @@ def check_weight_decay(config: OptimizerConfig, optimizer: Any) -> None:
         return
     if "weight_decay" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         key = "optimizer.no_decay" if config.no_decay else "optimizer.groups[].weight_decay"
-        raise UserError(f"{key}: optimizer '{config.name}' takes no weight_decay, so there is no decay to set per group")
+        raise UserError(
+            f"{key}: optimizer '{config.name}' takes no weight_decay, so there is no decay to set per group"
+        )
 
 
 def logged_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:

@@ -89,7 +89,9 @@ class LossConfig(_Component):
 
 
 class ParamGroupConfig(_Section):
-    params: list[str] = Field(min_length=1, description="shell-style patterns over the names of the parameters it holds")
+    params: list[str] = Field(
+        min_length=1, description="shell-style patterns over the names of the parameters it holds"
+    )
     name: str | None = Field(None, description="its name in the logs (lr/<name>); default: group<index>")
     lr: float | None = Field(None, gt=0, description="its learning rate (default: optimizer.lr)")
     weight_decay: float | None = Field(None, ge=0, description="its weight decay (default: the optimizer's)")

@@ -50,7 +50,8 @@ _FLAT = StateDictOptions(flatten_optimizer_state_dict=True)
 def write_sharded_state(folder: Path, objects: TrainObjects, processes: Processes) -> None:
     """Every process writes its shards; the main process the JSON files. A collective."""
     optimizer = _plain(objects.optimizer)
-    model_state = untied(get_model_state_dict(objects.model, options=_model_options(objects)), tied_aliases(objects.model))
+    aliases = tied_aliases(objects.model)
+    model_state = untied(get_model_state_dict(objects.model, options=_model_options(objects)), aliases)
     tensors, other = _split(get_optimizer_state_dict(objects.model, optimizer, options=_FLAT))
     parts = [(MODEL_DIR, model_state), (OPTIMIZER_DIR, tensors)]
     if objects.ema is not None:
