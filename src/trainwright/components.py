@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainwright import losses, metrics, models, optim  # noqa: F401  (registers the built-ins)
+from trainwright import losses, metrics, models, optim, parameters  # noqa: F401  (registers the built-ins)
 from trainwright.callbacks import check_callbacks
 from trainwright.data.bundle import DataBundle, Task, TensorSplit
 from trainwright.data.collate import COLLATE_ATTRIBUTE, Collate
@@ -81,6 +81,10 @@ def check_recipe(recipe: Recipe) -> None:
     SCHEDULERS.check(recipe.scheduler.name, recipe.scheduler.kwargs())
     for name in recipe.metrics or []:
         METRICS.get(name, key="metrics")
+    if recipe.adapter is not None:
+        from trainwright.adapters import peft_config  # peft: only for recipes with an adapter
+
+        peft_config(recipe.adapter)
     check_callbacks(recipe)
     # Without the data the task is unknown, so the default metric may be either; start-up checks it exactly.
     check_monitor(recipe, metric_names(recipe) if recipe.metrics is not None else ["accuracy", "mae", "perplexity"])
@@ -236,8 +240,28 @@ def _loss(recipe: Recipe, task: Task) -> nn.Module:
     return losses.PerPosition(LOSSES.build(recipe.loss.name, kwargs))
 
 
+def adapt_model(recipe: Recipe, model: nn.Module) -> nn.Module:
+    """The built model made ready for fine-tuning, before any parallel wrapping: model.freeze applied, the
+    recipe's peft adapter put on it (adapters.py), and optimizer.groups checked against its parameter names
+    (before anything is written)."""
+    parameters.freeze(model, recipe.model.freeze)
+    if recipe.adapter is not None:
+        from trainwright.adapters import apply_adapter  # peft: only for recipes with an adapter
+
+        model = apply_adapter(recipe.adapter, model)
+    parameters.check_weight_decay(recipe.optimizer, OPTIMIZERS.get(recipe.optimizer.name))
+    parameters.optimizer_groups(recipe.optimizer, model)
+    return model
+
+
 def build_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
-    return OPTIMIZERS.build(recipe.optimizer.name, recipe.optimizer.kwargs(), params=model.parameters(), lr=recipe.optimizer.lr)
+    """The recipe's optimizer over the parameters that train, in the groups of parameters.optimizer_groups."""
+    return optimizer_over(recipe, parameters.optimizer_groups(recipe.optimizer, model))
+
+
+def optimizer_over(recipe: Recipe, params: Any) -> torch.optim.Optimizer:
+    """The recipe's optimizer over `params` (parameters, or groups of them)."""
+    return OPTIMIZERS.build(recipe.optimizer.name, recipe.optimizer.kwargs(), params=params, lr=recipe.optimizer.lr)
 
 
 def build_scheduler(recipe: Recipe, optimizer: torch.optim.Optimizer, total_steps: int) -> Any | None:

@@ -1,4 +1,4 @@
-"""Weight averaging (trainer.ema): an exponential moving average of the model's floating-point parameters.
+"""Weight averaging (trainer.ema): an exponential moving average of the floating-point parameters that train.
 
 After every `every_steps`-th optimizer step the average moves towards the weights,
 `average += (1 - decay) * (weights - average)`; up to `start_step` it is set to them instead, so the
@@ -26,11 +26,14 @@ EMA_DIR = SHARDED_EMA_DIR  # a sharded checkpoint's: each process's shards, as m
 
 
 class WeightAverage:
-    """The averaged copies of a model's floating-point parameters (a tied parameter once)."""
+    """The averaged copies of a model's floating-point parameters that train (a tied parameter once; a frozen
+    one is its own average)."""
 
     def __init__(self, model: nn.Module, config: EmaConfig) -> None:
         self.config = config
-        named = [(state_dict_name(name), p) for name, p in model.named_parameters() if p.dtype.is_floating_point]
+        named = [
+            (state_dict_name(name), p) for name, p in model.named_parameters() if p.dtype.is_floating_point and p.requires_grad
+        ]
         self.names = [name for name, _ in named]
         self.params = [p for _, p in named]
         with torch.no_grad():

@@ -1,12 +1,14 @@
 """`trainwright export`: the whole model's weights of any checkpoint, full or sharded, as one safetensors
 file, in one CPU process (no launcher, no process group); with `--hf`, a Hugging Face model's folder
-(config.json and model.safetensors, by `save_pretrained`) that `from_pretrained` loads. Also finds and
+(config.json and model.safetensors, by `save_pretrained`) that `from_pretrained` loads. A run with a peft
+adapter exports the adapter alone in peft's format (a folder), and with `--hf` the merged model. Also finds and
 reads the checkpoint for `predict --checkpoint`."""
 
 from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +41,9 @@ def export_weights(source: str | Path, out: str | Path, raw: bool = False) -> Ex
     out = Path(out)
     check_new_output(out, "--out")
     checkpoint = find_checkpoint(Path(source))
+    saved = read_recipe(checkpoint)
+    if saved.get("adapter") is not None:  # the weights alone need no recipe this trainwright reads
+        return _export_adapter(checkpoint, validate(saved, str(checkpoint / "recipe.json")), out, raw)
     weights = checkpoint_weights(checkpoint, raw)
     _require_fit(checkpoint, weights, _recipe_model(checkpoint))
     step = read_train_state(checkpoint).step
@@ -61,19 +66,31 @@ def export_hf(source: str | Path, out: str | Path, raw: bool = False) -> Exporte
         )
     from trainwright.components import build_model  # torch and transformers: only now
 
-    model = build_model(recipe)
     weights = checkpoint_weights(checkpoint, raw)
-    _require_fit(checkpoint, weights, model)
-    model.load_state_dict(retied(weights, tied_aliases(model)))
+    if recipe.adapter is not None:
+        from trainwright.adapters import restored  # peft: only for runs with an adapter
+
+        model = restored(recipe, checkpoint, weights).merge_and_unload()  # the merged model, the base's names
+    else:
+        model = build_model(recipe)
+        _require_fit(checkpoint, weights, model)
+        model.load_state_dict(retied(weights, tied_aliases(model)))
+    _publish_pretrained(model, out, lambda folder: _copy_tokenizer(recipe, checkpoint, folder, out))
+    return Exported(checkpoint, read_train_state(checkpoint).step, len(weights), sum(t.numel() for t in weights.values()))
+
+
+def _publish_pretrained(model: nn.Module, out: Path, extra: Callable[[Path], None] | None = None) -> None:
+    """`model.save_pretrained` into a temporary folder beside `out` (plus what `extra` adds), then moved to `out`
+    (which must not exist); the temporary folder, trainwright's own, is removed on any failure."""
     tmp = temporary_beside(out, folder=True)
     try:
         model.save_pretrained(tmp)
-        _copy_tokenizer(recipe, checkpoint, tmp, out)
+        if extra is not None:
+            extra(tmp)
         publish_dir(tmp, out)
     except BaseException:
-        remove_tree(tmp)  # the folder made just above: trainwright's own
+        remove_tree(tmp)
         raise
-    return Exported(checkpoint, read_train_state(checkpoint).step, len(weights), sum(t.numel() for t in weights.values()))
 
 
 def _copy_tokenizer(recipe: Recipe, checkpoint: Path, folder: Path, out: Path) -> None:
@@ -88,6 +105,17 @@ def _copy_tokenizer(recipe: Recipe, checkpoint: Path, folder: Path, out: Path) -
             shutil.copyfile(path, folder / name)
         else:
             warn(f"the run's tokenizer file {path} is gone: {out} has no {name}")
+
+
+def _export_adapter(checkpoint: Path, recipe: Recipe, out: Path, raw: bool) -> Exported:
+    """A run with an adapter: the adapter alone, in peft's own format (adapter_model.safetensors and
+    adapter_config.json in the folder `out`), which `PeftModel.from_pretrained(base, out)` loads."""
+    from trainwright.adapters import restored  # peft: only for runs with an adapter
+
+    weights = checkpoint_weights(checkpoint, raw)
+    _publish_pretrained(restored(recipe, checkpoint, weights), out)
+    step = read_train_state(checkpoint).step
+    return Exported(checkpoint, step, len(weights), sum(t.numel() for t in weights.values()))
 
 
 def checkpoint_weights(folder: Path, raw: bool = False) -> dict[str, torch.Tensor]:

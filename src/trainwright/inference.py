@@ -230,6 +230,10 @@ def load_run(
     else:
         source = find_checkpoint(run.path if str(checkpoint) == "latest" else Path(checkpoint))
         weights, step = checkpoint_weights(source, raw), read_train_state(source).step
+        if recipe.adapter is not None:  # the checkpoint holds the adapter alone: merged into its base here
+            from trainwright.adapters import restored
+
+            weights = restored(recipe, source, weights).merge_and_unload().state_dict()
         _note(f"using the weights of checkpoint step {step} ({source})")
     if problem := weights_problem(weights, model, str(source)):
         raise UserError(

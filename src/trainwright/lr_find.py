@@ -21,7 +21,7 @@ from accelerate.utils import set_seed
 from torch import nn
 
 from trainwright.accelerate_compat import step_calls
-from trainwright.components import build_data, build_model, build_optimizer, build_scoring
+from trainwright.components import adapt_model, build_data, build_model, build_optimizer, build_scoring
 from trainwright.data.loading import TrainBatches, peek, resolve_workers
 from trainwright.errors import UserError
 from trainwright.files import check_new_output
@@ -94,7 +94,7 @@ def lr_range_test(recipe: Recipe, min_lr: float, max_lr: float, steps: int) -> R
     data = build_data(recipe)
     steps_per_epoch(recipe, data)  # the training split holds at least one batch
     set_seed(recipe.seed)
-    model = build_model(recipe, data.task)
+    model = adapt_model(recipe, build_model(recipe, data.task))
     scoring = build_scoring(recipe, data.task)
     check_loss_fits_task(recipe, data, scoring)
     check_first_batch(recipe, data, model, scoring)
@@ -118,6 +118,7 @@ def _sweep(
     """One optimizer step at each learning rate of `lrs` (over recipe.trainer.grad_accum_steps batches of
     `losses`), until the loss diverges."""
     groups = getattr(optimizer, "optimizer", optimizer).param_groups
+    scales = [group["lr"] / recipe.optimizer.lr for group in groups]  # optimizer.groups keep their ratio to lr
     calls, grad_clip = step_calls(accelerator, optimizer), recipe.trainer.grad_clip
     accum = recipe.trainer.grad_accum_steps
     raw: list[float] = []
@@ -126,8 +127,8 @@ def _sweep(
     model.train()
     try:
         for step, lr in enumerate(lrs):
-            for group in groups:
-                group["lr"] = lr
+            for group, scale in zip(groups, scales):
+                group["lr"] = lr * scale
             total = torch.zeros((), device=accelerator.device)
             for _ in range(accum):
                 loss = next(losses)

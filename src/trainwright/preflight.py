@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainwright.components import build_optimizer, build_scheduler, check_monitor
+from trainwright.components import build_scheduler, check_monitor, optimizer_over
 from trainwright.data.bundle import DataBundle
 from trainwright.data.fingerprint import check_same_data, data_record
 from trainwright.data.loading import iterate
@@ -254,7 +254,7 @@ def dry_run_optimizer(recipe: Recipe, total_steps: int, steps: int = 2) -> None:
     """Values that fail only once training starts (scheduler.step_size=0, an optimizer argument of the
     right type but an impossible value) fail here instead, before any folder is made."""
     throwaway = _Throwaway()
-    optimizer = build_optimizer(recipe, throwaway)
+    optimizer = optimizer_over(recipe, throwaway.parameters())
     scheduler = build_scheduler(recipe, optimizer, total_steps)
     for step in range(1, steps + 1):
         throwaway.weight.grad = torch.ones(1)

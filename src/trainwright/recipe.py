@@ -128,7 +128,13 @@ class DataConfig(_Component):
 
 
 class ModelConfig(_Component):
-    pass
+    freeze: list[str] | None = Field(
+        None, description="parameters that do not train: shell-style patterns over parameter names, e.g. 'embed.*'"
+    )
+
+
+class AdapterConfig(_Component):
+    """A peft adapter: `name` the kind (lora, loha, ia3, ...), the other keys the settings of its peft config."""
 
 
 class LossConfig(_Component):
@@ -141,8 +147,35 @@ class StepConfig(_Component):
     name: str = Field("default", description="registry name or import path 'package.module:Class' of a Step")
 
 
+class ParamGroupConfig(_Section):
+    params: list[str] = Field(
+        min_length=1, description="shell-style patterns over the names of the parameters it holds"
+    )
+    name: str | None = Field(None, description="its name in the logs (lr/<name>); default: group<index>")
+    lr: float | None = Field(None, gt=0, description="its learning rate (default: optimizer.lr)")
+    weight_decay: float | None = Field(None, ge=0, description="its weight decay (default: the optimizer's)")
+
+
 class OptimizerConfig(_Component):
     lr: float = Field(gt=0, allow_inf_nan=False)
+    groups: list[ParamGroupConfig] | None = Field(
+        None, description="parameter groups with their own lr/weight_decay; the parameters no group holds train "
+        "in the default group",
+    )
+    no_decay: bool = Field(
+        False, description="no weight decay on biases, norm weights (parameters of fewer than 2 dimensions) and "
+        "embedding tables",
+    )
+
+    @field_validator("groups")
+    @classmethod
+    def _group_names_differ(cls, groups: list[ParamGroupConfig] | None) -> list[ParamGroupConfig] | None:
+        names = [group.name or f"group{index}" for index, group in enumerate(groups or [])]
+        for name in names:
+            if name == "default" or names.count(name) > 1 or name.endswith(".no_decay"):
+                raise ValueError(f"group name '{name}' is taken: name each group differently, not 'default' "
+                                 "and not ending in '.no_decay'")
+        return groups
 
 
 class SchedulerConfig(_Component):
@@ -297,6 +330,10 @@ class Recipe(_Section):
     seed: int = Field(0, ge=0, le=2**32 - 1, description="seeds NumPy, Python and torch: 0 to 2**32 - 1")
     data: DataConfig
     model: ModelConfig
+    adapter: AdapterConfig | None = Field(
+        None, description="train a peft adapter (e.g. {name: lora, r: 8, lora_alpha: 16, target_modules: [c_attn]}) "
+        "on the frozen model (the extra trainwright[finetune])",
+    )
     loss: LossConfig
     step: StepConfig | None = Field(
         None, description="how a batch goes through the model and is scored (null: the default step)"
@@ -390,12 +427,16 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     """Field names of the schema section found at `loc` (for did-you-mean on unknown keys)."""
     for key in loc:
+        if isinstance(key, int):  # an item of a list of sections (`optimizer.groups`)
+            continue
         field = model.model_fields.get(str(key))
         annotation = getattr(field, "annotation", None)
-        sections = [t for t in (annotation, *get_args(annotation)) if isinstance(t, type) and issubclass(t, BaseModel)]
-        if not sections:  # a value, or a list of sections (no did-you-mean there)
+        kinds = [annotation, *get_args(annotation)]
+        kinds += [t for kind in kinds for t in get_args(kind)]  # `list[Section] | None`
+        sections = [t for t in kinds if isinstance(t, type) and issubclass(t, BaseModel)]
+        if not sections:  # a value
             return []
-        model = sections[0]  # a section or an optional one (`trainer.ema: EmaConfig | None`)
+        model = sections[0]  # a section, an optional one (`trainer.ema: EmaConfig | None`) or a list of them
     return [field.alias or name for name, field in model.model_fields.items()]
 
 

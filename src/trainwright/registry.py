@@ -24,11 +24,12 @@ class Registry:
     """Named builders of one kind of component (datasets, models, losses, ...)."""
 
     def __init__(self, kind: str, section: str, provided: tuple[str, ...] = (), reserved: tuple[str, ...] = (),
-                 section_keys: tuple[str, ...] = ()) -> None:
+                 section_keys: tuple[str, ...] = (), own_keys: tuple[str, ...] = ()) -> None:
         self.kind = kind
         self.section = section
         self.provided = set(provided)  # arguments trainwright passes itself (e.g. an optimizer's params)
         self.section_keys = section_keys  # ... of those, the ones the recipe section gives (an optimizer's lr)
+        self.own_keys = own_keys  # keys of the section that trainwright reads itself (model.freeze)
         self.reserved = set(provided) | set(reserved)  # ... and those it may pass (never set in a recipe)
         self._entries: dict[str, Callable[..., Any]] = {}
         self._paths: dict[str, str] = {}
@@ -97,7 +98,7 @@ class Registry:
                 "which trainwright passes; wrap it in a function that does"
             )
         accepted = [n for n in params if n not in self.reserved and n != "self"]
-        offered = [*self.section_keys, *accepted]  # what a recipe may write in the section besides the name
+        offered = [*self.section_keys, *accepted, *self.own_keys]  # what the section may hold besides the name
         for key in kwargs:
             if key not in accepted:
                 raise UserError(
@@ -201,9 +202,10 @@ def import_attr(path: str, key: str) -> Callable[..., Any]:
 
 
 DATASETS = Registry("data set", "data", reserved=("fold",))  # fold: data/folds.py
-MODELS = Registry("model", "model")
+MODELS = Registry("model", "model", own_keys=("freeze",))
 LOSSES = Registry("loss", "loss")
-OPTIMIZERS = Registry("optimizer", "optimizer", provided=("params", "lr"), section_keys=("lr",))
+OPTIMIZERS = Registry("optimizer", "optimizer", provided=("params", "lr"), section_keys=("lr",),
+                      own_keys=("groups", "no_decay"))
 SCHEDULERS = Registry("LR scheduler", "scheduler", provided=("optimizer", "total_steps"))
 METRICS = Registry("metric", "metrics")
 COLLATES = Registry("collate function", "data.collate")  # data/collate.py: items -> a batch

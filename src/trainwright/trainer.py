@@ -6,7 +6,7 @@ import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from trainwright.evaluation import Scoring, evaluate
 from trainwright.files import write_json_atomic
 from trainwright.guards import disk_writes, kept, require_finite
 from trainwright.parallel import Strategy
+from trainwright.parameters import logged_lrs
 from trainwright.processes import Processes
 from trainwright.progress import Progress
 from trainwright.recipe import Recipe
@@ -76,12 +77,15 @@ class Trainer:
         optimizer: torch.optim.Optimizer,
         scheduler: Any | None,
         callbacks: list[Named] | None = None,
+        merge: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
     ) -> None:
-        """`callbacks`: the recipe's own (callbacks.build_callbacks); the built-in ones join them here."""
+        """`callbacks`: the recipe's own (callbacks.build_callbacks); the built-in ones join them here.
+        `merge` (a run with an adapter): its whole state dict -> the final weights (adapters.merger); then
+        checkpoints hold only the parameters that train."""
         self.recipe, self.run, self.accelerator, self.processes = recipe, run, accelerator, processes
         self.strategy = strategy
         self.data, self.scoring = data, scoring
-        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.model, self.optimizer, self.scheduler, self.merge = model, optimizer, scheduler, merge
         self.calls = step_calls(accelerator, optimizer)
         self.step = scoring.step
         self.micro_per_epoch = batches_per_epoch(len(data.train), recipe.data.batch_size)
@@ -97,7 +101,8 @@ class Trainer:
         self.callbacks = Callbacks(named, self) if named else None  # None: the loop does no callback work
         saved_callbacks = self.callbacks if self.callbacks is not None and self.callbacks.keeps_state else None
         objects = TrainObjects(
-            accelerator.unwrap_model(model), optimizer, scheduler, accelerator.scaler, self.average, saved_callbacks
+            accelerator.unwrap_model(model), optimizer, scheduler, accelerator.scaler, self.average, saved_callbacks,
+            trained_only=merge is not None,
         )
         self.checkpoints = CheckpointManager(run.checkpoints, recipe.checkpoint, processes, objects)
         self.state = TrainState(
@@ -311,8 +316,8 @@ class Trainer:
         total, count = self._loss_sum_over_processes()
         mean_loss = total / max(count, 1)
         self._require_finite(mean_loss, "training loss")
-        lr = self.optimizer.param_groups[0]["lr"]
-        self.tracker.log({"train/loss": mean_loss, "lr": lr, **self.throughput.read()}, state.step, state.epoch_number())
+        self.tracker.log({"train/loss": mean_loss, **logged_lrs(self.optimizer), **self.throughput.read()}, state.step,
+                         state.epoch_number())
         self.loss.reset()
 
     def _validate(self) -> None:
@@ -414,6 +419,8 @@ class Trainer:
             if self.average is not None:
                 weights = {name: tensor.clone() for name, tensor in weights.items()}  # before the raw ones return
         raw = untied(self.strategy.full_weights(self.model), aliases) if self.average is not None else None
+        if self.merge is not None and self.processes.is_main:  # the base's names and shapes
+            weights, raw = self.merge(weights), self.merge(raw) if raw is not None else None
         if self.processes.is_main:
             metadata = {"recipe": self.recipe.name, "trainwright_version": __version__, "step": str(state.step)}
             with disk_writes("the final weights and summary", state.step, self.run.checkpoints):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -16,7 +17,7 @@ from accelerate.utils import set_seed
 from trainwright.accelerate_compat import cache_lomo_probe, keep_accelerate_fsdp_off
 from trainwright.callbacks import build_callbacks
 from trainwright.components import (
-    build_data, build_model, build_optimizer, build_scheduler, build_scoring, check_recipe,
+    adapt_model, build_data, build_model, build_optimizer, build_scheduler, build_scoring, check_recipe,
 )
 from trainwright.data.paths import pin_paths
 from trainwright.errors import UserError
@@ -71,8 +72,15 @@ def execute(recipe: Recipe, plan: RunPlan, started: float) -> Outcome:
     total_steps = recipe.trainer.total_steps(steps_per_epoch(recipe, data))
     set_seed(recipe.seed)  # the model's initial weights depend on the seed alone
     model = build_model(recipe, data.task)
+    base = base_of_adapter(recipe, plan, model)
+    model = adapt_model(recipe, model)
     scoring = build_scoring(recipe, data.task)
     data_record = check_startup(recipe, plan, data, model, scoring, total_steps)  # before the run dir is touched
+    merge = None
+    if base is not None:
+        from trainwright.adapters import merger
+
+        data_record["base"], merge = base, merger(recipe, lambda: _seeded_model(recipe, data.task))
     compile_mode = recipe.trainer.compile_mode if recipe.trainer.compile else None
     strategy = strategy_for(accelerator, processes, recipe.distributed, precision, compile_mode)
     model, optimizer = strategy.prepare(model, lambda module: build_optimizer(recipe, module))
@@ -81,8 +89,28 @@ def execute(recipe: Recipe, plan: RunPlan, started: float) -> Outcome:
     apply_plan(plan, recipe, processes, data_record)
     callbacks = build_callbacks(recipe)
     trainer = Trainer(recipe, plan.run, accelerator, processes, strategy, data, scoring, model, optimizer, scheduler,
-                      callbacks)
+                      callbacks, merge)
     return trainer.fit(plan.resume_from, started, fallback=not plan.explicit)
+
+
+def base_of_adapter(recipe: Recipe, plan: RunPlan, base: torch.nn.Module) -> dict[str, Any] | None:
+    """With an adapter: the record of its base model (adapters.base_record), which a resume must find
+    unchanged; None without one."""
+    if recipe.adapter is None:
+        return None
+    from trainwright.adapters import base_record, check_same_base  # peft: only for recipes with an adapter
+
+    saved = (plan.run.read_json(plan.run.data_file) or {}).get("base") if plan.resume_from is not None else None
+    record = base_record(recipe, base, saved)
+    check_same_base(saved, record, plan.run.path)
+    return record
+
+
+def _seeded_model(recipe: Recipe, task: Any) -> torch.nn.Module:
+    """The recipe's model as `execute` builds it, in CPU memory (the RNG state is kept as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        set_seed(recipe.seed)
+        return build_model(recipe, task)
 
 
 def make_accelerator(precision: str) -> Accelerator:

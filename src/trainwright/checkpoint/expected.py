@@ -26,7 +26,7 @@ from torch import nn
 from trainwright.checkpoint.format import (
     OPTIMIZER_TENSORS, SHARDED_EMA_DIR, SHARDED_MODEL_DIR, SHARDED_OPTIMIZER_DIR, is_sharded,
 )
-from trainwright.checkpoint.objects import TrainObjects
+from trainwright.checkpoint.objects import TrainObjects, model_state
 from trainwright.checkpoint.shard_files import whole_tensors
 from trainwright.checkpoint.ties import state_dict_name, tied_aliases, untied
 from trainwright.ema import EMA_FILE
@@ -163,7 +163,7 @@ class Expected:
             groups.append({**group, "params": list(range(start, start + len(group["params"])))})
             start += len(group["params"])
         return cls(
-            specs(untied(objects.model.state_dict(), tied_aliases(objects.model))),
+            specs(model_state(objects)),  # with trained_only (an adapter), without the frozen base
             param_names(objects.model, optimizer), state, groups,
             specs(objects.ema.tensors()) if objects.ema is not None else None,
             {"scheduler.json": objects.scheduler.state_dict() if objects.scheduler else None,

@@ -1,7 +1,7 @@
 """The model, optimizer, scheduler and grad-scaler files of a full (unsharded) checkpoint, written by
 the main process:
 
-  model.safetensors        model weights
+  model.safetensors        model weights (with an adapter: only those that train)
   optimizer.safetensors    optimizer state tensors, keyed '<param index>.<name>'
   optimizer.json           param groups and non-tensor optimizer state
   scheduler.json           LR scheduler state (null when the recipe has none)
@@ -21,9 +21,9 @@ import torch
 from safetensors.torch import load_file, load_model, save_file
 
 from trainwright.checkpoint.objects import (
-    TrainObjects, copied, json_states, optimizer_from_files, optimizer_to_files, read_json_states, write_json_states,
+    TrainObjects, copied, frozen_names, json_states, model_state, optimizer_from_files, optimizer_to_files,
+    read_json_states, write_json_states,
 )
-from trainwright.checkpoint.ties import tied_aliases, untied
 from trainwright.ema import EMA_FILE
 from trainwright.errors import UserError
 from trainwright.files import write_json
@@ -45,7 +45,7 @@ class FullState:
         `reuse`: an earlier snapshot, written and no longer read, whose buffers the copy goes into."""
         optimizer, optimizer_meta = optimizer_to_files(objects.optimizer.state_dict())
         return cls(
-            copied(untied(objects.model.state_dict(), tied_aliases(objects.model)), reuse.model if reuse else None),
+            copied(model_state(objects), reuse.model if reuse else None),
             copied(optimizer, reuse.optimizer if reuse else None), copy.deepcopy(optimizer_meta), json_states(objects),
             copied(objects.ema.tensors(), reuse.ema if reuse else None) if objects.ema is not None else None,
         )
@@ -63,6 +63,8 @@ def read_full_state(folder: Path, objects: TrainObjects) -> None:
     """Restore every live object from the files of a verified checkpoint (safetensors' `load_model` expects
     a tied parameter under one of its names)."""
     missing, unexpected = load_model(objects.model, str(folder / "model.safetensors"), strict=False)
+    if objects.trained_only:  # the frozen base is the model as built
+        missing = set(missing) - frozen_names(objects.model)
     if missing or unexpected:
         raise UserError(
             f"checkpoint {folder} does not fit this recipe's model (missing {sorted(missing)}, "

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from trainwright.checkpoint.format import CALLBACKS_FILE, TrainState
+from trainwright.checkpoint.ties import state_dict_name, tied_aliases, untied
 from trainwright.errors import UserError
 from trainwright.files import write_json
 
@@ -29,6 +30,23 @@ class TrainObjects:
     scaler: Any | None  # the fp16 grad scaler
     ema: Any | None = None  # the WeightAverage of trainer.ema (ema.py)
     callbacks: Any | None = None  # the run's Callbacks (callbacks.py) when the recipe has callbacks of its own
+    trained_only: bool = False  # the model's frozen parameters are left out (an adapter's base: adapters.py)
+
+
+def frozen_names(model: nn.Module) -> set[str]:
+    """The state-dict names of the model's frozen parameters."""
+    return {state_dict_name(name) for name, param in model.named_parameters(remove_duplicate=False)
+            if not param.requires_grad}
+
+
+def model_state(objects: TrainObjects) -> dict[str, torch.Tensor]:
+    """What a full checkpoint holds of the model: its state dict, each tied parameter once; with
+    `trained_only`, without the frozen parameters."""
+    state = untied(objects.model.state_dict(), tied_aliases(objects.model))
+    if not objects.trained_only:
+        return state
+    frozen = frozen_names(objects.model)
+    return {name: tensor for name, tensor in state.items() if name not in frozen}
 
 
 def json_states(objects: TrainObjects) -> dict[str, Any]:

@@ -53,7 +53,8 @@ _FLAT = StateDictOptions(flatten_optimizer_state_dict=True)
 def write_sharded_state(folder: Path, objects: TrainObjects, processes: Processes) -> None:
     """Every process writes its shards; the main process the JSON files. A collective."""
     optimizer = plain_optimizer(objects.optimizer)
-    model_state = untied(get_model_state_dict(objects.model), tied_aliases(objects.model))
+    aliases = tied_aliases(objects.model)
+    model_state = untied(get_model_state_dict(objects.model, options=_model_options(objects)), aliases)
     tensors, other = _split(get_optimizer_state_dict(objects.model, optimizer, options=_FLAT))
     parts = [(MODEL_DIR, model_state), (OPTIMIZER_DIR, tensors)]
     if objects.ema is not None:
@@ -72,9 +73,9 @@ def read_sharded_state(folder: Path, objects: TrainObjects) -> None:
     optimizer = plain_optimizer(objects.optimizer)
     with _checkpoint_must_fit(folder):
         aliases = tied_aliases(objects.model)
-        model_state = untied(get_model_state_dict(objects.model), aliases)
+        model_state = untied(get_model_state_dict(objects.model, options=_model_options(objects)), aliases)
         _load(model_state, folder / MODEL_DIR, collective)
-        set_model_state_dict(objects.model, retied(model_state, aliases))
+        set_model_state_dict(objects.model, retied(model_state, aliases), options=_model_options(objects))
         tensors, other = _split(get_optimizer_state_dict(objects.model, optimizer, options=_FLAT))
         _load(tensors, folder / OPTIMIZER_DIR, collective)
         saved = json.loads((folder / "optimizer.json").read_text())
@@ -94,7 +95,7 @@ def read_full_state_sharded(folder: Path, objects: TrainObjects, processes: Proc
     """Load a full checkpoint (model.safetensors, optimizer.safetensors keyed by parameter index) into a
     sharded model: the main process reads the files and every process receives its shards."""
     optimizer = plain_optimizer(objects.optimizer)
-    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=not objects.trained_only)
     model_state: dict[str, torch.Tensor] = {}
     optimizer_state: dict[str, Any] = {}
     if processes.is_main:
@@ -160,6 +161,12 @@ def _checkpoint_must_fit(folder: Path) -> Iterator[None]:
         yield
     except (CheckpointException, RuntimeError, KeyError, ValueError) as exc:  # CheckpointException is a BaseException
         raise UserError(f"checkpoint {folder} does not fit this recipe's model or optimizer: {exc}") from None
+
+
+def _model_options(objects: TrainObjects) -> StateDictOptions:
+    """With `trained_only` (an adapter), the frozen parameters are neither written nor read."""
+    trained_only = objects.trained_only
+    return StateDictOptions(ignore_frozen_params=trained_only, strict=not trained_only)
 
 
 def _split(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
