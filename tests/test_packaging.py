@@ -11,11 +11,12 @@ import sysconfig
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, cli_env
 
 pytestmark = pytest.mark.slow
-_BUILD_INPUTS = ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "src", "recipes", "accelerate_configs", "slurm")
+_BUILD_INPUTS = (
+    "pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "src", "recipes", "accelerate_configs", "slurm",
+)
 
 
 @pytest.fixture(scope="module")
@@ -35,11 +36,15 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
                    check=True, cwd=root, env=cli_env())
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    site = Path(subprocess.run([venv / "bin/python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               check=True, capture_output=True, text=True).stdout.strip())
-    (site / "test_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")  # plain path: no .pth inside runs
+    site = Path(subprocess.run(
+        [venv / "bin/python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip())
+    # A plain path: the .pth files there (the checkout's editable install among them) are not run.
+    (site / "test_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     wheel, = (root / "dist").glob("trainwright-*.whl")
-    subprocess.run([*pip, "--python", str(venv / "bin/python"), "install", "--no-deps", str(wheel)], check=True, env=cli_env())
+    subprocess.run([*pip, "--python", str(venv / "bin/python"), "install", "--no-deps", str(wheel)], check=True,
+                   env=cli_env())
     return venv / "bin"
 
 
@@ -68,7 +73,8 @@ def test_cp_copies_a_recipe_config_and_script_and_never_overwrites(installed: Pa
                          ("slurm/train.sbatch", "train.sbatch")):
         result = _run(installed, "cp", name, ".", cwd=tmp_path)
         assert result.returncode == 0, result.stderr
-        assert (tmp_path / copied).read_bytes() == (REPO / ({"heart": "recipes/heart.yaml"}.get(name, name))).read_bytes()
+        shipped = REPO / ("recipes/heart.yaml" if name == "heart" else name)
+        assert (tmp_path / copied).read_bytes() == shipped.read_bytes()
     (tmp_path / "mine.yaml").write_text("my own recipe\n")
     result = _run(installed, "cp", "heart", "mine.yaml", cwd=tmp_path)
     assert result.returncode == 2 and "already exists" in result.stderr and "Traceback" not in result.stderr

@@ -205,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     copy = subcommands.add_parser(
         "cp", help="copy a shipped recipe, launch config or Slurm script to edit it",
         description="Copy one shipped file (a recipe by name, e.g. heart, or a path that `trainwright ls` shows, "
-        "e.g. accelerate_configs/cpu_2proc.yaml) to DEST, a new file or an existing folder. Nothing is overwritten.",
+        "e.g. accelerate_configs/cpu_2proc.yaml) to DEST, a new file or an existing folder. Nothing is "
+        "overwritten.",
     )
     copy.add_argument("name", help="a shipped recipe's name or a shipped file's path, as `trainwright ls` shows it")
     copy.add_argument("destination", help="a new file, or an existing folder to copy it into")
