@@ -11,6 +11,7 @@ import sys
 from trainwright import __version__, interrupts
 from trainwright.errors import UserError
 from trainwright.exiting import leave
+from trainwright.shipped import recipe_argument
 
 
 def _whole_number(text: str) -> int:
@@ -103,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trainwright",
         description="Recipe-driven PyTorch training on HuggingFace Accelerate.",
-        epilog="Example: trainwright train recipes/heart.yaml trainer.epochs=3 --run-dir runs/heart",
+        epilog="Example: trainwright train recipes/heart.yaml trainer.epochs=3 --run-dir runs/heart (a shipped "
+        "recipe may be named: trainwright train heart; `trainwright ls` lists them)",
     )
     parser.add_argument("--version", action="version", version=f"trainwright {__version__}")
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -200,6 +202,18 @@ def build_parser() -> argparse.ArgumentParser:
     check = subcommands.add_parser("check", help="validate a recipe and print it resolved")
     _add_recipe(check)
     check.set_defaults(handler=commands.check_command)
+
+    listing = subcommands.add_parser("ls", help="list the shipped recipes, launch configs and Slurm scripts")
+    listing.set_defaults(handler=commands.ls_command)
+    copy = subcommands.add_parser(
+        "cp", help="copy a shipped recipe, launch config or Slurm script to edit it",
+        description="Copy one shipped file (a recipe by name, e.g. heart, or a path that `trainwright ls` shows, "
+        "e.g. accelerate_configs/cpu_2proc.yaml) to DEST, a new file or an existing folder. Nothing is "
+        "overwritten.",
+    )
+    copy.add_argument("name", help="a shipped recipe's name or a shipped file's path, as `trainwright ls` shows it")
+    copy.add_argument("destination", help="a new file, or an existing folder to copy it into")
+    copy.set_defaults(handler=commands.cp_command)
     return parser
 
 
@@ -216,6 +230,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.overrides += extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    for attribute in ("recipe", "spec"):  # a shipped recipe by name: `trainwright train heart`
+        if hasattr(args, attribute):
+            setattr(args, attribute, recipe_argument(getattr(args, attribute)))
     return args
 
 

@@ -204,3 +204,17 @@ def sweep_command(args: argparse.Namespace) -> int:
     from trainwright.tuning.sweep import sweep
 
     return sweep(Path(args.spec), args.overrides, args.run_dir, args.parallel, args.slurm)
+
+
+def ls_command(args: argparse.Namespace) -> int:
+    from trainwright.shipped import list_shipped
+
+    print(list_shipped())
+    return 0
+
+
+def cp_command(args: argparse.Namespace) -> int:
+    from trainwright.shipped import copy_shipped
+
+    print(f"Wrote {copy_shipped(args.name, Path(args.destination))}")
+    return 0

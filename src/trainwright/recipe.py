@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trainwright.errors import UserError, did_you_mean
+from trainwright.shipped import not_found_hint
 
 
 class _YamlLoader(yaml.SafeLoader):
@@ -373,7 +374,7 @@ class Recipe(_Section):
 def read_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML mapping, turning every way it can fail into a UserError naming the file."""
     if not path.exists():
-        raise UserError(f"recipe file not found: {path}")
+        raise UserError(f"recipe file not found: {path}{not_found_hint(str(path))}")
     if path.is_dir():
         raise UserError(f"{path} is a folder; expected a recipe YAML file such as recipes/heart.yaml")
     try:

@@ -11,19 +11,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-import trainwright
 from trainwright.errors import UserError
 from trainwright.files import write_text_atomic
+from trainwright.shipped import shipped_root
 from trainwright.tuning.runner import Job
 
 SCRIPT = "sweep.sbatch"
 
 
 def train_script() -> Path:
-    """slurm/train.sbatch of the checkout trainwright runs from."""
-    script = Path(trainwright.__file__).resolve().parents[2] / "slurm" / "train.sbatch"
+    """The shipped slurm/train.sbatch (the installed package's copy, or the checkout's)."""
+    script = shipped_root() / "slurm" / "train.sbatch"
     if not script.is_file():
-        raise UserError(f"--slurm needs slurm/train.sbatch of a trainwright checkout; not found at {script}")
+        raise UserError(f"--slurm needs the shipped slurm/train.sbatch; not found at {script} (reinstall trainwright)")
     return script
 
 
