@@ -14,22 +14,22 @@ from pydantic_core import PydanticUndefined
 from conftest import REPO
 from trainwright.recipe import Recipe
 
-REFERENCE = REPO / "README.md"
+REFERENCE = REPO / "docs" / "recipes.md"
 # Keys whose default the reference describes in words rather than as a value (the schema's is null: the
 # data set, task or library decides).
 DESCRIBED_DEFAULTS = {"metrics", "data.prefetch_factor"}
 _CELL = re.compile(r"(?:\\\||[^|])*")  # a table cell: anything but an unescaped |
 _ROW = re.compile(rf"^\| `([^`]+)` \|{_CELL.pattern}\|({_CELL.pattern})\|")
-_SECTION = re.compile(r"^### (?:`(\w+)`|Top level)\s*$")
+_SECTION = re.compile(r"^## (?:`(\w+)`|Top level)\s*$")
 
 
 def documented(text: str) -> dict[str, str]:
-    """The reference's key rows: 'trainer.epochs' -> its default cell, under each `### section` heading."""
+    """The reference's key rows: 'trainer.epochs' -> its default cell, under each `## section` heading."""
     rows, section = {}, None
     for line in text.splitlines():
         if heading := _SECTION.match(line):
             section = heading.group(1) or ""
-        elif line.startswith("## "):
+        elif line.startswith("#"):
             section = None
         elif section is not None and (row := _ROW.match(line)):
             rows[f"{section}.{row.group(1)}".lstrip(".")] = row.group(2).strip()
