@@ -11,7 +11,7 @@ import pytest
 
 import trainwright.checkpoint.full
 import trainwright.rundir
-import trainwright.trainer
+import trainwright.checkpoint.weights
 from conftest import assert_resumed
 from reliability_helpers import HEART, TINY, call, read_only, snapshot, train_ok, user_error
 
@@ -77,7 +77,7 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(capsys, tmp_path
 def test_a_full_disk_during_the_final_write_is_one_message_and_the_run_completes_later(capsys, tmp_path,
                                                                                          monkeypatch):
     run_dir = tmp_path / "run"
-    monkeypatch.setattr(trainwright.trainer, "save_weights", no_space)
+    monkeypatch.setattr(trainwright.checkpoint.weights, "save_weights", no_space)
     code, out, err = call(capsys, "train", HEART, *TINY, "--run-dir", run_dir)
     assert code == 2 and err.count("trainwright: error:") == 1 and "Traceback" not in err
     assert "cannot write the final weights and summary at step 5" in err and "step_00000005, is kept" in err

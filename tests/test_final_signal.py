@@ -21,15 +21,15 @@ pytestmark = pytest.mark.usefixtures("keep_signal_handlers")
 
 
 def test_sigterm_during_the_final_write_finishes_the_run_and_says_so(capsys, tmp_path, monkeypatch):
-    import trainwright.trainer as trainer_module
+    import trainwright.checkpoint.weights as weights_module
 
-    real_save = trainer_module.save_weights
+    real_save = weights_module.save_weights
 
     def save_and_get_signalled(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)  # handled by the trainer before the write goes on
         real_save(*args, **kwargs)
 
-    monkeypatch.setattr(trainer_module, "save_weights", save_and_get_signalled)
+    monkeypatch.setattr(weights_module, "save_weights", save_and_get_signalled)
     code, out, err = call(capsys, "train", HEART, *TINY, "--run-dir", tmp_path / "run")
     assert code == 0, err
     assert "got SIGTERM; finishing the run first" in err

@@ -1,6 +1,7 @@
 """Callbacks (the recipe's `callbacks:`): your own `trainwright.Callback` subclasses, whose hooks run on
-every process at fixed points of training with a read-only view of the run (`RunView`), through which
-they may also log metrics and ask the run to stop. A callback's `state_dict()` (JSON) is saved in every
+every process at fixed points of training with a read-only view of the run (`RunView`, over the
+RunContext the trainer builds: run_context.py), through which they may also log metrics and ask the run to
+stop. A callback's `state_dict()` (JSON) is saved in every
 checkpoint (`callbacks.json`, the main process's) and given back to `load_state_dict` on every process
 when a run resumes, on any process count and from full or sharded checkpoints.
 
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     import torch
 
     from trainwright.recipe import Recipe
-    from trainwright.trainer import Trainer
+    from trainwright.run_context import RunContext
 
 
 class Callback:
@@ -70,94 +71,87 @@ class RunView:
     """What a callback sees of the run (read-only: change nothing through it) and the two things it may do:
     `log` metrics and `request_stop`."""
 
-    def __init__(self, trainer: Trainer, callback: str) -> None:
-        self._trainer = trainer
+    def __init__(self, context: RunContext, callback: str) -> None:
+        self._run = context
         self._callback = callback
 
     @property
     def step(self) -> int:
         """Optimizer steps done."""
-        return self._trainer.state.step
+        return self._run.state.step
 
     @property
     def epoch(self) -> int:
         """Epochs done."""
-        return self._trainer.state.epoch
+        return self._run.state.epoch
 
     @property
     def batch_in_epoch(self) -> int:
         """Batches (of data.batch_size, all processes together) of the current epoch trained on."""
-        return self._trainer.state.batch_in_epoch
+        return self._run.state.batch_in_epoch
 
     @property
     def samples_seen(self) -> int:
-        return self._trainer.state.samples_seen
+        return self._run.state.samples_seen
 
     @property
     def total_steps(self) -> int:
         """Optimizer steps of the whole run (`trainer.epochs`, capped by `trainer.max_steps`)."""
-        return self._trainer.total_steps
+        return self._run.total_steps
 
     @property
     def steps_per_epoch(self) -> int:
-        return self._trainer.steps_per_epoch
+        return self._run.steps_per_epoch
 
     @property
     def rank(self) -> int:
-        return self._trainer.processes.rank
+        return self._run.processes.rank
 
     @property
     def world_size(self) -> int:
-        return self._trainer.processes.world_size
+        return self._run.processes.world_size
 
     @property
     def is_main(self) -> bool:
         """Whether this is the process that writes the run's files and prints (rank 0)."""
-        return self._trainer.processes.is_main
+        return self._run.processes.is_main
 
     @property
     def val_metrics(self) -> Mapping[str, float]:
         """The latest validation's metrics (`val/loss`, ...; empty before the first)."""
-        return MappingProxyType(self._trainer.state.val_metrics)
+        return MappingProxyType(self._run.state.val_metrics)
 
     @property
     def model(self) -> torch.nn.Module:
         """The model (unwrapped from DDP; under fsdp its parameters are this process's shards, DTensors)."""
-        return self._trainer.accelerator.unwrap_model(self._trainer.model)
+        return self._run.model
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:
-        return self._trainer.optimizer
+        return self._run.optimizer
 
     @property
     def lr(self) -> float:
         """The learning rate of the optimizer's first parameter group."""
-        return self._trainer.optimizer.param_groups[0]["lr"]
+        return self._run.optimizer.param_groups[0]["lr"]
 
     @property
     def run_dir(self) -> Path:
-        return self._trainer.run.path
+        return self._run.run_dir
 
     def log(self, metrics: Mapping[str, float]) -> None:
         """Record `metrics` (name -> number, or a one-element tensor) at the current step: metrics.jsonl,
         W&B and TensorBoard, as the run's own metrics. Only the main process records: values logged on
         the others are dropped (reduce them over the processes first if they differ). `step` and `epoch`
         are each record's own keys, not names to log under."""
-        trainer = self._trainer
-        if not trainer.processes.is_main:
-            return
-        state = trainer.state
-        values = {str(name): float(value) for name, value in metrics.items()}
-        if taken := sorted({"step", "epoch"} & values.keys()):
-            raise ValueError(f"log() got {taken}: the record's own keys; use other names")
-        trainer.tracker.log(values, state.step, state.epoch_number())
+        self._run.log(metrics)
 
     def request_stop(self, reason: str) -> None:
         """Ask the run to end as completed (validation, checkpoint, final weights, exit 0) with `reason`.
         The processes take it at the same step, as they do a stop signal (one process: after the step that
         asked, or the next one when asked in on_fit_start or on_checkpoint_saved); one process asking is
         enough, and the first request counts."""
-        self._trainer.stops.request_finish(self._callback, str(reason))
+        self._run.request_stop(self._callback, reason)
 
 
 @dataclass(frozen=True)
@@ -186,9 +180,9 @@ class Callbacks:
     """The run's callbacks, called through here: a hook that raises is one UserError naming the callback
     and the hook."""
 
-    def __init__(self, named: list[Named], trainer: Trainer) -> None:
-        self._trainer = trainer
-        self._views = [(entry, RunView(trainer, entry.label)) for entry in named]
+    def __init__(self, named: list[Named], context: RunContext) -> None:
+        self._run = context
+        self._views = [(entry, RunView(context, entry.label)) for entry in named]
         self._saved = [entry for entry in named if entry.key is not None]
         self._step_enders = [(entry, view) for entry, view in self._views if _overrides(entry.callback, "on_step_end")]
         self.watches_checkpoints = any(_overrides(entry.callback, "on_checkpoint_saved") for entry in named)
@@ -232,8 +226,7 @@ class Callbacks:
     def _failed(self, entry: Named, hook: str, problem: str) -> UserError:
         name = f"{entry.label} ({entry.key})" if entry.key else entry.label
         return UserError(
-            f"callback {name} failed in {hook} at step {self._trainer.state.step}: {problem}; "
-            f"{self._trainer.checkpoint_kept()}"
+            f"callback {name} failed in {hook} at step {self._run.state.step}: {problem}; {self._run.checkpoint_kept()}"
         )
 
     # --- state in checkpoints --------------------------------------------------------------------

@@ -17,12 +17,9 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from trainwright.checkpoint.format import SHARDED_EMA_DIR
+from trainwright.checkpoint.format import EMA_FILE
 from trainwright.checkpoint.ties import state_dict_name
 from trainwright.recipe import EmaConfig
-
-EMA_FILE = "ema.safetensors"  # a full checkpoint's averages
-EMA_DIR = SHARDED_EMA_DIR  # a sharded checkpoint's: each process's shards, as model/ holds the weights'
 
 
 class WeightAverage:

@@ -17,10 +17,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 from trainwright.checkpoint import retention
-from trainwright.checkpoint.format import MANIFEST, read_recipe, read_train_state, verify
+from trainwright.checkpoint.format import EMA_FILE, MANIFEST, SHARDED_EMA_DIR, read_recipe, read_train_state, verify
 from trainwright.checkpoint.ties import retied, tied_aliases
 from trainwright.checkpoint.weights import save_weights
-from trainwright.ema import EMA_DIR, EMA_FILE
 from trainwright.errors import UserError
 from trainwright.files import check_new_output, publish_dir, remove_tree, temporary_beside, warn
 from trainwright.recipe import Recipe, validate
@@ -126,8 +125,8 @@ def checkpoint_weights(folder: Path, raw: bool = False) -> dict[str, torch.Tenso
     weights = consolidated_weights(folder)
     if not raw and (folder / EMA_FILE).is_file():
         weights.update(load_file(folder / EMA_FILE))
-    elif not raw and (folder / EMA_DIR).is_dir():
-        weights.update(consolidated_part(folder / EMA_DIR))
+    elif not raw and (folder / SHARDED_EMA_DIR).is_dir():
+        weights.update(consolidated_part(folder / SHARDED_EMA_DIR))
     return weights
 
 

@@ -14,26 +14,25 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
-from trainwright import __version__, early_stopping, model_summary, throughput
+from trainwright import early_stopping, model_summary, throughput
 from trainwright.accelerate_compat import step_calls
 from trainwright.callbacks import Callbacks, Named
 from trainwright.checkpoint.format import TrainState
 from trainwright.checkpoint.manager import CheckpointManager
 from trainwright.checkpoint.objects import TrainObjects
-from trainwright.checkpoint.ties import tied_aliases, untied
-from trainwright.checkpoint.weights import save_weights
+from trainwright.checkpoint.weights import save_final
 from trainwright.data.bundle import DataBundle
 from trainwright.data.loading import TrainBatches, batches_per_epoch, peek, resolve_workers
 from trainwright.errors import EXIT_PREEMPTED, UserError
 from trainwright.ema import WeightAverage, averaged
 from trainwright.evaluation import Scoring, evaluate
-from trainwright.files import write_json_atomic
 from trainwright.guards import disk_writes, kept, require_finite
 from trainwright.parallel import Strategy
 from trainwright.parameters import logged_lrs
 from trainwright.processes import Processes
 from trainwright.progress import Progress
 from trainwright.recipe import Recipe
+from trainwright.run_context import RunContext
 from trainwright.rundir import RunDir
 from trainwright.running_loss import RunningLoss
 from trainwright.step import group_sizes
@@ -91,25 +90,29 @@ class Trainer:
         self.micro_per_epoch = batches_per_epoch(len(data.train), recipe.data.batch_size)
         self.steps_per_epoch = steps_per_epoch(recipe, data)
         self.total_steps = recipe.trainer.total_steps(self.steps_per_epoch)
-        ema = recipe.trainer.ema
-        self.average = WeightAverage(accelerator.unwrap_model(model), ema) if ema is not None else None
-        named = list(callbacks or [])
-        if recipe.trainer.profile is not None:  # last: a recorded step holds the other callbacks' work
-            from trainwright.profiling import Profiler  # torch.profiler: imported by runs that profile
-
-            named.append(Named(Profiler(recipe.trainer.profile), "trainer.profile"))
-        self.callbacks = Callbacks(named, self) if named else None  # None: the loop does no callback work
-        saved_callbacks = self.callbacks if self.callbacks is not None and self.callbacks.keeps_state else None
-        objects = TrainObjects(
-            accelerator.unwrap_model(model), optimizer, scheduler, accelerator.scaler, self.average, saved_callbacks,
-            trained_only=merge is not None,
-        )
-        self.checkpoints = CheckpointManager(run.checkpoints, recipe.checkpoint, processes, objects)
+        ema, unwrapped = recipe.trainer.ema, accelerator.unwrap_model(model)
+        self.average = WeightAverage(unwrapped, ema) if ema is not None else None
         self.state = TrainState(
             world_size=processes.world_size, sampler_seed=recipe.seed, recipe_digest=recipe.digest(),
             precision=accelerator.mixed_precision, steps_per_epoch=self.steps_per_epoch,
         )
         self.stops = StopSignals(processes)
+        self.context = RunContext(  # what callbacks see (fit() gives it the resumed state and the tracker)
+            self.state, self.total_steps, self.steps_per_epoch, processes, unwrapped, optimizer, run.path, self.stops,
+            self.checkpoint_kept,
+        )
+        named = list(callbacks or [])
+        if recipe.trainer.profile is not None:  # last: a recorded step holds the other callbacks' work
+            from trainwright.profiling import Profiler  # torch.profiler: imported by runs that profile
+
+            named.append(Named(Profiler(recipe.trainer.profile), "trainer.profile"))
+        self.callbacks = Callbacks(named, self.context) if named else None  # None: the loop does no callback work
+        saved_callbacks = self.callbacks if self.callbacks is not None and self.callbacks.keeps_state else None
+        objects = TrainObjects(
+            unwrapped, optimizer, scheduler, accelerator.scaler, self.average, saved_callbacks,
+            trained_only=merge is not None,
+        )
+        self.checkpoints = CheckpointManager(run.checkpoints, recipe.checkpoint, processes, objects)
         self.batches = TrainBatches(
             data.train, recipe.data.batch_size, recipe.seed, processes.rank, processes.world_size,
             resolve_workers(recipe.data.num_workers), recipe.data.prefetch_factor,
@@ -134,7 +137,7 @@ class Trainer:
             )
         if resume_from is not None:
             saved = self.checkpoints.load(resume_from, fallback)
-            self.state = state = dataclasses.replace(
+            self.state = self.context.state = state = dataclasses.replace(
                 saved, world_size=processes.world_size, recipe_digest=recipe.digest(),
                 precision=self.accelerator.mixed_precision, steps_per_epoch=self.steps_per_epoch,
             )
@@ -159,8 +162,10 @@ class Trainer:
             processes.world_size,
         )
         self.progress = Progress.of_run(recipe, processes.is_main, self.total_steps, self.steps_per_epoch, state.step)
-        self.tracker = Tracker(recipe, self.run, state.step, state.wandb_run_id, processes.is_main,
-                               run_config={"model_summary": self.model_summary}, shown=self.progress)
+        self.tracker = self.context.tracker = Tracker(
+            recipe, self.run, state.step, state.wandb_run_id, processes.is_main,
+            run_config={"model_summary": self.model_summary}, shown=self.progress,
+        )
         self.sample_log: JsonLinesFile | None = (
             sample_log(self.run, processes.rank, processes.world_size, state.step) if recipe.trainer.record_samples else None
         )
@@ -413,21 +418,8 @@ class Trainer:
                 "callback": state.stopped_by_callback, "reason": state.stop_reason,
                 "step": state.step, "epoch": state.epoch_number(),
             }
-        aliases = tied_aliases(self.checkpoints.objects.model)
-        with averaged(self.average):  # the averaged weights are the run's weights when trainer.ema is on
-            weights = untied(self.strategy.full_weights(self.model), aliases)  # a collective under fsdp
-            if self.average is not None:
-                weights = {name: tensor.clone() for name, tensor in weights.items()}  # before the raw ones return
-        raw = untied(self.strategy.full_weights(self.model), aliases) if self.average is not None else None
-        if self.merge is not None and self.processes.is_main:  # the base's names and shapes
-            weights, raw = self.merge(weights), self.merge(raw) if raw is not None else None
+        save_final(self.run, summary, self.checkpoints.objects, self.strategy, self.model, self.processes, self.merge)
         if self.processes.is_main:
-            metadata = {"recipe": self.recipe.name, "trainwright_version": __version__, "step": str(state.step)}
-            with disk_writes("the final weights and summary", state.step, self.run.checkpoints):
-                save_weights(weights, self.run.model_file, metadata)
-                if raw is not None:
-                    save_weights(raw, self.run.raw_model_file, {**metadata, "weights": "raw"})
-                write_json_atomic(self.run.summary_file, summary)
             self.checkpoints.finish()
         self.processes.barrier()
         return summary

@@ -30,6 +30,7 @@ TMP_PREFIX = ".tmp-"
 SHARDED_MODEL_DIR = "model"  # a sharded checkpoint's model shards (sharded.py)
 SHARDED_OPTIMIZER_DIR = "optimizer"  # and its optimizer state shards
 SHARDED_EMA_DIR = "ema"  # and, with trainer.ema, its averaged weights' shards
+EMA_FILE = "ema.safetensors"  # with trainer.ema, a full checkpoint's averaged weights (ema.py)
 # The key of a sharded checkpoint's optimizer.json that lists the tensors of optimizer/ (none for plain SGD);
 # checkpoints written before it was recorded lack it.
 OPTIMIZER_TENSORS = "tensors"

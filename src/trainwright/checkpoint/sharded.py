@@ -35,12 +35,12 @@ from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from trainwright.checkpoint.expected import param_names, plain_optimizer
-from trainwright.checkpoint.format import OPTIMIZER_TENSORS, SHARDED_MODEL_DIR, is_sharded
+from trainwright.checkpoint.format import EMA_FILE, OPTIMIZER_TENSORS, SHARDED_EMA_DIR, SHARDED_MODEL_DIR, is_sharded
 from trainwright.checkpoint.objects import (
     TrainObjects, json_states, optimizer_from_files, read_json_states, write_json_states,
 )
 from trainwright.checkpoint.ties import retied, tied_aliases, untied
-from trainwright.ema import EMA_DIR, EMA_FILE, WeightAverage
+from trainwright.ema import WeightAverage
 from trainwright.errors import UserError
 from trainwright.files import write_json
 from trainwright.processes import Processes
@@ -58,7 +58,7 @@ def write_sharded_state(folder: Path, objects: TrainObjects, processes: Processe
     tensors, other = _split(get_optimizer_state_dict(objects.model, optimizer, options=_FLAT))
     parts = [(MODEL_DIR, model_state), (OPTIMIZER_DIR, tensors)]
     if objects.ema is not None:
-        parts.append((EMA_DIR, objects.ema.tensors()))
+        parts.append((SHARDED_EMA_DIR, objects.ema.tensors()))
     for name, state in parts:
         dcp.save(state, storage_writer=HuggingFaceStorageWriter(str(folder / name), save_distributed=True))
     if processes.is_main:
@@ -85,9 +85,9 @@ def read_sharded_state(folder: Path, objects: TrainObjects) -> None:
         other = {key: tuple(value) if isinstance(other[key], tuple) else value for key, value in saved.items()}
         set_optimizer_state_dict(objects.model, optimizer, {**tensors, **other}, options=_FLAT)
         if objects.ema is not None:
-            if not (folder / EMA_DIR).is_dir():
-                raise UserError(f"checkpoint {folder} holds no {EMA_DIR}/ (it was saved without trainer.ema)")
-            _load(objects.ema.tensors(), folder / EMA_DIR, collective)  # in place, shard by shard
+            if not (folder / SHARDED_EMA_DIR).is_dir():
+                raise UserError(f"checkpoint {folder} holds no {SHARDED_EMA_DIR}/ (it was saved without trainer.ema)")
+            _load(objects.ema.tensors(), folder / SHARDED_EMA_DIR, collective)  # in place, shard by shard
     read_json_states(folder, objects)
 
 
