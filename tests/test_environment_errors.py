@@ -10,8 +10,8 @@ import subprocess
 import pytest
 
 import trainwright.checkpoint.full
-import trainwright.rundir
 import trainwright.checkpoint.weights
+import trainwright.rundir
 from conftest import assert_resumed
 from reliability_helpers import HEART, TINY, call, read_only, snapshot, train_ok, user_error
 
