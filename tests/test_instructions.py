@@ -9,16 +9,15 @@ import json
 import sys
 from pathlib import Path
 
-import pytest
+import processes
 import torch
 import transformers
 import yaml
-from tokenizers import Tokenizer, decoders, models
-
-import processes
 from conftest import REPO, assert_resumed, describe
 from reliability_helpers import user_error
 from test_tied_weights import env as launch_env
+from tokenizers import Tokenizer, decoders, models
+
 from trainwright.data.bundle import IGNORE_INDEX, Task
 from trainwright.data.collate import pad
 from trainwright.data.instructions import instructions
@@ -184,9 +183,13 @@ def test_a_tiny_gpt2_trains_on_instructions_and_resumes_bitwise_after_a_kill(tmp
     assert record["files"]["items"]["path"] == str(data) and record["preprocessing"]["packing"] is True
     pinned = yaml.safe_load((tmp_path / "whole" / "recipe.yaml").read_text())["data"]
     assert pinned["path"] == str(data) and pinned["tokenizer"] == str(tmp_path / "tok")
+    answer = processes.run([sys.executable, "-m", "trainwright", "predict", tmp_path / "whole", "--prompt", "12+3=",
+                            "--length", "3", "--temperature", "0"], launch_env())
+    assert answer.returncode == 0 and answer.stdout.startswith("12+3="), describe(answer)
     killed = train(tmp_path / "run", [KILLER, "3"])
     assert killed.returncode == -9, describe(killed)
     resumed = train(tmp_path / "run", ["-m", "trainwright"])
     assert resumed.returncode == 0, describe(resumed)
     assert_resumed(resumed.stdout + resumed.stderr, 3)
-    assert (tmp_path / "run" / "model.safetensors").read_bytes() == (tmp_path / "whole" / "model.safetensors").read_bytes()
+    final = "model.safetensors"
+    assert (tmp_path / "run" / final).read_bytes() == (tmp_path / "whole" / final).read_bytes()

@@ -14,6 +14,8 @@ per example: each example's first label is -100, so no token is predicted from t
 the counted tokens are those of the unpacked data. The last `val_fraction` of the examples validate.
 
 Items are ragged: the splits are collated by `pad` (data/collate.py) unless the recipe sets data.collate.
+The tokenizer's tokenizers JSON file is recorded in data.json as the run's vocabulary (as `text` records
+its own), so `predict --prompt` encodes a prompt as training did for {prompt, response} items.
 """
 
 from __future__ import annotations
@@ -125,7 +127,7 @@ class Encoder:
 
             try:
                 self.tokenizer: Any = Tokenizer.from_file(str(self.path))
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001  (tokenizers raises a plain Exception)
                 raise UserError(f"data.tokenizer: {self.path} is not a tokenizers JSON file ({exc})") from None
             self.hf = False
         elif self.path.is_dir():
@@ -161,6 +163,15 @@ class Encoder:
         if not self.hf:
             return {"tokenizer": self.path}
         return {f"tokenizer/{name}": self.path / name for name in TOKENIZER_FILES if (self.path / name).is_file()}
+
+    def record(self) -> dict[str, Any]:
+        """What data.json's preprocessing holds of it: its path, and the vocabulary `predict --prompt` and
+        `export --hf` use (vocabulary.run_codec): its tokenizers JSON file (a folder's tokenizer.json)."""
+        record: dict[str, Any] = {"tokenizer_path": str(self.path)}
+        file = self.path / "tokenizer.json" if self.hf else self.path
+        if file.is_file():
+            record.update(vocabulary="tokenizer", tokenizer=str(file))
+        return record
 
     def has_chat_template(self) -> bool:
         return self.hf and bool(getattr(self.tokenizer, "chat_template", None))
@@ -275,6 +286,7 @@ def instructions(
         train=InstructionSplit(train), val=InstructionSplit(val),
         task=Task("sequence", class_names=encoder.vocabulary()),
         sources={"items": Path(path).expanduser(), **encoder.files()},
-        preprocessing={"tokenizer": str(encoder.path), "context": context, "packing": packing,
-                       "examples": len(examples), "train_examples": cut, "tokens": sum(len(e.ids) for e in examples), "response_tokens": counted},
+        preprocessing={**encoder.record(), "context": context, "packing": packing,
+                       "examples": len(examples), "train_examples": cut, "tokens": sum(len(e.ids) for e in examples),
+                       "response_tokens": counted},
     )
