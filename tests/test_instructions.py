@@ -39,11 +39,11 @@ def tokenizer_file(folder: Path) -> Path:
     return folder / "tokenizer.json"
 
 
-def tokenizer_folder(folder: Path, template: bool = True) -> Path:
-    """The same tokenizer as a transformers folder (eos `<eos>`), with TEMPLATE as its chat template."""
+def tokenizer_folder(folder: Path, template: str | None = TEMPLATE) -> Path:
+    """The same tokenizer as a transformers folder (eos `<eos>`), with `template` as its chat template."""
     fast = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file(folder / "raw")), eos_token="<eos>")
     if template:
-        fast.chat_template = TEMPLATE
+        fast.chat_template = template
     fast.save_pretrained(folder)
     return folder
 
@@ -135,7 +135,8 @@ def test_packing_keeps_the_counted_tokens_and_attention_crosses_examples(tmp_pat
 
 def test_bad_input_is_one_message_each(capsys, tmp_path):
     folder = tokenizer_folder(tmp_path / "tok")
-    plain = tokenizer_folder(tmp_path / "plain", template=False)
+    plain = tokenizer_folder(tmp_path / "plain", template=None)
+    last_only = tokenizer_folder(tmp_path / "last", template="{{ messages[-1].content }}")
 
     def refused(items: list | str, tokenizer: Path, *fragments: str) -> None:
         path = tmp_path / "d.jsonl"
@@ -155,6 +156,8 @@ def test_bad_input_is_one_message_each(capsys, tmp_path):
             plain, "line 4", "no chat template")
     refused([{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}],
             tokenizer_file(tmp_path / "file"), "line 1", "no chat template")
+    chat = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+    refused([chat, chat], last_only, "line 1", "does not begin the rendering")
     refused("\n", folder, "holds no items")
     refused([*good, {"prompt": "1+1=" * 10, "response": "2"}], folder, "line 4", "more than data.context=32")
     refused('{"prompt": "1+1=", "response": "2"}\n{"prompt": ', folder, "line 2 is not JSON")
