@@ -158,6 +158,8 @@ def test_bad_input_is_one_message_each(capsys, tmp_path):
             tokenizer_file(tmp_path / "file"), "line 1", "no chat template")
     chat = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
     refused([chat, chat], last_only, "line 1", "does not begin the rendering")
+    strict = tokenizer_folder(tmp_path / "strict", template="{{ raise_exception('roles must alternate') }}")
+    refused([chat, chat], strict, "line 1", "refuses its messages: roles must alternate")
     refused("\n", folder, "holds no items")
     refused([*good, {"prompt": "1+1=" * 10, "response": "2"}], folder, "line 4", "more than data.context=32")
     refused('{"prompt": "1+1=", "response": "2"}\n{"prompt": ', folder, "line 2 is not JSON")

@@ -176,10 +176,17 @@ class Encoder:
     def has_chat_template(self) -> bool:
         return self.hf and bool(getattr(self.tokenizer, "chat_template", None))
 
-    def render(self, messages: list[dict[str, str]], prompt: bool) -> str:
+    def render(self, messages: list[dict[str, str]], prompt: bool, where: str) -> str:
+        """The chat template's text of `messages` (with the generation prompt after them: `prompt`); what the
+        template refuses (its raise_exception) is a UserError naming the item."""
+        from jinja2 import TemplateError  # a dependency of transformers' chat templates
+
         if not messages:
             return ""
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt)
+        try:
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt)
+        except TemplateError as exc:
+            raise UserError(f"{where}: the chat template of {self.path} refuses its messages: {exc}") from None
 
 
 def _transformers_tokenizer(folder: Path) -> Any:
@@ -216,8 +223,8 @@ def chat(encoder: Encoder, messages: list[dict[str, str]], where: str) -> Exampl
     done = ""
     for i, message in enumerate(messages):
         counted = message["role"] in ROLES_COUNTED
-        for text, counts in ((encoder.render(messages[:i], prompt=counted), False),
-                             (encoder.render(messages[: i + 1], prompt=False), counted)):
+        for text, counts in ((encoder.render(messages[:i], counted, where), False),
+                             (encoder.render(messages[: i + 1], False, where), counted)):
             if not text.startswith(done):
                 raise UserError(
                     f"{where}: the chat template of {encoder.path} renders the first {i} messages as text that does "
@@ -241,8 +248,8 @@ def pack(examples: list[Example], context: int) -> list[Example]:
         if ids and len(ids) + len(example.ids) > context:
             packed.append(Example(ids, labels))
             ids, labels = [], []
-        ids = ids + example.ids
-        labels = labels + [IGNORE_INDEX] + example.labels[1:]
+        ids += example.ids
+        labels += [IGNORE_INDEX, *example.labels[1:]]
     if ids:
         packed.append(Example(ids, labels))
     return packed
