@@ -49,6 +49,7 @@ DATASETS.register_path(
     "fashion_mnist", "trainwright.data.vision:fashion_mnist", inputs="trainwright.data.images:fashion_images"
 )
 DATASETS.register_path("text", "trainwright.data.text:text", check=_ARGUMENTS)
+DATASETS.register_path("instructions", "trainwright.data.instructions:instructions", check=_ARGUMENTS)
 STEPS.register("default")(DefaultStep)
 COLLATES.register_path("pad", "trainwright.data.collate:pad")
 MODELS.register_path("gpt", "trainwright.gpt:gpt", check="trainwright.gpt:check_gpt_arguments")
