@@ -34,11 +34,15 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
 
-# The recipe schema's defaults as the README's recipe reference lists them (written out here, not read from
-# src/). `metrics: null` stands for "the task's default" (accuracy for classifiers, mae for regression).
+# The recipe schema's defaults as the recipe reference (docs/recipes.md) lists them (written out here, not read
+# from src/). `metrics: null` stands for "the task's default" (accuracy for classifiers, mae for regression).
 README_DEFAULTS = {
     "seed": 0,
-    "data": {"num_workers": 0, "prefetch_factor": None},
+    "data": {"collate": None, "num_workers": 0, "prefetch_factor": None},
+    "model": {"freeze": None},
+    "adapter": None,
+    "step": None,
+    "optimizer": {"groups": None, "no_decay": False},
     "scheduler": {"name": "none"},
     "metrics": None,
     "trainer": {"epochs": 1, "max_steps": None, "mixed_precision": "auto", "grad_accum_steps": 1, "grad_clip": None,
@@ -144,7 +148,7 @@ def test_heart_run_dir_holds_the_resolved_recipe(heart):
     # resolved: defaults the YAML file never mentions are written out
     assert saved["trainer"]["mixed_precision"] == "auto"
     assert saved["scheduler"] == {"name": "none"}
-    assert saved["optimizer"] == {"name": "sgd", "lr": 0.01, "momentum": 0.9}
+    assert saved["optimizer"] == {"name": "sgd", "lr": 0.01, "groups": None, "no_decay": False, "momentum": 0.9}
 
 
 def test_heart_metrics_jsonl(heart):
@@ -655,12 +659,14 @@ def test_check_prints_heart_with_its_defaults(capsys):
     assert yaml.safe_load(capsys.readouterr().out) == {
         "name": "heart",
         "seed": 0,
-        "data": {"name": "heart", "batch_size": 64, "num_workers": 0, "prefetch_factor": None, "num_points": 100000, "seed": 123,
-                 "val_fraction": 0.2},
-        "model": {"name": "mlp", "in_features": 2, "hidden": [72, 36], "out_features": 1,
+        "data": {"name": "heart", "batch_size": 64, "collate": None, "num_workers": 0, "prefetch_factor": None,
+                 "num_points": 100000, "seed": 123, "val_fraction": 0.2},
+        "model": {"name": "mlp", "freeze": None, "in_features": 2, "hidden": [72, 36], "out_features": 1,
                   "output_activation": "sigmoid"},
+        "adapter": None,
         "loss": {"name": "bce"},
-        "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
+        "step": None,
+        "optimizer": {"name": "sgd", "lr": 0.01, "groups": None, "no_decay": False, "momentum": 0.9},
         "scheduler": {"name": "none"},
         "metrics": None,
         "trainer": {"epochs": 1, "max_steps": None, "mixed_precision": "auto", "grad_accum_steps": 1,
@@ -691,6 +697,7 @@ def test_check_subprocess_applies_overrides(check_with_overrides):
     assert printed["trainer"]["epochs"] == 7
     assert printed["model"]["hidden"] == [8, 4]
     assert printed["logging"]["wandb"] == {"mode": "disabled", "project": "trainwright", "entity": None, "tags": [],
-                                           "group": None, "init_timeout": 10.0}
+                                           "group": None, "name": None, "notes": None, "job_type": None,
+                                           "init_timeout": 10.0}
     assert printed == resolved_recipe(RECIPES / "heart.yaml", ["trainer.epochs=7", "model.hidden=[8, 4]",
                                                                 "logging.wandb=false"])
