@@ -1,7 +1,8 @@
 """torchmetrics' classifier metrics by name (f1, precision, recall, auroc): a heart run validated on 2
 processes and scored by `eval` on 1 and 3 processes reports the values scikit-learn computes from the run's
-predictions over the whole split (the states of the processes are merged, not their values averaged); a
-multiclass split gives scikit-learn's macro averages; wrong names and tasks are refused."""
+predictions over the whole split (the states of the processes are merged, not their values averaged), and
+`plot` draws its confusion matrix; a multiclass split gives scikit-learn's macro averages; wrong names and
+tasks are refused."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
+from sklearn.metrics import confusion_matrix, f1_score, precision_score, recall_score, roc_auc_score
 from torch import nn
 
 from conftest import REPO, assert_ok, cli_env, read_jsonl
@@ -20,6 +21,7 @@ from trainwright.components import METRICS
 from trainwright.data.bundle import Task, TensorSplit
 from trainwright.evaluation import Scoring, evaluate
 from trainwright.inference import load_run
+from trainwright.plots import confusion_counts
 from trainwright.processes import Processes
 from trainwright.rundir import RunDir
 from trainwright.step import DefaultStep
@@ -70,6 +72,12 @@ def test_heart_on_one_two_and_three_processes_matches_scikit_learn(tmp_path, cap
         assert one[f"val/{name}"] == three[f"val/{name}"] == validated[f"val/{name}"], name  # exact
         assert one[f"val/{name}"] == pytest.approx(expected[name], abs=1e-6), name
     assert json.loads((run_dir / "checkpoints" / "best.json").read_text())["val/f1"] == validated["val/f1"]
+    code, out, err = call(capsys, "plot", run_dir)
+    assert code == 0, err
+    assert str(run_dir / "plots" / "confusion_matrix.png") in out.split()
+    assert (run_dir / "plots" / "confusion_matrix.png").read_bytes().startswith(b"\x89PNG")
+    assert confusion_counts(predictions).tolist() == confusion_matrix(predictions.actual.reshape(-1).long(),
+                                                                      predictions.label_indices).tolist()
 
 
 def test_multiclass_gives_scikit_learns_macro_averages():
