@@ -16,7 +16,9 @@ from trainwright.rundir import RunDir
 from trainwright.tracking import read_metrics
 
 
-def plot_predictions(trained: Run, inputs: torch.Tensor, predictions: Predictions, path: Path) -> Path | None:
+def plot_predictions(
+    trained: Run, inputs: torch.Tensor | dict[str, torch.Tensor], predictions: Predictions, path: Path
+) -> Path | None:
     """2-D binary: predicted labels over the plane; 1-D regression: data and fitted line;
     other regression: predicted vs actual; images: a grid with predicted/actual names."""
     task = trained.task
