@@ -170,7 +170,8 @@ def test_eval_predict_plot_import_the_same_code(custom):
         assert re.fullmatch(r'\(-?\d+\.\d\d, -?\d+\.\d\d\) Predicted: "[ab]", Actual: "[ab]"', line), line
 
     result = assert_ok(custom["plot"])
-    assert result.stdout.split() == [str(custom["items"] / "plots" / "loss_curves.png")]
+    assert result.stdout.split() == [str(custom["items"] / "plots" / name)
+                                     for name in ("loss_curves.png", "confusion_matrix.png")]
 
     missing = custom["without_path"]
     assert missing.returncode == 2 and "my_pkg" in missing.stderr and "PYTHONPATH" in missing.stderr, describe(missing)

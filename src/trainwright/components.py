@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from trainwright import classifier_metrics
 from trainwright import losses, metrics, models, optim, parameters  # noqa: F401  (registers the built-ins)
 from trainwright.callbacks import check_callbacks
 from trainwright.data.bundle import DataBundle, Task, TensorSplit
@@ -82,6 +83,8 @@ def check_recipe(recipe: Recipe) -> None:
     SCHEDULERS.check(recipe.scheduler.name, recipe.scheduler.kwargs())
     for name in recipe.metrics or []:
         METRICS.get(name, key="metrics")
+        if METRICS.meta(name).get("state"):
+            classifier_metrics.require_torchmetrics(name)
     if recipe.adapter is not None:
         from trainwright.adapters import peft_config  # peft: only for recipes with an adapter
 
@@ -214,6 +217,10 @@ def build_scoring(recipe: Recipe, task: Task) -> Scoring:
     names = _metric_choice(recipe, task)
     shorts = metric_names(recipe, task)
     functions: dict[str, MetricFn] = {short: METRICS.get(name, key="metrics") for name, short in zip(names, shorts)}
+    states = {short: functions.pop(short) for name, short in zip(names, shorts) if METRICS.meta(name).get("state")}
+    for name in states:
+        classifier_metrics.check_task(name, task)
+        classifier_metrics.require_torchmetrics(name)
     finish = {short: METRICS.meta(name)["finish"] for name, short in zip(names, shorts) if "finish" in METRICS.meta(name)}
     loss_fn, step = _loss(recipe, task), recipe.step or StepConfig()
     return Scoring(
@@ -222,6 +229,7 @@ def build_scoring(recipe: Recipe, task: Task) -> Scoring:
         output_kind=LOSSES.meta(recipe.loss.name).get("output", default_kind),
         metrics=functions,
         finish=finish,
+        states=states,
         step=STEPS.build(step.name, step.kwargs(), loss_fn=loss_fn, task=task),
     )
 

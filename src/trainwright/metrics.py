@@ -4,15 +4,20 @@ sequence tasks: over the tokens not ignored), mapped by the metric's `finish` wh
 with one (perplexity: the exponential of the mean token loss).
 
 A metric of your own: `fn(outputs, targets, task, output_kind) -> 0-d tensor`, named in the recipe as
-`metrics: [my_pkg.metrics:fn]`."""
+`metrics: [my_pkg.metrics:fn]`.
+
+Beside them, `f1`, `precision`, `recall` and `auroc` for classifiers come from torchmetrics (registered with
+`state=True`: see classifier_metrics.py), exact over processes by merging their states."""
 
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
+from trainwright import classifier_metrics
 from trainwright.data.bundle import Task
 from trainwright.predictions import predicted_labels
 from trainwright.registry import METRICS
@@ -48,6 +53,10 @@ def mae(outputs: torch.Tensor, targets: torch.Tensor, task: Task, output_kind: s
 def mse(outputs: torch.Tensor, targets: torch.Tensor, task: Task, output_kind: str) -> torch.Tensor:
     """Squared errors in the target's own units (regression; in float64, as large units overflow float32)."""
     return ((task.decode(outputs.double()) - task.decode(targets.double())) ** 2).sum()
+
+
+for _name in classifier_metrics.NAMES:
+    METRICS.register(_name, state=True)(partial(classifier_metrics.build, _name))
 
 
 def default_metrics(task: Task) -> list[str]:

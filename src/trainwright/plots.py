@@ -1,26 +1,28 @@
-"""Figures of a finished run: its loss curves, plus a picture of what the model learned."""
+"""Figures of a finished run: its loss curves, plus a picture of what the model learned (and, for
+classifiers, the confusion matrix of its evaluation split)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import torch
 
 from trainwright.curves import plot_curves, save_figure
 from trainwright.data.bundle import TensorSplit
 from trainwright.inference import Run, load_run
+from trainwright.predictions import Predictions
 from trainwright.rundir import RunDir
 from trainwright.tracking import read_metrics
 
 
-def plot_predictions(trained: Run, path: Path) -> Path | None:
+def plot_predictions(
+    trained: Run, inputs: torch.Tensor | dict[str, torch.Tensor], predictions: Predictions, path: Path
+) -> Path | None:
     """2-D binary: predicted labels over the plane; 1-D regression: data and fitted line;
     other regression: predicted vs actual; images: a grid with predicted/actual names."""
     task = trained.task
-    if task.kind == "sequence":  # text: the loss curves say it
-        return None
     train = trained.data.train
-    inputs, predictions = trained.predict_split()
     actual = predictions.actual.reshape(len(predictions), -1)[:, 0]
     fig, ax = plt.subplots(figsize=(6, 6))
     if task.kind == "binary" and inputs.dim() == 2 and inputs.shape[1] == 2:
@@ -55,12 +57,48 @@ def plot_predictions(trained: Run, path: Path) -> Path | None:
     return path
 
 
+def confusion_counts(predictions: Predictions) -> torch.Tensor:
+    """(classes, classes): row i, column j counts the items of actual class i that the model labelled j."""
+    count = len(predictions.class_names())
+    actual = predictions.actual.reshape(len(predictions), -1)[:, 0].long()
+    return torch.bincount(actual * count + predictions.label_indices, minlength=count * count).reshape(count, count)
+
+
+def plot_confusion_matrix(predictions: Predictions, path: Path) -> Path:
+    """Classifiers: how many items of each actual class (rows) the model labelled as each class (columns)."""
+    names = predictions.class_names()
+    count, cells = len(names), confusion_counts(predictions)
+    side = min(4 + 0.5 * count, 16)
+    fig, ax = plt.subplots(figsize=(side, side))
+    ax.imshow(cells, cmap="Blues")
+    ax.set(title=f"Confusion matrix ({len(predictions)} items)", xlabel="predicted", ylabel="actual",
+           xticks=range(count), yticks=range(count))
+    ax.set_xticklabels(names, rotation=45, ha="right")
+    ax.set_yticklabels(names)
+    if count <= 30:  # the counts themselves, where they fit
+        high = int(cells.max())
+        for (row, column), value in zip(torch.cartesian_prod(torch.arange(count), torch.arange(count)).tolist(),
+                                        cells.flatten().tolist()):
+            ax.text(column, row, str(value), ha="center", va="center", fontsize=8,
+                    color="white" if value > high / 2 else "black")
+    fig.tight_layout()
+    save_figure(fig, path)
+    return path
+
+
 def plot_run(run: RunDir) -> list[Path]:
     """Write every figure that fits this run into `<run dir>/plots/`: the loss curves (also while the run
-    goes on), and the predictions of a finished run."""
+    goes on), and the predictions of a finished run (classifiers: also its confusion matrix)."""
     run.plots.mkdir(exist_ok=True)
     written = [plot_curves(read_metrics(run.metrics_file), run.loss_curves)]
-    if run.model_file.is_file():
-        predictions = plot_predictions(load_run(run), run.predictions_plot)
-        written += [predictions] if predictions else []
+    if not run.model_file.is_file():
+        return written
+    trained = load_run(run)
+    if trained.task.kind == "sequence":  # text: the loss curves say it
+        return written
+    inputs, predictions = trained.predict_split()
+    drawn = plot_predictions(trained, inputs, predictions, run.predictions_plot)
+    written += [drawn] if drawn else []
+    if trained.task.kind in ("binary", "multiclass"):
+        written.append(plot_confusion_matrix(predictions, run.confusion_plot))
     return written

@@ -40,7 +40,7 @@ def check_startup(
     recipe: Recipe, plan: RunPlan, data: DataBundle, model: nn.Module, scoring: Scoring, total_steps: int
 ) -> dict[str, Any]:
     """Run every start-up check (UserError on the first problem); returns the data record for data.json."""
-    check_monitor(recipe, list(scoring.metrics))
+    check_monitor(recipe, scoring.names)
     check_loss_fits_task(recipe, data, scoring)
     check_first_batch(recipe, data, model, scoring)
     dry_run_optimizer(recipe, total_steps)
@@ -130,10 +130,10 @@ def check_first_batch(recipe: Recipe, data: DataBundle, model: nn.Module, scorin
     outputs, targets, loss = scored.outputs, scored.targets, scored.loss
     if outputs is not None and targets is not None:
         _check_output_shape(recipe, data, outputs, targets)
-    elif scoring.metrics:
+    elif scoring.names:
         missing = "logits" if outputs is None else f"'{TARGETS_KEY}' in its batches"
         raise UserError(
-            f"metrics {', '.join(scoring.metrics)} read the model's logits and the batch's targets, but the run has "
+            f"metrics {', '.join(scoring.names)} read the model's logits and the batch's targets, but the run has "
             f"no {missing}; set metrics: [] or return them"
         )
     if loss.numel() != 1:

@@ -7,7 +7,7 @@
   summary.json         written when the run completes
   model.safetensors    final weights
   checkpoints/         step_XXXXXXXX/ folders, latest.json, best.json
-  plots/               loss_curves.png, predictions.png
+  plots/               loss_curves.png, predictions.png, confusion_matrix.png (classifiers)
   wandb/               W&B files; wandb_run_id.txt: the W&B run id, kept across restarts
   tensorboard/         TensorBoard event files
   samples/             rank<R>.jsonl: the sample indices each process trained on
@@ -69,6 +69,7 @@ class RunDir:
         self.plots = self.path / "plots"
         self.loss_curves = self.plots / "loss_curves.png"
         self.predictions_plot = self.plots / "predictions.png"
+        self.confusion_plot = self.plots / "confusion_matrix.png"
         self.wandb = self.path / "wandb"  # W&B makes it: its `dir` is the run dir
         self.wandb_id_file = self.path / "wandb_run_id.txt"
         self.tensorboard = self.path / "tensorboard"
