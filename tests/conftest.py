@@ -317,6 +317,26 @@ def house_frame(rows: int, seed: int = 7):
     return pd.DataFrame({"NumRooms": rooms, "Alley": alley, "Price": price.round()})
 
 
+# --- webdataset shards of feature rows ---------------------------------------------------------------
+
+
+def write_shards(root: Path, sizes: tuple[int, ...] = (10, 14, 9, 12, 11, 16), val: int = 20) -> Path:
+    """Train shards of `sizes` samples and one val shard of `val`, with webdataset's TarWriter: 4 features as
+    .npy, a class (0, 1 or 2: how many of the first two features are positive) as .cls."""
+    import webdataset as wds
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng, number = np.random.default_rng(0), 0
+    for name, shard_sizes in (("train", sizes), ("val", (val,))):
+        for shard, size in enumerate(shard_sizes):
+            with wds.TarWriter(str(root / f"{name}-{shard:02d}.tar")) as writer:
+                for _ in range(size):
+                    x = rng.normal(size=4).astype(np.float32)
+                    writer.write({"__key__": f"{number:06d}", "npy": x, "cls": int(x[0] > 0) + int(x[1] > 0)})
+                    number += 1
+    return root
+
+
 # --- end-to-end workflows -------------------------------------------------------------------------------
 
 
