@@ -78,8 +78,9 @@ _cluster_tests: dict[str, set[str]] = {"collected": set(), "ran": set()}
 # Test files that take minutes on 2 CPU cores, roughly longest first: they are collected first, so that the
 # two pytest-xdist workers (pyproject's addopts), each taking one file at a time in collection order, start on
 # them and neither is left alone with one of them at the end.
-LONG_FILES = ("test_tuning.py", "test_resume.py", "test_fsdp.py", "test_workflows.py", "test_image_folder.py",
-              "test_slurm.py", "test_ema.py", "test_wandb.py", "test_shards.py", "test_early_stopping.py")
+LONG_FILES = ("test_tuning.py", "test_matrix.py", "test_resume.py", "test_fsdp.py", "test_workflows.py",
+              "test_image_folder.py", "test_slurm.py", "test_ema.py", "test_wandb.py", "test_shards.py",
+              "test_early_stopping.py")
 
 
 def _file_rank(item: pytest.Item) -> int:
