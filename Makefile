@@ -1,12 +1,13 @@
-# `make run` trains the heart recipe on the CPU; `make test` runs the tests; `make bench` runs the benchmark
-# (with the `bench` extra, PyTorch Lightning). All create .venv on first use.
+# `make run` trains the heart recipe on the CPU; `make test` runs the tests (`make test-matrix`: the whole
+# composition matrix); `make bench` runs the benchmark (with the `bench` extra, PyTorch Lightning). All create
+# .venv on first use.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 RUN_DIR ?= runs/heart
 BENCH_ARGS ?= --out benchmarks/results-cpu.md
 
-.PHONY: run test bench venv clean-venv
+.PHONY: run test test-matrix bench venv clean-venv
 
 venv: $(VENV)/.installed
 
@@ -24,6 +25,10 @@ run: venv
 
 test: venv
 	$(BIN)/python -m pytest -q
+
+# Every cell of the composition matrix (make test runs a fixed cover of it; tests/test_matrix.py).
+test-matrix: venv
+	TRAINWRIGHT_MATRIX=full $(BIN)/python -m pytest -q tests/test_matrix.py
 
 bench: $(VENV)/.bench-installed
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)

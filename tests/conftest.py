@@ -78,8 +78,9 @@ _cluster_tests: dict[str, set[str]] = {"collected": set(), "ran": set()}
 # Test files that take minutes on 2 CPU cores, roughly longest first: they are collected first, so that the
 # two pytest-xdist workers (pyproject's addopts), each taking one file at a time in collection order, start on
 # them and neither is left alone with one of them at the end.
-LONG_FILES = ("test_tuning.py", "test_resume.py", "test_fsdp.py", "test_workflows.py", "test_image_folder.py",
-              "test_slurm.py", "test_ema.py", "test_wandb.py", "test_shards.py", "test_early_stopping.py")
+LONG_FILES = ("test_tuning.py", "test_matrix.py", "test_resume.py", "test_fsdp.py", "test_workflows.py",
+              "test_image_folder.py", "test_slurm.py", "test_ema.py", "test_wandb.py", "test_shards.py",
+              "test_early_stopping.py")
 
 
 def _file_rank(item: pytest.Item) -> int:
@@ -315,6 +316,26 @@ def house_frame(rows: int, seed: int = 7):
     price = 60_000 + 25_000 * rooms + np.where(alley == "Pave", 30_000, 0) + rng.normal(0, 3_000, size=rows)
     rooms[rng.random(rows) < 0.2] = np.nan
     return pd.DataFrame({"NumRooms": rooms, "Alley": alley, "Price": price.round()})
+
+
+# --- webdataset shards of feature rows ---------------------------------------------------------------
+
+
+def write_shards(root: Path, sizes: tuple[int, ...] = (10, 14, 9, 12, 11, 16), val: int = 20) -> Path:
+    """Train shards of `sizes` samples and one val shard of `val`, with webdataset's TarWriter: 4 features as
+    .npy, a class (0, 1 or 2: how many of the first two features are positive) as .cls."""
+    import webdataset as wds
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng, number = np.random.default_rng(0), 0
+    for name, shard_sizes in (("train", sizes), ("val", (val,))):
+        for shard, size in enumerate(shard_sizes):
+            with wds.TarWriter(str(root / f"{name}-{shard:02d}.tar")) as writer:
+                for _ in range(size):
+                    x = rng.normal(size=4).astype(np.float32)
+                    writer.write({"__key__": f"{number:06d}", "npy": x, "cls": int(x[0] > 0) + int(x[1] > 0)})
+                    number += 1
+    return root
 
 
 # --- end-to-end workflows -------------------------------------------------------------------------------

@@ -28,7 +28,9 @@ from PIL import Image
 from torch.utils.data import IterableDataset
 
 import processes
-from conftest import REPO, assert_ok, assert_resumed, assert_user_error, checkpoint_steps, cli_env, workflow
+from conftest import (
+    REPO, assert_ok, assert_resumed, assert_user_error, checkpoint_steps, cli_env, workflow, write_shards,
+)
 from reliability_helpers import call
 from test_resume import step_samples
 from trainwright.data.loading import TrainBatches, iterate
@@ -39,20 +41,6 @@ SHARD_SIZES, STEPS_PER_EPOCH, EPOCHS = (10, 14, 9, 12, 11, 16), 9, 4
 RESUMING = re.compile(r"^Resuming from step (\d+) \(epoch (\d+), batch (\d+)\)", re.M)
 
 pytestmark = pytest.mark.slow
-
-
-def write_shards(root: Path) -> Path:
-    """Train shards of SHARD_SIZES samples and one val shard of 20, with webdataset's TarWriter."""
-    root.mkdir(parents=True, exist_ok=True)
-    rng, number = np.random.default_rng(0), 0
-    for name, sizes in (("train", SHARD_SIZES), ("val", (20,))):
-        for shard, size in enumerate(sizes):
-            with wds.TarWriter(str(root / f"{name}-{shard:02d}.tar")) as writer:
-                for _ in range(size):
-                    x = rng.normal(size=4).astype(np.float32)
-                    writer.write({"__key__": f"{number:06d}", "npy": x, "cls": int(x[0] > 0) + int(x[1] > 0)})
-                    number += 1
-    return root
 
 
 def write_recipe(folder: Path, root: Path) -> Path:
@@ -86,7 +74,7 @@ def _mid_epoch(run_dir: Path) -> bool:
 
 @workflow
 def stream_runs(folder: Path) -> dict:
-    root = write_shards(folder / "shards")
+    root = write_shards(folder / "shards", SHARD_SIZES)
     recipe, env, runs = write_recipe(folder, root), cli_env(TRAINWRIGHT_CACHE=str(folder / "cache")), {"folder": folder}
     # The uninterrupted run saves only its final checkpoint: how often a run saves changes none of its weights.
     runs["reference"] = processes.run(train_args(recipe, folder / "reference", "checkpoint.every_steps=null"), env)

@@ -136,7 +136,8 @@ def _check_settings(config_class: type, settings: dict[str, Any]) -> None:
         set(inspect.signature(config_class.__init__).parameters)
         | set(config_class().to_dict())
         | set(getattr(config_class, "attribute_map", {}))
-    ) - {"self", "kwargs"}
+        | {name for name, value in inspect.getmembers(config_class) if isinstance(value, property) and value.fset}
+    ) - {"self", "kwargs"}  # settable properties: num_labels (a sequence classifier's classes), output_attentions
     for key in settings:
         if key not in known:
             raise UserError(
