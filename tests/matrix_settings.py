@@ -24,6 +24,13 @@ from conftest import (
 
 FEATURES, IMAGES, TOKENS = "features", "images", "tokens"
 
+# Registered data sets not in the matrix yet, each with the reason (said by the completeness test, never
+# skipped silently): a newly registered name must be added to DATA or here, by hand.
+NOT_YET = {
+    "instructions": "mapping batches for Hugging Face causal LMs only, and pairing.py does not yet say so "
+                    "(its pair with gpt is not refused by check); tests/test_instructions.py covers it end to end",
+}
+
 
 @dataclass(frozen=True)
 class Facts:

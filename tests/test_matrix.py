@@ -89,11 +89,12 @@ def _marks(data: str, family: str, launcher: str, action: str) -> list[Any]:
 
 def test_every_registered_component_has_tiny_settings():
     missing = [f"add tiny settings for data set '{name}' to tests/matrix_settings.py DATA"
-               for name in DATASETS.names() if name not in matrix_settings.DATA]
+               for name in DATASETS.names() if name not in matrix_settings.DATA and name not in matrix_settings.NOT_YET]
     missing += [f"add tiny settings for model '{name}' to tests/matrix_settings.py MODELS"
                 for name in MODELS.names() if not matrix_settings.MODELS.get(name)]
     assert not missing, "\n".join(missing)
-    stale = sorted({*matrix_settings.DATA} - set(DATASETS.names()) | {*matrix_settings.MODELS} - set(MODELS.names()))
+    stale = sorted({*matrix_settings.DATA, *matrix_settings.NOT_YET} - set(DATASETS.names())
+                   | {*matrix_settings.MODELS} - set(MODELS.names()))
     assert not stale, f"tiny settings for names no registry has: {stale}"
 
 
