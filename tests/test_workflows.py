@@ -404,7 +404,8 @@ def assert_plots(job: dict, names: set[str]) -> None:
 
 
 def test_fashion_mnist_lenet_plot(fashion_lenet):
-    assert_plots(trained(fashion_lenet), {"loss_curves.png", "predictions.png"})  # predictions: a grid of images
+    # predictions: a grid of images; a classifier's confusion matrix too
+    assert_plots(trained(fashion_lenet), {"loss_curves.png", "predictions.png", "confusion_matrix.png"})
 
 
 # --- house prices (CSV with missing values) -------------------------------------------------------

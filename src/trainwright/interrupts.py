@@ -5,10 +5,14 @@ dir's lock is released, a half-written file removed) and the CLI says it once, w
 heavy is imported here, so the command installs this before anything else.
 
 DataLoader workers (forked from a training process, so holding its handlers) ignore the stop signals
-(`quiet_worker`): the training process stops them, and they must not say a word of their own."""
+(`quiet_worker`): the training process stops them, and they must not say a word of their own. Ignoring
+SIGTERM means multiprocessing's own exit handler, which ends daemonic children with SIGTERM and then waits
+for them, would wait forever for workers still up at exit (a run that ended in an error raised while their
+loader was in use): `end_workers_at_exit` ends them with SIGKILL first."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import signal
 import sys
@@ -98,6 +102,27 @@ def ending(signalled: KeyboardInterrupt | Stopped, argv: list[str]) -> int:
     else:
         say(f"trainwright: got {signalled.name}; stopped{f' {command}' if command else ''} (run the same command again)")
     return EXIT_PREEMPTED
+
+
+_workers_ended_at_exit = False
+
+
+def end_workers_at_exit() -> None:
+    """Register, once, an exit handler that kills the daemonic children (DataLoader workers) still up at exit.
+    Registered after multiprocessing's own (it is imported by then), so it runs before it."""
+    global _workers_ended_at_exit
+    if not _workers_ended_at_exit:
+        atexit.register(_kill_daemonic_children)
+        _workers_ended_at_exit = True
+
+
+def _kill_daemonic_children() -> None:
+    import multiprocessing
+
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+            child.join()
 
 
 def quiet_worker(_worker_id: int) -> None:

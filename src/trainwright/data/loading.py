@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 from trainwright.data.bundle import TensorSplit
 from trainwright.data.collate import collate_of
 from trainwright.errors import UserError
-from trainwright.interrupts import quiet_worker
+from trainwright.interrupts import end_workers_at_exit, quiet_worker
 
 Batch = Any  # what the data set's items collate to: (inputs, targets) or named tensors
 EVAL_EPOCH = -1  # the `epoch` that items served for evaluation and prediction are seeded with
@@ -319,6 +319,8 @@ class TrainBatches:
             self.sampler = EpochBatches(len(dataset), batch_size, seed, rank, world_size)  # type: ignore[arg-type]
             served = {"dataset": SeededItems(dataset, seed), "batch_sampler": self.sampler}
         if served:
+            if num_workers > 0:
+                end_workers_at_exit()
             self.loader = DataLoader(
                 **served, collate_fn=collate_of(dataset), num_workers=num_workers, persistent_workers=num_workers > 0,
                 pin_memory=pin_memory,
