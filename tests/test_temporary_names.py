@@ -70,10 +70,10 @@ def test_plot_leaves_a_users_file_at_an_old_temporary_name(capsys, finished):
     plots.mkdir(exist_ok=True)
     for name in plots.iterdir():
         name.unlink()
-    before = _users_files(plots, "loss_curves.png.tmp", "predictions.png.tmp")
+    before = _users_files(plots, "loss_curves.png.tmp", "predictions.png.tmp", "confusion_matrix.png.tmp")
     code, _, err = call(capsys, "plot", finished)
     assert code == 0, err
-    _unchanged_but(plots, before, "loss_curves.png", "predictions.png")
+    _unchanged_but(plots, before, "loss_curves.png", "predictions.png", "confusion_matrix.png")
     assert (plots / "loss_curves.png").read_bytes().startswith(b"\x89PNG")
 
 
