@@ -4,7 +4,6 @@ has a row in the reference, and the row's default is the schema's."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
