@@ -1,5 +1,6 @@
 """The wheel's one custom step: the shipped recipes, launch configs and sbatch scripts travel inside the
-package (trainwright/shipped/), so an installed trainwright has them without a checkout (shipped.py reads them)."""
+package (trainwright/shipped/), so an installed trainwright has them without a checkout
+(trainwright/recipe/shipped.py reads them)."""
 
 import shutil
 from pathlib import Path

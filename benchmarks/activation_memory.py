@@ -1,7 +1,7 @@
 """Activation checkpointing's cost and saving: the memory autograd keeps for backward, peak RSS and time
 per step of the transformer recipe (recipes/tiny_gpt.yaml's GPT, scaled up) with and without
 `distributed.activation_checkpointing: [GPTBlock]`, through trainwright's own parallel path
-(`trainwright.training.strategy_for(...).prepare`), on one CPU process.
+(`trainwright.training.start.strategy_for(...).prepare`), on one CPU process.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/activation_memory.py --out benchmarks/results-activation-memory.md
 
@@ -37,9 +37,9 @@ def worker(recompute: bool) -> None:
     import torch.nn.functional as F
 
     from trainwright.components import build_model, build_optimizer
-    from trainwright.processes import Processes
+    from trainwright.distributed.processes import Processes
     from trainwright.recipe import load_recipe
-    from trainwright.training import make_accelerator, strategy_for
+    from trainwright.training.start import make_accelerator, strategy_for
 
     overrides = [*MODEL, "optimizer.name=adamw"] + (["distributed.activation_checkpointing=[GPTBlock]"] if recompute else [])
     recipe = load_recipe(ROOT / "recipes" / "tiny_gpt.yaml", overrides)

@@ -25,8 +25,8 @@ def reference_save(workload: Workload) -> dict[str, Any]:
     from safetensors.torch import save_file
 
     from trainwright.components import build_model, build_optimizer
-    from trainwright.files import sha256
     from trainwright.recipe import load_recipe
+    from trainwright.run.files import sha256
 
     recipe = load_recipe(workload.recipe, list(workload.overrides))
     torch.manual_seed(recipe.seed)
@@ -59,7 +59,7 @@ def reference_save(workload: Workload) -> dict[str, Any]:
 
 
 def _resume_passes(path: Path, sha256: Any) -> tuple[float, float]:
-    """Seconds of a resume's two passes over a checkpoint file: the sha256 (trainwright.files.sha256, as its
+    """Seconds of a resume's two passes over a checkpoint file: the sha256 (trainwright.run.files.sha256, as its
     manifest check runs), then safetensors' load_file with every tensor read once (a sum of each)."""
     from safetensors.torch import load_file
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.measure import RESULT, Context, Samples, free_port, run
-from benchmarks.workloads import ROOT, FULL, QUICK, workload_by_key
+from benchmarks.workloads import FULL, QUICK, ROOT, workload_by_key
 
 CONFIG = ROOT / "accelerate_configs" / "cpu_2proc.yaml"
 
@@ -64,8 +64,8 @@ def _worker(data_root: Path, repeats: int, quick: bool) -> None:
     from accelerate import Accelerator
 
     from trainwright.recipe import load_recipe
-    from trainwright.tracking import read_metrics
-    from trainwright.training import train
+    from trainwright.run.tracking import read_metrics
+    from trainwright.training.start import train
 
     workload = workload_by_key("heart", data_root, QUICK if quick else FULL)
     accelerator = Accelerator(cpu=True)

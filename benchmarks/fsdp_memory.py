@@ -1,5 +1,5 @@
 """Per-process memory of model + gradients + optimizer state under DDP and FSDP, through trainwright's own
-parallel path (`trainwright.training.strategy_for(...).prepare`), for an MLP of ~54M parameters with AdamW.
+parallel path (`trainwright.training.start.strategy_for(...).prepare`), for an MLP of ~54M parameters with AdamW.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fsdp_memory.py --out benchmarks/results-fsdp-memory.md
 
@@ -31,11 +31,10 @@ def worker() -> None:
     from torch.distributed.tensor import DTensor
 
     from trainwright.components import build_model, build_optimizer
-    from trainwright.launcher import resolve_strategy
-    from trainwright.training import strategy_for
-    from trainwright.processes import Processes
+    from trainwright.distributed.launcher import resolve_strategy
+    from trainwright.distributed.processes import Processes
     from trainwright.recipe import load_recipe
-    from trainwright.training import make_accelerator
+    from trainwright.training.start import make_accelerator, strategy_for
 
     def local_bytes(tensors) -> int:
         return sum((t.to_local() if isinstance(t, DTensor) else t).nbytes for t in tensors if t is not None)

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from benchmarks.workloads import Workload
 from trainwright.components import build_data, build_model, build_optimizer, build_scoring
 from trainwright.recipe import Recipe, load_recipe
-from trainwright.tracking import read_metrics
+from trainwright.run.tracking import read_metrics
 
 
 @dataclass
@@ -160,8 +160,8 @@ def lightning(workload: Workload) -> dict[str, Any]:
 
 
 def _train_trainwright(workload: Workload, *extra: str) -> list[dict[str, Any]]:
-    """`trainwright.training.train` on the recipe (with `extra` overrides); the records of its metrics.jsonl."""
-    from trainwright.training import train  # imported here: the other rows do not load Accelerate
+    """`trainwright.training.start.train` on the recipe (with `extra` overrides); the records of its metrics.jsonl."""
+    from trainwright.training.start import train  # imported here: the other rows do not load Accelerate
 
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "run"

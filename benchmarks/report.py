@@ -158,7 +158,7 @@ def large_state_table(title: str, large: LargeState, scale: Scale) -> str:
         f"{_seconds(large.epoch_with_saves)} |",
         f"| trainwright epoch-time cost per checkpoint, (with - without) / {saves} | "
         f"{large.cost_per_save(saves):.2f} | |",
-        f"| a resume's check of the saved state: sha256 of the file (`trainwright.files.sha256`) | "
+        f"| a resume's check of the saved state: sha256 of the file (`trainwright.run.files.sha256`) | "
         f"{_seconds(large.verify)} |",
         f"| a resume's load after that check: `load_file` of the file and a read of every tensor | "
         f"{_seconds(large.load)} |",

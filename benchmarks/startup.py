@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.measure import Context, Samples, run
-from trainwright.tracking import read_metrics
+from trainwright.run.tracking import read_metrics
 
 IMPORT_TORCH = "import resource, torch; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
 

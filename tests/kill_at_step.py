@@ -10,8 +10,8 @@ import sys
 
 import psutil
 
-from trainwright import trainer
 from trainwright.cli import main
+from trainwright.training import trainer
 
 
 def _kill_after_save(step: int) -> None:

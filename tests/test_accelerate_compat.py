@@ -6,7 +6,7 @@ import importlib
 
 import pytest
 
-from trainwright.accelerate_compat import PATCHED
+from trainwright.distributed.accelerate_compat import PATCHED
 
 
 @pytest.mark.parametrize("module_name", sorted(PATCHED))
@@ -28,7 +28,7 @@ def test_plain_step_calls_train_exactly_like_accelerates_own():
     import torch
     from accelerate import Accelerator
 
-    from trainwright.accelerate_compat import StepCalls, forget_accelerator_state, step_calls
+    from trainwright.distributed.accelerate_compat import StepCalls, forget_accelerator_state, step_calls
 
     def three_steps(fast: bool) -> list[torch.Tensor]:
         forget_accelerator_state()

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from reliability_helpers import HEART, TINY, user_error
 from torch import nn
 
-from reliability_helpers import HEART, TINY, user_error
-from trainwright.generation import generate, text_pieces
+from trainwright.finished.generation import generate, text_pieces
 
 
 class Counting(nn.Module):

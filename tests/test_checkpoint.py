@@ -17,12 +17,12 @@ from trainwright.checkpoint import retention
 from trainwright.checkpoint.format import TrainState, verify
 from trainwright.checkpoint.manager import CheckpointManager
 from trainwright.checkpoint.objects import TrainObjects
+from trainwright.distributed.processes import Processes
 from trainwright.errors import UserError
-from trainwright.files import sha256
-from trainwright.processes import Processes
 from trainwright.recipe import CheckpointConfig, load_recipe
-from trainwright.run_plan import plan_run
-from trainwright.rundir import RunDir
+from trainwright.run.directory import RunDir
+from trainwright.run.files import sha256
+from trainwright.run.plan import plan_run
 
 HEART = __import__("pathlib").Path(__file__).resolve().parent.parent / "recipes" / "heart.yaml"
 

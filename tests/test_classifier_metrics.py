@@ -19,12 +19,12 @@ from torch import nn
 
 from trainwright.components import METRICS
 from trainwright.data.bundle import Task, TensorSplit
-from trainwright.evaluation import Scoring, evaluate
-from trainwright.inference import load_run
-from trainwright.plots import confusion_counts
-from trainwright.processes import Processes
-from trainwright.rundir import RunDir
+from trainwright.distributed.processes import Processes
+from trainwright.finished.inference import load_run
+from trainwright.finished.plots import confusion_counts
+from trainwright.run.directory import RunDir
 from trainwright.step import DefaultStep
+from trainwright.training.evaluation import Scoring, evaluate
 
 NAMES = ["f1", "auroc", "precision", "recall"]
 

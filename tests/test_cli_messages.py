@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 
 import pytest
-
 from reliability_helpers import HEART, TINY, call, user_error
 
 
@@ -27,11 +26,11 @@ def test_predict_count_that_is_not_a_number(capsys, tmp_path):
 
 
 def test_an_unexpected_os_error_is_still_one_message(capsys, tmp_path, monkeypatch):
-    import trainwright.rundir
+    import trainwright.run.directory
 
     def broken(path, text):
         raise OSError(errno.EIO, "Input/output error", str(path))
 
-    monkeypatch.setattr(trainwright.rundir, "write_text_atomic", broken)
+    monkeypatch.setattr(trainwright.run.directory, "write_text_atomic", broken)
     user_error(capsys, "train", HEART, *TINY, "--run-dir", tmp_path / "run",
                fragments=("Input/output error", "recipe.yaml"))

@@ -6,12 +6,12 @@ import gzip
 
 import pytest
 import torch
-
 from conftest import FASHION_TRAIN_SIZE, RECIPES, write_fashion_mnist
+
+from trainwright.components import SCHEDULERS
 from trainwright.data.loading import batches_per_epoch, epoch_order, train_indices
 from trainwright.data.vision import fashion_mnist
 from trainwright.errors import UserError
-from trainwright.components import SCHEDULERS
 
 
 def test_fashion_mnist_reads_gzipped_idx_files(tmp_path):
@@ -53,9 +53,9 @@ def test_metrics_from_the_registry_and_from_user_code(tmp_path, monkeypatch):
     """A metric returns per-batch sums; the reported value is the mean over items, named after the function."""
     from trainwright.components import build_scoring
     from trainwright.data.bundle import Task, TensorSplit
-    from trainwright.evaluation import evaluate
-    from trainwright.processes import Processes
+    from trainwright.distributed.processes import Processes
     from trainwright.recipe import load_recipe
+    from trainwright.training.evaluation import evaluate
 
     (tmp_path / "user_metrics.py").write_text(
         "def off_by_more_than_one(outputs, targets, task, output_kind):\n"
@@ -78,6 +78,7 @@ def test_empty_metrics_mean_none_and_absent_metrics_the_defaults(capsys, tmp_pat
     import json
 
     from reliability_helpers import HEART, TINY, call, train_ok
+
     from trainwright.components import metric_names
     from trainwright.data.bundle import Task
     from trainwright.recipe import load_recipe

@@ -16,25 +16,25 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import processes
 import pytest
 import torch
+from conftest import REPO, assert_user_error, cli_env
+from reliability_helpers import HEART, TINY, call, train_ok, user_error
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-import processes
-from conftest import REPO, assert_user_error, cli_env
-from reliability_helpers import HEART, TINY, call, train_ok, user_error
 from trainwright.checkpoint.format import verify
 from trainwright.checkpoint.manager import CheckpointManager
 from trainwright.checkpoint.objects import TrainObjects
 from trainwright.checkpoint.sharded import consolidated_weights
 from trainwright.components import build_model, build_optimizer, build_scheduler
+from trainwright.distributed.processes import Processes
 from trainwright.errors import UserError
-from trainwright.files import sha256
-from trainwright.processes import Processes
 from trainwright.recipe import CheckpointConfig, load_recipe
-from trainwright.run_plan import plan_run
-from trainwright.rundir import RunDir
+from trainwright.run.directory import RunDir
+from trainwright.run.files import sha256
+from trainwright.run.plan import plan_run
 
 pytestmark = pytest.mark.usefixtures("keep_signal_handlers")
 

@@ -201,6 +201,6 @@ def test_array_image_and_shard_data_sets_do_not_import_pandas():
     import sys
 
     code = ("import sys, trainwright.components, trainwright.data.arrays, trainwright.data.folders, "
-            "trainwright.data.shards, trainwright.inference; print('pandas' in sys.modules)")
+            "trainwright.data.shards, trainwright.finished.inference; print('pandas' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False", result.stderr

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import transformers  # noqa: F401  (the `hf` extra: these tests never skip for want of it)
-
 from conftest import RECIPES
-from trainwright.accelerate_compat import forget_accelerator_state
+
 from trainwright.components import check_recipe
+from trainwright.distributed.accelerate_compat import forget_accelerator_state
 from trainwright.errors import UserError
 from trainwright.recipe import load_recipe, validate
-from trainwright.training import train
+from trainwright.training.start import train
 
 CONFIG = {"model_type": "gpt2", "n_layer": 1, "n_embd": 32, "n_head": 2, "vocab_size": 256, "n_positions": 16,
           "bos_token_id": 0, "eos_token_id": 0, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}

@@ -9,14 +9,14 @@ import math
 import sys
 from pathlib import Path
 
-import pytest
-
 import processes
+import pytest
 from conftest import REPO, assert_resumed, checkpoint_dir, cli_env, describe, newest_valid_checkpoint, run_cli
 from reliability_helpers import HEART, user_error
+
 from trainwright.checkpoint.format import TrainState
-from trainwright.early_stopping import improves, observe
 from trainwright.recipe import EarlyStoppingConfig
+from trainwright.training.early_stopping import improves, observe
 
 # 76800 training points / 64 = 1200 steps per epoch: epoch 3, while the run counts patience, lasts long
 # enough for the kill test to land in it on a loaded machine. min_delta=0.5 is more than any later epoch

@@ -9,16 +9,16 @@ import json
 import sys
 from pathlib import Path
 
+import processes
 import pytest
 import torch
+from conftest import REPO, assert_resumed, checkpoint_steps, cli_env, describe, run_cli
+from reliability_helpers import HEART, call
 from safetensors.torch import load_file
 from torch import nn
 
-import processes
-from conftest import REPO, assert_resumed, checkpoint_steps, cli_env, describe, run_cli
-from reliability_helpers import HEART, call
-from trainwright.ema import WeightAverage
 from trainwright.recipe import EmaConfig
+from trainwright.training.ema import WeightAverage
 
 CONFIGS = {"ddp": REPO / "accelerate_configs" / "cpu_2proc.yaml", "fsdp": REPO / "accelerate_configs" / "fsdp_cpu_2proc.yaml"}
 # 2 epochs, a checkpoint every 50 steps. 25600 training points / 64 = 400 steps per epoch on one process and

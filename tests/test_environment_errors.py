@@ -8,12 +8,12 @@ import os
 import subprocess
 
 import pytest
+from conftest import assert_resumed
+from reliability_helpers import HEART, TINY, call, read_only, snapshot, train_ok, user_error
 
 import trainwright.checkpoint.full
 import trainwright.checkpoint.weights
-import trainwright.rundir
-from conftest import assert_resumed
-from reliability_helpers import HEART, TINY, call, read_only, snapshot, train_ok, user_error
+import trainwright.run.directory
 
 
 def no_space(*args, **kwargs):
@@ -123,7 +123,7 @@ def test_restart_of_the_current_folder_is_refused(capsys, tmp_path, monkeypatch)
 
 def test_two_restarts_within_a_second_keep_both_old_runs(capsys, tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
-    monkeypatch.setattr(trainwright.rundir.time, "strftime", lambda fmt, *a: "20260101-000000")
+    monkeypatch.setattr(trainwright.run.directory.time, "strftime", lambda fmt, *a: "20260101-000000")
     train_ok(capsys, HEART, *TINY, "--run-dir", run_dir)
     for _ in range(2):
         out, _ = train_ok(capsys, HEART, *TINY, "--run-dir", run_dir, "--restart")
@@ -142,7 +142,7 @@ def test_restart_with_resume_moves_nothing(capsys, tmp_path):
 
 def test_two_resumes_of_an_older_checkpoint_within_a_second_keep_every_later_checkpoint(capsys, tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
-    monkeypatch.setattr(trainwright.rundir.time, "strftime", lambda fmt, *a: "20260101-000000")
+    monkeypatch.setattr(trainwright.run.directory.time, "strftime", lambda fmt, *a: "20260101-000000")
     train_ok(capsys, HEART, *TINY, "trainer.epochs=3", "--run-dir", run_dir)  # checkpoints at steps 10 and 15
     for _ in range(2):
         train_ok(capsys, HEART, *TINY, "trainer.epochs=3", "--run-dir", run_dir,

@@ -1,4 +1,4 @@
-"""How a process of a launch leaves (src/trainwright/exiting.py), and the torch behaviour behind it."""
+"""How a process of a launch leaves (src/trainwright/run/exiting.py), and the torch behaviour behind it."""
 
 from __future__ import annotations
 

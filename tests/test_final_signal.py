@@ -11,11 +11,10 @@ import time
 
 import pytest
 import torch
-
 from reliability_helpers import HEART, TINY, call
-from trainwright.processes import Processes
-from trainwright.stopping import StopSignals
 
+from trainwright.distributed.processes import Processes
+from trainwright.run.stopping import StopSignals
 
 pytestmark = pytest.mark.usefixtures("keep_signal_handlers")
 
@@ -93,7 +92,7 @@ def test_sighup_is_a_stop_signal(capsys):
 def test_a_worker_whose_launcher_is_gone_stops(capsys, monkeypatch):
     """Under torchrun the launcher is the worker's parent; a process whose parent is not the launcher it
     started under (here: a pid that is not this process's parent) requests a stop within WATCH_SECONDS."""
-    import trainwright.stopping as stopping
+    import trainwright.run.stopping as stopping
 
     monkeypatch.setattr(stopping, "launcher_pid", lambda: os.getppid() + 1)
     monkeypatch.setattr(stopping, "WATCH_SECONDS", 0.01)
@@ -110,7 +109,7 @@ def test_a_worker_whose_launcher_is_gone_stops(capsys, monkeypatch):
 
 def test_without_a_launcher_the_parent_is_not_watched(monkeypatch):
     monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
-    from trainwright.launcher import launcher_pid
+    from trainwright.distributed.launcher import launcher_pid
 
     assert launcher_pid() is None
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")

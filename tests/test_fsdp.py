@@ -19,15 +19,14 @@ import sys
 import time
 from pathlib import Path
 
+import processes
 import psutil
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
-
-import processes
 from conftest import REPO, assert_resumed, write_fashion_mnist
 from reliability_helpers import call
+from safetensors import safe_open
+from safetensors.torch import load_file
 
 CONFIGS = REPO / "accelerate_configs"
 FSDP_2PROC = CONFIGS / "fsdp_cpu_2proc.yaml"
@@ -155,9 +154,9 @@ def test_loading_a_sharded_checkpoint_puts_each_process_slice_in_its_place(refer
     from trainwright.checkpoint.objects import TrainObjects
     from trainwright.checkpoint.sharded import consolidated_weights
     from trainwright.components import build_model, build_optimizer
-    from trainwright.processes import Processes
+    from trainwright.distributed.processes import Processes
     from trainwright.recipe import CheckpointConfig
-    from trainwright.rundir import RunDir
+    from trainwright.run.directory import RunDir
 
     run_dir, _ = reference
     folder = run_dir / "checkpoints" / f"step_{TOTAL_STEPS:08d}"
@@ -282,6 +281,7 @@ def test_bf16_from_the_launcher_under_fsdp(data_root, tmp_path):
 
 def test_shard_modules_must_name_classes_of_the_model(capsys, tmp_path):
     from conftest import RECIPES, assert_user_error
+
     from trainwright.cli import main
 
     code = main(["train", str(RECIPES / "heart.yaml"), "data.num_points=200", "logging.wandb=false",

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import assert_user_error
 from reliability_helpers import call, train_ok
 from test_hf_models import CONFIG, RECIPE
@@ -30,7 +29,7 @@ def pretrained_folder(folder: Path) -> Path:
     """A tiny GPT-2 saved by save_pretrained, with a character-level tokenizer.json beside it."""
     from tokenizers import Tokenizer, decoders, models
 
-    from trainwright.hf_models import hf
+    from trainwright.models.hf import hf
 
     torch.manual_seed(0)
     hf("GPT2LMHeadModel", dict(CONFIG)).save_pretrained(folder)

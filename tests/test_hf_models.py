@@ -16,17 +16,17 @@ import pytest
 import torch
 import transformers  # the `hf` extra, which `make test` installs: these tests never skip for want of it
 import yaml
-from safetensors.torch import load_file
-
 from conftest import assert_resumed
+from safetensors.torch import load_file
 from test_tied_weights import TESTS, run, step, tensor_names, train
+
 from trainwright.components import build_scoring
 from trainwright.data.bundle import Task
+from trainwright.distributed.processes import Processes
 from trainwright.errors import UserError
-from trainwright.evaluation import evaluate
-from trainwright.hf_models import hf
-from trainwright.processes import Processes
+from trainwright.models.hf import hf
 from trainwright.recipe import load_recipe
+from trainwright.training.evaluation import evaluate
 
 CONFIG = {"model_type": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 2, "vocab_size": 32, "n_positions": 16,
           "bos_token_id": 0, "eos_token_id": 0,
@@ -257,7 +257,7 @@ def test_export_hf_of_a_model_that_is_not_hf_is_refused(tmp_path):
     recipe = tmp_path / "tied.yaml"
     recipe.write_text(yaml.safe_dump({**TIED, "trainer": {"max_steps": 10}, "checkpoint": {"every_steps": 10}}))
     train(recipe, tmp_path / "run")
-    from trainwright.export import export_hf
+    from trainwright.finished.export import export_hf
 
     with pytest.raises(UserError, match="not a Hugging Face model"):
         export_hf(tmp_path / "run", tmp_path / "out")

@@ -12,18 +12,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import REPO, assert_ok, cli_env, run_cli
 from reliability_helpers import call, user_error
-from trainwright.accelerate_compat import forget_accelerator_state
-from trainwright.data.bundle import DataBundle, Task, TensorSplit
-from trainwright.errors import UserError
-from trainwright.evaluation import evaluate
+from safetensors.torch import load_file
+
 from trainwright.components import build_scoring
-from trainwright.processes import Processes
+from trainwright.data.bundle import DataBundle, Task, TensorSplit
+from trainwright.distributed.accelerate_compat import forget_accelerator_state
+from trainwright.distributed.processes import Processes
+from trainwright.errors import UserError
 from trainwright.recipe import load_recipe
-from trainwright.training import train as train_recipe
+from trainwright.training.evaluation import evaluate
+from trainwright.training.start import train as train_recipe
 
 TINY_GPT = REPO / "recipes" / "tiny_gpt.yaml"
 # A small model on a small corpus: seconds per run on one core (tied embeddings, as the recipe ships).
@@ -161,7 +161,7 @@ def test_shape_check_names_the_right_numbers(corpus, tmp_path):
 
 
 def test_a_per_position_model_on_a_multiclass_data_set_is_told_what_a_sequence_task_needs():
-    from trainwright.preflight import _check_output_shape
+    from trainwright.training.preflight import _check_output_shape
 
     recipe = load_recipe(TINY_GPT, ["logging.wandb=false"])
     data = DataBundle(TensorSplit(torch.zeros(4, 8), torch.zeros(4)), TensorSplit(torch.zeros(4, 8), torch.zeros(4)),
@@ -186,7 +186,7 @@ def test_generation_divides_the_logits_by_the_temperature(temperature):
     """A low temperature sharpens the distribution and a high one flattens it: the share of token 1 in
     1000 seeded samples is sigmoid(2 / t) (0.98 at t=0.5, 0.62 at t=4; the logits multiplied by t would
     give 0.73 and 0.9997)."""
-    from trainwright.generation import generate
+    from trainwright.finished.generation import generate
 
     tokens = list(generate(_TwoTokens(), torch.tensor([0]), length=1000, temperature=temperature, context=1))
     assert sum(tokens) / len(tokens) == pytest.approx(1 / (1 + math.exp(-2 / temperature)), abs=0.04)
@@ -221,7 +221,7 @@ def test_predict_prompt_generates_text(corpus, tmp_path, capsys):
 def test_a_tokenizers_file_and_bytes_are_vocabularies_too(corpus, tmp_path):
     """data.tokenizer: a Hugging Face `tokenizers` JSON file (here a small BPE trained on the corpus);
     vocabulary bytes: 256 byte tokens. Both encode the corpus and decode back to it."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     from trainwright.data.text import Codec, text
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import sys
 
 import pytest
-
 from conftest import RECIPES, assert_ok, assert_user_error, cli_env, describe, run_cli
+
+from trainwright.distributed.launcher import resolve_precision, resolve_strategy
 from trainwright.errors import UserError
-from trainwright.launcher import resolve_precision, resolve_strategy
 from trainwright.recipe import load_recipe
 
 HEART = RECIPES / "heart.yaml"

@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, assert_user_error, cli_env, describe
 from reliability_helpers import HEART, TINY, snapshot, train_ok, user_error
-from trainwright.rundir import RunDir
-from trainwright.runlock import RunLock
+
+from trainwright.run.directory import RunDir
+from trainwright.run.lock import RunLock
 
 CPU_2PROC = REPO / "accelerate_configs" / "cpu_2proc.yaml"
 
@@ -134,7 +134,7 @@ def test_accelerate_launch_against_a_locked_run_dir_ends_every_process(tmp_path)
 def test_python_api_takes_the_lock_too(tmp_path, held):
     from trainwright.errors import UserError
     from trainwright.recipe import load_recipe
-    from trainwright.training import train
+    from trainwright.training.start import train
 
     recipe = load_recipe(HEART, TINY)
     run_dir = tmp_path / "run"
@@ -151,8 +151,8 @@ def test_python_api_takes_the_lock_too(tmp_path, held):
 HOLD_FORK_AND_DIE = """
 import os, signal, sys, time
 from pathlib import Path
-from trainwright.rundir import RunDir
-from trainwright.runlock import RunLock
+from trainwright.run.directory import RunDir
+from trainwright.run.lock import RunLock
 
 RunLock(RunDir(Path(sys.argv[1]))).__enter__()
 child = os.fork()
@@ -254,7 +254,8 @@ def test_a_run_killed_while_its_dataloader_workers_read_can_be_run_again_at_once
         main.wait(timeout=60)
         assert any(_running(pid) for pid in workers)  # still reading their item
         second = subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path\n"
-                                 "from trainwright.rundir import RunDir\nfrom trainwright.runlock import RunLock\n"
+                                 "from trainwright.run.directory import RunDir\n"
+                                 "from trainwright.run.lock import RunLock\n"
                                  "with RunLock(RunDir(Path(sys.argv[1]))): print('locked')", str(run_dir)],
                                 env=cli_env(), capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
         assert any(_running(pid) for pid in workers)

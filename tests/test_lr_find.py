@@ -10,14 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import RECIPES
+from PIL import Image
 from reliability_helpers import call, user_error
-from trainwright.accelerate_compat import forget_accelerator_state
-from trainwright.lr_find import RangeTest, lowest_point, lr_range_test
+
+from trainwright.distributed.accelerate_compat import forget_accelerator_state
 from trainwright.recipe import load_recipe
-from trainwright.training import train
+from trainwright.training.lr_find import RangeTest, lowest_point, lr_range_test
+from trainwright.training.start import train
 
 HEART = RECIPES / "heart.yaml"
 # 16,000 training points: 250 steps of 64, so the range test's 100 steps see each point once.

@@ -7,7 +7,6 @@ import json
 import os
 
 import pytest
-
 from conftest import assert_resumed
 from reliability_helpers import HEART, TINY, call, train_ok
 
@@ -29,7 +28,7 @@ def test_a_cut_off_last_metrics_line_is_skipped_and_reported(capsys, tmp_path):
 
 def test_a_failed_metrics_write_leaves_no_half_line(tmp_path, monkeypatch):
     from trainwright.errors import UserError
-    from trainwright.tracking import JsonLinesFile
+    from trainwright.run.tracking import JsonLinesFile
 
     path = tmp_path / "metrics.jsonl"
     log = JsonLinesFile(path, 0)

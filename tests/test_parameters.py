@@ -9,16 +9,16 @@ import json
 import sys
 from pathlib import Path
 
+import processes
 import pytest
 from accelerate.utils import set_seed
-from safetensors.torch import load_file
-
-import processes
 from conftest import REPO, checkpoint_dir, cli_env, describe, read_jsonl
 from reliability_helpers import HEART, user_error
+from safetensors.torch import load_file
+
 from trainwright.components import build_model
-from trainwright.gpt import gpt
-from trainwright.parameters import freeze, optimizer_groups
+from trainwright.models.gpt import gpt
+from trainwright.models.parameters import freeze, optimizer_groups
 from trainwright.recipe import OptimizerConfig, load_recipe
 
 KILLER = REPO / "tests" / "kill_at_step.py"

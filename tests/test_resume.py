@@ -25,12 +25,24 @@ import sys
 import termios
 from pathlib import Path
 
-import pytest
-
 import processes
+import pytest
 from conftest import (
-    REPO, WALL_CLOCK, assert_resumed, assert_user_error, checkpoint_dir, checkpoint_problem, checkpoint_steps, cli_env,
-    describe, metrics_by_step, newest_valid_checkpoint, no_credentials_env, read_jsonl, wandb_history, wandb_records,
+    REPO,
+    WALL_CLOCK,
+    assert_resumed,
+    assert_user_error,
+    checkpoint_dir,
+    checkpoint_problem,
+    checkpoint_steps,
+    cli_env,
+    describe,
+    metrics_by_step,
+    newest_valid_checkpoint,
+    no_credentials_env,
+    read_jsonl,
+    wandb_history,
+    wandb_records,
     wandb_run_ids,
 )
 
@@ -219,9 +231,9 @@ def test_sigkill_with_two_processes_resumes_bitwise(reference_2proc, start, tmp_
 # so a kill right after a checkpoint folder appears would land inside the manifest step if it came later.
 _SLOW_MANIFEST = """
 import time
-import trainwright.files
+import trainwright.run.files
 
-_sha256 = trainwright.files.sha256
+_sha256 = trainwright.run.files.sha256
 
 
 def _slow_sha256(path):
@@ -229,7 +241,7 @@ def _slow_sha256(path):
     return _sha256(path)
 
 
-trainwright.files.sha256 = _slow_sha256
+trainwright.run.files.sha256 = _slow_sha256
 """
 
 

@@ -8,10 +8,9 @@ import signal
 from pathlib import Path
 
 import pytest
-
-import trainwright.stopping
 from reliability_helpers import HEART, TINY, call, snapshot, train_ok, user_error
 
+import trainwright.run.stopping
 
 pytestmark = pytest.mark.usefixtures("keep_signal_handlers")
 
@@ -115,14 +114,14 @@ def test_eval_and_predict_say_which_step_the_weights_are_from(capsys, finished):
 
 
 def test_eval_after_an_extended_run_was_stopped_says_the_weights_are_older(capsys, finished, monkeypatch):
-    original = trainwright.stopping.StopSignals.stop_at
+    original = trainwright.run.stopping.StopSignals.stop_at
 
     def stop_at_step_12(self, step):
         if step >= 12:
             self.received = signal.SIGTERM
         return original(self, step)
 
-    monkeypatch.setattr(trainwright.stopping.StopSignals, "stop_at", stop_at_step_12)
+    monkeypatch.setattr(trainwright.run.stopping.StopSignals, "stop_at", stop_at_step_12)
     code, out, _ = call(capsys, "train", HEART, *TINY, "trainer.epochs=4", "checkpoint.every_steps=1",
                         "--run-dir", finished)
     assert code == 75 and "Stopped at step 12" in out

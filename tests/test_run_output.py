@@ -10,15 +10,15 @@ import re
 import sys
 from pathlib import Path
 
+import processes
 import pytest
 import torch
+from conftest import REPO, assert_ok, cli_env, describe, run_cli, workflow
 from torch import nn
 
-import processes
-from conftest import REPO, assert_ok, cli_env, describe, run_cli, workflow
-from trainwright.model_summary import summarize, table
-from trainwright.progress import Progress, resolve_mode
 from trainwright.recipe import load_recipe
+from trainwright.training.model_summary import summarize, table
+from trainwright.training.progress import Progress, resolve_mode
 from trainwright.tuning.study import run_labels
 
 # heart, 1000 points: 800 train / 64 per batch = 12 steps per epoch, 2 epochs, the loss logged every 5 steps

@@ -6,11 +6,11 @@ recipe that would split a tie is one message. (The 2-process runs: test_language
 from __future__ import annotations
 
 import pytest
-
 from tied_models import tied_net
+
+from trainwright.distributed.fsdp import shard_units
 from trainwright.errors import UserError
-from trainwright.fsdp import shard_units
-from trainwright.gpt import gpt
+from trainwright.models.gpt import gpt
 
 
 def _names(model, units) -> list[str]:
@@ -46,7 +46,7 @@ def test_a_named_class_that_splits_a_tie_is_one_message():
 
 def test_a_transformers_model_is_sharded_by_its_declared_blocks():
     pytest.importorskip("transformers")
-    from trainwright.hf_models import hf
+    from trainwright.models.hf import hf
 
     model = hf("GPT2LMHeadModel", {"n_layer": 2, "n_embd": 16, "n_head": 2, "vocab_size": 64, "n_positions": 16,
                                    "bos_token_id": 0, "eos_token_id": 0})

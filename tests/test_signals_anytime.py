@@ -15,7 +15,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from conftest import assert_user_error, checkpoint_steps, cli_env, run_cli
 from reliability_helpers import HEART, TINY
 
@@ -90,7 +89,7 @@ def test_a_signal_a_library_swallows_still_ends_the_command(start, sig, code, li
 ])
 def test_a_signal_before_training_releases_the_lock(start, tmp_path, sig, code, line):
     run_dir = tmp_path / "run"
-    process = _at_phase(start, "trainwright.training", "train", HEART, *TINY, "--run-dir", run_dir)
+    process = _at_phase(start, "trainwright.training.start", "train", HEART, *TINY, "--run-dir", run_dir)
     assert (tmp_path / ".run.trainwright-lock").is_file()  # train holds its lock while it imports torch
     process.signal(sig)
     _assert_said_once(process, code, line)

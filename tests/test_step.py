@@ -10,11 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from trainwright.accelerate_compat import forget_accelerator_state
+from trainwright.distributed.accelerate_compat import forget_accelerator_state
 from trainwright.errors import UserError
-from trainwright.inference import load_run
+from trainwright.finished.inference import load_run
 from trainwright.recipe import load_recipe
-from trainwright.training import train as train_recipe
+from trainwright.training.start import train as train_recipe
 
 HEART = Path(__file__).resolve().parent.parent / "recipes" / "heart.yaml"
 TINY = ["data.num_points=2000", "trainer.max_steps=20", "logging.wandb=false", "checkpoint.every_epochs=null",

@@ -11,10 +11,10 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import RECIPES, assert_ok, assert_user_error, cli_env, run_cli
 from denoising_step import Denoise
-from trainwright.inference import load_run
+
+from trainwright.finished.inference import load_run
 
 TESTS = Path(__file__).resolve().parent
 # linear: 40 training points in batches of 8 -> 5 steps per epoch; 30 steps, a checkpoint every 10.

@@ -11,10 +11,10 @@ import os
 from pathlib import Path
 
 import pytest
-
 from reliability_helpers import HEART, TINY, call, snapshot, train_ok, user_error
+
 from trainwright.errors import UserError
-from trainwright.files import atomic_open, atomic_path, is_temporary, write_json, write_json_atomic
+from trainwright.run.files import atomic_open, atomic_path, is_temporary, write_json, write_json_atomic
 
 # Files of a run dir that a resumed run writes again.
 REWRITTEN = ["summary.json", "metrics.jsonl", "recipe.yaml", "data.json", "model.safetensors",
@@ -160,7 +160,7 @@ def test_an_atomic_write_replaces_a_link_and_leaves_one_at_the_old_temporary_nam
 
 
 def test_new_files_and_appended_files_refuse_links(tmp_path):
-    from trainwright.files import open_append
+    from trainwright.run.files import open_append
 
     a, _ = _user_files(tmp_path)
     for name, target in (("to_a", a), ("dangling", tmp_path / "nothing")):

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from reliability_helpers import HEART, TINY, call, snapshot, train_ok
 from safetensors.torch import load_file
 
-from reliability_helpers import HEART, TINY, call, snapshot, train_ok
 from trainwright.errors import UserError
-from trainwright.files import atomic_open, atomic_path, is_temporary, publish_dir, temporary_beside
+from trainwright.run.files import atomic_open, atomic_path, is_temporary, publish_dir, temporary_beside
 
 USER = "the user's own file\n"
 
@@ -79,7 +79,6 @@ def test_plot_leaves_a_users_file_at_an_old_temporary_name(capsys, finished):
 
 def test_export_hf_leaves_a_users_folder_at_an_old_temporary_name(capsys, tmp_path):
     import transformers
-
     from test_hf_models import RECIPE
 
     recipe = tmp_path / "hf.yaml"

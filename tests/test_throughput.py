@@ -9,11 +9,11 @@ import resource
 
 import pytest
 import torch
-
 from conftest import REPO, assert_ok, cli_env, describe, run_cli
-from trainwright import throughput
+
 from trainwright.recipe import load_recipe
-from trainwright.throughput import Throughput, known_peak_tflops
+from trainwright.training import throughput
+from trainwright.training.throughput import Throughput, known_peak_tflops
 
 
 class Clock:

@@ -6,16 +6,16 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import processes
 import pytest
 import torch
+from conftest import cli_env
 from safetensors.numpy import load_file as load_numpy
 from safetensors.torch import load_file
 
-import processes
-from conftest import cli_env
-from trainwright.accelerate_compat import forget_accelerator_state
+from trainwright.distributed.accelerate_compat import forget_accelerator_state
 from trainwright.recipe import load_recipe
-from trainwright.training import train as train_recipe
+from trainwright.training.start import train as train_recipe
 
 HEART = Path(__file__).resolve().parent.parent / "recipes" / "heart.yaml"
 TINY = ["data.num_points=2000", "trainer.max_steps=20", "logging.wandb=false", "checkpoint.every_epochs=null"]
@@ -121,7 +121,7 @@ def test_the_unlogged_loss_sums_as_a_float64_running_sum_across_folds_and_resume
     also when it is read mid-way (a checkpoint) and a new one goes on from there (the resumed run). The values
     make the order matter: 1 + 2^-53 rounds back to 1, so the running sum drops every 2^-53 that follows a 1,
     while a sum that adds the small ones together first keeps them."""
-    from trainwright.running_loss import FOLD_AT, RunningLoss
+    from trainwright.training.running_loss import FOLD_AT, RunningLoss
 
     values = ([1.0] + [2.0**-53] * 99) * 4 + [0.1, 3.0] * 7
     losses = [torch.tensor(v, dtype=torch.float32) for v in values]

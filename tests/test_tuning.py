@@ -15,16 +15,27 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import processes
 import psutil
 import pytest
 import torch
 import yaml
-
-import processes
-from conftest import (RECIPES, REPO, assert_ok, assert_resumed, checkpoint_steps, cli_env, describe,
-                      newest_valid_checkpoint, no_credentials_env, run_cli, wandb_records)
+from conftest import (
+    RECIPES,
+    REPO,
+    assert_ok,
+    assert_resumed,
+    checkpoint_steps,
+    cli_env,
+    describe,
+    newest_valid_checkpoint,
+    no_credentials_env,
+    run_cli,
+    wandb_records,
+)
 from reliability_helpers import HEART, HOUSE, snapshot, user_error
 from test_slurm import _job_env, needs_cluster
+
 from trainwright.cli import main
 from trainwright.components import build_data
 from trainwright.data.folds import Fold
@@ -487,8 +498,8 @@ def test_a_trial_in_use_by_another_process_is_said_and_left_alone(sweep_run, tmp
     not start it, keeps its files and log, trains the others and exits 2."""
     import shutil
 
-    from trainwright.rundir import RunDir
-    from trainwright.runlock import RunLock
+    from trainwright.run.directory import RunDir
+    from trainwright.run.lock import RunLock
 
     done, _ = sweep_run
     folder = tmp_path / "sweep"
@@ -508,8 +519,8 @@ def test_a_trial_in_use_by_another_process_is_said_and_left_alone(sweep_run, tmp
 
 
 def test_a_study_folder_in_use_by_another_command_is_refused(capsys, sweep_run):
-    from trainwright.rundir import RunDir
-    from trainwright.runlock import RunLock
+    from trainwright.run.directory import RunDir
+    from trainwright.run.lock import RunLock
 
     done, _ = sweep_run
     before = snapshot(done)

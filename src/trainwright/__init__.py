@@ -1,7 +1,7 @@
 """trainwright: recipe-driven PyTorch training on HuggingFace Accelerate.
 
-`trainwright.load_run(RUN_DIR)` gives a trained run's model and `predict`/`evaluate` (trainwright.inference);
-`trainwright.Callback` is the base class of a recipe's `callbacks` (trainwright.callbacks). Both are
+`trainwright.load_run(RUN_DIR)` gives a trained run's model and `predict`/`evaluate` (trainwright.finished.inference);
+`trainwright.Callback` is the base class of a recipe's `callbacks` (trainwright.training.callbacks). Both are
 imported on first use, so `import trainwright` stays light."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ TYPE_CHECKING = False  # (typing itself is not imported: this module is the firs
 if TYPE_CHECKING:
     from typing import Any
 
-    from trainwright.callbacks import Callback, RunView
-    from trainwright.inference import load_run
+    from trainwright.finished.inference import load_run
+    from trainwright.training.callbacks import Callback, RunView
 
 __version__ = "0.1.0"
 __all__ = ["Callback", "RunView", "load_run", "__version__"]
@@ -19,11 +19,11 @@ __all__ = ["Callback", "RunView", "load_run", "__version__"]
 
 def __getattr__(name: str) -> Any:
     if name == "load_run":
-        from trainwright.inference import load_run
+        from trainwright.finished.inference import load_run
 
         return load_run
     if name in ("Callback", "RunView"):
-        from trainwright import callbacks
+        from trainwright.training import callbacks
 
         return getattr(callbacks, name)
     raise AttributeError(f"module 'trainwright' has no attribute {name!r}")

@@ -4,7 +4,7 @@ first: a signal while the command is still importing is one message and its exit
 import sys
 
 if __name__ == "__main__":
-    from trainwright import interrupts
+    from trainwright.run import interrupts
 
     interrupts.install()
     try:

@@ -8,10 +8,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from trainwright import __version__, interrupts
+from trainwright import __version__
 from trainwright.errors import UserError
-from trainwright.exiting import leave
-from trainwright.shipped import recipe_argument
+from trainwright.recipe.shipped import recipe_argument
+from trainwright.run import interrupts
+from trainwright.run.exiting import leave
 
 
 def _whole_number(text: str) -> int:
@@ -265,7 +266,7 @@ def _main(argv: list[str]) -> int:
         except OSError as exc:
             raise _os_error(exc) from None
     except UserError as exc:
-        from trainwright.launcher import report_to_launcher
+        from trainwright.distributed.launcher import report_to_launcher
 
         message = f"trainwright: error: {exc}"
         interrupts.say(message)

@@ -13,12 +13,12 @@ from pathlib import Path
 import yaml
 
 from trainwright.data.paths import pin_paths
+from trainwright.distributed.processes import launch_rank
 from trainwright.errors import EXIT_PREEMPTED, UserError
-from trainwright.processes import launch_rank
 from trainwright.recipe import load_recipe
-from trainwright.run_plan import plan_run
-from trainwright.rundir import RunDir, default_run_dir
-from trainwright.runlock import hold
+from trainwright.run.directory import RunDir, default_run_dir
+from trainwright.run.lock import hold
+from trainwright.run.plan import plan_run
 
 STARTED = time.perf_counter()  # for train/startup_seconds: from here to the first optimizer step
 
@@ -33,7 +33,7 @@ def train_command(args: argparse.Namespace) -> int:
         if plan.completed is not None:
             summary, state = plan.completed, "was already complete"
         else:
-            from trainwright.training import end_processes, execute  # torch and Accelerate: only to train
+            from trainwright.training.start import end_processes, execute  # torch and Accelerate: only to train
 
             try:
                 outcome = execute(recipe, plan, started=STARTED)
@@ -55,8 +55,8 @@ def train_command(args: argparse.Namespace) -> int:
 
 def eval_command(args: argparse.Namespace) -> int:
     """Under a launcher each process scores its share of the split; the main process prints the whole's metrics."""
-    from trainwright.inference import load_run
-    from trainwright.launched import end_launched
+    from trainwright.distributed.launched import end_launched
+    from trainwright.finished.inference import load_run
 
     run = load_run(args.run_dir, args.checkpoint, allow_data_change=args.allow_data_change, raw=args.raw_weights,
                    launched=True)
@@ -69,8 +69,8 @@ def eval_command(args: argparse.Namespace) -> int:
 
 def predict_command(args: argparse.Namespace) -> int:
     """Under a launcher each process predicts its share of each batch; the main process prints them all."""
-    from trainwright.inference import load_run
-    from trainwright.launched import end_launched
+    from trainwright.distributed.launched import end_launched
+    from trainwright.finished.inference import load_run
 
     if args.output is not None:
         if args.prompt is not None:
@@ -106,10 +106,10 @@ def _predict_to_file(args: argparse.Namespace) -> int:
     launcher each process predicts its share of each batch and the main process writes them all."""
     from tqdm.auto import tqdm
 
-    from trainwright.inference import load_run
-    from trainwright.interrupts import Stopped, stops_raise
-    from trainwright.launched import end_launched
-    from trainwright.prediction_files import check_output, write_predictions
+    from trainwright.distributed.launched import end_launched
+    from trainwright.finished.inference import load_run
+    from trainwright.finished.prediction_files import check_output, write_predictions
+    from trainwright.run.interrupts import Stopped, stops_raise
 
     if args.input is None:
         raise UserError("--output writes the predictions for --input; give --input FILE as well")
@@ -139,7 +139,7 @@ def plot_command(args: argparse.Namespace) -> int:
     if is_study(Path(args.run_dir)):
         paths = plot_study(Path(args.run_dir))
     else:
-        from trainwright.plots import plot_run
+        from trainwright.finished.plots import plot_run
 
         paths = plot_run(RunDir.existing(args.run_dir))
     print("\n".join(map(str, paths)))
@@ -147,7 +147,7 @@ def plot_command(args: argparse.Namespace) -> int:
 
 
 def export_command(args: argparse.Namespace) -> int:
-    from trainwright.export import export_hf, export_weights
+    from trainwright.finished.export import export_hf, export_weights
 
     done = (export_hf if args.hf else export_weights)(args.source, args.out, raw=args.raw_weights)
     print(f"Exported step {done.step} of {done.checkpoint} ({done.tensors} tensors, {done.parameters:,} parameters) to {args.out}")
@@ -156,7 +156,13 @@ def export_command(args: argparse.Namespace) -> int:
 
 def lr_find_command(args: argparse.Namespace) -> int:
     from trainwright.components import check_recipe
-    from trainwright.lr_find import check_options, check_single_process, lr_range_test, plot_path, plot_range_test
+    from trainwright.training.lr_find import (
+        check_options,
+        check_single_process,
+        lr_range_test,
+        plot_path,
+        plot_range_test,
+    )
 
     check_options(args.min_lr, args.max_lr, args.steps)
     check_single_process()
@@ -183,7 +189,7 @@ def lr_find_command(args: argparse.Namespace) -> int:
 
 def check_command(args: argparse.Namespace) -> int:
     from trainwright.components import check_recipe
-    from trainwright.preflight import dry_run_optimizer
+    from trainwright.training.preflight import dry_run_optimizer
 
     recipe = load_recipe(args.recipe, args.overrides)
     check_recipe(recipe)
@@ -207,14 +213,14 @@ def sweep_command(args: argparse.Namespace) -> int:
 
 
 def ls_command(args: argparse.Namespace) -> int:
-    from trainwright.shipped import list_shipped
+    from trainwright.recipe.shipped import list_shipped
 
     print(list_shipped())
     return 0
 
 
 def cp_command(args: argparse.Namespace) -> int:
-    from trainwright.shipped import copy_shipped
+    from trainwright.recipe.shipped import copy_shipped
 
     print(f"Wrote {copy_shipped(args.name, Path(args.destination))}")
     return 0

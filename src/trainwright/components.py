@@ -13,9 +13,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainwright import classifier_metrics
-from trainwright import losses, metrics, models, optim, parameters  # noqa: F401  (registers the built-ins)
-from trainwright.callbacks import check_callbacks
 from trainwright.data.bundle import DataBundle, Task, TensorSplit
 from trainwright.data.collate import COLLATE_ATTRIBUTE, Collate
 from trainwright.data.folds import Fold, fold_of
@@ -23,13 +20,24 @@ from trainwright.data.input_batch import InputBatch
 from trainwright.data.loading import require_stream
 from trainwright.data.targets import check_bundle_targets
 from trainwright.errors import UserError, did_you_mean
-from trainwright.evaluation import MetricFn, Scoring
-from trainwright.pairing import check_pair
+# Importing the models modules registers the built-ins.
+from trainwright.models import builtin, classifier_metrics, losses, metrics, optim, parameters  # noqa: F401
+from trainwright.models.pairing import check_pair
 from trainwright.recipe import Recipe, StepConfig
 from trainwright.registry import (
-    COLLATES, DATASETS, LOSSES, METRICS, MODELS, OPTIMIZERS, SCHEDULERS, STEPS, import_attr,
+    COLLATES,
+    DATASETS,
+    LOSSES,
+    METRICS,
+    MODELS,
+    OPTIMIZERS,
+    SCHEDULERS,
+    STEPS,
+    import_attr,
 )
 from trainwright.step import MODEL_LOSS, DefaultStep, Step
+from trainwright.training.callbacks import check_callbacks
+from trainwright.training.evaluation import MetricFn, Scoring
 
 InputReader = Callable[[Any, dict[str, Any], int], Iterator[InputBatch]]  # (source, data.json, batch size)
 
@@ -53,9 +61,9 @@ DATASETS.register_path("text", "trainwright.data.text:text", check=_ARGUMENTS)
 DATASETS.register_path("instructions", "trainwright.data.instructions:instructions", check=_ARGUMENTS)
 STEPS.register("default")(DefaultStep)
 COLLATES.register_path("pad", "trainwright.data.collate:pad")
-MODELS.register_path("gpt", "trainwright.gpt:gpt", check="trainwright.gpt:check_gpt_arguments")
+MODELS.register_path("gpt", "trainwright.models.gpt:gpt", check="trainwright.models.gpt:check_gpt_arguments")
 # Hugging Face transformers models (the optional extra trainwright[hf]), imported when a recipe names them.
-MODELS.register_path("hf", "trainwright.hf_models:hf")
+MODELS.register_path("hf", "trainwright.models.hf:hf")
 DATASETS.register_path(
     "npy", "trainwright.data.arrays:npy", inputs="trainwright.data.arrays:array_rows", check=_ARGUMENTS
 )
@@ -86,7 +94,7 @@ def check_recipe(recipe: Recipe) -> None:
         if METRICS.meta(name).get("state"):
             classifier_metrics.require_torchmetrics(name)
     if recipe.adapter is not None:
-        from trainwright.adapters import peft_config  # peft: only for recipes with an adapter
+        from trainwright.models.adapters import peft_config  # peft: only for recipes with an adapter
 
         peft_config(recipe.adapter)
     check_callbacks(recipe)
@@ -180,6 +188,15 @@ def input_reader(recipe: Recipe) -> InputReader:
     return import_attr(reader, "data.name") if isinstance(reader, str) else reader
 
 
+def seeded_model(recipe: Recipe, task: Task | None = None) -> nn.Module:
+    """The recipe's model as training builds it (seeded by recipe.seed; the RNG state is kept as it was)."""
+    from accelerate.utils import set_seed
+
+    with torch.random.fork_rng(devices=[]):
+        set_seed(recipe.seed)
+        return build_model(recipe, task)
+
+
 def build_model(recipe: Recipe, task: Task | None = None) -> nn.Module:
     """The recipe's model; for a sequence `task`, a model taking `vocab_size` that the recipe does not set
     gets the task's number of classes (a text data set's vocabulary is known only once it is read)."""
@@ -255,7 +272,7 @@ def adapt_model(recipe: Recipe, model: nn.Module) -> nn.Module:
     (before anything is written)."""
     parameters.freeze(model, recipe.model.freeze)
     if recipe.adapter is not None:
-        from trainwright.adapters import apply_adapter  # peft: only for recipes with an adapter
+        from trainwright.models.adapters import apply_adapter  # peft: only for recipes with an adapter
 
         model = apply_adapter(recipe.adapter, model)
     parameters.check_weight_decay(recipe.optimizer, OPTIMIZERS.get(recipe.optimizer.name))

@@ -44,7 +44,7 @@ from trainwright.errors import UserError
 
 if TYPE_CHECKING:
     from trainwright.data.bundle import Task
-    from trainwright.processes import Processes
+    from trainwright.distributed.processes import Processes
 
 Batch = tuple[torch.Tensor, torch.Tensor] | Mapping[str, torch.Tensor]
 TARGETS_KEY = "labels"  # the targets of a mapping batch (Hugging Face's name)

@@ -24,12 +24,17 @@ import torch
 from torch import nn
 
 from trainwright.checkpoint.format import (
-    EMA_FILE, OPTIMIZER_TENSORS, SHARDED_EMA_DIR, SHARDED_MODEL_DIR, SHARDED_OPTIMIZER_DIR, is_sharded,
+    EMA_FILE,
+    OPTIMIZER_TENSORS,
+    SHARDED_EMA_DIR,
+    SHARDED_MODEL_DIR,
+    SHARDED_OPTIMIZER_DIR,
+    is_sharded,
 )
 from trainwright.checkpoint.objects import TrainObjects, model_state
+from trainwright.checkpoint.safetensors_header import read_header
 from trainwright.checkpoint.shard_files import whole_tensors
 from trainwright.checkpoint.ties import state_dict_name, tied_aliases, untied
-from trainwright.safetensors_header import read_header
 
 DTYPE_NAMES = {
     torch.bool: "BOOL", torch.uint8: "U8", torch.int8: "I8", torch.int16: "I16", torch.uint16: "U16",

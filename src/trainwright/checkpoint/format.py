@@ -15,12 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trainwright.checkpoint.safetensors_header import header_problem, read_header
 from trainwright.checkpoint.schema import (
-    CallbacksFile, FullOptimizerFile, Manifest, RngFile, TrainStateFile, schema_problem,
+    CallbacksFile,
+    FullOptimizerFile,
+    Manifest,
+    RngFile,
+    TrainStateFile,
+    schema_problem,
 )
 from trainwright.checkpoint.shard_files import shards_problem
-from trainwright.files import fsync_path, normalize_mode, sha256, write_json
-from trainwright.safetensors_header import header_problem, read_header
+from trainwright.run.files import fsync_path, normalize_mode, sha256, write_json
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"

@@ -32,16 +32,24 @@ from safetensors.torch import load_file, save_file
 from trainwright.checkpoint import retention
 from trainwright.checkpoint.expected import Expected
 from trainwright.checkpoint.format import (
-    RECIPE_FILE, TMP_PREFIX, TRAINER_FILE, TrainState, is_sharded, read_train_state, step_dir_name, step_of, verify,
+    RECIPE_FILE,
+    TMP_PREFIX,
+    TRAINER_FILE,
+    TrainState,
+    is_sharded,
+    read_train_state,
+    step_dir_name,
+    step_of,
+    verify,
     write_manifest,
 )
 from trainwright.checkpoint.full import FullState, read_full_state
 from trainwright.checkpoint.objects import TrainObjects, fresh_rng, rng_from_files, rng_to_files
 from trainwright.checkpoint.policy import SavePolicy
+from trainwright.distributed.processes import Processes
 from trainwright.errors import UserError
-from trainwright.files import WRITE_ERRORS, remove_tree, replace_dir, warn, write_json
-from trainwright.processes import Processes
 from trainwright.recipe import CheckpointConfig
+from trainwright.run.files import WRITE_ERRORS, remove_tree, replace_dir, warn, write_json
 
 
 class CheckpointManager:

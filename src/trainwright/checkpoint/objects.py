@@ -17,7 +17,7 @@ from torch import nn
 from trainwright.checkpoint.format import CALLBACKS_FILE, TrainState
 from trainwright.checkpoint.ties import state_dict_name, tied_aliases, untied
 from trainwright.errors import UserError
-from trainwright.files import write_json
+from trainwright.run.files import write_json
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainwright.checkpoint.format import TMP_PREFIX, TRAINER_FILE, is_step_dir, step_of, verify
-from trainwright.files import is_temporary, write_json_atomic
 from trainwright.recipe import CheckpointConfig
+from trainwright.run.files import is_temporary, write_json_atomic
 
 LATEST = "latest.json"
 BEST = "best.json"

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainwright.safetensors_header import BadHeader, read_header
+from trainwright.checkpoint.safetensors_header import BadHeader, read_header
 
 SHARDING_INFO = "DCP_SHARDING_INFO"
 

@@ -15,15 +15,15 @@ from safetensors.torch import save_file
 
 from trainwright import __version__
 from trainwright.checkpoint.ties import tied_aliases, untied
-from trainwright.ema import averaged
-from trainwright.files import atomic_path, write_json_atomic
-from trainwright.guards import disk_writes
+from trainwright.run.files import atomic_path, write_json_atomic
+from trainwright.training.ema import averaged
+from trainwright.training.guards import disk_writes
 
 if TYPE_CHECKING:
     from trainwright.checkpoint.objects import TrainObjects
-    from trainwright.parallel import Strategy
-    from trainwright.processes import Processes
-    from trainwright.rundir import RunDir
+    from trainwright.distributed.parallel import Strategy
+    from trainwright.distributed.processes import Processes
+    from trainwright.run.directory import RunDir
 
 Weights = dict[str, torch.Tensor]
 

@@ -20,8 +20,8 @@ from trainwright.data.arguments import check_val_fraction
 from trainwright.data.bundle import DataBundle, RowTaskKind, Task, TensorSplit
 from trainwright.data.fingerprint import sampled_file_fingerprint
 from trainwright.data.input_batch import InputBatch
+from trainwright.distributed.processes import launch_rank
 from trainwright.errors import UserError
-from trainwright.processes import launch_rank
 
 _MAGIC = b"\x93NUMPY"  # how every .npy file begins
 

@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 from trainwright.data.bundle import DataBundle, TensorSplit
 from trainwright.data.paths import ALLOW_FLAG
 from trainwright.errors import UserError
-from trainwright.files import sha256, warn
+from trainwright.run.files import sha256, warn
 
 
 def _digest_tensors(digest: Any, *tensors: torch.Tensor) -> None:

@@ -20,7 +20,7 @@ import torch
 from trainwright.data.input_batch import InputBatch
 from trainwright.data.tabular import apply_statistics, describe_row, feature_columns, numbers
 from trainwright.errors import UserError, did_you_mean
-from trainwright.files import warn
+from trainwright.run.files import warn
 
 INPUT_FIX = "fix the value or remove the row"
 

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 from trainwright.data.bundle import TensorSplit
 from trainwright.data.collate import collate_of
 from trainwright.errors import UserError
-from trainwright.interrupts import end_workers_at_exit, quiet_worker
+from trainwright.run.interrupts import end_workers_at_exit, quiet_worker
 
 Batch = Any  # what the data set's items collate to: (inputs, targets) or named tensors
 EVAL_EPOCH = -1  # the `epoch` that items served for evaluation and prediction are seeded with

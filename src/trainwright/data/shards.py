@@ -34,7 +34,7 @@ from trainwright.data.loading import EVAL_EPOCH, epoch_order
 from trainwright.data.targets import check_targets
 from trainwright.data.transforms import build_pipeline
 from trainwright.errors import UserError
-from trainwright.files import write_text_atomic
+from trainwright.run.files import write_text_atomic
 
 Sample = dict[str, list[int]]  # extension -> [offset of its bytes in the tar file, size]
 Decode = Callable[[dict[str, bytes], str], Any]  # (a sample's members by extension, where it is) -> item

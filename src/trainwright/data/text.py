@@ -28,9 +28,9 @@ import torch
 
 from trainwright.data.arguments import check_data_arguments
 from trainwright.data.bundle import DataBundle, Task, TensorSplit
+from trainwright.distributed.processes import launch_rank
 from trainwright.errors import UserError
-from trainwright.processes import launch_rank
-from trainwright.files import atomic_open
+from trainwright.run.files import atomic_open
 
 Vocabulary = Literal["chars", "bytes", "tokenizer"]
 CACHE_VARIABLE = "TRAINWRIGHT_CACHE"  # where token arrays are stored (default: ~/.cache/trainwright)

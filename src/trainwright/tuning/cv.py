@@ -11,8 +11,8 @@ from typing import Any
 
 from trainwright.components import build_data, check_recipe
 from trainwright.errors import EXIT_NONFINITE, UserError
-from trainwright.files import write_json_atomic
 from trainwright.recipe import Recipe, load_recipe
+from trainwright.run.files import write_json_atomic
 from trainwright.tuning.runner import Job, run_jobs
 from trainwright.tuning.space import MAX_TRIALS
 from trainwright.tuning.study import claim, final_metrics, format_table, lock, run_labels

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from trainwright.curves import save_figure
 from trainwright.errors import UserError
+from trainwright.finished.curves import save_figure
 from trainwright.tuning import cv, sweep
 
 

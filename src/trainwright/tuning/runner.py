@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from trainwright.errors import EXIT_NONFINITE, EXIT_PREEMPTED, EXIT_USER_ERROR
-from trainwright.files import open_append
-from trainwright.run_plan import completed_run_summary
-from trainwright.rundir import RunDir
-from trainwright.runlock import holder
+from trainwright.run.directory import RunDir
+from trainwright.run.files import open_append
+from trainwright.run.lock import holder
+from trainwright.run.plan import completed_run_summary
 
 _FORWARDED = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 

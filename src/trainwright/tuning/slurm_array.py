@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 from trainwright.errors import UserError
-from trainwright.files import write_text_atomic
-from trainwright.shipped import shipped_root
+from trainwright.recipe.shipped import shipped_root
+from trainwright.run.files import write_text_atomic
 from trainwright.tuning.runner import Job
 
 SCRIPT = "sweep.sbatch"

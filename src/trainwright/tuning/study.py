@@ -12,11 +12,11 @@ import yaml
 
 from trainwright.data.paths import pin_paths
 from trainwright.errors import UserError
-from trainwright.files import write_json_atomic
 from trainwright.recipe import Recipe
-from trainwright.run_plan import describe_changes
-from trainwright.rundir import RunDir
-from trainwright.runlock import RunLock
+from trainwright.run.directory import RunDir
+from trainwright.run.files import write_json_atomic
+from trainwright.run.lock import RunLock
+from trainwright.run.plan import describe_changes
 
 RECIPE_KEY = "resolved_recipe"  # in the spec file: the recipe of every run, before the study's own settings
 RECORDED_AS_GIVEN = ("recipe", "overrides")  # how the recipe was given: its resolved form is what is compared

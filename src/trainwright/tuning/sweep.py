@@ -11,8 +11,8 @@ from typing import Any
 
 from trainwright.components import build_data, check_recipe, metric_names
 from trainwright.errors import EXIT_NONFINITE, UserError, did_you_mean
-from trainwright.files import atomic_open, write_json_atomic
 from trainwright.recipe import load_recipe, parse_override
+from trainwright.run.files import atomic_open, write_json_atomic
 from trainwright.tuning.runner import Job, run_jobs
 from trainwright.tuning.space import SweepSpec, load_spec, overrides
 from trainwright.tuning.study import claim, final_metrics, format_table, lock, run_labels

@@ -1,0 +1,64 @@
+"""Built-in metrics. A metric maps one batch to the SUM of a per-item score, so sums from several
+processes and batches add up exactly; the reported value is that sum over the number of items (for
+sequence tasks: over the tokens not ignored), mapped by the metric's `finish` where it is registered
+with one (perplexity: the exponential of the mean token loss).
+
+A metric of your own: `fn(outputs, targets, task, output_kind) -> 0-d tensor`, named in the recipe as
+`metrics: [my_pkg.metrics:fn]`.
+
+Beside them, `f1`, `precision`, `recall` and `auroc` for classifiers come from torchmetrics (registered with
+`state=True`: see classifier_metrics.py), exact over processes by merging their states."""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+
+from trainwright.data.bundle import Task
+from trainwright.finished.predictions import predicted_labels
+from trainwright.models import classifier_metrics
+from trainwright.registry import METRICS
+
+
+@METRICS.register("accuracy")
+def accuracy(outputs: torch.Tensor, targets: torch.Tensor, task: Task, output_kind: str) -> torch.Tensor:
+    """Correct predictions (classifiers; sequence tasks: correct tokens, padding not counted)."""
+    truth = targets.reshape(-1).long() if task.kind == "binary" else targets
+    correct = predicted_labels(outputs, task, output_kind) == truth
+    return (correct & task.counted(targets)).sum() if task.kind == "sequence" else correct.sum()
+
+
+@METRICS.register("perplexity", finish=math.exp)
+def perplexity(outputs: torch.Tensor, targets: torch.Tensor, task: Task, output_kind: str) -> torch.Tensor:
+    """Summed negative log-likelihood of the targets (per token, padding not counted), reported as
+    exp(its mean): the perplexity of language models (classifiers: of the class labels)."""
+    if task.kind not in ("sequence", "multiclass") or output_kind != "logits":
+        raise ValueError("perplexity needs class logits (cross_entropy) of a sequence or multiclass task")
+    return F.cross_entropy(
+        outputs.reshape(-1, outputs.shape[-1]).double(), targets.reshape(-1).long(), ignore_index=task.ignore_index,
+        reduction="sum",
+    )
+
+
+@METRICS.register("mae")
+def mae(outputs: torch.Tensor, targets: torch.Tensor, task: Task, output_kind: str) -> torch.Tensor:
+    """Absolute errors in the target's own units (regression; in float64, as large units overflow float32)."""
+    return (task.decode(outputs.double()) - task.decode(targets.double())).abs().sum()
+
+
+@METRICS.register("mse")
+def mse(outputs: torch.Tensor, targets: torch.Tensor, task: Task, output_kind: str) -> torch.Tensor:
+    """Squared errors in the target's own units (regression; in float64, as large units overflow float32)."""
+    return ((task.decode(outputs.double()) - task.decode(targets.double())) ** 2).sum()
+
+
+for _name in classifier_metrics.NAMES:
+    METRICS.register(_name, state=True)(partial(classifier_metrics.build, _name))
+
+
+def default_metrics(task: Task) -> list[str]:
+    """MAE for regression, accuracy for classifiers, and token accuracy with perplexity for sequence tasks."""
+    return {"regression": ["mae"], "sequence": ["accuracy", "perplexity"]}.get(task.kind, ["accuracy"])
