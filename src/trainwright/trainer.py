@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from torch.utils.data import Dataset
 
 from trainwright import early_stopping, model_summary, throughput
 from trainwright.accelerate_compat import step_calls
@@ -23,6 +24,7 @@ from trainwright.checkpoint.objects import TrainObjects
 from trainwright.checkpoint.weights import save_final
 from trainwright.data.bundle import DataBundle
 from trainwright.data.loading import TrainBatches, batches_per_epoch, peek, resolve_workers
+from trainwright.data.val_splits import prefixed
 from trainwright.errors import EXIT_PREEMPTED, UserError
 from trainwright.ema import WeightAverage, averaged
 from trainwright.evaluation import Scoring, evaluate
@@ -218,9 +220,10 @@ class Trainer:
         if self.checkpoints.should_save(state.step, state.epoch, finished=True):
             self._save()
         self._wait_for_checkpoint()  # the last checkpoint is on disk first
+        tested = self._test()
         if self.callbacks is not None:
             self.callbacks.fit_end()
-        return Outcome("completed", self._finish())
+        return Outcome("completed", self._finish(tested))
 
     def _next_event(self) -> float:
         """The next step after which `_loop` may act (validate, save, stop or end), besides the end of an
@@ -326,11 +329,15 @@ class Trainer:
         self.loss.reset()
 
     def _validate(self) -> None:
-        state = self.state
-        with averaged(self.average):
-            metrics = evaluate(self.accelerator.unwrap_model(self.model), self.data.val, self.scoring, self.processes)
-        self._require_finite(metrics["loss"], "validation loss")
-        state.val_metrics = {f"val/{key}": value for key, value in metrics.items()}
+        """Score the validation split and the named ones (data.val_splits): val/<metric>, val/<name>/<metric>."""
+        state, splits = self.state, {"val": self.data.val, **{f"val/{n}": d for n, d in self.data.val_splits.items()}}
+        scored: dict[str, float] = {}
+        for prefix, split in splits.items():
+            metrics = self._score(split)
+            named = f" of split '{prefix[4:]}'" if prefix != "val" else ""
+            self._require_finite(metrics["loss"], f"validation loss{named}")
+            scored.update(prefixed(prefix, metrics))
+        state.val_metrics = scored
         state.val_step = state.step
         monitored, mode = state.val_metrics.get(self.recipe.checkpoint.monitor), self.recipe.checkpoint.mode
         if monitored is not None and (
@@ -340,6 +347,24 @@ class Trainer:
         self.tracker.log(state.val_metrics, state.step, state.epoch_number())
         if self.callbacks is not None:
             self.callbacks.validation_end(state.val_metrics)
+
+    def _score(self, split: Dataset) -> dict[str, float]:
+        with averaged(self.average):
+            return evaluate(self.accelerator.unwrap_model(self.model), split, self.scoring, self.processes)
+
+    def _test(self) -> dict[str, float]:
+        """The test split's metrics at the end of the run (trainer.test_at_end), logged as test/<metric>; {}
+        without one. A data set whose test split is its validation split was scored by the last validation."""
+        test, state = self.data.test, self.state
+        if test is None or not self.recipe.trainer.test_at_end:
+            return {}
+        if test is self.data.val and state.val_step == state.step:
+            metrics = {key[4:]: value for key, value in state.val_metrics.items() if key.count("/") == 1}
+        else:
+            metrics = self._score(test)
+        tested = prefixed("test", metrics)
+        self.tracker.log(tested, state.step, state.epoch_number())
+        return tested
 
     # --- checkpoints and stopping -----------------------------------------------------------------
 
@@ -398,8 +423,8 @@ class Trainer:
             )
         return Outcome("preempted", {"status": "preempted", "step": step})
 
-    def _finish(self) -> dict[str, Any]:
-        """Write the final weights and summary.json (main process)."""
+    def _finish(self, tested: dict[str, float]) -> dict[str, Any]:
+        """Write the final weights and summary.json (main process); `tested`: the test metrics, if scored."""
         state = self.state
         summary = {
             "status": "completed",
@@ -410,6 +435,7 @@ class Trainer:
             "steps_per_epoch": self.steps_per_epoch,
             "model_summary": self.model_summary,
             **state.val_metrics,
+            **tested,
         }
         if state.stopped_early_epoch:
             summary["stopped_early"] = early_stopping.stopped_early(self.recipe.trainer.early_stopping, state)
