@@ -79,7 +79,10 @@ def check_monitor_name(key: str, monitor: str, recipe: Recipe, reported: list[st
     )
 
 
-def build_val_splits(recipe: Recipe, task: Task, build: Callable[[str, dict[str, Any]], DataBundle]) -> dict[str, Dataset]:
+Builder = Callable[[str, dict[str, Any]], DataBundle]  # (data set name, its arguments) -> the data set
+
+
+def build_val_splits(recipe: Recipe, task: Task, build: Builder) -> dict[str, Dataset]:
     """The named splits, each the validation split of `build(data set name, arguments)`; one message for a
     split that poses another task or holds no items."""
     splits = {}
