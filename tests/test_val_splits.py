@@ -7,6 +7,7 @@ the same weights; a monitor may name a named split's metric, and bad names and s
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -156,3 +157,26 @@ def test_train_refuses_an_empty_split_or_another_task_before_the_run_dir_is_made
     user_error(capsys, "train", HEART, "data.num_points=400", "logging.wandb=false", override,
                "--run-dir", tmp_path / "run", fragments=fragments)
     assert not (tmp_path / "run").exists()
+
+
+OWN_DATA = '''
+from trainwright.data.bundle import DataBundle
+from trainwright.data.synthetic import heart
+
+
+def points(count: int = 400, seed: int = 123) -> DataBundle:
+    """heart's points, the validation split also the test split (as FashionMNIST's)."""
+    bundle = heart(num_points=count, seed=seed)
+    return DataBundle(train=bundle.train, val=bundle.val, test=bundle.val, task=bundle.task)
+'''
+
+
+def test_a_data_set_of_your_own_takes_named_splits_and_its_test_split_that_is_its_validation_split(tmp_path):
+    (tmp_path / "tw_test_own_data.py").write_text(OWN_DATA)
+    env = cli_env(PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
+    assert_ok(run_cli("train", HEART, "data={name: 'tw_test_own_data:points', batch_size: 64}", "trainer.epochs=1",
+                      "data.val_splits={more: {seed: 5, count: 300}}", "logging.wandb=false", "--run-dir",
+                      tmp_path / "run", env=env))
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert {"val/more/loss", "val/more/accuracy"} <= set(summary) and summary["val/more/loss"] != summary["val/loss"]
+    assert summary["test/loss"] == summary["val/loss"] and summary["test/accuracy"] == summary["val/accuracy"]
