@@ -54,8 +54,11 @@ def killed_and_resumed(folder: Path) -> dict:
     killed = _train(folder / "run", script=[KILLER, str(KILLED_AT)])
     resumable = newest_valid_checkpoint(folder / "run")
     resumed = _train(folder / "run")
+    killed_at_end = _train(folder / "end", script=[KILLER, "20"])  # its last checkpoint is on disk, no summary
+    resumed_at_end = _train(folder / "end")
     return {"reference": reference, "killed": killed, "resumed": resumed, "resumable": resumable,
-            "dirs": (folder / "reference", folder / "run")}
+            "dirs": (folder / "reference", folder / "run"), "killed_at_end": killed_at_end,
+            "resumed_at_end": resumed_at_end, "end": folder / "end"}
 
 
 def _scored(run_dir: Path) -> dict[int, dict]:
@@ -99,6 +102,18 @@ def test_a_run_killed_between_validations_performs_the_same_validations_after_it
     assert _scored(run_dir) == _scored(reference_dir)  # the same steps, splits and values, each once
     assert (run_dir / "model.safetensors").read_bytes() == (reference_dir / "model.safetensors").read_bytes()
     assert json.loads((run_dir / "summary.json").read_text())["test/loss"] == _scored(reference_dir)[20]["test/loss"]
+
+
+def test_a_run_killed_once_its_last_checkpoint_is_written_scores_its_test_split_once(killed_and_resumed):
+    killed = killed_and_resumed["killed_at_end"]
+    assert killed.returncode == -9 and "Run complete" not in killed.stdout, describe(killed)
+    resumed = assert_ok(killed_and_resumed["resumed_at_end"])
+    assert_resumed(resumed.stdout + resumed.stderr, 20)
+    reference_dir, end = killed_and_resumed["dirs"][0], killed_and_resumed["end"]
+    assert _scored(end) == _scored(reference_dir)
+    assert sum(1 for row in read_jsonl(end / "metrics.jsonl") if "test/loss" in row) == 1  # scored before that save
+    summary, reference = (json.loads((d / "summary.json").read_text()) for d in (end, reference_dir))
+    assert summary["test/loss"] == reference["test/loss"] and summary["test/accuracy"] == reference["test/accuracy"]
 
 
 def test_test_at_end_false_leaves_the_test_split_to_eval(tmp_path):

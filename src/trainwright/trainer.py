@@ -217,13 +217,13 @@ class Trainer:
         stops.finishing = True
         if state.val_step != state.step:
             self._validate()
+        self._test()
         if self.checkpoints.should_save(state.step, state.epoch, finished=True):
             self._save()
         self._wait_for_checkpoint()  # the last checkpoint is on disk first
-        tested = self._test()
         if self.callbacks is not None:
             self.callbacks.fit_end()
-        return Outcome("completed", self._finish(tested))
+        return Outcome("completed", self._finish())
 
     def _next_event(self) -> float:
         """The next step after which `_loop` may act (validate, save, stop or end), besides the end of an
@@ -337,7 +337,7 @@ class Trainer:
             named = f" of split '{prefix[4:]}'" if prefix != "val" else ""
             self._require_finite(metrics["loss"], f"validation loss{named}")
             scored.update(prefixed(prefix, metrics))
-        state.val_metrics = scored
+        state.val_metrics, state.test_metrics = scored, {}  # a test score is of the weights last validated
         state.val_step = state.step
         monitored, mode = state.val_metrics.get(self.recipe.checkpoint.monitor), self.recipe.checkpoint.mode
         if monitored is not None and (
@@ -352,19 +352,19 @@ class Trainer:
         with averaged(self.average):
             return evaluate(self.accelerator.unwrap_model(self.model), split, self.scoring, self.processes)
 
-    def _test(self) -> dict[str, float]:
-        """The test split's metrics at the end of the run (trainer.test_at_end), logged as test/<metric>; {}
-        without one. A data set whose test split is its validation split was scored by the last validation."""
+    def _test(self) -> None:
+        """Score the test split at the end of the run (trainer.test_at_end) into state.test_metrics, logged as
+        test/<metric>, before the last checkpoint: a run resumed from it does not score it again. A data set
+        whose test split is its validation split takes the last validation's values."""
         test, state = self.data.test, self.state
-        if test is None or not self.recipe.trainer.test_at_end:
-            return {}
-        if test is self.data.val and state.val_step == state.step:
+        if test is None or not self.recipe.trainer.test_at_end or state.test_metrics:
+            return
+        if test is self.data.val:
             metrics = {key[4:]: value for key, value in state.val_metrics.items() if key.count("/") == 1}
         else:
             metrics = self._score(test)
-        tested = prefixed("test", metrics)
-        self.tracker.log(tested, state.step, state.epoch_number())
-        return tested
+        state.test_metrics = prefixed("test", metrics)
+        self.tracker.log(state.test_metrics, state.step, state.epoch_number())
 
     # --- checkpoints and stopping -----------------------------------------------------------------
 
@@ -423,8 +423,8 @@ class Trainer:
             )
         return Outcome("preempted", {"status": "preempted", "step": step})
 
-    def _finish(self, tested: dict[str, float]) -> dict[str, Any]:
-        """Write the final weights and summary.json (main process); `tested`: the test metrics, if scored."""
+    def _finish(self) -> dict[str, Any]:
+        """Write the final weights and summary.json (main process)."""
         state = self.state
         summary = {
             "status": "completed",
@@ -435,7 +435,7 @@ class Trainer:
             "steps_per_epoch": self.steps_per_epoch,
             "model_summary": self.model_summary,
             **state.val_metrics,
-            **tested,
+            **(state.test_metrics if self.recipe.trainer.test_at_end else {}),
         }
         if state.stopped_early_epoch:
             summary["stopped_early"] = early_stopping.stopped_early(self.recipe.trainer.early_stopping, state)
