@@ -43,7 +43,8 @@ def train_command(args: argparse.Namespace) -> int:
                 return EXIT_PREEMPTED
             summary, state = outcome.summary, "complete"
     if launch_rank() == 0:
-        metrics = ", ".join(f"{k}={v:.4f}" for k, v in summary.items() if k.startswith("val/") and v is not None)
+        scored = {k: v for k, v in summary.items() if k.startswith(("val/", "test/")) and v is not None}
+        metrics = ", ".join(f"{k}={v:.4f}" for k, v in scored.items())
         print(f"Run {state} at step {summary['step']}: {metrics}")
         if stopped := summary.get("stopped_early"):
             print(f"Stopped early after epoch {stopped['epoch']}: {stopped['reason']}")

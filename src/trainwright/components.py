@@ -19,6 +19,7 @@ from trainwright.data.folds import Fold, fold_of
 from trainwright.data.input_batch import InputBatch
 from trainwright.data.loading import require_stream
 from trainwright.data.targets import check_bundle_targets
+from trainwright.data.val_splits import build_val_splits, check_monitor_name, check_val_splits, validation_names
 from trainwright.errors import UserError, did_you_mean
 # Importing the models modules registers the built-ins.
 from trainwright.models import builtin, classifier_metrics, losses, metrics, optim, parameters  # noqa: F401
@@ -80,6 +81,7 @@ DATASETS.register_path(
 def check_recipe(recipe: Recipe) -> None:
     """Check that every component exists and takes the arguments given (no data is read)."""
     DATASETS.check(recipe.data.name, recipe.data.kwargs())
+    check_val_splits(recipe, DATASETS.check)
     build_collate(recipe)
     MODELS.check(recipe.model.name, recipe.model.kwargs())
     check_pair(recipe)
@@ -115,16 +117,12 @@ def _metric_choice(recipe: Recipe, task: Task | None) -> list[str]:
 def check_monitor(recipe: Recipe, names: list[str]) -> None:
     """checkpoint.monitor (or keep_best would keep nothing) and trainer.early_stopping.monitor (or it would
     never stop) must each be one of the metrics the run reports."""
-    reported = ["val/loss", *(f"val/{name}" for name in names)]
+    reported = validation_names(recipe, names)
     monitors = {"checkpoint.monitor": recipe.checkpoint.monitor}
     if recipe.trainer.early_stopping is not None:
         monitors["trainer.early_stopping.monitor"] = recipe.trainer.early_stopping.monitor
     for key, monitor in monitors.items():
-        if monitor not in reported:
-            raise UserError(
-                f"{key}: this run reports no '{monitor}'{did_you_mean(monitor, reported)} "
-                f"(it reports: {', '.join(reported)})"
-            )
+        check_monitor_name(key, monitor, recipe, reported)
 
 
 def build_data(recipe: Recipe) -> DataBundle:
@@ -140,10 +138,20 @@ def build_data(recipe: Recipe) -> DataBundle:
             require_stream(split, f"data set '{recipe.data.name}': its {name} split")
     check_bundle_targets(bundle, recipe.data.name)
     bundle = fold_of(bundle, fold) if fold is not None and not splits_itself else bundle
+    bundle.val_splits = build_val_splits(recipe, bundle.task, _built)
     collate = build_collate(recipe)
-    for split in (bundle.train, bundle.val, bundle.test):
+    for split in (bundle.train, bundle.val, bundle.test, *bundle.val_splits.values()):
         if collate is not None and split is not None and not isinstance(split, TensorSplit):
             setattr(split, COLLATE_ATTRIBUTE, collate)  # read by data/loading.py's loaders
+    return bundle
+
+
+def _built(name: str, kwargs: dict[str, Any]) -> DataBundle:
+    """A data set (a named validation split's), checked as build_data checks the recipe's."""
+    bundle = DATASETS.build(name, kwargs)
+    if not isinstance(bundle, DataBundle):
+        raise UserError(f"data set '{name}' returned {type(bundle).__name__}, not a DataBundle")
+    require_stream(bundle.val, f"data set '{name}': its val split")
     return bundle
 
 

@@ -58,6 +58,7 @@ class TrainState:
     loss_count: int = 0
     val_metrics: dict[str, float] = field(default_factory=dict)
     val_step: int = -1  # the step at which val_metrics were measured
+    test_metrics: dict[str, float] = field(default_factory=dict)  # trainer.test_at_end's, after the last validation
     best_metric: float | None = None  # best value of checkpoint.monitor so far
     wandb_run_id: str = ""
     world_size: int = 1  # processes that saved it (each wrote its own RNG files)

@@ -40,6 +40,7 @@ class TrainStateFile(BaseModel):
     loss_count: Natural = 0
     val_metrics: dict[str, float] = {}
     val_step: Annotated[int, Field(ge=-1)] = -1
+    test_metrics: dict[str, float] = {}
     best_metric: float | None = None
     wandb_run_id: str = ""
     world_size: Annotated[int, Field(ge=1)] = 1

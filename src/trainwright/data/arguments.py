@@ -18,6 +18,12 @@ def check_val_fraction(value: float | None) -> None:
         )
 
 
+def check_test_fraction(value: float | None) -> None:
+    """`data.test_fraction`: a share of the rows held out as a test split, 0 (none) up to below 1."""
+    if value is not None and not 0 <= value < 1:
+        raise UserError(f"data.test_fraction must be at least 0 (no test split) and below 1, got {value}")
+
+
 def check_at_least(key: str, value: int | None, least: int) -> None:
     """A count the data set needs at least `least` of (None: the data set's default)."""
     if value is not None and value < least:
@@ -27,5 +33,6 @@ def check_at_least(key: str, value: int | None, least: int) -> None:
 def check_data_arguments(kwargs: dict[str, Any]) -> None:
     """The built-in data sets' shared arguments, by name (each data set takes some of them)."""
     check_val_fraction(kwargs.get("val_fraction"))
+    check_test_fraction(kwargs.get("test_fraction"))
     check_at_least("num_points", kwargs.get("num_points"), 2)
     check_at_least("context", kwargs.get("context"), 1)

@@ -79,6 +79,7 @@ class DataBundle:
     describe_input: Callable[[int], str] | None = field(default=None, repr=False)  # item i of eval_split
     sources: dict[str, Path] = field(default_factory=dict)
     preprocessing: dict[str, Any] = field(default_factory=dict)
+    val_splits: dict[str, Dataset] = field(default_factory=dict)  # named ones (data.val_splits, set by build_data)
 
     @property
     def eval_split(self) -> Dataset:

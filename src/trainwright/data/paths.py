@@ -49,10 +49,12 @@ def pin_paths(recipe: Recipe) -> Recipe:
     data = recipe.to_dict()
     changed = False
     model_paths = MODEL_PATH_ARGUMENTS.get(recipe.model.name, ())
-    for section, keys in (("data", path_arguments(recipe.data.name)), ("model", model_paths)):
+    named = [(split, path_arguments(str(split.get("name", recipe.data.name))))
+             for split in (data["data"].get("val_splits") or {}).values()]  # data.val_splits' own paths
+    for section, keys in [(data["data"], path_arguments(recipe.data.name)), (data["model"], model_paths), *named]:
         for key in keys:
-            value = data[section].get(key)
+            value = section.get(key)
             if isinstance(value, str) and not os.path.isabs(os.path.expanduser(value)):
-                data[section][key] = os.path.abspath(os.path.expanduser(value))
+                section[key] = os.path.abspath(os.path.expanduser(value))
                 changed = True
     return validate(data, "the recipe") if changed else recipe

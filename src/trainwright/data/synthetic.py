@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from trainwright.data.arguments import check_at_least, check_val_fraction
+from trainwright.data.arguments import check_at_least, check_test_fraction, check_val_fraction
 from trainwright.data.bundle import DataBundle, Task, TensorSplit
 
 
@@ -21,15 +21,22 @@ def heart_labels(points: torch.Tensor) -> torch.Tensor:
     return inside.float().unsqueeze(1)
 
 
-def heart(num_points: int = 100_000, seed: int = 123, val_fraction: float = 0.2) -> DataBundle:
-    """Points uniform in [-2, 2]^2 (from `seed`), labelled inside/outside the heart; 80/20 split."""
+def heart(
+    num_points: int = 100_000, seed: int = 123, val_fraction: float = 0.2, test_fraction: float = 0.0
+) -> DataBundle:
+    """Points uniform in [-2, 2]^2 (from `seed`), labelled inside/outside the heart; 80/20 split. With
+    `test_fraction`, that share of the points (the last ones) is a test split, the rest split as before."""
     check_at_least("num_points", num_points, 2)
+    check_test_fraction(test_fraction)
     generator = torch.Generator().manual_seed(seed)
     points = torch.rand(num_points, 2, generator=generator) * 4 - 2
-    train, val = _split(points, heart_labels(points), val_fraction)
+    labels = heart_labels(points)
+    kept = num_points - (max(1, round(num_points * test_fraction)) if test_fraction else 0)
+    train, val = _split(points[:kept], labels[:kept], val_fraction)
     return DataBundle(
         train=train,
         val=val,
+        test=TensorSplit(points[kept:], labels[kept:]) if test_fraction else None,
         task=Task("binary", class_names=("outside", "inside")),
         describe_input=lambda i: f"({val.inputs[i, 0].item():.2f}, {val.inputs[i, 1].item():.2f})",
     )

@@ -55,6 +55,20 @@ class DataConfig(_Component):
         "at most 8); they stay up for the whole run"
     )
     prefetch_factor: int | None = Field(None, ge=1, le=64, description="batches each worker loads ahead (torch's default: 2)")
+    val_splits: dict[str, dict[str, Any]] | None = Field(
+        None, description="named validation splits besides the data set's own, each {argument: value, ...}: the "
+        "validation split of the data set built with these arguments changed (metrics logged as val/<name>/...)"
+    )
+
+    @field_validator("val_splits")
+    @classmethod
+    def _split_names(cls, value: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, Any]] | None:
+        """Split names become metric names (val/<name>/loss): letters, digits, '_', '.', '-'."""
+        for name in value or {}:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+                raise ValueError(f"split name {name!r} must be letters, digits, '_', '.' or '-' (it is logged as "
+                                 f"val/<name>/<metric>)")
+        return value
 
     @field_validator("collate", mode="before")
     @classmethod
@@ -155,6 +169,10 @@ class TrainerConfig(_Section):
     eval_every_epochs: int = Field(1, ge=1)
     eval_every_steps: int | None = Field(
         None, ge=1, description="also validate after every N-th optimizer step of the run (null: at epoch ends only)"
+    )
+    test_at_end: bool = Field(
+        True, description="score the data set's test split once at the end of the run (test/<metric>, also in "
+        "summary.json), where it has one"
     )
     record_samples: bool = Field(False, description="write each step's sample indices to <run dir>/samples/")
     compile: bool = Field(False, description="torch.compile the model (module.compile(): state dict names unchanged)")

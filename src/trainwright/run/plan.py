@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 # trainer.mixed_precision may read differently (auto, or the value auto gave) if the precision stays the same.
 RESUMABLE_CHANGES = (
     "name", "trainer.epochs", "trainer.max_steps", "trainer.log_every_steps", "trainer.eval_every_epochs",
-    "trainer.eval_every_steps",
+    "trainer.eval_every_steps", "trainer.test_at_end",
     "trainer.record_samples", "trainer.mixed_precision", "trainer.deterministic", "trainer.profile", "data.num_workers",
     "data.prefetch_factor",
     "metrics",

@@ -31,6 +31,7 @@ def completed_summary(
         "steps_per_epoch": steps_per_epoch,
         "model_summary": model_summary,
         **state.val_metrics,
+        **(state.test_metrics if recipe.trainer.test_at_end else {}),
     }
     if state.stopped_early_epoch:
         summary["stopped_early"] = early_stopping.stopped_early(recipe.trainer.early_stopping, state)

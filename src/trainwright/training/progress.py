@@ -83,7 +83,8 @@ class Progress:
         validation = {key: value for key, value in metrics.items() if key.startswith(("val/", "test/"))}
         if validation and self.mode == "lines":
             shown = " ".join(f"{key}={number(value)}" for key, value in validation.items())
-            self._print(f"validation step {step}/{self.total_steps} epoch {epoch}/{self.epochs}: {shown}")
+            what = "test" if all(key.startswith("test/") for key in validation) else "validation"
+            self._print(f"{what} step {step}/{self.total_steps} epoch {epoch}/{self.epochs}: {shown}")
 
     def _train_line(self, metrics: Metrics, step: int, epoch: int) -> str:
         parts = [f"step {step}/{self.total_steps}", f"epoch {epoch}/{self.epochs}",

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from torch.utils.data import Dataset
 
 from trainwright.checkpoint.format import TrainState
 from trainwright.checkpoint.manager import CheckpointManager
@@ -19,6 +20,7 @@ from trainwright.checkpoint.objects import TrainObjects
 from trainwright.checkpoint.weights import save_final
 from trainwright.data.bundle import DataBundle
 from trainwright.data.loading import TrainBatches, batches_per_epoch, peek, resolve_workers
+from trainwright.data.val_splits import prefixed
 from trainwright.distributed.accelerate_compat import step_calls
 from trainwright.distributed.parallel import Strategy
 from trainwright.distributed.processes import Processes
@@ -207,6 +209,7 @@ class Trainer:
         stops.finishing = True
         if state.val_step != state.step:
             self._validate()
+        self._test()
         if self.checkpoints.should_save(state.step, state.epoch, finished=True):
             self._save()
         self._wait_for_checkpoint()  # the last checkpoint is on disk first
@@ -318,11 +321,15 @@ class Trainer:
         self.loss.reset()
 
     def _validate(self) -> None:
-        state = self.state
-        with averaged(self.average):
-            metrics = evaluate(self.accelerator.unwrap_model(self.model), self.data.val, self.scoring, self.processes)
-        self._require_finite(metrics["loss"], "validation loss")
-        state.val_metrics = {f"val/{key}": value for key, value in metrics.items()}
+        """Score the validation split and the named ones (data.val_splits): val/<metric>, val/<name>/<metric>."""
+        state, splits = self.state, {"val": self.data.val, **{f"val/{n}": d for n, d in self.data.val_splits.items()}}
+        scored: dict[str, float] = {}
+        for prefix, split in splits.items():
+            metrics = self._score(split)
+            named = f" of split '{prefix[4:]}'" if prefix != "val" else ""
+            self._require_finite(metrics["loss"], f"validation loss{named}")
+            scored.update(prefixed(prefix, metrics))
+        state.val_metrics, state.test_metrics = scored, {}  # a test score is of the weights last validated
         state.val_step = state.step
         monitored, mode = state.val_metrics.get(self.recipe.checkpoint.monitor), self.recipe.checkpoint.mode
         if monitored is not None and (
@@ -332,6 +339,24 @@ class Trainer:
         self.tracker.log(state.val_metrics, state.step, state.epoch_number())
         if self.callbacks is not None:
             self.callbacks.validation_end(state.val_metrics)
+
+    def _score(self, split: Dataset) -> dict[str, float]:
+        with averaged(self.average):
+            return evaluate(self.accelerator.unwrap_model(self.model), split, self.scoring, self.processes)
+
+    def _test(self) -> None:
+        """Score the test split at the end of the run (trainer.test_at_end) into state.test_metrics, logged as
+        test/<metric>, before the last checkpoint: a run resumed from it does not score it again. A data set
+        whose test split is its validation split takes the last validation's values."""
+        test, state = self.data.test, self.state
+        if test is None or not self.recipe.trainer.test_at_end or state.test_metrics:
+            return
+        if test is self.data.val:
+            metrics = {key[4:]: value for key, value in state.val_metrics.items() if key.count("/") == 1}
+        else:
+            metrics = self._score(test)
+        state.test_metrics = prefixed("test", metrics)
+        self.tracker.log(state.test_metrics, state.step, state.epoch_number())
 
     # --- checkpoints and stopping -----------------------------------------------------------------
 
