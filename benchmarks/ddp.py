@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.measure import RESULT, Context, Samples, free_port, run
-from benchmarks.workloads import ROOT, FULL, QUICK, workload_by_key
+from benchmarks.workloads import FULL, QUICK, ROOT, workload_by_key
 
 CONFIG = ROOT / "accelerate_configs" / "cpu_2proc.yaml"
 

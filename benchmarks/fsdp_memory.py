@@ -32,10 +32,9 @@ def worker() -> None:
 
     from trainwright.components import build_model, build_optimizer
     from trainwright.launcher import resolve_strategy
-    from trainwright.training import strategy_for
     from trainwright.processes import Processes
     from trainwright.recipe import load_recipe
-    from trainwright.training import make_accelerator
+    from trainwright.training import make_accelerator, strategy_for
 
     def local_bytes(tensors) -> int:
         return sum((t.to_local() if isinstance(t, DTensor) else t).nbytes for t in tensors if t is not None)

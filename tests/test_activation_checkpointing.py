@@ -17,10 +17,9 @@ from conftest import WALL_CLOCK, assert_resumed, metrics_by_step
 from test_tied_weights import RECIPE, TESTS, step, train
 
 sys.path.insert(0, str(TESTS))
-from tied_models import TiedNet  # noqa: E402
-
-from trainwright.errors import UserError  # noqa: E402
-from trainwright.parallel import checkpoint_activations  # noqa: E402
+from tied_models import TiedNet
+from trainwright.errors import UserError
+from trainwright.parallel import checkpoint_activations
 
 
 def saved_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:

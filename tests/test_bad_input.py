@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import RECIPES, assert_user_error, workflow, house_frame, run_cli
+from conftest import RECIPES, assert_user_error, house_frame, run_cli, workflow
 from trainwright.cli import main
 
 HEART = RECIPES / "heart.yaml"

@@ -19,8 +19,21 @@ import pytest
 
 import processes
 from conftest import (
-    REPO, assert_ok, assert_resumed, assert_user_error, checkpoint_dir, checkpoint_problem, checkpoint_steps, cli_env,
-    metrics_by_step, newest_valid_checkpoint, no_credentials_env, read_jsonl, run_cli, wandb_history, wandb_records,
+    REPO,
+    assert_ok,
+    assert_resumed,
+    assert_user_error,
+    checkpoint_dir,
+    checkpoint_problem,
+    checkpoint_steps,
+    cli_env,
+    metrics_by_step,
+    newest_valid_checkpoint,
+    no_credentials_env,
+    read_jsonl,
+    run_cli,
+    wandb_history,
+    wandb_records,
 )
 from reliability_helpers import HEART, user_error
 from trainwright.checkpoint.format import MANIFEST, verify, write_manifest

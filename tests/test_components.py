@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from conftest import FASHION_TRAIN_SIZE, RECIPES, write_fashion_mnist
+from trainwright.components import SCHEDULERS
 from trainwright.data.loading import batches_per_epoch, epoch_order, train_indices
 from trainwright.data.vision import fashion_mnist
 from trainwright.errors import UserError
-from trainwright.components import SCHEDULERS
 
 
 def test_fashion_mnist_reads_gzipped_idx_files(tmp_path):

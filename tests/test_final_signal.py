@@ -16,7 +16,6 @@ from reliability_helpers import HEART, TINY, call
 from trainwright.processes import Processes
 from trainwright.stopping import StopSignals
 
-
 pytestmark = pytest.mark.usefixtures("keep_signal_handlers")
 
 

@@ -17,10 +17,10 @@ from safetensors.torch import load_file
 from conftest import REPO, assert_ok, cli_env, run_cli
 from reliability_helpers import call, user_error
 from trainwright.accelerate_compat import forget_accelerator_state
+from trainwright.components import build_scoring
 from trainwright.data.bundle import DataBundle, Task, TensorSplit
 from trainwright.errors import UserError
 from trainwright.evaluation import evaluate
-from trainwright.components import build_scoring
 from trainwright.processes import Processes
 from trainwright.recipe import load_recipe
 from trainwright.training import train as train_recipe
@@ -221,7 +221,7 @@ def test_predict_prompt_generates_text(corpus, tmp_path, capsys):
 def test_a_tokenizers_file_and_bytes_are_vocabularies_too(corpus, tmp_path):
     """data.tokenizer: a Hugging Face `tokenizers` JSON file (here a small BPE trained on the corpus);
     vocabulary bytes: 256 byte tokens. Both encode the corpus and decode back to it."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     from trainwright.data.text import Codec, text
 

@@ -22,11 +22,11 @@ from safetensors.torch import load_file
 
 from conftest import REPO, cli_env, write_fashion_mnist
 from reliability_helpers import HEART, HOUSE, call, read_only, user_error
-from trainwright.errors import EXIT_PREEMPTED
 from trainwright import load_run
 from trainwright.cli import main
 from trainwright.components import build_model
 from trainwright.data.vision import read_idx
+from trainwright.errors import EXIT_PREEMPTED
 from trainwright.recipe import load_recipe
 
 HOUSE_CSV = REPO / "examples" / "house_prices.csv"

@@ -29,8 +29,21 @@ import pytest
 
 import processes
 from conftest import (
-    REPO, WALL_CLOCK, assert_resumed, assert_user_error, checkpoint_dir, checkpoint_problem, checkpoint_steps, cli_env,
-    describe, metrics_by_step, newest_valid_checkpoint, no_credentials_env, read_jsonl, wandb_history, wandb_records,
+    REPO,
+    WALL_CLOCK,
+    assert_resumed,
+    assert_user_error,
+    checkpoint_dir,
+    checkpoint_problem,
+    checkpoint_steps,
+    cli_env,
+    describe,
+    metrics_by_step,
+    newest_valid_checkpoint,
+    no_credentials_env,
+    read_jsonl,
+    wandb_history,
+    wandb_records,
     wandb_run_ids,
 )
 

@@ -12,7 +12,6 @@ import pytest
 import trainwright.stopping
 from reliability_helpers import HEART, TINY, call, snapshot, train_ok, user_error
 
-
 pytestmark = pytest.mark.usefixtures("keep_signal_handlers")
 
 

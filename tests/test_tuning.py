@@ -21,8 +21,19 @@ import torch
 import yaml
 
 import processes
-from conftest import (RECIPES, REPO, assert_ok, assert_resumed, checkpoint_steps, cli_env, describe,
-                      newest_valid_checkpoint, no_credentials_env, run_cli, wandb_records)
+from conftest import (
+    RECIPES,
+    REPO,
+    assert_ok,
+    assert_resumed,
+    checkpoint_steps,
+    cli_env,
+    describe,
+    newest_valid_checkpoint,
+    no_credentials_env,
+    run_cli,
+    wandb_records,
+)
 from reliability_helpers import HEART, HOUSE, snapshot, user_error
 from test_slurm import _job_env, needs_cluster
 from trainwright.cli import main

@@ -20,8 +20,20 @@ import yaml
 
 import processes
 from conftest import (
-    WALL_CLOCK, WANDB_CLI, assert_ok, assert_resumed, assert_user_error, cli_env, describe, metrics_by_step,
-    no_credentials_env, read_jsonl, run_cli, wandb_history, wandb_records, workflow,
+    WALL_CLOCK,
+    WANDB_CLI,
+    assert_ok,
+    assert_resumed,
+    assert_user_error,
+    cli_env,
+    describe,
+    metrics_by_step,
+    no_credentials_env,
+    read_jsonl,
+    run_cli,
+    wandb_history,
+    wandb_records,
+    workflow,
 )
 
 WANDB_METRICS = ("train/loss", "val/loss", "val/accuracy")

@@ -12,19 +12,30 @@ import json
 import math
 import re
 import time
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 import torch
 import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file
 
 from conftest import (
-    FASHION_CLASSES, RECIPES, REPO, assert_ok, checkpoint_dir, checkpoint_problem, checkpoint_steps, cli_env,
-    describe, read_jsonl, run_cli, workflow, write_fashion_mnist,
+    FASHION_CLASSES,
+    RECIPES,
+    REPO,
+    assert_ok,
+    checkpoint_dir,
+    checkpoint_problem,
+    checkpoint_steps,
+    cli_env,
+    describe,
+    read_jsonl,
+    run_cli,
+    workflow,
+    write_fashion_mnist,
 )
 from trainwright.cli import main
 

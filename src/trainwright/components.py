@@ -13,8 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainwright import classifier_metrics
-from trainwright import losses, metrics, models, optim, parameters  # noqa: F401  (registers the built-ins)
+from trainwright import classifier_metrics, losses, metrics, models, optim, parameters  # noqa: F401  (registers the built-ins)
 from trainwright.callbacks import check_callbacks
 from trainwright.data.bundle import DataBundle, Task, TensorSplit
 from trainwright.data.collate import COLLATE_ATTRIBUTE, Collate
@@ -26,9 +25,7 @@ from trainwright.errors import UserError, did_you_mean
 from trainwright.evaluation import MetricFn, Scoring
 from trainwright.pairing import check_pair
 from trainwright.recipe import Recipe, StepConfig
-from trainwright.registry import (
-    COLLATES, DATASETS, LOSSES, METRICS, MODELS, OPTIMIZERS, SCHEDULERS, STEPS, import_attr,
-)
+from trainwright.registry import COLLATES, DATASETS, LOSSES, METRICS, MODELS, OPTIMIZERS, SCHEDULERS, STEPS, import_attr
 from trainwright.step import MODEL_LOSS, DefaultStep, Step
 
 InputReader = Callable[[Any, dict[str, Any], int], Iterator[InputBatch]]  # (source, data.json, batch size)

@@ -32,8 +32,8 @@ from trainwright.data.fingerprint import check_same_data, data_record
 from trainwright.data.input_batch import InputBatch
 from trainwright.data.loading import iterate
 from trainwright.errors import UserError
-from trainwright.export import checkpoint_weights, find_checkpoint
 from trainwright.evaluation import EVAL_BATCH_SIZE, Scoring, evaluate
+from trainwright.export import checkpoint_weights, find_checkpoint
 from trainwright.files import warn
 from trainwright.launched import gathered_rows, launched_processes, share
 from trainwright.predictions import Predictions

@@ -27,8 +27,8 @@ from trainwright.errors import UserError
 from trainwright.files import check_new_output
 from trainwright.launcher import resolve_precision
 from trainwright.preflight import check_first_batch, check_loss_fits_task, dry_run_optimizer
-from trainwright.recipe import Recipe
 from trainwright.processes import Processes
+from trainwright.recipe import Recipe
 from trainwright.step import Step
 from trainwright.trainer import steps_per_epoch
 from trainwright.training import make_accelerator

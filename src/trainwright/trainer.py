@@ -23,8 +23,8 @@ from trainwright.checkpoint.objects import TrainObjects
 from trainwright.checkpoint.weights import save_final
 from trainwright.data.bundle import DataBundle
 from trainwright.data.loading import TrainBatches, batches_per_epoch, peek, resolve_workers
-from trainwright.errors import EXIT_PREEMPTED, UserError
 from trainwright.ema import WeightAverage, averaged
+from trainwright.errors import EXIT_PREEMPTED, UserError
 from trainwright.evaluation import Scoring, evaluate
 from trainwright.guards import disk_writes, kept, require_finite
 from trainwright.parallel import Strategy

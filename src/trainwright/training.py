@@ -17,7 +17,13 @@ from accelerate.utils import set_seed
 from trainwright.accelerate_compat import cache_lomo_probe, keep_accelerate_fsdp_off
 from trainwright.callbacks import build_callbacks
 from trainwright.components import (
-    adapt_model, build_data, build_model, build_optimizer, build_scheduler, build_scoring, check_recipe,
+    adapt_model,
+    build_data,
+    build_model,
+    build_optimizer,
+    build_scheduler,
+    build_scoring,
+    check_recipe,
 )
 from trainwright.data.paths import pin_paths
 from trainwright.errors import UserError

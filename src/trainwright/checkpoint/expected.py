@@ -24,7 +24,12 @@ import torch
 from torch import nn
 
 from trainwright.checkpoint.format import (
-    EMA_FILE, OPTIMIZER_TENSORS, SHARDED_EMA_DIR, SHARDED_MODEL_DIR, SHARDED_OPTIMIZER_DIR, is_sharded,
+    EMA_FILE,
+    OPTIMIZER_TENSORS,
+    SHARDED_EMA_DIR,
+    SHARDED_MODEL_DIR,
+    SHARDED_OPTIMIZER_DIR,
+    is_sharded,
 )
 from trainwright.checkpoint.objects import TrainObjects, model_state
 from trainwright.checkpoint.shard_files import whole_tensors

@@ -16,7 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from trainwright.checkpoint.schema import (
-    CallbacksFile, FullOptimizerFile, Manifest, RngFile, TrainStateFile, schema_problem,
+    CallbacksFile,
+    FullOptimizerFile,
+    Manifest,
+    RngFile,
+    TrainStateFile,
+    schema_problem,
 )
 from trainwright.checkpoint.shard_files import shards_problem
 from trainwright.files import fsync_path, normalize_mode, sha256, write_json

@@ -22,8 +22,15 @@ from safetensors.torch import load_file, load_model, save_file
 
 from trainwright.checkpoint.format import EMA_FILE
 from trainwright.checkpoint.objects import (
-    TrainObjects, copied, frozen_names, json_states, model_state, optimizer_from_files, optimizer_to_files,
-    read_json_states, write_json_states,
+    TrainObjects,
+    copied,
+    frozen_names,
+    json_states,
+    model_state,
+    optimizer_from_files,
+    optimizer_to_files,
+    read_json_states,
+    write_json_states,
 )
 from trainwright.errors import UserError
 from trainwright.files import write_json

@@ -32,7 +32,15 @@ from safetensors.torch import load_file, save_file
 from trainwright.checkpoint import retention
 from trainwright.checkpoint.expected import Expected
 from trainwright.checkpoint.format import (
-    RECIPE_FILE, TMP_PREFIX, TRAINER_FILE, TrainState, is_sharded, read_train_state, step_dir_name, step_of, verify,
+    RECIPE_FILE,
+    TMP_PREFIX,
+    TRAINER_FILE,
+    TrainState,
+    is_sharded,
+    read_train_state,
+    step_dir_name,
+    step_of,
+    verify,
     write_manifest,
 )
 from trainwright.checkpoint.full import FullState, read_full_state

@@ -29,7 +29,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch.distributed.checkpoint import CheckpointException, HuggingFaceStorageReader, HuggingFaceStorageWriter
 from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_model_state_dict, set_optimizer_state_dict,
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
 )
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor, distribute_tensor
@@ -37,7 +41,11 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 from trainwright.checkpoint.expected import param_names, plain_optimizer
 from trainwright.checkpoint.format import EMA_FILE, OPTIMIZER_TENSORS, SHARDED_EMA_DIR, SHARDED_MODEL_DIR, is_sharded
 from trainwright.checkpoint.objects import (
-    TrainObjects, json_states, optimizer_from_files, read_json_states, write_json_states,
+    TrainObjects,
+    json_states,
+    optimizer_from_files,
+    read_json_states,
+    write_json_states,
 )
 from trainwright.checkpoint.ties import retied, tied_aliases, untied
 from trainwright.ema import WeightAverage

@@ -29,8 +29,8 @@ import torch
 from trainwright.data.arguments import check_data_arguments
 from trainwright.data.bundle import DataBundle, Task, TensorSplit
 from trainwright.errors import UserError
-from trainwright.processes import launch_rank
 from trainwright.files import atomic_open
+from trainwright.processes import launch_rank
 
 Vocabulary = Literal["chars", "bytes", "tokenizer"]
 CACHE_VARIABLE = "TRAINWRIGHT_CACHE"  # where token arrays are stored (default: ~/.cache/trainwright)
