@@ -78,7 +78,9 @@ def test_a_causal_lm_given_its_input_ids_as_labels_is_scored_on_the_next_token(r
     ids = torch.randint(0, CONFIG["vocab_size"], (12, 16))
     task = Task("sequence", class_names=tuple(str(i) for i in range(CONFIG["vocab_size"])))
     scoring = build_scoring(load_recipe(recipe), task)
-    convention = evaluate(model, NamedSplit({"input_ids": ids, "labels": ids}), scoring, Processes.single(), batch_size=5)
+    convention = evaluate(
+        model, NamedSplit({"input_ids": ids, "labels": ids}), scoring, Processes.single(), batch_size=5
+    )
     following = ids[:, 1:]
     aligned = NamedSplit({"input_ids": ids[:, :-1], "labels": following, "shift_labels": following})
     assert evaluate(model, aligned, scoring, Processes.single(), batch_size=5) == pytest.approx(convention, rel=1e-5)

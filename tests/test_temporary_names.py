@@ -50,7 +50,9 @@ def _unchanged_but(folder: Path, before: dict[str, str], *made: str) -> None:
 def test_predict_leaves_a_users_file_at_an_old_temporary_name(capsys, tmp_path, finished):
     (tmp_path / "pts.csv").write_text("x,y\n0.5,0.5\n-1,0.25\n")
     before = _users_files(tmp_path, "out2.csv.tmp", ".out2.csv.tmp", ".out2.csv.incomplete")
-    code, out, err = call(capsys, "predict", finished, "--input", tmp_path / "pts.csv", "--output", tmp_path / "out2.csv")
+    code, out, err = call(
+        capsys, "predict", finished, "--input", tmp_path / "pts.csv", "--output", tmp_path / "out2.csv"
+    )
     assert code == 0, err
     _unchanged_but(tmp_path, before, "out2.csv")
     rows = list(csv.DictReader((tmp_path / "out2.csv").open()))

@@ -50,7 +50,9 @@ def step_calls(accelerator: Accelerator, optimizer: torch.optim.Optimizer) -> St
         return StepCalls(accelerator.backward, optimizer.step, functools.partial(optimizer.zero_grad, set_to_none=True))
     torch_optimizer = optimizer.optimizer
     return StepCalls(
-        lambda loss: loss.backward(), torch_optimizer.step, functools.partial(torch_optimizer.zero_grad, set_to_none=True)
+        lambda loss: loss.backward(),
+        torch_optimizer.step,
+        functools.partial(torch_optimizer.zero_grad, set_to_none=True),
     )
 
 

@@ -150,7 +150,10 @@ def export_command(args: argparse.Namespace) -> int:
     from trainwright.export import export_hf, export_weights
 
     done = (export_hf if args.hf else export_weights)(args.source, args.out, raw=args.raw_weights)
-    print(f"Exported step {done.step} of {done.checkpoint} ({done.tensors} tensors, {done.parameters:,} parameters) to {args.out}")
+    print(
+        f"Exported step {done.step} of {done.checkpoint} ({done.tensors} tensors, {done.parameters:,} parameters) "
+        f"to {args.out}"
+    )
     return 0
 
 

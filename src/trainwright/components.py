@@ -1,4 +1,5 @@
-"""Recipe -> components: data (and how to read new inputs for it), model, scoring (loss and metrics), optimizer, scheduler.
+"""Recipe -> components: data (and how to read new inputs for it), model, scoring (loss and metrics), optimizer,
+scheduler.
 
 The one place that registers the built-in components (by importing their modules) and checks a
 recipe's component sections. No devices and no Accelerate here."""
@@ -181,7 +182,12 @@ def build_model(recipe: Recipe, task: Task | None = None) -> nn.Module:
     """The recipe's model; for a sequence `task`, a model taking `vocab_size` that the recipe does not set
     gets the task's number of classes (a text data set's vocabulary is known only once it is read)."""
     kwargs = recipe.model.kwargs()
-    if task is not None and task.kind == "sequence" and "vocab_size" not in kwargs and _takes(recipe.model.name, "vocab_size"):
+    if (
+        task is not None
+        and task.kind == "sequence"
+        and "vocab_size" not in kwargs
+        and _takes(recipe.model.name, "vocab_size")
+    ):
         kwargs["vocab_size"] = len(task.class_names)
     model = MODELS.build(recipe.model.name, kwargs)
     if not isinstance(model, nn.Module):
@@ -218,7 +224,9 @@ def build_scoring(recipe: Recipe, task: Task) -> Scoring:
     for name in states:
         classifier_metrics.check_task(name, task)
         classifier_metrics.require_torchmetrics(name)
-    finish = {short: METRICS.meta(name)["finish"] for name, short in zip(names, shorts) if "finish" in METRICS.meta(name)}
+    finish = {
+        short: METRICS.meta(name)["finish"] for name, short in zip(names, shorts) if "finish" in METRICS.meta(name)
+    }
     loss_fn, step = _loss(recipe, task), recipe.step or StepConfig()
     return Scoring(
         loss_fn=loss_fn,
@@ -271,4 +279,6 @@ def optimizer_over(recipe: Recipe, params: Any) -> torch.optim.Optimizer:
 
 
 def build_scheduler(recipe: Recipe, optimizer: torch.optim.Optimizer, total_steps: int) -> Any | None:
-    return SCHEDULERS.build(recipe.scheduler.name, recipe.scheduler.kwargs(), optimizer=optimizer, total_steps=total_steps)
+    return SCHEDULERS.build(
+        recipe.scheduler.name, recipe.scheduler.kwargs(), optimizer=optimizer, total_steps=total_steps
+    )

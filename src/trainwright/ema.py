@@ -29,7 +29,9 @@ class WeightAverage:
     def __init__(self, model: nn.Module, config: EmaConfig) -> None:
         self.config = config
         named = [
-            (state_dict_name(name), p) for name, p in model.named_parameters() if p.dtype.is_floating_point and p.requires_grad
+            (state_dict_name(name), p)
+            for name, p in model.named_parameters()
+            if p.dtype.is_floating_point and p.requires_grad
         ]
         self.names = [name for name, _ in named]
         self.params = [p for _, p in named]

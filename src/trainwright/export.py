@@ -75,7 +75,9 @@ def export_hf(source: str | Path, out: str | Path, raw: bool = False) -> Exporte
         _require_fit(checkpoint, weights, model)
         model.load_state_dict(retied(weights, tied_aliases(model)))
     _publish_pretrained(model, out, lambda folder: _copy_tokenizer(recipe, checkpoint, folder, out))
-    return Exported(checkpoint, read_train_state(checkpoint).step, len(weights), sum(t.numel() for t in weights.values()))
+    return Exported(
+        checkpoint, read_train_state(checkpoint).step, len(weights), sum(t.numel() for t in weights.values())
+    )
 
 
 def _publish_pretrained(model: nn.Module, out: Path, extra: Callable[[Path], None] | None = None) -> None:

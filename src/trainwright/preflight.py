@@ -102,7 +102,9 @@ def _output_argument(recipe: Recipe) -> str:
         params = inspect.signature(MODELS.get(recipe.model.name)).parameters
     except (TypeError, ValueError):
         return "the model's number of outputs"
-    name = next((p for p in ("num_classes", "out_features", "num_outputs", "outputs", "vocab_size") if p in params), None)
+    name = next(
+        (p for p in ("num_classes", "out_features", "num_outputs", "outputs", "vocab_size") if p in params), None
+    )
     return f"model.{name}" if name else "the model's number of outputs"
 
 
@@ -224,8 +226,12 @@ def _check_output_shape(recipe: Recipe, data: DataBundle, outputs: torch.Tensor,
                 f"model '{recipe.model.name}' gives outputs of shape {shape} per batch, but data set "
                 f"'{recipe.data.name}' has {classes} classes (one output per class: "
                 f"shape ({len(targets)}, {classes}))"
-                + ("; it gives a class per position: a per-position (sequence) task needs a data set whose task "
-                   "is 'sequence', with targets of shape (batch, time)" if per_position else f"; set {argument}={classes}")
+                + (
+                    "; it gives a class per position: a per-position (sequence) task needs a data set whose task "
+                    "is 'sequence', with targets of shape (batch, time)"
+                    if per_position
+                    else f"; set {argument}={classes}"
+                )
             )
         return
     if shape != tuple(targets.shape):

@@ -213,7 +213,8 @@ def _check_schedule_length(saved: dict[str, Any], recipe: Recipe, steps_per_epoc
     except ValidationError as exc:
         raise UserError(
             f"checkpoint {folder}: its {RECIPE_FILE} is not a recipe this trainwright reads ({exc.errors()[0]['msg']} "
-            f"at {'.'.join(map(str, exc.errors()[0]['loc']))}); resume from another checkpoint, or start over with --restart"
+            f"at {'.'.join(map(str, exc.errors()[0]['loc']))}); resume from another checkpoint, "
+            "or start over with --restart"
         ) from None
     after = recipe.trainer.total_steps(steps_per_epoch)
     if before != after:

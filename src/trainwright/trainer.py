@@ -167,7 +167,9 @@ class Trainer:
             run_config={"model_summary": self.model_summary}, shown=self.progress,
         )
         self.sample_log: JsonLinesFile | None = (
-            sample_log(self.run, processes.rank, processes.world_size, state.step) if recipe.trainer.record_samples else None
+            sample_log(self.run, processes.rank, processes.world_size, state.step)
+            if recipe.trainer.record_samples
+            else None
         )
         self.loss = RunningLoss(state.loss_sum, state.loss_count)
         try:
@@ -284,7 +286,9 @@ class Trainer:
                 if average_step is not None:
                     average_step(state.step)
                 if self._started is not None:
-                    self.tracker.log({"train/startup_seconds": time.perf_counter() - self._started}, state.step, epoch + 1)
+                    self.tracker.log(
+                        {"train/startup_seconds": time.perf_counter() - self._started}, state.step, epoch + 1
+                    )
                     self._started = None
                     self.throughput.restart()
                 if self.sample_log is not None:
@@ -334,7 +338,8 @@ class Trainer:
         state.val_step = state.step
         monitored, mode = state.val_metrics.get(self.recipe.checkpoint.monitor), self.recipe.checkpoint.mode
         if monitored is not None and (
-            state.best_metric is None or (monitored < state.best_metric if mode == "min" else monitored > state.best_metric)
+            state.best_metric is None
+            or (monitored < state.best_metric if mode == "min" else monitored > state.best_metric)
         ):
             state.best_metric = monitored
         self.tracker.log(state.val_metrics, state.step, state.epoch_number())

@@ -118,7 +118,9 @@ class CheckpointManager:
         pending, self._pending = self._pending, None
         return pending.result() if pending is not None else None
 
-    def _complete(self, tmp: Path, final: Path, full: FullState | None, state: dict[str, Any], recipe: dict[str, Any]) -> float:
+    def _complete(
+        self, tmp: Path, final: Path, full: FullState | None, state: dict[str, Any], recipe: dict[str, Any]
+    ) -> float:
         """Write the main process's files, the manifest last, and move the folder to its final name."""
         started = time.perf_counter()
         try:

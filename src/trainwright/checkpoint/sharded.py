@@ -151,7 +151,9 @@ def consolidated_weights(folder: Path) -> dict[str, torch.Tensor]:
 def consolidated_part(part: Path) -> dict[str, torch.Tensor]:
     """The whole tensors of one part of a sharded checkpoint (model/, ema/), in this one process."""
     metadata = HuggingFaceStorageReader(str(part)).read_metadata()
-    tensors = {key: torch.empty(item.size, dtype=item.properties.dtype) for key, item in metadata.state_dict_metadata.items()}
+    tensors = {
+        key: torch.empty(item.size, dtype=item.properties.dtype) for key, item in metadata.state_dict_metadata.items()
+    }
     _load(tensors, part, collective=False)
     return tensors
 

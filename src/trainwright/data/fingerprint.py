@@ -62,7 +62,12 @@ def sampled_file_fingerprint(path: Path) -> dict[str, Any]:
         for i in range(SAMPLES):
             file.seek(max(0, size - SAMPLE_BYTES) * i // (SAMPLES - 1))
             digest.update(file.read(SAMPLE_BYTES))
-    return {"name": Path(path).name, "bytes": size, "mtime_ns": status.st_mtime_ns, "sampled_sha256": digest.hexdigest()}
+    return {
+        "name": Path(path).name,
+        "bytes": size,
+        "mtime_ns": status.st_mtime_ns,
+        "sampled_sha256": digest.hexdigest(),
+    }
 
 
 def file_fingerprint(path: Path, previous: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -146,7 +146,8 @@ def require_stream(dataset: Dataset, where: str) -> None:
     missing = [name for name in ("__len__", "stream") if not callable(getattr(dataset, name, None))]
     if missing:
         raise UserError(
-            f"{where} is {type(dataset).__name__}, an IterableDataset without {' and '.join(missing)}; {STREAM_CONTRACT}"
+            f"{where} is {type(dataset).__name__}, an IterableDataset without {' and '.join(missing)}; "
+            f"{STREAM_CONTRACT}"
         )
 
 
@@ -236,7 +237,9 @@ def _own_generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def iterate(dataset: Dataset, indices: Iterator[torch.Tensor], seed: int = 0, epoch: int = EVAL_EPOCH) -> Iterator[Batch]:
+def iterate(
+    dataset: Dataset, indices: Iterator[torch.Tensor], seed: int = 0, epoch: int = EVAL_EPOCH
+) -> Iterator[Batch]:
     """Serve batches in the main process (evaluation, prediction, start-up checks): whole-tensor indexing
     for a TensorSplit, a stream's items at those positions of its epoch order, else a DataLoader without
     workers over the same indices; items seeded from (seed, epoch, index)."""

@@ -54,8 +54,9 @@ def numbers(frame: pd.DataFrame, column: str, path: Path | str, fix: str = TRAIN
     if huge.any():
         row = int(huge.idxmax())
         raise UserError(
-            f"{path}: column '{column}' line {row + 2} holds {_shown(frame[column][row])}, which is not a finite number "
-            f"(or beyond ±{FLOAT32_MAX:.3g}, the float32 range); fix the value or leave it empty for 'missing'"
+            f"{path}: column '{column}' line {row + 2} holds {_shown(frame[column][row])}, "
+            f"which is not a finite number (or beyond ±{FLOAT32_MAX:.3g}, the float32 range); fix the value or leave "
+            "it empty for 'missing'"
         )
     return values
 

@@ -24,10 +24,14 @@ SUMMARY_FILE = "cv_summary.json"
 def fold_job(recipe_path: Path, overrides: list[str], recipe: Recipe, folds: int, k: int, folder: Path) -> Job:
     """The job of fold k; its W&B run is in the group named after the CV folder, tagged with its fold."""
     labels = run_labels(recipe, f"{recipe.name}-fold_{k}", folder, ["cv", f"fold_{k}"])
-    return Job(f"fold_{k}", recipe_path, [*overrides, f"cv.folds={folds}", f"cv.fold={k}", *labels], folder / f"fold_{k}")
+    return Job(
+        f"fold_{k}", recipe_path, [*overrides, f"cv.folds={folds}", f"cv.fold={k}", *labels], folder / f"fold_{k}"
+    )
 
 
-def cross_validate(recipe_path: Path, overrides: list[str], folds: int | None, run_dir: str | None, parallel: int) -> int:
+def cross_validate(
+    recipe_path: Path, overrides: list[str], folds: int | None, run_dir: str | None, parallel: int
+) -> int:
     recipe = load_recipe(recipe_path, overrides)
     if folds is None:
         folds = recipe.cv.folds if recipe.cv else None

@@ -110,7 +110,9 @@ class SweepSpec(BaseModel):
                 shape, fix = f" ({sizes} values)", "give fewer values, or run_cap: N to take the first N of the grid"
             else:
                 shape, fix = "", f"lower run_cap to {MAX_TRIALS:,} or less"
-            raise UserError(f"the sweep has {count:,} trials{shape}, more than the {MAX_TRIALS:,} a sweep may have; {fix}")
+            raise UserError(
+                f"the sweep has {count:,} trials{shape}, more than the {MAX_TRIALS:,} a sweep may have; {fix}"
+            )
         if self.method == "grid":
             keys = list(self.parameters)
             combinations = itertools.product(*(self.parameters[k].choices() for k in keys))
@@ -133,5 +135,7 @@ def load_spec(path: Path) -> tuple[SweepSpec, Path]:
         raise UserError(f"{path}: invalid sweep spec:\n  {problems}") from None
     recipe = (path.parent / spec.recipe).resolve()
     if not recipe.is_file():
-        raise UserError(f"{path}: recipe {spec.recipe} not found (looked for {recipe}; the path is relative to the spec)")
+        raise UserError(
+            f"{path}: recipe {spec.recipe} not found (looked for {recipe}; the path is relative to the spec)"
+        )
     return spec, recipe
