@@ -146,15 +146,17 @@ class CheckpointManager:
         first: tuple[Path, str] | None = None
         for candidate in self._candidates(folder, fallback):
             problem = expected.problem(candidate)
-            state = None if problem else self._read(candidate)
-            problem = problem or self._nonfinite_weights()
             if problem is None:
-                self.resumed_from = candidate
-                self.policy.saved(state.step)
-                return state
+                state = self._read(candidate)
+                problem = self._nonfinite_weights()
+                if problem is None:
+                    self.resumed_from = candidate
+                    self.policy.saved(state.step)
+                    return state
             first = first or (candidate, problem)
             if fallback and self.processes.is_main:
                 warn(f"checkpoint {candidate} is damaged ({problem}); skipping it")
+        assert first is not None  # _candidates yields `folder` first
         newest, problem = first
         if fallback:
             problem = f"no checkpoint of {self.folder} fits this run (the newest, {newest}: {problem})"
