@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from trainwright.data.input_batch import InputBatch
-from trainwright.data.tabular import apply_statistics, describe_row, feature_columns, numbers
+from trainwright.data.tabular import apply_statistics, describe_row, feature_columns, first_row, numbers
 from trainwright.errors import UserError, did_you_mean
 from trainwright.files import warn
 
@@ -79,7 +79,7 @@ def _points(
         for name, values in zip(features, columns):
             if values.isna().any():
                 raise UserError(
-                    f"{where}: column '{name}' is empty on line {int(values.isna().idxmax()) + 2}; {INPUT_FIX}"
+                    f"{where}: column '{name}' is empty on line {first_row(values.isna()) + 2}; {INPUT_FIX}"
                 )
         inputs = torch.tensor(pd.concat(columns, axis=1).to_numpy(), dtype=torch.float32)
         actual = None

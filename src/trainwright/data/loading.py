@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from trainwright.data.bundle import TensorSplit
+from trainwright.data.bundle import TensorSplit, split_size
 from trainwright.data.collate import collate_of
 from trainwright.errors import UserError
 from trainwright.interrupts import end_workers_at_exit, quiet_worker
@@ -319,7 +319,7 @@ class TrainBatches:
             self.stream = StreamItems(dataset, batch_size, seed, rank, world_size)
             served = {"dataset": self.stream, "batch_size": batch_size // world_size}
         elif not isinstance(dataset, TensorSplit):
-            self.sampler = EpochBatches(len(dataset), batch_size, seed, rank, world_size)  # type: ignore[arg-type]
+            self.sampler = EpochBatches(split_size(dataset), batch_size, seed, rank, world_size)
             served = {"dataset": SeededItems(dataset, seed), "batch_sampler": self.sampler}
         if served:
             if num_workers > 0:
