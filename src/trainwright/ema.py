@@ -12,7 +12,7 @@ Validation and the final `model.safetensors` use them; the raw weights stay in t
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -74,7 +74,7 @@ class WeightAverage:
                 _copy(self.params, raw)
 
 
-def _copy(targets: list[torch.Tensor], sources: list[torch.Tensor]) -> None:
+def _copy(targets: Sequence[torch.Tensor], sources: Sequence[torch.Tensor]) -> None:
     """Copy tensor by tensor (sharded DTensors under fsdp: each process copies its own shards)."""
     for target, source in zip(targets, sources):
         target.copy_(source)

@@ -21,7 +21,7 @@ from trainwright.checkpoint.format import TrainState
 from trainwright.checkpoint.manager import CheckpointManager
 from trainwright.checkpoint.objects import TrainObjects
 from trainwright.checkpoint.weights import save_final
-from trainwright.data.bundle import DataBundle
+from trainwright.data.bundle import DataBundle, split_size
 from trainwright.data.loading import TrainBatches, batches_per_epoch, peek, resolve_workers
 from trainwright.ema import WeightAverage, averaged
 from trainwright.errors import EXIT_PREEMPTED, UserError
@@ -52,10 +52,11 @@ class Outcome:
 
 def steps_per_epoch(recipe: Recipe, data: DataBundle) -> int:
     """Optimizer steps in one epoch (the last incomplete global batch is dropped)."""
-    micro = batches_per_epoch(len(data.train), recipe.data.batch_size)
+    micro = batches_per_epoch(split_size(data.train), recipe.data.batch_size)
     if micro == 0:
         raise UserError(
-            f"data.batch_size={recipe.data.batch_size} is larger than the training split ({len(data.train)} samples)"
+            f"data.batch_size={recipe.data.batch_size} is larger than the training split "
+            f"({split_size(data.train)} samples)"
         )
     return math.ceil(micro / recipe.trainer.grad_accum_steps)
 
@@ -87,7 +88,7 @@ class Trainer:
         self.model, self.optimizer, self.scheduler, self.merge = model, optimizer, scheduler, merge
         self.calls = step_calls(accelerator, optimizer)
         self.step = scoring.step
-        self.micro_per_epoch = batches_per_epoch(len(data.train), recipe.data.batch_size)
+        self.micro_per_epoch = batches_per_epoch(split_size(data.train), recipe.data.batch_size)
         self.steps_per_epoch = steps_per_epoch(recipe, data)
         self.total_steps = recipe.trainer.total_steps(self.steps_per_epoch)
         ema, unwrapped = recipe.trainer.ema, accelerator.unwrap_model(model)
@@ -365,7 +366,7 @@ class Trainer:
         if written is not None:  # the last save's write time is not logged unless callbacks watch checkpoints
             times["checkpoint/write_seconds"] = written
         self.tracker.log(times, self.state.step, self.state.epoch_number())
-        if watched:
+        if watched and self.callbacks is not None:
             self.processes.barrier()
             self.callbacks.checkpoint_saved(folder)
 
@@ -416,8 +417,8 @@ class Trainer:
             "model_summary": self.model_summary,
             **state.val_metrics,
         }
-        if state.stopped_early_epoch:
-            summary["stopped_early"] = early_stopping.stopped_early(self.recipe.trainer.early_stopping, state)
+        if state.stopped_early_epoch and (rule := self.recipe.trainer.early_stopping) is not None:
+            summary["stopped_early"] = early_stopping.stopped_early(rule, state)
         if state.stopped_by_callback:
             summary["stopped_by_callback"] = {
                 "callback": state.stopped_by_callback, "reason": state.stop_reason,
