@@ -256,11 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, interrupts.Stopped) as signalled:
         return interrupts.ending(signalled, argv)
     except Exception:
-        if (signalled := interrupts.received.first()) is None:
+        if (received := interrupts.received.first()) is None:
             raise
-        return interrupts.ending(signalled, argv)  # its exception, swallowed on the way, broke something else
-    if code == 0 and (signalled := interrupts.received.first()) is not None:  # swallowed by a library
-        return interrupts.ending(signalled, argv)
+        return interrupts.ending(received, argv)  # its exception, swallowed on the way, broke something else
+    if code == 0 and (received := interrupts.received.first()) is not None:  # swallowed by a library
+        return interrupts.ending(received, argv)
     return code
 
 

@@ -8,7 +8,9 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -19,6 +21,9 @@ from trainwright.recipe import load_recipe
 from trainwright.run_plan import plan_run
 from trainwright.rundir import RunDir, default_run_dir
 from trainwright.runlock import hold
+
+if TYPE_CHECKING:
+    from trainwright.predictions import Predictions
 
 STARTED = time.perf_counter()  # for train/startup_seconds: from here to the first optimizer step
 
@@ -121,7 +126,7 @@ def _predict_to_file(args: argparse.Namespace) -> int:
             main = run.processes.is_main
             with end_launched(run.processes), tqdm(unit=" items", desc="predicting", file=sys.stderr,
                                                    disable=None if main else True) as progress:
-                batches = (progress.update(len(p)) or p for p in run.predict_stream(args.input, args.batch_size))
+                batches = _counted(run.predict_stream(args.input, args.batch_size), progress)
                 count = write_predictions(batches, Path(args.output)) if main else sum(map(len, batches))
     except Stopped as stop:
         if launch_rank() == 0:
@@ -131,6 +136,13 @@ def _predict_to_file(args: argparse.Namespace) -> int:
     if main:
         print(f"Wrote {count} predictions to {args.output}")
     return 0
+
+
+def _counted(stream: Iterator[Predictions], progress: Any) -> Iterator[Predictions]:
+    """`stream`, each batch's items counted on the `progress` bar (tqdm) as it passes."""
+    for predictions in stream:
+        progress.update(len(predictions))
+        yield predictions
 
 
 def plot_command(args: argparse.Namespace) -> int:

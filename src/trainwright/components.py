@@ -23,7 +23,7 @@ from trainwright.data.input_batch import InputBatch
 from trainwright.data.loading import require_stream
 from trainwright.data.targets import check_bundle_targets
 from trainwright.errors import UserError, did_you_mean
-from trainwright.evaluation import MetricFn, Scoring
+from trainwright.evaluation import MetricFn, Scoring, StateMetricFn
 from trainwright.pairing import check_pair
 from trainwright.recipe import Recipe, StepConfig
 from trainwright.registry import COLLATES, DATASETS, LOSSES, METRICS, MODELS, OPTIMIZERS, SCHEDULERS, STEPS, import_attr
@@ -99,7 +99,11 @@ def metric_names(recipe: Recipe, task: Task | None = None) -> list[str]:
 
 def _metric_choice(recipe: Recipe, task: Task | None) -> list[str]:
     """The recipe's metrics (`[]`: none, only the loss), or the task's default when it names none."""
-    return list(recipe.metrics) if recipe.metrics is not None else metrics.default_metrics(task)
+    if recipe.metrics is not None:
+        return list(recipe.metrics)
+    if task is None:
+        raise ValueError("the default metrics depend on the task: pass the data's task")
+    return metrics.default_metrics(task)
 
 
 def check_monitor(recipe: Recipe, names: list[str]) -> None:
@@ -219,8 +223,13 @@ def build_scoring(recipe: Recipe, task: Task) -> Scoring:
     default_kind = "value" if task.kind == "regression" else "logits"
     names = _metric_choice(recipe, task)
     shorts = metric_names(recipe, task)
-    functions: dict[str, MetricFn] = {short: METRICS.get(name, key="metrics") for name, short in zip(names, shorts)}
-    states = {short: functions.pop(short) for name, short in zip(names, shorts) if METRICS.meta(name).get("state")}
+    stateful = {short for name, short in zip(names, shorts) if METRICS.meta(name).get("state")}
+    functions: dict[str, MetricFn] = {
+        short: METRICS.get(name, key="metrics") for name, short in zip(names, shorts) if short not in stateful
+    }
+    states: dict[str, StateMetricFn] = {
+        short: METRICS.get(name, key="metrics") for name, short in zip(names, shorts) if short in stateful
+    }
     for name in states:
         classifier_metrics.check_task(name, task)
         classifier_metrics.require_torchmetrics(name)

@@ -11,6 +11,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
@@ -80,9 +81,9 @@ def export_hf(source: str | Path, out: str | Path, raw: bool = False) -> Exporte
     )
 
 
-def _publish_pretrained(model: nn.Module, out: Path, extra: Callable[[Path], None] | None = None) -> None:
-    """`model.save_pretrained` into a temporary folder beside `out` (plus what `extra` adds), then moved to `out`
-    (which must not exist); the temporary folder, trainwright's own, is removed on any failure."""
+def _publish_pretrained(model: Any, out: Path, extra: Callable[[Path], None] | None = None) -> None:
+    """A transformers model's `save_pretrained` into a temporary folder beside `out` (plus what `extra` adds),
+    then moved to `out` (which must not exist); the temporary folder, trainwright's own, is removed on any failure."""
     tmp = temporary_beside(out, folder=True)
     try:
         model.save_pretrained(tmp)

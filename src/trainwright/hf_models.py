@@ -88,7 +88,7 @@ def _transformers() -> ModuleType:
     return transformers
 
 
-def _model_class(transformers: ModuleType, name: str) -> type:
+def _model_class(transformers: ModuleType, name: str) -> type[Any]:
     """The transformers class `name`: a model class or an auto class (AutoModel...)."""
     try:
         found = getattr(transformers, name)
@@ -111,7 +111,7 @@ def _model_class(transformers: ModuleType, name: str) -> type:
 
 
 def _config(
-    transformers: ModuleType, model_class: type, architecture: str, settings: dict[str, Any], auto: bool
+    transformers: ModuleType, model_class: type[Any], architecture: str, settings: dict[str, Any], auto: bool
 ) -> Any:
     """The model's config object from the recipe's settings (`model_type` chooses the config class; a
     model class brings its own)."""
@@ -134,7 +134,7 @@ def _config(
     return config_class(**settings)
 
 
-def _check_settings(config_class: type, settings: dict[str, Any]) -> None:
+def _check_settings(config_class: type[Any], settings: dict[str, Any]) -> None:
     """transformers configs take any keyword (a misspelt one is silently kept): only their own settings pass."""
     known = (
         set(inspect.signature(config_class.__init__).parameters)

@@ -117,7 +117,7 @@ class Predictions:
             prefix = f"{self.describe(i)} " if self.describe else ""
             suffix = (
                 ""
-                if known is None or (self.task.kind == "regression" and math.isnan(actual[i]))
+                if known is None or actual is None or (self.task.kind == "regression" and math.isnan(actual[i]))
                 else f", Actual: {known[i]}"
             )
             lines.append(f"{prefix}Predicted: {text}{suffix}")

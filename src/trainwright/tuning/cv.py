@@ -59,7 +59,7 @@ def cross_validate(
               "the other folds would not be a K-fold estimate; change the recipe (a lower optimizer.lr?) and run "
               "the command with another --run-dir", file=sys.stderr)
         return EXIT_NONFINITE
-    print_table(write_summary(folder, summaries))
+    print_table(write_summary(folder, {name: summary for name, summary in summaries.items() if summary is not None}))
     return 0
 
 
