@@ -111,7 +111,7 @@ class SeededItems(Dataset):
         self.dataset, self.seed = dataset, seed
 
     def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
+        return split_size(self.dataset)
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
         return self.__getitems__([key])[0]
@@ -335,12 +335,12 @@ class TrainBatches:
         """This process's sample indices of batches start, start+1, ... of `epoch` (a stream's: its
         `sample_ids(seed, epoch)` at this process's positions, where it has that method, else the positions)."""
         if self.stream is not None:
-            batches = range(start, batches_per_epoch(len(self.dataset), self.batch_size))  # type: ignore[arg-type]
+            batches = range(start, batches_per_epoch(split_size(self.dataset), self.batch_size))
             positions = torch.tensor(list(process_positions(batches, self.batch_size, self.rank, self.world_size)))
             ids = getattr(self.dataset, "sample_ids", None)
             chosen = ids(self.seed, epoch)[positions] if callable(ids) and len(positions) else positions
             return list(torch.split(chosen, self.batch_size // self.world_size))
-        return list(train_indices(len(self.dataset), self.batch_size, self.seed, epoch, start, self.rank,  # type: ignore[arg-type]
+        return list(train_indices(split_size(self.dataset), self.batch_size, self.seed, epoch, start, self.rank,
                                   self.world_size))
 
     def epoch(self, epoch: int, start: int, indices: list[torch.Tensor]) -> Iterator[Batch]:
