@@ -22,7 +22,9 @@ from benchmarks.workloads import FULL, QUICK, large_state_workload, training_wor
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a smoke run of every row on small data (not a measurement)")
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run of every row on small data (not a measurement)"
+    )
     parser.add_argument("--repeats", type=int, help=f"interleaved repeats of every table (default {FULL.repeats}, "
                         f"heart {FULL.heart_repeats}; --quick {QUICK.repeats})")
     parser.add_argument("--threads", type=int, default=1, help="torch threads in every process (default 1)")

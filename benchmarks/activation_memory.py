@@ -41,7 +41,9 @@ def worker(recompute: bool) -> None:
     from trainwright.recipe import load_recipe
     from trainwright.training.start import make_accelerator, strategy_for
 
-    overrides = [*MODEL, "optimizer.name=adamw"] + (["distributed.activation_checkpointing=[GPTBlock]"] if recompute else [])
+    overrides = [*MODEL, "optimizer.name=adamw"] + (
+        ["distributed.activation_checkpointing=[GPTBlock]"] if recompute else []
+    )
     recipe = load_recipe(ROOT / "recipes" / "tiny_gpt.yaml", overrides)
     accelerator = make_accelerator("no")
     processes = Processes.from_accelerator(accelerator, "ddp")

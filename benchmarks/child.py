@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from benchmarks.checkpoints import reference_save
-from benchmarks.measure import RESULT
 from benchmarks.loops import LOOPS
+from benchmarks.measure import RESULT
 from benchmarks.workloads import FULL, QUICK, Workload, workload_by_key
 
 JOBS: dict[str, Callable[[Workload], dict[str, Any]]] = {**LOOPS, "reference-save": reference_save}

@@ -59,7 +59,10 @@ def trainwright(run_dir: Path, recipe: Path, *overrides: str) -> dict[str, float
     found: dict[str, float] = {}
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         found.update({k: v for k, v in json.loads(line).items() if k.startswith("train/")})
-    return {"startup_seconds": before + found["train/startup_seconds"], "samples_per_second": found["train/samples_per_second"]}
+    return {
+        "startup_seconds": before + found["train/startup_seconds"],
+        "samples_per_second": found["train/samples_per_second"],
+    }
 
 
 def _cell(values: list[float], digits: int) -> str:
@@ -84,8 +87,8 @@ def main() -> None:
         del inputs
         npy_recipe = root / "npy.yaml"
         npy_recipe.write_text(
-            f"name: npy_mlp\ndata: {{name: npy, inputs: {root / 'x.npy'}, targets: {root / 'y.npy'}, val_fraction: 0.01, "
-            "batch_size: 256}\nmodel: {name: mlp, in_features: 32, hidden: [64], out_features: 4}\n"
+            f"name: npy_mlp\ndata: {{name: npy, inputs: {root / 'x.npy'}, targets: {root / 'y.npy'}, "
+            "val_fraction: 0.01, batch_size: 256}\nmodel: {name: mlp, in_features: 32, hidden: [64], out_features: 4}\n"
             "loss: {name: cross_entropy}\noptimizer: {name: adam, lr: 0.001}\ntrainer: {log_every_steps: 1000}\n"
         )
         rows: dict[str, list[dict[str, float]]] = {k: [] for k in ("folder hand", "folder tw", "npy hand", "npy tw")}
@@ -100,7 +103,10 @@ def main() -> None:
     def values(name: str, key: str) -> list[float]:
         return [r[key] for r in rows[name]]
 
-    print(f"| measure ({args.repeats} interleaved rounds, {args.workers} workers) | hand-written loop | trainwright | trainwright / hand |")
+    print(
+        f"| measure ({args.repeats} interleaved rounds, {args.workers} workers) "
+        "| hand-written loop | trainwright | trainwright / hand |"
+    )
     print("|---|---|---|---|")
     for label, name, key, digits in (
         (f"image folder, resnet18, {3 * args.images_per_class} images: samples/s", "folder", "samples_per_second", 1),
@@ -108,7 +114,8 @@ def main() -> None:
         (f"npy, {args.rows:,} rows: samples/s", "npy", "samples_per_second", 0),
     ):
         ratio = statistics.median(values(f"{name} tw", key)) / statistics.median(values(f"{name} hand", key))
-        print(f"| {label} | {_cell(values(f'{name} hand', key), digits)} | {_cell(values(f'{name} tw', key), digits)} | {ratio:.3f} |")
+        by_hand, by_tw = _cell(values(f"{name} hand", key), digits), _cell(values(f"{name} tw", key), digits)
+        print(f"| {label} | {by_hand} | {by_tw} | {ratio:.3f} |")
 
 
 if __name__ == "__main__":

@@ -39,7 +39,9 @@ def worker() -> None:
     def local_bytes(tensors) -> int:
         return sum((t.to_local() if isinstance(t, DTensor) else t).nbytes for t in tensors if t is not None)
 
-    recipe = load_recipe(ROOT / "recipes" / "fashion_mnist_mlp.yaml", [f"model.hidden={HIDDEN}", "optimizer.name=adamw"])
+    recipe = load_recipe(
+        ROOT / "recipes" / "fashion_mnist_mlp.yaml", [f"model.hidden={HIDDEN}", "optimizer.name=adamw"]
+    )
     strategy = resolve_strategy(recipe)
     accelerator = make_accelerator("no")
     processes = Processes.from_accelerator(accelerator, strategy)
@@ -101,7 +103,10 @@ def main() -> None:
         total = r["params_mib"] + r["grads_mib"] + r["optimizer_mib"]
         lines.append(f"| {r['strategy']} | {r['rank']} | {r['params_mib']:.0f} | {r['grads_mib']:.0f} | "
                      f"{r['optimizer_mib']:.0f} | {total:.0f} | {r['peak_rss_mib']:.0f} |")
-    totals = {s: sum(r["params_mib"] + r["grads_mib"] + r["optimizer_mib"] for r in rows if r["strategy"] == s) for s in ("ddp", "fsdp")}
+    totals = {
+        s: sum(r["params_mib"] + r["grads_mib"] + r["optimizer_mib"] for r in rows if r["strategy"] == s)
+        for s in ("ddp", "fsdp")
+    }
     lines += ["", f"FSDP / DDP tensor memory per process: {totals['fsdp'] / totals['ddp']:.2f}"]
     text = "\n".join(lines) + "\n"
     print(text)

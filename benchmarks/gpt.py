@@ -58,7 +58,9 @@ def gpt_table(gpt: Gpt) -> str:
     ]
     for row, label in LABELS.items():
         samples = gpt.seconds[row]
-        lines.append(f"| {label} | {samples.median:.2f} | {samples.spread()} | {gpt.steps_tokens / samples.median:,.0f} |")
+        lines.append(
+            f"| {label} | {samples.median:.2f} | {samples.spread()} | {gpt.steps_tokens / samples.median:,.0f} |"
+        )
     lines += ["", f"trainwright / nanoGPT-style loop, time per epoch, per round: median {ratios.median:.3f} "
               f"(range {ratios.spread(3)}); {gpt.steps_tokens:,} tokens per epoch."]
     return "\n".join(lines)

@@ -82,5 +82,9 @@ def rows(inputs: str, targets: str, workers: int) -> dict[str, float]:
 
 if __name__ == "__main__":
     kind, *arguments = sys.argv[1:]
-    result = folder(arguments[0], int(arguments[1])) if kind == "folder" else rows(arguments[0], arguments[1], int(arguments[2]))
+    result = (
+        folder(arguments[0], int(arguments[1]))
+        if kind == "folder"
+        else rows(arguments[0], arguments[1], int(arguments[2]))
+    )
     print("RESULT " + json.dumps(result), flush=True)

@@ -73,7 +73,9 @@ class HeartFrame(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         row = self.df.iloc[i]
-        return torch.tensor([row["x"], row["y"]], dtype=torch.float32), torch.tensor([row["inside"]], dtype=torch.float32)
+        return torch.tensor([row["x"], row["y"]], dtype=torch.float32), torch.tensor(
+            [row["inside"]], dtype=torch.float32
+        )
 
 
 def _per_item_dataset(workload: Workload, s: Setup) -> Dataset:

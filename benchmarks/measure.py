@@ -46,16 +46,28 @@ def free_port() -> int:
 def run(command: list[str], context: Context) -> tuple[float, str]:
     """Run a command from the repository root; its wall seconds and stdout. A failure stops the benchmark."""
     started = time.perf_counter()
-    done = subprocess.run(command, cwd=ROOT, env=context.env(), stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    done = subprocess.run(
+        command, cwd=ROOT, env=context.env(), stdin=subprocess.DEVNULL, capture_output=True, text=True
+    )
     seconds = time.perf_counter() - started
     if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        raise RuntimeError(
+            f"{' '.join(command)} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        )
     return seconds, done.stdout
 
 
 def job(name: str, workload: str, context: Context) -> dict[str, Any]:
     """One benchmarks.child job in a fresh process; the figures it printed."""
-    command = [sys.executable, "-m", "benchmarks.child", name, workload, str(context.data_root), f"--threads={context.threads}"]
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.child",
+        name,
+        workload,
+        str(context.data_root),
+        f"--threads={context.threads}",
+    ]
     _, stdout = run(command + (["--quick"] if context.quick else []), context)
     return json.loads(next(line for line in stdout.splitlines() if line.startswith(RESULT))[len(RESULT):])
 
@@ -98,5 +110,9 @@ def interleaved(workload: Workload, context: Context, repeats: int) -> dict[str,
             result.threads.add(figures["threads"])
             if "first_epoch_seconds" in figures:
                 result.first_epoch.values.append(figures["first_epoch_seconds"])
-            print(f"[{workload.key} {repeat + 1}/{repeats}] {row.key}: {figures['seconds']:.2f} s", file=sys.stderr, flush=True)
+            print(
+                f"[{workload.key} {repeat + 1}/{repeats}] {row.key}: {figures['seconds']:.2f} s",
+                file=sys.stderr,
+                flush=True,
+            )
     return results

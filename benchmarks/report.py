@@ -122,16 +122,19 @@ def startup_table(startup: Startup) -> str:
 
 def ddp_table(ddp: Ddp) -> str:
     ratio = ddp.trainwright.median / ddp.plain.median
-    return "\n".join([
-        f"### A 2-process DDP step (heart, {ddp.steps} steps of 32 samples per process, 2 CPU processes over gloo)",
-        "",
-        "| loop | epoch s (median) | range s | trainwright / loop |",
-        "|---|---:|---:|---:|",
-        f"| plain Accelerate DDP: `prepare(model, optimizer)`, `accelerator.backward` | {_seconds(ddp.plain)} | {ratio:.2f} |",
-        f"| trainwright (`train/epoch_seconds`) | {_seconds(ddp.trainwright)} | |",
-        "",
-        "Both loops run interleaved in the same two processes (`accelerate_configs/cpu_2proc.yaml`).",
-    ])
+    return "\n".join(
+        [
+            f"### A 2-process DDP step (heart, {ddp.steps} steps of 32 samples per process, 2 CPU processes over gloo)",
+            "",
+            "| loop | epoch s (median) | range s | trainwright / loop |",
+            "|---|---:|---:|---:|",
+            "| plain Accelerate DDP: `prepare(model, optimizer)`, `accelerator.backward` "
+            f"| {_seconds(ddp.plain)} | {ratio:.2f} |",
+            f"| trainwright (`train/epoch_seconds`) | {_seconds(ddp.trainwright)} | |",
+            "",
+            "Both loops run interleaved in the same two processes (`accelerate_configs/cpu_2proc.yaml`).",
+        ]
+    )
 
 
 def _logged_row(label: str, samples: Samples) -> str:
@@ -148,9 +151,12 @@ def large_state_table(title: str, large: LargeState, scale: Scale) -> str:
         "|---|---:|---:|",
         f"| in-memory copy of the state (`clone()` of every tensor) | {_seconds(large.copy)} |",
         f"| reference: `safetensors.torch.save_file` of the state + fsync | {_seconds(large.save)} |",
-        _logged_row("trainwright `checkpoint/stall_seconds`, synchronous (`checkpoint.async=false`), per save",
-                    large.sync_stall),
-        _logged_row("trainwright `checkpoint/stall_seconds`, background (default), a run's first save", large.first_stall),
+        _logged_row(
+            "trainwright `checkpoint/stall_seconds`, synchronous (`checkpoint.async=false`), per save", large.sync_stall
+        ),
+        _logged_row(
+            "trainwright `checkpoint/stall_seconds`, background (default), a run's first save", large.first_stall
+        ),
         _logged_row("trainwright `checkpoint/stall_seconds`, background (default), later saves", large.stall),
         _logged_row("trainwright `checkpoint/write_seconds` (in the background), per save", large.write),
         f"| trainwright epoch, no checkpoint | {_seconds(large.epoch_plain)} |",
@@ -166,6 +172,8 @@ def large_state_table(title: str, large: LargeState, scale: Scale) -> str:
         f"Cost per checkpoint / reference save: {large.cost_per_save(saves) / reference:.2f}.",
     ]
     if large.stall.values and large.sync_stall.values:
-        lines.append(f"Background stall of later saves / synchronous stall: {large.stall.median / large.sync_stall.median:.2f}; "
-                     f"/ in-memory copy: {large.stall.median / large.copy.median:.2f}.")
+        lines.append(
+            f"Background stall of later saves / synchronous stall: {large.stall.median / large.sync_stall.median:.2f}; "
+            f"/ in-memory copy: {large.stall.median / large.copy.median:.2f}."
+        )
     return "\n".join(lines)

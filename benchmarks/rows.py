@@ -27,7 +27,11 @@ ROWS = (
     Row("accelerate", lambda w: "plain Accelerate loop (prepare, accelerator.backward)"),
     Row("lightning", lambda w: "PyTorch Lightning Trainer (same TensorDataset DataLoader)", needs="pytorch_lightning"),
     Row("trainwright", lambda w: "trainwright `train(recipe)`: its train/epoch_seconds"),
-    Row("trainwright-nondeterministic",
-        lambda w: "trainwright with `trainer.deterministic=false` (resume no longer bitwise): its train/epoch_seconds"),
-    Row("trainwright-compile", lambda w: "trainwright with `trainer.compile=true`: its 2nd epoch's train/epoch_seconds"),
+    Row(
+        "trainwright-nondeterministic",
+        lambda w: "trainwright with `trainer.deterministic=false` (resume no longer bitwise): its train/epoch_seconds",
+    ),
+    Row(
+        "trainwright-compile", lambda w: "trainwright with `trainer.compile=true`: its 2nd epoch's train/epoch_seconds"
+    ),
 )

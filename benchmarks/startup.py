@@ -33,7 +33,14 @@ def measure_startup(context: Context, runs: int) -> Startup:
         result.import_torch.values.append(seconds)
         result.torch_rss_mib.values.append(float(stdout.split()[-1]))
         run_dir = context.data_root / f"startup-{i}"
-        command = ["train", "recipes/heart.yaml", "trainer.max_steps=1", "logging.wandb=false", "--run-dir", str(run_dir)]
+        command = [
+            "train",
+            "recipes/heart.yaml",
+            "trainer.max_steps=1",
+            "logging.wandb=false",
+            "--run-dir",
+            str(run_dir),
+        ]
         seconds, _ = run(trainwright_command() + command, context)
         result.one_step_run.values.append(seconds)
         result.logged.values += [r["train/startup_seconds"] for r in read_metrics(run_dir / "metrics.jsonl")

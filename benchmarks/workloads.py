@@ -32,8 +32,18 @@ class Scale:
         return (self.large_steps - 1) // self.save_every
 
 
-FULL = Scale(heart_points=100_000, images=19_200, test_images=1_000, text_bytes=300_000, large_hidden=4096, large_steps=16,
-             save_every=4, repeats=5, heart_repeats=11, startup_runs=5)
+FULL = Scale(
+    heart_points=100_000,
+    images=19_200,
+    test_images=1_000,
+    text_bytes=300_000,
+    large_hidden=4096,
+    large_steps=16,
+    save_every=4,
+    repeats=5,
+    heart_repeats=11,
+    startup_runs=5,
+)
 QUICK = Scale(heart_points=10_000, images=2_560, test_images=256, text_bytes=40_000, large_hidden=1024, large_steps=10,
               save_every=5, repeats=1, heart_repeats=1, startup_runs=1)
 

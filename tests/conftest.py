@@ -184,7 +184,10 @@ def assert_resumed(output: str, step: int | None = None, times: int = 1) -> list
 
 def describe(result: subprocess.CompletedProcess) -> str:
     """Everything a failed assertion should show about a CLI run."""
-    return f"command: {result.args}\nexit code: {result.returncode}\n--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}"
+    return (
+        f"command: {result.args}\nexit code: {result.returncode}\n"
+        f"--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}"
+    )
 
 
 def assert_ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:

@@ -18,7 +18,14 @@ import numpy as np
 
 import processes
 from conftest import (
-    REPO, cli_env, describe, fashion_images, fashion_labels, house_frame, write_idx_images, write_idx_labels,
+    REPO,
+    cli_env,
+    describe,
+    fashion_images,
+    fashion_labels,
+    house_frame,
+    write_idx_images,
+    write_idx_labels,
     write_shards,
 )
 

@@ -70,7 +70,9 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def run(args: Sequence[object], env: dict[str, str], cwd: Path = REPO, timeout: float = 300) -> subprocess.CompletedProcess:
+def run(
+    args: Sequence[object], env: dict[str, str], cwd: Path = REPO, timeout: float = 300
+) -> subprocess.CompletedProcess:
     """Run a command to its end (stdin closed, output captured); never raises on failure. Whatever it
     started and left behind (or everything, on a timeout) is killed before this returns."""
     env, tag = tagged_env(env)
@@ -163,7 +165,9 @@ class Starter:
         self.folder = folder
         self.started: list[Background] = []
 
-    def __call__(self, args: Sequence[object], env: dict[str, str], name: str = "process", cwd: Path = REPO) -> Background:
+    def __call__(
+        self, args: Sequence[object], env: dict[str, str], name: str = "process", cwd: Path = REPO
+    ) -> Background:
         log = self.folder / f"{name}-{len(self.started)}.log"
         process = Background(args, log, env, cwd)
         self.started.append(process)

@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import WALL_CLOCK, assert_resumed, metrics_by_step
 from safetensors.torch import load_file
+
+from conftest import WALL_CLOCK, assert_resumed, metrics_by_step
 from test_tied_weights import RECIPE, TESTS, step, train
 
 sys.path.insert(0, str(TESTS))
-from tied_models import TiedNet  # noqa: E402
-
-from trainwright.distributed.parallel import checkpoint_activations  # noqa: E402
-from trainwright.errors import UserError  # noqa: E402
+from tied_models import TiedNet
+from trainwright.distributed.parallel import checkpoint_activations
+from trainwright.errors import UserError
 
 
 def saved_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:

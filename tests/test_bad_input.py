@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import RECIPES, assert_user_error, workflow, house_frame, run_cli
+from conftest import RECIPES, assert_user_error, house_frame, run_cli, workflow
 from trainwright.cli import main
 
 HEART = RECIPES / "heart.yaml"
@@ -357,7 +357,9 @@ def test_damaged_fashion_mnist_files(capsys, tmp_path, damage):
     else:  # only the .gz of the official download is there, and it is damaged
         packed = gzip.compress(images.read_bytes())
         images.unlink()
-        (raw / "train-images-idx3-ubyte.gz").write_bytes(b"<html>not found</html>" if damage == "not_gzip" else packed[:500])
+        (raw / "train-images-idx3-ubyte.gz").write_bytes(
+            b"<html>not found</html>" if damage == "not_gzip" else packed[:500]
+        )
     message = user_error(
         capsys, "train", RECIPES / "fashion_mnist_mlp.yaml", f"data.root={tmp_path}", "logging.wandb=false",
         "--run-dir", tmp_path / "run", fragments=(str(raw), *FASHION_DAMAGES[damage]),

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from reliability_helpers import HEART, TINY, user_error
 from torch import nn
 
+from reliability_helpers import HEART, TINY, user_error
 from trainwright.finished.generation import generate, text_pieces
 
 

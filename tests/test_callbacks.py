@@ -15,8 +15,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-import processes
 import pytest
+
+import processes
 from conftest import (
     REPO,
     assert_ok,
@@ -35,7 +36,6 @@ from conftest import (
     wandb_records,
 )
 from reliability_helpers import HEART, user_error
-
 from trainwright.checkpoint.format import MANIFEST, verify, write_manifest
 from trainwright.distributed.processes import Processes
 from trainwright.run.stopping import StopSignals

@@ -171,7 +171,8 @@ import sys, torch
 from trainwright.checkpoint.weights import save_weights
 torch.manual_seed(0)
 model = torch.nn.Linear(3, 2)
-save_weights(model.state_dict(), __import__("pathlib").Path(sys.argv[1]), {k: str(i) for i, k in enumerate("recipe step a b z".split())})
+metadata = {k: str(i) for i, k in enumerate("recipe step a b z".split())}
+save_weights(model.state_dict(), __import__("pathlib").Path(sys.argv[1]), metadata)
 """
 
 
@@ -220,7 +221,9 @@ def test_later_background_saves_copy_into_the_previous_snapshot_and_hold_their_o
 
     taken = []
     take = FullState.take.__func__
-    monkeypatch.setattr(FullState, "take", classmethod(lambda cls, *a, **k: taken.append(take(cls, *a, **k)) or taken[-1]))
+    monkeypatch.setattr(
+        FullState, "take", classmethod(lambda cls, *a, **k: taken.append(take(cls, *a, **k)) or taken[-1])
+    )
     objects = _stateful()
     manager = _manager(tmp_path, objects)
     states = []

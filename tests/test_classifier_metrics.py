@@ -11,12 +11,12 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, assert_ok, cli_env, read_jsonl
-from processes import free_port, run
-from reliability_helpers import HEART, call, user_error
 from sklearn.metrics import confusion_matrix, f1_score, precision_score, recall_score, roc_auc_score
 from torch import nn
 
+from conftest import REPO, assert_ok, cli_env, read_jsonl
+from processes import free_port, run
+from reliability_helpers import HEART, call, user_error
 from trainwright.components import METRICS
 from trainwright.data.bundle import Task, TensorSplit
 from trainwright.distributed.processes import Processes

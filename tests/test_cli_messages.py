@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 
 import pytest
+
 from reliability_helpers import HEART, TINY, call, user_error
 
 

@@ -22,4 +22,11 @@ def test_a_compiled_run_keeps_state_names_and_resumes_bitwise(tmp_path):
     resumed = assert_ok(run_cli("train", RECIPES / "heart.yaml", *TINY, "--run-dir", parts, timeout=600))
     assert_resumed(resumed.stdout + resumed.stderr, 10)
     assert (parts / "model.safetensors").read_bytes() == (whole / "model.safetensors").read_bytes()
-    assert sorted(load_file(whole / "model.safetensors")) == ["1.bias", "1.weight", "3.bias", "3.weight", "5.bias", "5.weight"]
+    assert sorted(load_file(whole / "model.safetensors")) == [
+        "1.bias",
+        "1.weight",
+        "3.bias",
+        "3.weight",
+        "5.bias",
+        "5.weight",
+    ]

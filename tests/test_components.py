@@ -6,8 +6,8 @@ import gzip
 
 import pytest
 import torch
-from conftest import FASHION_TRAIN_SIZE, RECIPES, write_fashion_mnist
 
+from conftest import FASHION_TRAIN_SIZE, RECIPES, write_fashion_mnist
 from trainwright.components import SCHEDULERS
 from trainwright.data.loading import batches_per_epoch, epoch_order, train_indices
 from trainwright.data.vision import fashion_mnist
@@ -78,7 +78,6 @@ def test_empty_metrics_mean_none_and_absent_metrics_the_defaults(capsys, tmp_pat
     import json
 
     from reliability_helpers import HEART, TINY, call, train_ok
-
     from trainwright.components import metric_names
     from trainwright.data.bundle import Task
     from trainwright.recipe import load_recipe

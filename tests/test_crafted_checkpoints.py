@@ -16,14 +16,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import processes
 import pytest
 import torch
-from conftest import REPO, assert_user_error, cli_env
-from reliability_helpers import HEART, TINY, call, train_ok, user_error
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+import processes
+from conftest import REPO, assert_user_error, cli_env
+from reliability_helpers import HEART, TINY, call, train_ok, user_error
 from trainwright.checkpoint.format import verify
 from trainwright.checkpoint.manager import CheckpointManager
 from trainwright.checkpoint.objects import TrainObjects
@@ -42,7 +42,13 @@ FSDP_2PROC = REPO / "accelerate_configs" / "fsdp_cpu_2proc.yaml"
 # 5 steps per epoch (TINY); checkpoints at steps 2 and 4, then the run stops at max_steps 4. A schedule laid
 # out over the run's length makes a resume with another recipe read the checkpoint's recipe.json.
 STEPS = ["trainer.max_steps=4", "checkpoint.every_steps=2", "checkpoint.keep_last=5", "scheduler.name=cosine"]
-TORCH_DTYPES = {"F32": torch.float32, "F64": torch.float64, "I64": torch.int64, "U8": torch.uint8, "BF16": torch.bfloat16}
+TORCH_DTYPES = {
+    "F32": torch.float32,
+    "F64": torch.float64,
+    "I64": torch.int64,
+    "U8": torch.uint8,
+    "BF16": torch.bfloat16,
+}
 
 
 # --- crafting files behind a matching manifest ---------------------------------------------------------
@@ -102,8 +108,13 @@ def _metadata(header: dict[str, Any]) -> None:
     header["__metadata__"] = {"step": 4}
 
 
-CRAFTED_HEADERS = {"overlapping offsets": _overlap, "out-of-range offsets": _out_of_range,
-                   "shape inconsistent with its bytes": _shape, "unknown dtype": _dtype, "non-string metadata": _metadata}
+CRAFTED_HEADERS = {
+    "overlapping offsets": _overlap,
+    "out-of-range offsets": _out_of_range,
+    "shape inconsistent with its bytes": _shape,
+    "unknown dtype": _dtype,
+    "non-string metadata": _metadata,
+}
 
 
 def _missing_field(manifest: dict[str, Any]) -> None:
@@ -236,9 +247,22 @@ def test_a_crafted_final_model_file_is_damaged_and_train_writes_it_again(capsys,
     assert code == 0 and "Traceback" not in err, err
 
 def test_resume_of_a_run_dir_says_how_to_resume_it(capsys, run_dir):
-    message = user_error(capsys, "train", HEART, *TINY, *STEPS, "--run-dir", run_dir.parent / "other", "--resume", run_dir,
-                         fragments=(f"{run_dir} is a run dir, not a checkpoint", "without --resume",
-                                    f"--resume {run_dir / 'checkpoints' / 'step_00000004'}"))
+    message = user_error(
+        capsys,
+        "train",
+        HEART,
+        *TINY,
+        *STEPS,
+        "--run-dir",
+        run_dir.parent / "other",
+        "--resume",
+        run_dir,
+        fragments=(
+            f"{run_dir} is a run dir, not a checkpoint",
+            "without --resume",
+            f"--resume {run_dir / 'checkpoints' / 'step_00000004'}",
+        ),
+    )
     assert "the save did not finish" not in message
     assert not (run_dir.parent / "other").exists()
 
@@ -257,7 +281,9 @@ def _decoded(path: Path) -> dict[str, torch.Tensor]:
         if key != "__metadata__":
             raw = bytearray(body[entry["data_offsets"][0] : entry["data_offsets"][1]])
             dtype = TORCH_DTYPES[entry["dtype"]]
-            tensors[key] = (torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)).reshape(entry["shape"])
+            tensors[key] = (torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)).reshape(
+                entry["shape"]
+            )
     return tensors
 
 
@@ -384,7 +410,7 @@ def fuzz(run_dir: Path, seed: int) -> dict[str, int]:
             what = mutate(rng, folder, name)
             try:
                 outcome = "damaged" if verify(folder) else _loads_exactly_its_files(run_dir, folder)
-            except Exception as exc:  # noqa: BLE001: the point is to say which mutation it was
+            except Exception as exc:  # the point is to say which mutation it was
                 raise AssertionError(f"mutation {round_} of {what}: {type(exc).__name__}: {exc}") from exc
             outcomes[outcome] += 1
     shutil.rmtree(run_dir.parent / "fuzzed")

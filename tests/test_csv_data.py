@@ -3,7 +3,6 @@ refused naming their column and line."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 

@@ -151,7 +151,9 @@ def test_custom_data_and_model_by_import_path_train(custom):
 
 def test_items_served_one_by_one_with_workers_train_exactly_like_tensors(custom):
     assert custom["items_code"] == 0, custom["items_output"]
-    assert (custom["items"] / "model.safetensors").read_bytes() == (custom["tensors"] / "model.safetensors").read_bytes()
+    assert (custom["items"] / "model.safetensors").read_bytes() == (
+        custom["tensors"] / "model.safetensors"
+    ).read_bytes()
     # the items were read by DataLoader worker processes (2 per epoch), not only by the trainer itself
     pids = {int(p.name) for p in custom["served_by"].iterdir()}
     assert len(pids) >= 3, pids

@@ -69,7 +69,9 @@ def test_serving_in_the_main_process_leaves_its_generators_alone():
 
 def test_num_workers_auto_and_prefetch_factor(monkeypatch):
     base = {"name": "r", "model": {"name": "mlp"}, "loss": {"name": "mse"}, "optimizer": {"name": "sgd", "lr": 0.1}}
-    recipe = validate({**base, "data": {"name": "heart", "batch_size": 8, "num_workers": "auto", "prefetch_factor": 4}}, "r")
+    recipe = validate(
+        {**base, "data": {"name": "heart", "batch_size": 8, "num_workers": "auto", "prefetch_factor": 4}}, "r"
+    )
     assert recipe.data.num_workers == "auto" and recipe.data.prefetch_factor == 4 and recipe.data.kwargs() == {}
     for bad in (-1, "many", 2.0):
         with pytest.raises(UserError, match="num_workers"):
@@ -189,7 +191,9 @@ def test_row_data_sets_refuse_the_sequence_task(name, tmp_path):
                       "batch_size: 4}\nmodel: {name: mlp, in_features: 2, out_features: 3, hidden: [4]}\n"
                       "loss: {name: cross_entropy}\noptimizer: {name: sgd, lr: 0.1}\n")
     if name == "npy":
-        recipe.write_text(recipe.read_text().replace("inputs: npy, targets: cls, root: .", "inputs: x.npy, targets: y.npy"))
+        recipe.write_text(
+            recipe.read_text().replace("inputs: npy, targets: cls, root: .", "inputs: x.npy, targets: y.npy")
+        )
     with pytest.raises(UserError, match=r"^data.task: Input should be 'binary', 'multiclass' or 'regression' "
                                         r"\(got 'sequence'"):
         check_recipe(load_recipe(recipe))

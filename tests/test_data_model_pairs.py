@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import transformers  # noqa: F401  (the `hf` extra: these tests never skip for want of it)
-from conftest import RECIPES
 
+from conftest import RECIPES
 from trainwright.components import check_recipe
 from trainwright.distributed.accelerate_compat import forget_accelerator_state
 from trainwright.errors import UserError

@@ -104,7 +104,8 @@ def test_generated_data_are_fingerprinted_too(capsys, tmp_path, monkeypatch):
     assert set(json.loads((run_dir / "data.json").read_text())["splits"]) == {"train", "val"}
     module.write_text(source.replace("SEED", "12345"))  # another length too, so no stale bytecode is used
     import importlib
-    import my_points  # noqa: F401
+
+    import my_points
 
     importlib.reload(my_points)
     user_error(capsys, "train", HEART, *common, "trainer.epochs=2", "--run-dir", run_dir,

@@ -9,11 +9,11 @@ import math
 import sys
 from pathlib import Path
 
-import processes
 import pytest
+
+import processes
 from conftest import REPO, assert_resumed, checkpoint_dir, cli_env, describe, newest_valid_checkpoint, run_cli
 from reliability_helpers import HEART, user_error
-
 from trainwright.checkpoint.format import TrainState
 from trainwright.recipe import EarlyStoppingConfig
 from trainwright.training.early_stopping import improves, observe
@@ -66,14 +66,22 @@ def test_the_last_validation_of_the_run_does_not_count_as_stopping_early():
 
 
 def test_a_misspelt_early_stopping_monitor_is_refused(capsys):
-    user_error(capsys, "check", HEART, "trainer.early_stopping.patience=2", "trainer.early_stopping.monitor=val/acuracy",
-               fragments=("trainer.early_stopping.monitor", "did you mean 'val/accuracy'"))
+    user_error(
+        capsys,
+        "check",
+        HEART,
+        "trainer.early_stopping.patience=2",
+        "trainer.early_stopping.monitor=val/acuracy",
+        fragments=("trainer.early_stopping.monitor", "did you mean 'val/accuracy'"),
+    )
 
 
 def test_patience_is_required_and_positive(capsys):
     user_error(capsys, "check", HEART, "trainer.early_stopping.mode=max", "trainer.early_stopping.monitor=val/accuracy",
                fragments=("trainer.early_stopping.patience: required key is missing",))
-    user_error(capsys, "check", HEART, "trainer.early_stopping.patience=0", fragments=("trainer.early_stopping.patience",))
+    user_error(
+        capsys, "check", HEART, "trainer.early_stopping.patience=0", fragments=("trainer.early_stopping.patience",)
+    )
 
 
 # --- a real run ---------------------------------------------------------------------------------------
@@ -98,7 +106,11 @@ def waited(run_dir: Path) -> int | None:
     prunes a checkpoint while it is being read: the caller polls again)."""
     try:
         step = newest_valid_checkpoint(run_dir)
-        return None if step is None else json.loads((checkpoint_dir(run_dir, step) / "trainer.json").read_text())["early_waited"]
+        return (
+            None
+            if step is None
+            else json.loads((checkpoint_dir(run_dir, step) / "trainer.json").read_text())["early_waited"]
+        )
     except FileNotFoundError:
         return None
 
@@ -115,8 +127,15 @@ def test_an_early_stopped_run_says_why_and_is_then_already_complete(reference):
     stopped = summary(reference)
     assert stopped["status"] == "completed"
     assert (stopped["epoch"], stopped["step"]) == (STOP_EPOCH, STOP_EPOCH * STEPS_PER_EPOCH)  # before epoch 6
-    assert {k: stopped["stopped_early"][k] for k in ("epoch", "monitor", "mode", "best_epoch", "patience", "min_delta")} == {
-        "epoch": STOP_EPOCH, "monitor": "val/loss", "mode": "min", "best_epoch": 1, "patience": 2, "min_delta": 0.5,
+    assert {
+        k: stopped["stopped_early"][k] for k in ("epoch", "monitor", "mode", "best_epoch", "patience", "min_delta")
+    } == {
+        "epoch": STOP_EPOCH,
+        "monitor": "val/loss",
+        "mode": "min",
+        "best_epoch": 1,
+        "patience": 2,
+        "min_delta": 0.5,
     }
     again = train(reference)
     assert f"Run was already complete at step {STOP_EPOCH * STEPS_PER_EPOCH}" in again.stdout, describe(again)
@@ -146,7 +165,9 @@ def test_cv_folds_stop_early_and_count_as_completed(tmp_path):
     result = run_cli(*args)
     assert result.returncode == 0, describe(result)
     folds = [summary(folder / f"fold_{k}") for k in (1, 2)]
-    assert [(fold["status"], fold["epoch"], fold["stopped_early"]["epoch"]) for fold in folds] == [("completed", 2, 2)] * 2
+    assert [(fold["status"], fold["epoch"], fold["stopped_early"]["epoch"]) for fold in folds] == [
+        ("completed", 2, 2)
+    ] * 2
     assert json.loads((folder / "cv_summary.json").read_text())["folds"]["fold_1"]["val/loss"] == folds[0]["val/loss"]
     weights = (folder / "fold_1" / "model.safetensors").stat().st_mtime_ns
     again = run_cli(*args)

@@ -9,18 +9,21 @@ import json
 import sys
 from pathlib import Path
 
-import processes
 import pytest
 import torch
-from conftest import REPO, assert_resumed, checkpoint_steps, cli_env, describe, run_cli
-from reliability_helpers import HEART, call
 from safetensors.torch import load_file
 from torch import nn
 
+import processes
+from conftest import REPO, assert_resumed, checkpoint_steps, cli_env, describe, run_cli
+from reliability_helpers import HEART, call
 from trainwright.recipe import EmaConfig
 from trainwright.training.ema import WeightAverage
 
-CONFIGS = {"ddp": REPO / "accelerate_configs" / "cpu_2proc.yaml", "fsdp": REPO / "accelerate_configs" / "fsdp_cpu_2proc.yaml"}
+CONFIGS = {
+    "ddp": REPO / "accelerate_configs" / "cpu_2proc.yaml",
+    "fsdp": REPO / "accelerate_configs" / "fsdp_cpu_2proc.yaml",
+}
 # 2 epochs, a checkpoint every 50 steps. 25600 training points / 64 = 400 steps per epoch on one process and
 # under ddp; under fsdp, whose steps take ~35 ms on 2 CPU cores, 12800 / 64 = 200. The killed runs are killed
 # after the checkpoint at a quarter of the first epoch, long after the average's start_step.
@@ -97,7 +100,9 @@ def test_killed_mid_epoch_resumes_bitwise_averaged_and_raw(launch, request, star
     run_dir = tmp_path / "run"
     killed = start(command(run_dir, launch), cli_env(), name="killed")
     per_epoch = STEPS_PER_EPOCH[launch]
-    killed.wait_for("a checkpoint inside the first epoch", lambda: (checkpoint_steps(run_dir) or [0])[-1] >= per_epoch // 4)
+    killed.wait_for(
+        "a checkpoint inside the first epoch", lambda: (checkpoint_steps(run_dir) or [0])[-1] >= per_epoch // 4
+    )
     killed.kill()  # the whole process tree
     killed_at = checkpoint_steps(run_dir)[-1]  # a folder is named step_* once complete
     assert killed_at < 2 * per_epoch and killed_at % per_epoch, killed.describe()

@@ -8,12 +8,12 @@ import os
 import subprocess
 
 import pytest
-from conftest import assert_resumed
-from reliability_helpers import HEART, TINY, call, read_only, snapshot, train_ok, user_error
 
 import trainwright.checkpoint.full
 import trainwright.checkpoint.weights
 import trainwright.run.directory
+from conftest import assert_resumed
+from reliability_helpers import HEART, TINY, call, read_only, snapshot, train_ok, user_error
 
 
 def no_space(*args, **kwargs):

@@ -11,8 +11,8 @@ import time
 
 import pytest
 import torch
-from reliability_helpers import HEART, TINY, call
 
+from reliability_helpers import HEART, TINY, call
 from trainwright.distributed.processes import Processes
 from trainwright.run.stopping import StopSignals
 
@@ -104,7 +104,10 @@ def test_a_worker_whose_launcher_is_gone_stops(capsys, monkeypatch):
             time.sleep(0.01)
     assert stops.received == stopping.LAUNCHER_GONE and stops.stop_at(1)
     gone = os.getppid() + 1
-    assert capsys.readouterr().err == f"trainwright: the launcher (pid {gone}) is gone; saving a checkpoint after this step\n"
+    assert (
+        capsys.readouterr().err
+        == f"trainwright: the launcher (pid {gone}) is gone; saving a checkpoint after this step\n"
+    )
 
 
 def test_without_a_launcher_the_parent_is_not_watched(monkeypatch):

@@ -19,14 +19,15 @@ import sys
 import time
 from pathlib import Path
 
-import processes
 import psutil
 import pytest
 import torch
-from conftest import REPO, assert_resumed, write_fashion_mnist
-from reliability_helpers import call
 from safetensors import safe_open
 from safetensors.torch import load_file
+
+import processes
+from conftest import REPO, assert_resumed, write_fashion_mnist
+from reliability_helpers import call
 
 CONFIGS = REPO / "accelerate_configs"
 FSDP_2PROC = CONFIGS / "fsdp_cpu_2proc.yaml"
@@ -174,7 +175,9 @@ def test_loading_a_sharded_checkpoint_puts_each_process_slice_in_its_place(refer
     for key in gathered:
         assert torch.equal(loaded[key], gathered[key]) and torch.equal(exported[key], gathered[key]), key
     state = objects.optimizer.state_dict()["state"]
-    moments = [load_file(path)["state.1.weight.exp_avg"] for path in sorted((folder / "optimizer").glob("*.safetensors"))]
+    moments = [
+        load_file(path)["state.1.weight.exp_avg"] for path in sorted((folder / "optimizer").glob("*.safetensors"))
+    ]
     first = [name for name, _ in model.named_parameters()].index("1.weight")
     assert torch.equal(state[first]["exp_avg"], torch.cat(moments))
 
@@ -281,7 +284,6 @@ def test_bf16_from_the_launcher_under_fsdp(data_root, tmp_path):
 
 def test_shard_modules_must_name_classes_of_the_model(capsys, tmp_path):
     from conftest import RECIPES, assert_user_error
-
     from trainwright.cli import main
 
     code = main(["train", str(RECIPES / "heart.yaml"), "data.num_points=200", "logging.wandb=false",
@@ -332,7 +334,9 @@ def test_accumulation_clipping_schedule_and_a_stop_signal_under_fsdp_match_ddp(d
     finally:
         if process.poll() is None:
             kill_tree(process)
-    assert output.count("got SIGTERM; saving a checkpoint after this step") == 1, output  # said by the main process only
+    assert output.count("got SIGTERM; saving a checkpoint after this step") == 1, (
+        output
+    )  # said by the main process only
     stopped = int(output.split("Stopped at step ")[1].split(":")[0])
     assert stopped < TOTAL_STEPS and checkpoint_steps(run_dir)[-1] == stopped
     resumed = train(data_root, run_dir, *options)

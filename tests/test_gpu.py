@@ -19,8 +19,18 @@ from safetensors.numpy import load_file
 
 import processes
 from conftest import (
-    WALL_CLOCK, assert_ok, assert_resumed, assert_user_error, checkpoint_dir, checkpoint_problem, checkpoint_steps,
-    cli_env, newest_valid_checkpoint, read_jsonl, run_cli, workflow,
+    WALL_CLOCK,
+    assert_ok,
+    assert_resumed,
+    assert_user_error,
+    checkpoint_dir,
+    checkpoint_problem,
+    checkpoint_steps,
+    cli_env,
+    newest_valid_checkpoint,
+    read_jsonl,
+    run_cli,
+    workflow,
 )
 
 pytestmark = pytest.mark.skipif(

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+
 from conftest import assert_user_error
 from reliability_helpers import call, train_ok
 from test_hf_models import CONFIG, RECIPE

@@ -16,10 +16,10 @@ import pytest
 import torch
 import transformers  # the `hf` extra, which `make test` installs: these tests never skip for want of it
 import yaml
-from conftest import assert_resumed
 from safetensors.torch import load_file
-from test_tied_weights import TESTS, run, step, tensor_names, train
 
+from conftest import assert_resumed
+from test_tied_weights import TESTS, run, step, tensor_names, train
 from trainwright.components import build_scoring
 from trainwright.data.bundle import Task
 from trainwright.distributed.processes import Processes
@@ -78,7 +78,9 @@ def test_a_causal_lm_given_its_input_ids_as_labels_is_scored_on_the_next_token(r
     ids = torch.randint(0, CONFIG["vocab_size"], (12, 16))
     task = Task("sequence", class_names=tuple(str(i) for i in range(CONFIG["vocab_size"])))
     scoring = build_scoring(load_recipe(recipe), task)
-    convention = evaluate(model, NamedSplit({"input_ids": ids, "labels": ids}), scoring, Processes.single(), batch_size=5)
+    convention = evaluate(
+        model, NamedSplit({"input_ids": ids, "labels": ids}), scoring, Processes.single(), batch_size=5
+    )
     following = ids[:, 1:]
     aligned = NamedSplit({"input_ids": ids[:, :-1], "labels": following, "shift_labels": following})
     assert evaluate(model, aligned, scoring, Processes.single(), batch_size=5) == pytest.approx(convention, rel=1e-5)

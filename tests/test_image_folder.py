@@ -28,7 +28,15 @@ from PIL import Image
 
 import processes
 from conftest import (
-    REPO, RECIPES, assert_ok, assert_resumed, assert_user_error, checkpoint_steps, cli_env, describe, workflow,
+    RECIPES,
+    REPO,
+    assert_ok,
+    assert_resumed,
+    assert_user_error,
+    checkpoint_steps,
+    cli_env,
+    describe,
+    workflow,
 )
 from reliability_helpers import call
 from test_resume import step_samples

@@ -9,15 +9,15 @@ import json
 import sys
 from pathlib import Path
 
-import processes
 import torch
 import transformers
 import yaml
+from tokenizers import Tokenizer, decoders, models
+
+import processes
 from conftest import REPO, assert_resumed, describe
 from reliability_helpers import user_error
 from test_tied_weights import env as launch_env
-from tokenizers import Tokenizer, decoders, models
-
 from trainwright.data.bundle import IGNORE_INDEX, Task
 from trainwright.data.collate import pad
 from trainwright.data.instructions import instructions

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, assert_ok, cli_env, run_cli
-from reliability_helpers import call, user_error
 from safetensors.torch import load_file
 
+from conftest import REPO, assert_ok, cli_env, run_cli
+from reliability_helpers import call, user_error
 from trainwright.components import build_scoring
 from trainwright.data.bundle import DataBundle, Task, TensorSplit
 from trainwright.distributed.accelerate_compat import forget_accelerator_state
@@ -68,7 +68,9 @@ def test_gpt_learns_the_corpus_below_its_unigram_entropy(corpus, tmp_path):
     summary = outcome.summary
     baseline = unigram_entropy(corpus.read_text())
     assert summary["val/loss"] < baseline - 0.5, (summary, baseline)
-    assert summary["val/perplexity"] == pytest.approx(math.exp(summary["val/loss"]), rel=1e-6)  # float32 loss, float64 sums
+    assert summary["val/perplexity"] == pytest.approx(
+        math.exp(summary["val/loss"]), rel=1e-6
+    )  # float32 loss, float64 sums
     assert 0.2 < summary["val/accuracy"] < 1.0
     record = json.loads((tmp_path / "run" / "data.json").read_text())
     assert record["task"]["kind"] == "sequence" and "".join(record["task"]["class_names"]) == "".join(
@@ -90,7 +92,9 @@ def test_windows_follow_the_token_stream_and_are_stored_once(corpus, tmp_path):
     decoded = "".join(chars[i] for i in bundle.train.inputs[3].tolist())
     assert decoded == source[48:64]
     assert "".join(chars[i] for i in bundle.train.targets[3].tolist()) == source[49:65]
-    assert torch.equal(bundle.val.inputs[0], torch.tensor([chars.index(c) for c in source[int(len(source) * 0.9):][:16]]))
+    assert torch.equal(
+        bundle.val.inputs[0], torch.tensor([chars.index(c) for c in source[int(len(source) * 0.9) :][:16]])
+    )
     again = text(path=corpus, pattern="*", context=16, val_fraction=0.1)  # read back, not written again
     assert stored[0].stat().st_mtime_ns == written and torch.equal(again.train.inputs, bundle.train.inputs)
 
@@ -228,7 +232,9 @@ def test_a_tokenizers_file_and_bytes_are_vocabularies_too(corpus, tmp_path):
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.train([str(corpus)], trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer.train(
+        [str(corpus)], trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    )
     path = tmp_path / "tokenizer.json"
     tokenizer.save(str(path))
     bundle = text(path=corpus, pattern="*", tokenizer=path, context=16)

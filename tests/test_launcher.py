@@ -6,8 +6,8 @@ from __future__ import annotations
 import sys
 
 import pytest
-from conftest import RECIPES, assert_ok, assert_user_error, cli_env, describe, run_cli
 
+from conftest import RECIPES, assert_ok, assert_user_error, cli_env, describe, run_cli
 from trainwright.distributed.launcher import resolve_precision, resolve_strategy
 from trainwright.errors import UserError
 from trainwright.recipe import load_recipe
@@ -63,7 +63,13 @@ def _launch(*args: object, precision: str | None = None):
     """`accelerate launch` with the one-process CPU config (and --mixed_precision when given)."""
     import subprocess
 
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(RECIPES.parent / "accelerate_configs" / "cpu_1proc.yaml")]
+    launcher = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(RECIPES.parent / "accelerate_configs" / "cpu_1proc.yaml"),
+    ]
     if precision:
         launcher += ["--mixed_precision", precision]
     return subprocess.run([*launcher, "-m", "trainwright", *map(str, args)], cwd=RECIPES.parent, env=cli_env(),

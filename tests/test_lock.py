@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
+
 from conftest import REPO, assert_user_error, cli_env, describe
 from reliability_helpers import HEART, TINY, snapshot, train_ok, user_error
-
 from trainwright.run.directory import RunDir
 from trainwright.run.lock import RunLock
 

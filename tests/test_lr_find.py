@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import RECIPES
 from PIL import Image
-from reliability_helpers import call, user_error
 
+from conftest import RECIPES
+from reliability_helpers import call, user_error
 from trainwright.distributed.accelerate_compat import forget_accelerator_state
 from trainwright.recipe import load_recipe
 from trainwright.training.lr_find import RangeTest, lowest_point, lr_range_test

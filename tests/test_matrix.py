@@ -20,14 +20,14 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
-import matrix_settings
 import pytest
 import yaml
+from safetensors.torch import load_file
+
+import matrix_settings
 from conftest import REPO, assert_resumed, assert_user_error, cli_env, describe
 from processes import free_port, run
 from reliability_helpers import call
-from safetensors.torch import load_file
-
 from trainwright import components  # noqa: F401  (registers the built-ins)
 from trainwright.distributed.accelerate_compat import forget_accelerator_state
 from trainwright.registry import DATASETS, MODELS

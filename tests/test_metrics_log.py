@@ -7,6 +7,7 @@ import json
 import os
 
 import pytest
+
 from conftest import assert_resumed
 from reliability_helpers import HEART, TINY, call, train_ok
 

@@ -28,7 +28,9 @@ def free_port() -> int:
 
 def _env(**changes: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "TRAINWRIGHT_", "ACCELERATE_", "WANDB_"))}
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}")
+    env.update(
+        OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    )
     env.update(changes)
     return env
 

@@ -9,13 +9,13 @@ import json
 import sys
 from pathlib import Path
 
-import processes
 import pytest
 from accelerate.utils import set_seed
-from conftest import REPO, checkpoint_dir, cli_env, describe, read_jsonl
-from reliability_helpers import HEART, user_error
 from safetensors.torch import load_file
 
+import processes
+from conftest import REPO, checkpoint_dir, cli_env, describe, read_jsonl
+from reliability_helpers import HEART, user_error
 from trainwright.components import build_model
 from trainwright.models.gpt import gpt
 from trainwright.models.parameters import freeze, optimizer_groups

@@ -22,11 +22,11 @@ from safetensors.torch import load_file
 
 from conftest import REPO, cli_env, write_fashion_mnist
 from reliability_helpers import HEART, HOUSE, call, read_only, user_error
-from trainwright.errors import EXIT_PREEMPTED
 from trainwright import load_run
 from trainwright.cli import main
 from trainwright.components import build_model
 from trainwright.data.vision import read_idx
+from trainwright.errors import EXIT_PREEMPTED
 from trainwright.recipe import load_recipe
 
 HOUSE_CSV = REPO / "examples" / "house_prices.csv"
@@ -196,7 +196,9 @@ def test_a_large_points_csv_streams_to_the_output_in_bounded_memory(capsys, hear
         frame = pd.DataFrame(np.random.default_rng(rows).uniform(-2, 2, size=(rows, 2)), columns=["x", "y"])
         frame.to_csv(points, index=False)
         out = tmp_path / f"out_{rows}.csv"
-        peaks[rows] = _traced_peak(capsys, "predict", heart_run, "--input", points, "--output", out, "--batch-size", "4096")
+        peaks[rows] = _traced_peak(
+            capsys, "predict", heart_run, "--input", points, "--output", out, "--batch-size", "4096"
+        )
         written = pd.read_csv(out)
         assert len(written) == rows and written["id"].tolist() == list(range(rows))
     # Ten times the rows, the same peak: read, predicted and written a batch at a time (holding the
@@ -207,7 +209,9 @@ def test_a_large_points_csv_streams_to_the_output_in_bounded_memory(capsys, hear
 def test_load_run_predict_matches_the_cli(capsys, heart_run, tmp_path):
     points = pd.DataFrame({"x": [0.0, 1.5, -0.3, 0.1], "y": [0.0, 1.5, 0.9, -0.5]})
     points.to_csv(tmp_path / "points.csv", index=False)
-    code, _, err = call(capsys, "predict", heart_run, "--input", tmp_path / "points.csv", "--output", tmp_path / "p.csv")
+    code, _, err = call(
+        capsys, "predict", heart_run, "--input", tmp_path / "points.csv", "--output", tmp_path / "p.csv"
+    )
     assert code == 0, err
     cli = _rows(tmp_path / "p.csv")
     predictions = load_run(heart_run).predict(points)

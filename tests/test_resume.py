@@ -25,8 +25,9 @@ import sys
 import termios
 from pathlib import Path
 
-import processes
 import pytest
+
+import processes
 from conftest import (
     REPO,
     WALL_CLOCK,
@@ -97,7 +98,9 @@ def assert_resumed_from(output: str, step: int) -> tuple[int, int, int]:
     assert_resumed(output, step)
     position = resumed_from(output)
     assert position is not None, f"no 'Resuming from step {step}' line: the run started over\n{output}"
-    assert position[0] == step, f"resumed from step {position[0]}, expected the newest valid checkpoint {step}\n{output}"
+    assert position[0] == step, (
+        f"resumed from step {position[0]}, expected the newest valid checkpoint {step}\n{output}"
+    )
     return position
 
 
@@ -272,12 +275,13 @@ def test_kills_at_any_moment_including_during_saves(reference, start, tmp_path):
             process.wait_for_text(f"Resuming from step {newest} (")
             assert_resumed_from(process.output(), newest)
         after = newest or 0
+        # the waits below call their functions within this iteration, so they read its `after` and `newer` (B023)
         if round_ % 2 == 0:
             # a complete checkpoint newer than the last one first, then a kill inside the save after it
-            newer = process.wait_for("a new checkpoint", lambda: [s for s in checkpoint_steps(run_dir) if s > after])
+            newer = process.wait_for("a new checkpoint", lambda: [s for s in checkpoint_steps(run_dir) if s > after])  # noqa: B023
 
             def save_in_progress() -> Path | None:
-                tmp = [p for p in (run_dir / "checkpoints").glob(".tmp-step_*") if int(p.name[10:]) > newer[0]]
+                tmp = [p for p in (run_dir / "checkpoints").glob(".tmp-step_*") if int(p.name[10:]) > newer[0]]  # noqa: B023
                 return tmp[0] if tmp else None
 
             tmp = process.wait_for("a save in progress", save_in_progress, interval=0.001)
@@ -286,13 +290,15 @@ def test_kills_at_any_moment_including_during_saves(reference, start, tmp_path):
             if tmp.is_dir() and not (run_dir / "checkpoints" / tmp.name[5:]).exists():
                 kills_during_saves += 1
         else:
-            process.wait_for("a new checkpoint", lambda: (checkpoint_steps(run_dir) or [0])[-1] > after, interval=0.001)
+            process.wait_for("a new checkpoint", lambda: (checkpoint_steps(run_dir) or [0])[-1] > after, interval=0.001)  # noqa: B023
             process.signal(signal.SIGKILL)
             process.finish()
         process.kill()
         named = checkpoint_steps(run_dir)[-1]
         problem = checkpoint_problem(checkpoint_dir(run_dir, named))
-        assert problem is None, f"round {round_}: checkpoint folder step {named} was named before it was complete: {problem}"
+        assert problem is None, (
+            f"round {round_}: checkpoint folder step {named} was named before it was complete: {problem}"
+        )
         newest = newest_valid_checkpoint(run_dir)
         assert newest is not None and newest > after
     assert kills_during_saves >= 1, "no kill landed while a save was in progress"
@@ -414,7 +420,8 @@ def test_two_processes_stop_at_one_step_whoever_gets_the_signal(reference_2proc,
         process.wait_for_text("world_size=2 device=cpu")
         if resumed:
             process.wait_for_text(f"Resuming from step {resumed} (")
-        process.wait_for("both processes training", lambda: min(last_sample_step(run_dir, r) for r in (0, 1)) > resumed,
+        process.wait_for("both processes training",  # it calls the lambda in this iteration (B023)
+                         lambda: min(last_sample_step(run_dir, r) for r in (0, 1)) > resumed,  # noqa: B023
                          interval=0.02)
         if who == "launcher":
             process.signal(sig)
@@ -440,7 +447,9 @@ def test_two_processes_stop_at_one_step_whoever_gets_the_signal(reference_2proc,
         if who == "launcher":
             assert "SignalException" in output, output
         else:
-            exit_codes = dict(re.findall(r"^\s*rank\s*:\s*(\d+) \(local_rank.*\n\s*exitcode\s*:\s*(-?\d+)", output, re.M))
+            exit_codes = dict(
+                re.findall(r"^\s*rank\s*:\s*(\d+) \(local_rank.*\n\s*exitcode\s*:\s*(-?\d+)", output, re.M)
+            )
             assert sorted(exit_codes) == ["0", "1"] and str(EXIT_PREEMPTED) in exit_codes.values(), output
             assert set(exit_codes.values()) <= {str(EXIT_PREEMPTED), "-15"}, output
         assert not (run_dir / "summary.json").exists()
@@ -471,7 +480,10 @@ def test_workers_save_and_exit_75_when_the_launcher_is_killed(reference_2proc, s
     output = launcher.output()
     assert list(codes.values()) == [EXIT_PREEMPTED] * 2, output
     assert not processes.tagged_processes(launcher.tag), "a process of the killed launch is left running"
-    assert output.count(f"trainwright: the launcher (pid {launcher.pid}) is gone; saving a checkpoint after this step") == 1, output
+    assert (
+        output.count(f"trainwright: the launcher (pid {launcher.pid}) is gone; saving a checkpoint after this step")
+        == 1
+    ), output
     step = stopped_at(output)
     assert [last_sample_step(run_dir, r) for r in (0, 1)] == [step, step], output
     assert step < TOTAL_STEPS and checkpoint_steps(run_dir)[-1] == step
@@ -559,8 +571,16 @@ def test_a_closed_terminal_stops_the_run_with_a_checkpoint_and_exit_75(reference
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
     try:
-        trainer = subprocess.Popen([str(a) for a in command(run_dir)], cwd=REPO, env=env, stdin=terminal,
-                                   stdout=terminal, stderr=terminal, start_new_session=True, preexec_fn=own_the_terminal)
+        trainer = subprocess.Popen(
+            [str(a) for a in command(run_dir)],
+            cwd=REPO,
+            env=env,
+            stdin=terminal,
+            stdout=terminal,
+            stderr=terminal,
+            start_new_session=True,
+            preexec_fn=own_the_terminal,
+        )
         os.close(terminal)
         output = b""
         while not checkpoint_steps(run_dir):
@@ -654,7 +674,9 @@ def variant(tmp_path_factory):
             reference_dir, run_dir = folder / "reference", folder / "run"
             overrides = VARIANTS[name]
             with processes.starter(folder) as start_:
-                reference_run = start_(command(reference_dir, overrides, base=VARIANT_BASE), cli_env(), name="reference")
+                reference_run = start_(
+                    command(reference_dir, overrides, base=VARIANT_BASE), cli_env(), name="reference"
+                )
                 killed = start_(command(run_dir, overrides, base=VARIANT_BASE), cli_env(), name="killed")
                 killed.wait_for("the first checkpoint", lambda: checkpoint_steps(run_dir))
                 killed.kill()

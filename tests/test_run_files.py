@@ -8,9 +8,9 @@ import signal
 from pathlib import Path
 
 import pytest
-from reliability_helpers import HEART, TINY, call, snapshot, train_ok, user_error
 
 import trainwright.run.stopping
+from reliability_helpers import HEART, TINY, call, snapshot, train_ok, user_error
 
 pytestmark = pytest.mark.usefixtures("keep_signal_handlers")
 

@@ -10,12 +10,12 @@ import re
 import sys
 from pathlib import Path
 
-import processes
 import pytest
 import torch
-from conftest import REPO, assert_ok, cli_env, describe, run_cli, workflow
 from torch import nn
 
+import processes
+from conftest import REPO, assert_ok, cli_env, describe, run_cli, workflow
 from trainwright.recipe import load_recipe
 from trainwright.training.model_summary import summarize, table
 from trainwright.training.progress import Progress, resolve_mode
@@ -78,7 +78,8 @@ def test_the_parameter_count_is_printed_at_the_start_and_kept_in_the_summary(to_
     result = assert_ok(to_files[run])
     lines = result.stdout.splitlines()
     head = f"Model Sequential: {HEART_PARAMETERS:,} parameters (11.5 kB), {HEART_PARAMETERS:,} trainable (11.5 kB)"
-    assert lines.count(head) == 1 and lines.index(head) < lines.index(next(l for l in lines if l.startswith("Run ")))
+    run_line = next(line for line in lines if line.startswith("Run "))
+    assert lines.count(head) == 1 and lines.index(head) < lines.index(run_line)
     # FSDP2's sharded modules (FSDPLinear) are shown as their own classes, with their whole (unsharded) counts
     assert re.search(r"^  3 +Linear +2,628 +2,628$", result.stdout, re.M), describe(result)
     summary = json.loads((to_files["dir"] / run / "summary.json").read_text())["model_summary"]

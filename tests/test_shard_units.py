@@ -6,8 +6,8 @@ recipe that would split a tie is one message. (The 2-process runs: test_language
 from __future__ import annotations
 
 import pytest
-from tied_models import tied_net
 
+from tied_models import tied_net
 from trainwright.distributed.fsdp import shard_units
 from trainwright.errors import UserError
 from trainwright.models.gpt import gpt

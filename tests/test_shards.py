@@ -29,7 +29,14 @@ from torch.utils.data import IterableDataset
 
 import processes
 from conftest import (
-    REPO, assert_ok, assert_resumed, assert_user_error, checkpoint_steps, cli_env, workflow, write_shards,
+    REPO,
+    assert_ok,
+    assert_resumed,
+    assert_user_error,
+    checkpoint_steps,
+    cli_env,
+    workflow,
+    write_shards,
 )
 from reliability_helpers import call
 from test_resume import step_samples

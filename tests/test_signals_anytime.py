@@ -15,6 +15,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
 from conftest import assert_user_error, checkpoint_steps, cli_env, run_cli
 from reliability_helpers import HEART, TINY
 
@@ -140,9 +141,11 @@ class Exits(Callback):
             raise SystemExit(0)
 '''
 
-RECIPE = ("name: items\ndata: {name: 'tw_signal_items:items', batch_size: 8, num_workers: 2}\n"
-          "model: {name: mlp, in_features: 2, hidden: [4], out_features: 2}\nloss: {name: cross_entropy}\n"
-          "optimizer: {name: sgd, lr: 0.1}\ntrainer: {epochs: 2}\ncheckpoint: {every_steps: 2}\nlogging: {wandb: false}\n")
+RECIPE = (
+    "name: items\ndata: {name: 'tw_signal_items:items', batch_size: 8, num_workers: 2}\n"
+    "model: {name: mlp, in_features: 2, hidden: [4], out_features: 2}\nloss: {name: cross_entropy}\n"
+    "optimizer: {name: sgd, lr: 0.1}\ntrainer: {epochs: 2}\ncheckpoint: {every_steps: 2}\nlogging: {wandb: false}\n"
+)
 
 
 @pytest.fixture

@@ -55,7 +55,9 @@ def test_named_batches_and_a_model_computing_its_loss_train_as_tuples_do(tmp_pat
 def test_accumulation_and_precision_apply_to_a_model_computing_its_loss(tmp_path):
     """Two micro-batches of 32 per step make the same step as one of 64; bf16 trains to a finite loss."""
     whole, _ = train(tmp_path, "whole", *NAMED_DATA, *OWN_LOSS)
-    accumulated, _ = train(tmp_path, "accum", *NAMED_DATA, *OWN_LOSS, "data.batch_size=32", "trainer.grad_accum_steps=2")
+    accumulated, _ = train(
+        tmp_path, "accum", *NAMED_DATA, *OWN_LOSS, "data.batch_size=32", "trainer.grad_accum_steps=2"
+    )
     assert max((whole[k] - accumulated[k]).abs().max().item() for k in whole) < 1e-5
     _, summary = train(tmp_path, "bf16", *NAMED_DATA, *OWN_LOSS, "trainer.mixed_precision=bf16")
     assert torch.isfinite(torch.tensor(summary["val/loss"]))

@@ -11,9 +11,9 @@ import os
 from pathlib import Path
 
 import pytest
+
 from conftest import RECIPES, assert_ok, assert_user_error, cli_env, run_cli
 from denoising_step import Denoise
-
 from trainwright.finished.inference import load_run
 
 TESTS = Path(__file__).resolve().parent

@@ -11,8 +11,8 @@ import os
 from pathlib import Path
 
 import pytest
-from reliability_helpers import HEART, TINY, call, snapshot, train_ok, user_error
 
+from reliability_helpers import HEART, TINY, call, snapshot, train_ok, user_error
 from trainwright.errors import UserError
 from trainwright.run.files import atomic_open, atomic_path, is_temporary, write_json, write_json_atomic
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from reliability_helpers import HEART, TINY, call, snapshot, train_ok
 from safetensors.torch import load_file
 
+from reliability_helpers import HEART, TINY, call, snapshot, train_ok
 from trainwright.errors import UserError
 from trainwright.run.files import atomic_open, atomic_path, is_temporary, publish_dir, temporary_beside
 
@@ -50,7 +50,9 @@ def _unchanged_but(folder: Path, before: dict[str, str], *made: str) -> None:
 def test_predict_leaves_a_users_file_at_an_old_temporary_name(capsys, tmp_path, finished):
     (tmp_path / "pts.csv").write_text("x,y\n0.5,0.5\n-1,0.25\n")
     before = _users_files(tmp_path, "out2.csv.tmp", ".out2.csv.tmp", ".out2.csv.incomplete")
-    code, out, err = call(capsys, "predict", finished, "--input", tmp_path / "pts.csv", "--output", tmp_path / "out2.csv")
+    code, out, err = call(
+        capsys, "predict", finished, "--input", tmp_path / "pts.csv", "--output", tmp_path / "out2.csv"
+    )
     assert code == 0, err
     _unchanged_but(tmp_path, before, "out2.csv")
     rows = list(csv.DictReader((tmp_path / "out2.csv").open()))
@@ -79,6 +81,7 @@ def test_plot_leaves_a_users_file_at_an_old_temporary_name(capsys, finished):
 
 def test_export_hf_leaves_a_users_folder_at_an_old_temporary_name(capsys, tmp_path):
     import transformers
+
     from test_hf_models import RECIPE
 
     recipe = tmp_path / "hf.yaml"

@@ -9,8 +9,8 @@ import resource
 
 import pytest
 import torch
-from conftest import REPO, assert_ok, cli_env, describe, run_cli
 
+from conftest import REPO, assert_ok, cli_env, describe, run_cli
 from trainwright.recipe import load_recipe
 from trainwright.training import throughput
 from trainwright.training.throughput import Throughput, known_peak_tflops

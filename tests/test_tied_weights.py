@@ -51,8 +51,15 @@ def run(*args: str, processes: int = 1, config: Path = FSDP_2PROC) -> subprocess
         "-m", "accelerate.commands.launch", "--config_file", str(config), "--main_process_port", str(free_port()),
         "--num_processes", str(processes),
     ]
-    result = subprocess.run([sys.executable, *launch, "-m", "trainwright", *args], cwd=REPO, env=env(), capture_output=True, text=True, timeout=300,
-                            stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        [sys.executable, *launch, "-m", "trainwright", *args],
+        cwd=REPO,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     return result

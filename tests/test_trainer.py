@@ -6,13 +6,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import processes
 import pytest
 import torch
-from conftest import cli_env
 from safetensors.numpy import load_file as load_numpy
 from safetensors.torch import load_file
 
+import processes
+from conftest import cli_env
 from trainwright.distributed.accelerate_compat import forget_accelerator_state
 from trainwright.recipe import load_recipe
 from trainwright.training.start import train as train_recipe
@@ -71,7 +71,7 @@ def test_gradient_clipping_clips_the_gradient_norm(tmp_path):
                          *([f"trainer.grad_clip={value}"] if value else [])]
             runs[name] = start([sys.executable, "-m", "trainwright", "train", HEART, *overrides,
                                 "--run-dir", tmp_path / name], cli_env(), name=name)
-        for name, process in runs.items():
+        for process in runs.values():
             assert process.finish() == 0, process.describe()
     w0, clipped, plain = (_flat_weights(tmp_path / name) for name in clips)
     gradient = w0 - plain  # lr 1: the full gradient

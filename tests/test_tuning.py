@@ -15,11 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import processes
 import psutil
 import pytest
 import torch
 import yaml
+
+import processes
 from conftest import (
     RECIPES,
     REPO,
@@ -35,7 +36,6 @@ from conftest import (
 )
 from reliability_helpers import HEART, HOUSE, snapshot, user_error
 from test_slurm import _job_env, needs_cluster
-
 from trainwright.cli import main
 from trainwright.components import build_data
 from trainwright.data.folds import Fold

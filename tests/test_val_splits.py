@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from conftest import (
     REPO,
     assert_ok,
@@ -26,10 +27,9 @@ from conftest import (
 )
 from processes import free_port, run
 from reliability_helpers import HEART, user_error
-
-from trainwright.training.evaluation import evaluate
 from trainwright.finished.inference import load_run
 from trainwright.run.directory import RunDir
+from trainwright.training.evaluation import evaluate
 
 KILLER = REPO / "tests" / "kill_at_step.py"
 SPLITS = "data.val_splits={near: {seed: 7}, far: {seed: 8, num_points: 500}}"

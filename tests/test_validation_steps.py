@@ -79,6 +79,9 @@ def test_a_run_killed_between_validations_validates_at_the_same_steps_after_its_
     reference_dir, run_dir = killed_and_resumed["dirs"]
     assert _validations(run_dir) == _validations(reference_dir)  # the same steps, the same values, each once
     assert sorted(_validations(run_dir)) == VALIDATED
-    reference_weights, weights = load_file(reference_dir / "model.safetensors"), load_file(run_dir / "model.safetensors")
+    reference_weights, weights = (
+        load_file(reference_dir / "model.safetensors"),
+        load_file(run_dir / "model.safetensors"),
+    )
     assert reference_weights.keys() == weights.keys()
     assert all(reference_weights[name].equal(weights[name]) for name in weights)  # bitwise

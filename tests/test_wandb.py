@@ -20,8 +20,20 @@ import yaml
 
 import processes
 from conftest import (
-    WALL_CLOCK, WANDB_CLI, assert_ok, assert_resumed, assert_user_error, cli_env, describe, metrics_by_step,
-    no_credentials_env, read_jsonl, run_cli, wandb_history, wandb_records, workflow,
+    WALL_CLOCK,
+    WANDB_CLI,
+    assert_ok,
+    assert_resumed,
+    assert_user_error,
+    cli_env,
+    describe,
+    metrics_by_step,
+    no_credentials_env,
+    read_jsonl,
+    run_cli,
+    wandb_history,
+    wandb_records,
+    workflow,
 )
 
 WANDB_METRICS = ("train/loss", "val/loss", "val/accuracy")
@@ -344,8 +356,14 @@ def tensorboard_missing(folder: Path):
     (folder / "site").mkdir()
     (folder / "site" / "sitecustomize.py").write_text(textwrap.dedent(NO_TENSORBOARD))
     env = cli_env(PYTHONPATH=str(folder / "site"))
-    hidden = processes.run([sys.executable, "-c", "import importlib.util; print(importlib.util.find_spec('tensorboard'))"
-                            "; import tensorboard"], env)
+    hidden = processes.run(
+        [
+            sys.executable,
+            "-c",
+            "import importlib.util; print(importlib.util.find_spec('tensorboard')); import tensorboard",
+        ],
+        env,
+    )
     train = run_cli("train", "recipes/heart.yaml", "data.num_points=200", "trainer.epochs=1", "logging.wandb=false",
                     "logging.tensorboard=true", "--run-dir", folder / "run", env=env)
     return hidden, train

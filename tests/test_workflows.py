@@ -12,19 +12,30 @@ import json
 import math
 import re
 import time
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 import torch
 import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file
 
 from conftest import (
-    FASHION_CLASSES, RECIPES, REPO, assert_ok, checkpoint_dir, checkpoint_problem, checkpoint_steps, cli_env,
-    describe, read_jsonl, run_cli, workflow, write_fashion_mnist,
+    FASHION_CLASSES,
+    RECIPES,
+    REPO,
+    assert_ok,
+    checkpoint_dir,
+    checkpoint_problem,
+    checkpoint_steps,
+    cli_env,
+    describe,
+    read_jsonl,
+    run_cli,
+    workflow,
+    write_fashion_mnist,
 )
 from trainwright.cli import main
 
@@ -64,7 +75,9 @@ README_DEFAULTS = {
 def _merge(base: dict, over: dict) -> dict:
     merged = copy.deepcopy(base)
     for key, value in over.items():
-        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        merged[key] = (
+            _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        )
     return merged
 
 
@@ -334,8 +347,14 @@ def fashion_mlp(folder: Path) -> dict:
         "trainer.epochs=2", "optimizer.lr=0.2",
     ]
     train = run_cli("train", "recipes/fashion_mnist_mlp.yaml", *overrides, "--run-dir", run_dir)
-    return {"dir": run_dir, "train": train, "test_labels": test_labels, "predict": run_cli("predict", run_dir, "-n", "20"),
-            "recipe": "fashion_mnist_mlp", "overrides": overrides}
+    return {
+        "dir": run_dir,
+        "train": train,
+        "test_labels": test_labels,
+        "predict": run_cli("predict", run_dir, "-n", "20"),
+        "recipe": "fashion_mnist_mlp",
+        "overrides": overrides,
+    }
 
 
 def test_fashion_mnist_mlp_learns(fashion_mlp):
@@ -462,9 +481,17 @@ def test_house_prices_predict_in_the_data_units(house_prices):
         match = PREDICT_HOUSE.match(line)
         assert match, line
         rooms, alley, predicted, actual = match.groups()
-        same = [i for i, r in enumerate(rows)
-                if abs(float(r["Price"]) - float(actual)) < 0.1 and r["Alley"] == alley
-                and (r["NumRooms"] == "NA" if rooms == "NA" else r["NumRooms"] != "NA" and float(r["NumRooms"]) == float(rooms))]
+        same = [
+            i
+            for i, r in enumerate(rows)
+            if abs(float(r["Price"]) - float(actual)) < 0.1
+            and r["Alley"] == alley
+            and (
+                r["NumRooms"] == "NA"
+                if rooms == "NA"
+                else r["NumRooms"] != "NA" and float(r["NumRooms"]) == float(rooms)
+            )
+        ]
         assert same, f"{line}: no such row in {HOUSE_CSV}"
         matched.add(same[0])
         errors.append(abs(float(predicted) - float(actual)))
@@ -573,9 +600,21 @@ def keep_best(folder: Path) -> dict:
     and the best one by the HIGHEST val/loss (mode max), which is an early one, so keep_best shows apart from
     keep_last."""
     run_dir = folder / "run"
-    train = run_cli("train", "recipes/heart.yaml", "data.num_points=2000", "trainer.epochs=4", "logging.wandb=false",
-                    "trainer.eval_every_epochs=2", "checkpoint.every_steps=null", "checkpoint.keep_last=1",
-                    "checkpoint.keep_best=1", "checkpoint.monitor=val/loss", "checkpoint.mode=max", "--run-dir", run_dir)
+    train = run_cli(
+        "train",
+        "recipes/heart.yaml",
+        "data.num_points=2000",
+        "trainer.epochs=4",
+        "logging.wandb=false",
+        "trainer.eval_every_epochs=2",
+        "checkpoint.every_steps=null",
+        "checkpoint.keep_last=1",
+        "checkpoint.keep_best=1",
+        "checkpoint.monitor=val/loss",
+        "checkpoint.mode=max",
+        "--run-dir",
+        run_dir,
+    )
     return {"dir": run_dir, "train": train}
 
 
@@ -660,28 +699,78 @@ def test_check_prints_heart_with_its_defaults(capsys):
     assert yaml.safe_load(capsys.readouterr().out) == {
         "name": "heart",
         "seed": 0,
-        "data": {"name": "heart", "batch_size": 64, "collate": None, "num_workers": 0, "prefetch_factor": None,
-                 "num_points": 100000, "seed": 123, "val_fraction": 0.2},
-        "model": {"name": "mlp", "freeze": None, "in_features": 2, "hidden": [72, 36], "out_features": 1,
-                  "output_activation": "sigmoid"},
+        "data": {
+            "name": "heart",
+            "batch_size": 64,
+            "collate": None,
+            "num_workers": 0,
+            "prefetch_factor": None,
+            "num_points": 100000,
+            "seed": 123,
+            "val_fraction": 0.2,
+        },
+        "model": {
+            "name": "mlp",
+            "freeze": None,
+            "in_features": 2,
+            "hidden": [72, 36],
+            "out_features": 1,
+            "output_activation": "sigmoid",
+        },
         "adapter": None,
         "loss": {"name": "bce"},
         "step": None,
         "optimizer": {"name": "sgd", "lr": 0.01, "groups": None, "no_decay": False, "momentum": 0.9},
         "scheduler": {"name": "none"},
         "metrics": None,
-        "trainer": {"epochs": 1, "max_steps": None, "mixed_precision": "auto", "grad_accum_steps": 1,
-                    "grad_clip": None, "log_every_steps": 100, "eval_every_epochs": 1, "eval_every_steps": None,
-                    "record_samples": False,
-                    "compile": False, "compile_mode": "default", "deterministic": True, "early_stopping": None, "ema": None,
-                    "profile": None},
-        "checkpoint": {"every_steps": 1000, "every_epochs": 1, "keep_last": 2, "keep_best": 0,
-                       "monitor": "val/loss", "mode": "min", "async": True},
-        "logging": {"wandb": {"mode": "auto", "project": "trainwright", "entity": None, "tags": ["heart"],
-                              "group": None, "name": None, "notes": None, "job_type": None, "init_timeout": 10.0},
-                    "tensorboard": False, "progress": "auto", "peak_tflops": None},
-        "distributed": {"strategy": "auto", "shard_modules": None, "reshard_after_forward": True,
-                        "activation_checkpointing": None},
+        "trainer": {
+            "epochs": 1,
+            "max_steps": None,
+            "mixed_precision": "auto",
+            "grad_accum_steps": 1,
+            "grad_clip": None,
+            "log_every_steps": 100,
+            "eval_every_epochs": 1,
+            "eval_every_steps": None,
+            "record_samples": False,
+            "compile": False,
+            "compile_mode": "default",
+            "deterministic": True,
+            "early_stopping": None,
+            "ema": None,
+            "profile": None,
+        },
+        "checkpoint": {
+            "every_steps": 1000,
+            "every_epochs": 1,
+            "keep_last": 2,
+            "keep_best": 0,
+            "monitor": "val/loss",
+            "mode": "min",
+            "async": True,
+        },
+        "logging": {
+            "wandb": {
+                "mode": "auto",
+                "project": "trainwright",
+                "entity": None,
+                "tags": ["heart"],
+                "group": None,
+                "name": None,
+                "notes": None,
+                "job_type": None,
+                "init_timeout": 10.0,
+            },
+            "tensorboard": False,
+            "progress": "auto",
+            "peak_tflops": None,
+        },
+        "distributed": {
+            "strategy": "auto",
+            "shard_modules": None,
+            "reshard_after_forward": True,
+            "activation_checkpointing": None,
+        },
         "cv": None,
         "callbacks": None,
     }

@@ -76,7 +76,9 @@ def _add_predict_options(predict: argparse.ArgumentParser) -> None:
                          help="where the model runs (default auto: a CUDA GPU when there is one)")
     predict.add_argument("--prompt", metavar="TEXT",
                          help="language models (data: text): print TEXT and the text the model writes after it")
-    predict.add_argument("--length", type=_positive_int, default=200, help="--prompt: tokens to generate (default 200, at most 100,000)")
+    predict.add_argument(
+        "--length", type=_positive_int, default=200, help="--prompt: tokens to generate (default 200, at most 100,000)"
+    )
     predict.add_argument("--temperature", type=_non_negative_float, default=0.8,
                          help="--prompt: sampling temperature; 0 picks the most likely token each time (default 0.8)")
     predict.add_argument("--seed", type=int, default=0, help="--prompt: the sampling seed (default 0)")
@@ -165,8 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_recipe(sweep, "spec", "sweep spec YAML (recipe, method, metric, parameters), e.g. recipes/sweeps/...",
                 "override keys of every trial")
-    sweep.add_argument("--slurm", action="store_true",
-                       help="write DIR/sweep.sbatch, a Slurm job array of one preemptible task per trial, and submit it")
+    sweep.add_argument(
+        "--slurm",
+        action="store_true",
+        help="write DIR/sweep.sbatch, a Slurm job array of one preemptible task per trial, and submit it",
+    )
     sweep.set_defaults(handler=commands.sweep_command)
 
     export = subcommands.add_parser(
@@ -175,7 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoint, to one safetensors file (sharded checkpoints are consolidated; no launcher needed).",
     )
     export.add_argument("source", help="a checkpoint folder (runs/X/checkpoints/step_...) or a run dir")
-    export.add_argument("--out", required=True, help="the safetensors file (with --hf: folder) to write (must not exist)")
+    export.add_argument(
+        "--out", required=True, help="the safetensors file (with --hf: folder) to write (must not exist)"
+    )
     export.add_argument("--hf", action="store_true",
                         help="a Hugging Face model (model.name: hf): write a save_pretrained folder (config.json, "
                         "model.safetensors) that transformers' from_pretrained loads")
@@ -250,11 +257,11 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, interrupts.Stopped) as signalled:
         return interrupts.ending(signalled, argv)
     except Exception:
-        if (signalled := interrupts.received.first()) is None:
+        if (received := interrupts.received.first()) is None:
             raise
-        return interrupts.ending(signalled, argv)  # its exception, swallowed on the way, broke something else
-    if code == 0 and (signalled := interrupts.received.first()) is not None:  # swallowed by a library
-        return interrupts.ending(signalled, argv)
+        return interrupts.ending(received, argv)  # its exception, swallowed on the way, broke something else
+    if code == 0 and (received := interrupts.received.first()) is not None:  # swallowed by a library
+        return interrupts.ending(received, argv)
     return code
 
 

@@ -8,7 +8,9 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -19,6 +21,9 @@ from trainwright.recipe import load_recipe
 from trainwright.run.directory import RunDir, default_run_dir
 from trainwright.run.lock import hold
 from trainwright.run.plan import plan_run
+
+if TYPE_CHECKING:
+    from trainwright.finished.predictions import Predictions
 
 STARTED = time.perf_counter()  # for train/startup_seconds: from here to the first optimizer step
 
@@ -122,7 +127,7 @@ def _predict_to_file(args: argparse.Namespace) -> int:
             main = run.processes.is_main
             with end_launched(run.processes), tqdm(unit=" items", desc="predicting", file=sys.stderr,
                                                    disable=None if main else True) as progress:
-                batches = (progress.update(len(p)) or p for p in run.predict_stream(args.input, args.batch_size))
+                batches = _counted(run.predict_stream(args.input, args.batch_size), progress)
                 count = write_predictions(batches, Path(args.output)) if main else sum(map(len, batches))
     except Stopped as stop:
         if launch_rank() == 0:
@@ -132,6 +137,13 @@ def _predict_to_file(args: argparse.Namespace) -> int:
     if main:
         print(f"Wrote {count} predictions to {args.output}")
     return 0
+
+
+def _counted(stream: Iterator[Predictions], progress: Any) -> Iterator[Predictions]:
+    """`stream`, each batch's items counted on the `progress` bar (tqdm) as it passes."""
+    for predictions in stream:
+        progress.update(len(predictions))
+        yield predictions
 
 
 def plot_command(args: argparse.Namespace) -> int:
@@ -151,7 +163,10 @@ def export_command(args: argparse.Namespace) -> int:
     from trainwright.finished.export import export_hf, export_weights
 
     done = (export_hf if args.hf else export_weights)(args.source, args.out, raw=args.raw_weights)
-    print(f"Exported step {done.step} of {done.checkpoint} ({done.tensors} tensors, {done.parameters:,} parameters) to {args.out}")
+    print(
+        f"Exported step {done.step} of {done.checkpoint} ({done.tensors} tensors, {done.parameters:,} parameters) "
+        f"to {args.out}"
+    )
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Recipe -> components: data (and how to read new inputs for it), model, scoring (loss and metrics), optimizer, scheduler.
+"""Recipe -> components: data (and how to read new inputs for it), model, scoring (loss and metrics), optimizer,
+scheduler.
 
 The one place that registers the built-in components (by importing their modules) and checks a
 recipe's component sections. No devices and no Accelerate here."""
@@ -20,25 +21,16 @@ from trainwright.data.input_batch import InputBatch
 from trainwright.data.loading import require_stream
 from trainwright.data.targets import check_bundle_targets
 from trainwright.data.val_splits import build_val_splits, check_monitor_name, check_val_splits, validation_names
-from trainwright.errors import UserError, did_you_mean
+from trainwright.errors import UserError
+
 # Importing the models modules registers the built-ins.
 from trainwright.models import builtin, classifier_metrics, losses, metrics, optim, parameters  # noqa: F401
 from trainwright.models.pairing import check_pair
 from trainwright.recipe import Recipe, StepConfig
-from trainwright.registry import (
-    COLLATES,
-    DATASETS,
-    LOSSES,
-    METRICS,
-    MODELS,
-    OPTIMIZERS,
-    SCHEDULERS,
-    STEPS,
-    import_attr,
-)
+from trainwright.registry import COLLATES, DATASETS, LOSSES, METRICS, MODELS, OPTIMIZERS, SCHEDULERS, STEPS, import_attr
 from trainwright.step import MODEL_LOSS, DefaultStep, Step
 from trainwright.training.callbacks import check_callbacks
-from trainwright.training.evaluation import MetricFn, Scoring
+from trainwright.training.evaluation import MetricFn, Scoring, StateMetricFn
 
 InputReader = Callable[[Any, dict[str, Any], int], Iterator[InputBatch]]  # (source, data.json, batch size)
 
@@ -111,7 +103,11 @@ def metric_names(recipe: Recipe, task: Task | None = None) -> list[str]:
 
 def _metric_choice(recipe: Recipe, task: Task | None) -> list[str]:
     """The recipe's metrics (`[]`: none, only the loss), or the task's default when it names none."""
-    return list(recipe.metrics) if recipe.metrics is not None else metrics.default_metrics(task)
+    if recipe.metrics is not None:
+        return list(recipe.metrics)
+    if task is None:
+        raise ValueError("the default metrics depend on the task: pass the data's task")
+    return metrics.default_metrics(task)
 
 
 def check_monitor(recipe: Recipe, names: list[str]) -> None:
@@ -209,7 +205,12 @@ def build_model(recipe: Recipe, task: Task | None = None) -> nn.Module:
     """The recipe's model; for a sequence `task`, a model taking `vocab_size` that the recipe does not set
     gets the task's number of classes (a text data set's vocabulary is known only once it is read)."""
     kwargs = recipe.model.kwargs()
-    if task is not None and task.kind == "sequence" and "vocab_size" not in kwargs and _takes(recipe.model.name, "vocab_size"):
+    if (
+        task is not None
+        and task.kind == "sequence"
+        and "vocab_size" not in kwargs
+        and _takes(recipe.model.name, "vocab_size")
+    ):
         kwargs["vocab_size"] = len(task.class_names)
     model = MODELS.build(recipe.model.name, kwargs)
     if not isinstance(model, nn.Module):
@@ -241,12 +242,19 @@ def build_scoring(recipe: Recipe, task: Task) -> Scoring:
     default_kind = "value" if task.kind == "regression" else "logits"
     names = _metric_choice(recipe, task)
     shorts = metric_names(recipe, task)
-    functions: dict[str, MetricFn] = {short: METRICS.get(name, key="metrics") for name, short in zip(names, shorts)}
-    states = {short: functions.pop(short) for name, short in zip(names, shorts) if METRICS.meta(name).get("state")}
+    stateful = {short for name, short in zip(names, shorts) if METRICS.meta(name).get("state")}
+    functions: dict[str, MetricFn] = {
+        short: METRICS.get(name, key="metrics") for name, short in zip(names, shorts) if short not in stateful
+    }
+    states: dict[str, StateMetricFn] = {
+        short: METRICS.get(name, key="metrics") for name, short in zip(names, shorts) if short in stateful
+    }
     for name in states:
         classifier_metrics.check_task(name, task)
         classifier_metrics.require_torchmetrics(name)
-    finish = {short: METRICS.meta(name)["finish"] for name, short in zip(names, shorts) if "finish" in METRICS.meta(name)}
+    finish = {
+        short: METRICS.meta(name)["finish"] for name, short in zip(names, shorts) if "finish" in METRICS.meta(name)
+    }
     loss_fn, step = _loss(recipe, task), recipe.step or StepConfig()
     return Scoring(
         loss_fn=loss_fn,
@@ -299,4 +307,6 @@ def optimizer_over(recipe: Recipe, params: Any) -> torch.optim.Optimizer:
 
 
 def build_scheduler(recipe: Recipe, optimizer: torch.optim.Optimizer, total_steps: int) -> Any | None:
-    return SCHEDULERS.build(recipe.scheduler.name, recipe.scheduler.kwargs(), optimizer=optimizer, total_steps=total_steps)
+    return SCHEDULERS.build(
+        recipe.scheduler.name, recipe.scheduler.kwargs(), optimizer=optimizer, total_steps=total_steps
+    )

@@ -114,7 +114,9 @@ class Registry:
             and n not in kwargs
         ]
         if missing:
-            raise UserError(f"{self.section}: {self.kind} '{name}' needs {', '.join(self.section + '.' + m for m in missing)}")
+            raise UserError(
+                f"{self.section}: {self.kind} '{name}' needs {', '.join(self.section + '.' + m for m in missing)}"
+            )
         hints = _type_hints(builder)
         for key, value in kwargs.items():
             problem = _type_problem(hints.get(key), value)

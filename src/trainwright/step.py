@@ -35,7 +35,7 @@ import inspect
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -47,6 +47,8 @@ if TYPE_CHECKING:
     from trainwright.distributed.processes import Processes
 
 Batch = tuple[torch.Tensor, torch.Tensor] | Mapping[str, torch.Tensor]
+Pair = tuple[torch.Tensor, torch.Tensor]  # a batch of the tuple form (a step serves every batch in its first's form)
+Named = Mapping[str, torch.Tensor]  # a batch of named tensors
 TARGETS_KEY = "labels"  # the targets of a mapping batch (Hugging Face's name)
 MODEL_LOSS = "model"  # loss.name of a model that computes its own loss
 SHIFTS_LABELS = "trainwright_shifts_labels"  # a model attribute: True when it scores labels[:, t + 1] at t
@@ -129,7 +131,7 @@ class Step:
 
         def weighed(batch: Batch) -> torch.Tensor:
             loss = scorer(batch).loss
-            count = self.count(batch)
+            count = cast(torch.Tensor, self.count(batch))  # a weighed step counts each batch (_weighs)
             return torch.where(count > 0, loss * count.to(loss.device), 0.0) * weights.scale
 
         return Training(weighed, weights.batches)
@@ -243,7 +245,7 @@ def summed(loss_fn: nn.Module) -> nn.Module | None:
     instead of averaging; None for a loss without a `reduction`."""
     clone = copy.deepcopy(loss_fn)  # (a shallow copy of a module shares its submodules with the original)
     inner = getattr(clone, "loss", None)
-    target = inner if isinstance(inner, nn.Module) and hasattr(inner, "reduction") else clone
+    target: Any = inner if isinstance(inner, nn.Module) and hasattr(inner, "reduction") else clone
     if getattr(target, "reduction", None) != "mean":
         return None
     target.reduction = "sum"
@@ -296,7 +298,7 @@ class DefaultStep(Step):
             return Training(plain, _as_served)
 
         def plain_moved(batch: Batch) -> torch.Tensor:
-            inputs, targets = batch
+            inputs, targets = cast(Pair, batch)
             inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
             return loss_fn(_tensor(model(inputs)), targets)
 
@@ -323,7 +325,7 @@ class DefaultStep(Step):
         if isinstance(first, Mapping):
 
             def named(batch: Batch) -> Scored:
-                batch = to_device(batch, device)
+                batch = cast(Named, to_device(batch, device))
                 labels = batch.get(TARGETS_KEY)
                 aligned = batch.get(ALIGNED_LABELS_KEY)
                 if model_loss:
@@ -350,7 +352,7 @@ class DefaultStep(Step):
         if takes_named_inputs(model):  # a pair's inputs are token ids; its targets the next tokens
 
             def pair_named(batch: Batch) -> Scored:
-                inputs, targets = to_device(batch, device)
+                inputs, targets = cast(Pair, to_device(batch, device))
                 if model_loss:
                     aligned = {ALIGNED_LABELS_KEY: targets} if shifted else {}
                     result = model(**{NAMED_INPUTS: inputs, TARGETS_KEY: targets, **aligned})
@@ -362,7 +364,7 @@ class DefaultStep(Step):
             return pair_named
 
         def pair(batch: Batch) -> Scored:
-            inputs, targets = to_device(batch, device)
+            inputs, targets = cast(Pair, to_device(batch, device))
             if model_loss:
                 result = model(inputs, targets)
                 logits = logits_of(result)

@@ -177,8 +177,8 @@ class Expected:
     def problem(self, folder: Path) -> str | None:
         """Why the verified checkpoint `folder` does not fit the live objects, or None."""
         if is_sharded(folder):
-            found = whole_tensors(folder / SHARDED_MODEL_DIR)
-            problem = tensors_problem(f"{SHARDED_MODEL_DIR}/", {k: Spec(*v) for k, v in found.items()}, self.model)
+            found = {k: Spec(*v) for k, v in whole_tensors(folder / SHARDED_MODEL_DIR).items()}
+            problem = tensors_problem(f"{SHARDED_MODEL_DIR}/", found, self.model)
             problem = problem or self._sharded_optimizer_problem(folder)
             ema = folder / SHARDED_EMA_DIR
             if not problem and self.ema is not None and ema.is_dir():
@@ -205,10 +205,10 @@ class Expected:
                 return problem
         found: dict[int, dict[str, Any]] = {}
         for key, spec in file_specs(folder / "optimizer.safetensors").items():
-            index, name = key.split(".", 1)
-            found.setdefault(int(index), {})[name] = spec
-        for index, values in meta["scalars"].items():
-            found.setdefault(int(index), {}).update(values)
+            param, name = key.split(".", 1)
+            found.setdefault(int(param), {})[name] = spec
+        for param, scalars in meta["scalars"].items():
+            found.setdefault(int(param), {}).update(scalars)
         for index, values in found.items():
             if problem := self._param_state_problem(index, values, "optimizer"):
                 return problem

@@ -115,7 +115,10 @@ def is_step_dir(path: Path) -> bool:
 
 def step_of(folder: Path) -> int:
     """The step of a checkpoint folder named step_XXXXXXXX."""
-    return int(_STEP_DIR.match(folder.name).group(1))
+    match = _STEP_DIR.match(folder.name)
+    if match is None:
+        raise ValueError(f"{folder} is not a checkpoint folder (step_XXXXXXXX)")
+    return int(match.group(1))
 
 
 def looks_like_safetensors(path: Path) -> bool:

@@ -69,9 +69,10 @@ class FullState:
 def read_full_state(folder: Path, objects: TrainObjects) -> None:
     """Restore every live object from the files of a verified checkpoint (safetensors' `load_model` expects
     a tied parameter under one of its names)."""
-    missing, unexpected = load_model(objects.model, str(folder / "model.safetensors"), strict=False)
+    loaded = load_model(objects.model, str(folder / "model.safetensors"), strict=False)
+    missing, unexpected = set(loaded[0]), loaded[1]
     if objects.trained_only:  # the frozen base is the model as built
-        missing = set(missing) - frozen_names(objects.model)
+        missing -= frozen_names(objects.model)
     if missing or unexpected:
         raise UserError(
             f"checkpoint {folder} does not fit this recipe's model (missing {sorted(missing)}, "

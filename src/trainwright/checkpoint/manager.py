@@ -118,7 +118,9 @@ class CheckpointManager:
         pending, self._pending = self._pending, None
         return pending.result() if pending is not None else None
 
-    def _complete(self, tmp: Path, final: Path, full: FullState | None, state: dict[str, Any], recipe: dict[str, Any]) -> float:
+    def _complete(
+        self, tmp: Path, final: Path, full: FullState | None, state: dict[str, Any], recipe: dict[str, Any]
+    ) -> float:
         """Write the main process's files, the manifest last, and move the folder to its final name."""
         started = time.perf_counter()
         try:
@@ -144,15 +146,17 @@ class CheckpointManager:
         first: tuple[Path, str] | None = None
         for candidate in self._candidates(folder, fallback):
             problem = expected.problem(candidate)
-            state = None if problem else self._read(candidate)
-            problem = problem or self._nonfinite_weights()
             if problem is None:
-                self.resumed_from = candidate
-                self.policy.saved(state.step)
-                return state
+                state = self._read(candidate)
+                problem = self._nonfinite_weights()
+                if problem is None:
+                    self.resumed_from = candidate
+                    self.policy.saved(state.step)
+                    return state
             first = first or (candidate, problem)
             if fallback and self.processes.is_main:
                 warn(f"checkpoint {candidate} is damaged ({problem}); skipping it")
+        assert first is not None  # _candidates yields `folder` first
         newest, problem = first
         if fallback:
             problem = f"no checkpoint of {self.folder} fits this run (the newest, {newest}: {problem})"

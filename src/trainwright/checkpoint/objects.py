@@ -8,7 +8,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -129,7 +129,8 @@ def rng_to_files() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     if torch.cuda.is_available():
         tensors.update({f"cuda_{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
     version, words, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
+    # legacy=True (the default) returns the tuple form; numpy's stub types both forms as one union
+    name, keys, pos, has_gauss, cached = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
     return tensors, {
         "python": [version, list(words), gauss],
         "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],

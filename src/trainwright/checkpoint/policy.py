@@ -26,7 +26,7 @@ class SavePolicy:
             return True
         if self.every_steps and step % self.every_steps == 0:
             return True
-        return end_of_epoch and bool(self.every_epochs) and epoch % self.every_epochs == 0
+        return end_of_epoch and bool(self.every_epochs and epoch % self.every_epochs == 0)
 
     def next_due(self, step: int) -> float:
         """The first step after `step` that `every_steps` saves (inf when it is off); the other saves come at

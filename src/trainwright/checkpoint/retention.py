@@ -32,7 +32,7 @@ class Choice:
 
 def newest_valid(folder: Path) -> Choice:
     """Verify checkpoints from the newest down and take the first whose files match its manifest."""
-    damaged = []
+    damaged: list[tuple[Path, str]] = []
     for candidate in reversed(step_dirs(folder)):
         problem = verify(candidate)
         if problem is None:

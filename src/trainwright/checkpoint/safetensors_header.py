@@ -92,7 +92,12 @@ def _entry(name: str, value: Any) -> TensorEntry:
         raise BadHeader(f"tensor {name!r}: unknown dtype {dtype!r}")
     if not isinstance(shape, list) or not all(_natural(n) for n in shape):
         raise BadHeader(f"tensor {name!r}: shape {shape!r} is not a list of non-negative integers")
-    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_natural(n) for n in offsets) or offsets[0] > offsets[1]:
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(_natural(n) for n in offsets)
+        or offsets[0] > offsets[1]
+    ):
         raise BadHeader(f"tensor {name!r}: data_offsets {offsets!r} is not a [begin, end] byte range")
     begin, end = offsets
     if end - begin != math.prod(shape) * ITEM_BYTES[dtype]:

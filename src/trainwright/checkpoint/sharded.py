@@ -27,7 +27,12 @@ import torch
 import torch.distributed.checkpoint as dcp
 from safetensors import safe_open
 from safetensors.torch import load_file
-from torch.distributed.checkpoint import CheckpointException, HuggingFaceStorageReader, HuggingFaceStorageWriter
+from torch.distributed.checkpoint import (
+    CheckpointException,
+    HuggingFaceStorageReader,
+    HuggingFaceStorageWriter,
+    TensorStorageMetadata,
+)
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -91,7 +96,8 @@ def read_sharded_state(folder: Path, objects: TrainObjects) -> None:
         if set(saved) != set(other):
             raise UserError(f"checkpoint {folder} does not fit this recipe's optimizer (its parameter groups differ)")
         other = {key: tuple(value) if isinstance(other[key], tuple) else value for key, value in saved.items()}
-        set_optimizer_state_dict(objects.model, optimizer, {**tensors, **other}, options=_FLAT)
+        state: dict[str, Any] = {**tensors, **other}
+        set_optimizer_state_dict(objects.model, optimizer, state, options=_FLAT)
         if objects.ema is not None:
             if not (folder / SHARDED_EMA_DIR).is_dir():
                 raise UserError(f"checkpoint {folder} holds no {SHARDED_EMA_DIR}/ (it was saved without trainer.ema)")
@@ -104,7 +110,7 @@ def read_full_state_sharded(folder: Path, objects: TrainObjects, processes: Proc
     sharded model: the main process reads the files and every process receives its shards."""
     optimizer = plain_optimizer(objects.optimizer)
     options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=not objects.trained_only)
-    model_state: dict[str, torch.Tensor] = {}
+    model_state: dict[str, Any] = {}  # tensors (torch's state dict type is a wider union)
     optimizer_state: dict[str, Any] = {}
     if processes.is_main:
         model_state = retied(load_file(folder / "model.safetensors"), tied_aliases(objects.model))
@@ -151,7 +157,11 @@ def consolidated_weights(folder: Path) -> dict[str, torch.Tensor]:
 def consolidated_part(part: Path) -> dict[str, torch.Tensor]:
     """The whole tensors of one part of a sharded checkpoint (model/, ema/), in this one process."""
     metadata = HuggingFaceStorageReader(str(part)).read_metadata()
-    tensors = {key: torch.empty(item.size, dtype=item.properties.dtype) for key, item in metadata.state_dict_metadata.items()}
+    tensors = {}
+    for key, item in metadata.state_dict_metadata.items():
+        if not isinstance(item, TensorStorageMetadata):
+            raise UserError(f"checkpoint part {part} holds '{key}', which is not a tensor")
+        tensors[key] = torch.empty(item.size, dtype=item.properties.dtype)
     _load(tensors, part, collective=False)
     return tensors
 

@@ -131,6 +131,6 @@ def array_rows(source: Path, record: dict[str, Any], batch_size: int) -> Iterato
     rows = _open(source, "--input")
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
-        chunk = torch.from_numpy(chunk.astype(np.float32) if chunk.dtype.kind == "f" else np.ascontiguousarray(chunk))
-        ids = [str(start + i) for i in range(len(chunk))]
-        yield InputBatch(ids, chunk, ids.__getitem__)
+        inputs = torch.from_numpy(chunk.astype(np.float32) if chunk.dtype.kind == "f" else np.ascontiguousarray(chunk))
+        ids = [str(start + i) for i in range(len(inputs))]
+        yield InputBatch(ids, inputs, ids.__getitem__)

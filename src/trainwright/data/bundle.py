@@ -17,6 +17,12 @@ RowTaskKind = Literal["binary", "multiclass", "regression"]  # a data set's task
 IGNORE_INDEX = -100  # torch's cross_entropy default, and Hugging Face's label for padding
 
 
+def split_size(split: Dataset) -> int:
+    """The number of samples of a split: every split has a length (a stream's too, stream.py's contract),
+    though torch's Dataset declares none."""
+    return len(split)  # type: ignore[arg-type]
+
+
 class TensorSplit(Dataset):
     """A split held as two whole tensors, served a batch at a time by indexing (no per-item calls)."""
 

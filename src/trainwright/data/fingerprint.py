@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from trainwright.data.bundle import DataBundle, TensorSplit
+from trainwright.data.bundle import DataBundle, TensorSplit, split_size
 from trainwright.data.paths import ALLOW_FLAG
 from trainwright.errors import UserError
 from trainwright.run.files import sha256, warn
@@ -41,13 +41,13 @@ def split_fingerprint(split: Dataset) -> dict[str, Any]:
     """A split's number of items and what identifies its content (see the module's docstring)."""
     declared = getattr(split, "fingerprint", None)
     if callable(declared):
-        return {"items": len(split), "declared": json.loads(json.dumps(declared()))}  # type: ignore[arg-type]
+        return {"items": split_size(split), "declared": json.loads(json.dumps(declared()))}
     if isinstance(split, TensorSplit):
         digest = hashlib.sha256()
         _digest_tensors(digest, split.inputs, split.targets)
         return {"items": len(split), "sha256": digest.hexdigest()}
     kind = type(split)
-    return {"items": len(split), "type": f"{kind.__module__}.{kind.__qualname__}"}  # type: ignore[arg-type]
+    return {"items": split_size(split), "type": f"{kind.__module__}.{kind.__qualname__}"}
 
 
 SAMPLES, SAMPLE_BYTES = 64, 1 << 16
@@ -62,7 +62,12 @@ def sampled_file_fingerprint(path: Path) -> dict[str, Any]:
         for i in range(SAMPLES):
             file.seek(max(0, size - SAMPLE_BYTES) * i // (SAMPLES - 1))
             digest.update(file.read(SAMPLE_BYTES))
-    return {"name": Path(path).name, "bytes": size, "mtime_ns": status.st_mtime_ns, "sampled_sha256": digest.hexdigest()}
+    return {
+        "name": Path(path).name,
+        "bytes": size,
+        "mtime_ns": status.st_mtime_ns,
+        "sampled_sha256": digest.hexdigest(),
+    }
 
 
 def file_fingerprint(path: Path, previous: dict[str, Any] | None = None) -> dict[str, Any]:

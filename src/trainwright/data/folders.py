@@ -197,5 +197,7 @@ def folder_images(source: Any, record: dict[str, Any], batch_size: int) -> Itera
         chunk = items[start : start + batch_size]
         with torch.random.fork_rng(devices=[]):
             inputs = torch.stack([pipeline(_image_tensor(item, mode)) for item in chunk])
-        ids = [Path(item).name if isinstance(item, (str, Path)) else f"image {start + i}" for i, item in enumerate(chunk)]
+        ids = [
+            Path(item).name if isinstance(item, (str, Path)) else f"image {start + i}" for i, item in enumerate(chunk)
+        ]
         yield InputBatch(ids, inputs, ids.__getitem__)

@@ -43,8 +43,9 @@ class Fold:
 
 def fold_of(bundle: DataBundle, fold: Fold) -> DataBundle:
     """The bundle with fold `fold.index` as its validation split and the other folds as its training split."""
-    parts = [bundle.train] if bundle.test is not None else [bundle.train, bundle.val]
-    if not all(isinstance(part, TensorSplit) for part in parts):
+    held = [bundle.train] if bundle.test is not None else [bundle.train, bundle.val]
+    parts = [part for part in held if isinstance(part, TensorSplit)]
+    if len(parts) < len(held):
         raise UserError("cv: this data set is not held as tensors (TensorSplit); cross-validation needs that")
     inputs = torch.cat([part.inputs for part in parts])
     targets = torch.cat([part.targets for part in parts])

@@ -77,5 +77,7 @@ def fashion_images(source: Any, record: dict[str, Any], batch_size: int) -> Iter
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
         tensors = [_open(Path(item)) if isinstance(item, (str, Path)) else pixels(item) for item in chunk]
-        ids = [Path(item).name if isinstance(item, (str, Path)) else f"image {start + i}" for i, item in enumerate(chunk)]
+        ids = [
+            Path(item).name if isinstance(item, (str, Path)) else f"image {start + i}" for i, item in enumerate(chunk)
+        ]
         yield InputBatch(ids, torch.stack(tensors), ids.__getitem__)

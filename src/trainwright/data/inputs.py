@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from trainwright.data.input_batch import InputBatch
-from trainwright.data.tabular import apply_statistics, describe_row, feature_columns, numbers
+from trainwright.data.tabular import apply_statistics, describe_row, feature_columns, first_row, numbers
 from trainwright.errors import UserError, did_you_mean
 from trainwright.run.files import warn
 
@@ -67,7 +67,9 @@ def _row_ids(frame: pd.DataFrame) -> list[str]:
     return [str(row) for row in frame.index]
 
 
-def _points(source: Path | pd.DataFrame, features: list[str], target: str | None, batch_size: int) -> Iterator[InputBatch]:
+def _points(
+    source: Path | pd.DataFrame, features: list[str], target: str | None, batch_size: int
+) -> Iterator[InputBatch]:
     where, first = _where(source), True
     for frame in csv_frames(source, batch_size):
         if first:
@@ -76,7 +78,9 @@ def _points(source: Path | pd.DataFrame, features: list[str], target: str | None
         columns = [numbers(frame, name, where, INPUT_FIX) for name in features]
         for name, values in zip(features, columns):
             if values.isna().any():
-                raise UserError(f"{where}: column '{name}' is empty on line {int(values.isna().idxmax()) + 2}; {INPUT_FIX}")
+                raise UserError(
+                    f"{where}: column '{name}' is empty on line {first_row(values.isna()) + 2}; {INPUT_FIX}"
+                )
         inputs = torch.tensor(pd.concat(columns, axis=1).to_numpy(), dtype=torch.float32)
         actual = None
         if target is not None and target in frame.columns:

@@ -127,7 +127,7 @@ class Encoder:
 
             try:
                 self.tokenizer: Any = Tokenizer.from_file(str(self.path))
-            except Exception as exc:  # noqa: BLE001  (tokenizers raises a plain Exception)
+            except Exception as exc:  # tokenizers raises a plain Exception
                 raise UserError(f"data.tokenizer: {self.path} is not a tokenizers JSON file ({exc})") from None
             self.hf = False
         elif self.path.is_dir():

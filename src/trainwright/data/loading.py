@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from trainwright.data.bundle import TensorSplit
+from trainwright.data.bundle import TensorSplit, split_size
 from trainwright.data.collate import collate_of
 from trainwright.errors import UserError
 from trainwright.run.interrupts import end_workers_at_exit, quiet_worker
@@ -111,7 +111,7 @@ class SeededItems(Dataset):
         self.dataset, self.seed = dataset, seed
 
     def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
+        return split_size(self.dataset)
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
         return self.__getitems__([key])[0]
@@ -146,7 +146,8 @@ def require_stream(dataset: Dataset, where: str) -> None:
     missing = [name for name in ("__len__", "stream") if not callable(getattr(dataset, name, None))]
     if missing:
         raise UserError(
-            f"{where} is {type(dataset).__name__}, an IterableDataset without {' and '.join(missing)}; {STREAM_CONTRACT}"
+            f"{where} is {type(dataset).__name__}, an IterableDataset without {' and '.join(missing)}; "
+            f"{STREAM_CONTRACT}"
         )
 
 
@@ -236,7 +237,9 @@ def _own_generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def iterate(dataset: Dataset, indices: Iterator[torch.Tensor], seed: int = 0, epoch: int = EVAL_EPOCH) -> Iterator[Batch]:
+def iterate(
+    dataset: Dataset, indices: Iterator[torch.Tensor], seed: int = 0, epoch: int = EVAL_EPOCH
+) -> Iterator[Batch]:
     """Serve batches in the main process (evaluation, prediction, start-up checks): whole-tensor indexing
     for a TensorSplit, a stream's items at those positions of its epoch order, else a DataLoader without
     workers over the same indices; items seeded from (seed, epoch, index)."""
@@ -316,7 +319,7 @@ class TrainBatches:
             self.stream = StreamItems(dataset, batch_size, seed, rank, world_size)
             served = {"dataset": self.stream, "batch_size": batch_size // world_size}
         elif not isinstance(dataset, TensorSplit):
-            self.sampler = EpochBatches(len(dataset), batch_size, seed, rank, world_size)  # type: ignore[arg-type]
+            self.sampler = EpochBatches(split_size(dataset), batch_size, seed, rank, world_size)
             served = {"dataset": SeededItems(dataset, seed), "batch_sampler": self.sampler}
         if served:
             if num_workers > 0:
@@ -332,12 +335,12 @@ class TrainBatches:
         """This process's sample indices of batches start, start+1, ... of `epoch` (a stream's: its
         `sample_ids(seed, epoch)` at this process's positions, where it has that method, else the positions)."""
         if self.stream is not None:
-            batches = range(start, batches_per_epoch(len(self.dataset), self.batch_size))  # type: ignore[arg-type]
+            batches = range(start, batches_per_epoch(split_size(self.dataset), self.batch_size))
             positions = torch.tensor(list(process_positions(batches, self.batch_size, self.rank, self.world_size)))
             ids = getattr(self.dataset, "sample_ids", None)
             chosen = ids(self.seed, epoch)[positions] if callable(ids) and len(positions) else positions
             return list(torch.split(chosen, self.batch_size // self.world_size))
-        return list(train_indices(len(self.dataset), self.batch_size, self.seed, epoch, start, self.rank,  # type: ignore[arg-type]
+        return list(train_indices(split_size(self.dataset), self.batch_size, self.seed, epoch, start, self.rank,
                                   self.world_size))
 
     def epoch(self, epoch: int, start: int, indices: list[torch.Tensor]) -> Iterator[Batch]:

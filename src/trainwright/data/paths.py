@@ -1,5 +1,6 @@
 """Data paths pinned when a run starts: a relative `data.path` or `data.root` (and `model.pretrained` of
-an `hf` model) is made absolute in the run's recipe, so every later command (resume, eval, predict) reads the same files wherever it runs.
+an `hf` model) is made absolute in the run's recipe, so every later command (resume, eval, predict) reads the
+same files wherever it runs.
 Imports no torch (the train command plans from files alone)."""
 
 from __future__ import annotations

@@ -122,7 +122,7 @@ class ShardSamples(IterableDataset):
         try:
             for position in positions:
                 at = bisect.bisect_right(begins, position) - 1  # the shard's turn in the order (empty ones skipped)
-                if at != turn:
+                if at != turn or file is None:
                     if file is not None:
                         file.close()
                     turn, file = at, open(self.shards[order[at]], "rb")

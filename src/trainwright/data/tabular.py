@@ -10,7 +10,7 @@ statistics are recorded in the run dir (data.json).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -39,23 +39,29 @@ def read_table(path: Path) -> pd.DataFrame:
 TRAINING_FIX = "fix the value, leave it empty for 'missing', or list the column under data.categorical"
 
 
+def first_row(flags: pd.Series) -> int:
+    """The index label of the first True in `flags`: a row number (0 for the first data line of the file)."""
+    return int(cast(int, flags.idxmax()))  # the stubs type index labels as Hashable; a CSV's are row numbers
+
+
 def numbers(frame: pd.DataFrame, column: str, path: Path | str, fix: str = TRAINING_FIX) -> pd.Series:
     """The column as floats; a value that is present but not a finite number a float32 tensor can hold
     is an error naming it (and `fix`, how to mend it)."""
     values = pd.to_numeric(frame[column], errors="coerce")
     bad = frame[column].notna() & values.isna()
     if bad.any():
-        row = int(bad.idxmax())
+        row = first_row(bad)
         raise UserError(
             f"{path}: column '{column}' must hold numbers, but line {row + 2} has {frame[column][row]!r}; {fix}"
         )
     values = values.astype("float64")
     huge = values.notna() & ~(values.abs() <= FLOAT32_MAX)  # inf, -inf, 1e400 and beyond float32
     if huge.any():
-        row = int(huge.idxmax())
+        row = first_row(huge)
         raise UserError(
-            f"{path}: column '{column}' line {row + 2} holds {_shown(frame[column][row])}, which is not a finite number "
-            f"(or beyond ±{FLOAT32_MAX:.3g}, the float32 range); fix the value or leave it empty for 'missing'"
+            f"{path}: column '{column}' line {row + 2} holds {_shown(frame[column][row])}, "
+            f"which is not a finite number (or beyond ±{FLOAT32_MAX:.3g}, the float32 range); fix the value or leave "
+            "it empty for 'missing'"
         )
     return values
 
@@ -180,7 +186,7 @@ def csv(
         raise UserError(f"{file}: no feature columns besides the target '{target}'")
     targets = numbers(frame, target, file)
     if targets.isna().any():
-        row = int(targets.isna().idxmax())
+        row = first_row(targets.isna())
         raise UserError(f"{file}: target column '{target}' is empty on line {row + 2}; every row needs a target")
     if len(frame) < 2:
         raise UserError(f"{file}: needs at least 2 data rows, found {len(frame)}")

@@ -121,7 +121,9 @@ class Codec:
         missing = (ids >= len(known)) | (known[np.minimum(ids, len(known) - 1)] != codes)
         unknown = sorted({chr(c) for c in codes[missing].tolist()})
         if unknown:
-            raise UserError(f"the prompt holds characters the run's vocabulary has not (its training text's): {unknown!r}")
+            raise UserError(
+                f"the prompt holds characters the run's vocabulary has not (its training text's): {unknown!r}"
+            )
         return ids.astype(np.int64)
 
     def decode(self, ids: list[int]) -> str:
@@ -147,7 +149,9 @@ class Codec:
         """The codec of a run, from its data.json."""
         preprocessing, task = record.get("preprocessing", {}), record.get("task", {})
         tokenizer = preprocessing.get("tokenizer")
-        return cls(preprocessing["vocabulary"], tuple(task["class_names"]), None if tokenizer is None else Path(tokenizer))
+        return cls(
+            preprocessing["vocabulary"], tuple(task["class_names"]), None if tokenizer is None else Path(tokenizer)
+        )
 
 
 def make_codec(text: bytes, vocabulary: Vocabulary, tokenizer: Path | None) -> Codec:
@@ -189,7 +193,11 @@ def token_array(text: bytes, codec: Codec) -> np.ndarray:
     path = cache_folder() / "tokens" / f"{key.hexdigest()[:32]}.npy"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
-        ids = codec.encode(_as_text(text)) if codec.vocabulary != "bytes" else np.frombuffer(text, np.uint8).astype(np.int64)
+        ids = (
+            codec.encode(_as_text(text))
+            if codec.vocabulary != "bytes"
+            else np.frombuffer(text, np.uint8).astype(np.int64)
+        )
         with atomic_open(path, "wb") as file:  # (np.save on a path would add '.npy' to the name)
             np.save(file, ids)
     return np.load(path, mmap_mode="c")  # copy-on-write: writable views (as torch wants), the file untouched
@@ -199,7 +207,9 @@ def windows(tokens: torch.Tensor, context: int) -> TensorSplit:
     """Non-overlapping windows of `context` tokens and their targets (the next token of each), as views of
     `tokens` (nothing is copied until a batch is indexed)."""
     count = (len(tokens) - 1) // context
-    return TensorSplit(tokens[: count * context].view(count, context), tokens[1 : count * context + 1].view(count, context))
+    return TensorSplit(
+        tokens[: count * context].view(count, context), tokens[1 : count * context + 1].view(count, context)
+    )
 
 
 def text(

@@ -84,16 +84,16 @@ def fashion_mnist(root: str = "data", download: bool = False) -> DataBundle:
     raw = Path(root) / "FashionMNIST" / "raw"
     if download and any(_find(raw, name) is None for name in _FASHION_MNIST_FILES):
         _download(root)
-    files = {name: _find(raw, name) for name in _FASHION_MNIST_FILES}
-    if any(path is None for path in files.values()):
+    files = [path for path in (_find(raw, name) for name in _FASHION_MNIST_FILES) if path is not None]
+    if len(files) < len(_FASHION_MNIST_FILES):
         raise UserError(
             f"FashionMNIST not found: expected the files {', '.join(_FASHION_MNIST_FILES)} (or their .gz) "
             f"in {raw}/. Put them there (set data.root to their parent's parent), or set data.download=true "
             "to fetch them, which needs network access."
         )
-    train_images, train_labels, test_images, test_labels = files.values()
+    train_images, train_labels, test_images, test_labels = files
     test = _split(raw, test_images, test_labels)
     return DataBundle(
         train=_split(raw, train_images, train_labels), val=test, test=test,
-        task=Task("multiclass", FASHION_MNIST_CLASSES), sources=dict(files),
+        task=Task("multiclass", FASHION_MNIST_CLASSES), sources=dict(zip(_FASHION_MNIST_FILES, files)),
     )

@@ -14,6 +14,7 @@ from trainwright.distributed.launcher import FSDP_VARIABLE
 if TYPE_CHECKING:
     import torch
     from accelerate import Accelerator
+    from accelerate.optimizer import AcceleratedOptimizer
 
 # What this module relies on in Accelerate: module path -> attribute names.
 PATCHED = {
@@ -34,7 +35,7 @@ class StepCalls:
     zero_grad: Callable[[], None]
 
 
-def step_calls(accelerator: Accelerator, optimizer: torch.optim.Optimizer) -> StepCalls:
+def step_calls(accelerator: Accelerator, optimizer: AcceleratedOptimizer) -> StepCalls:
     """Accelerate's backward/step/zero_grad, or the plain torch calls they end in where that is all they
     do: without a gradient scaler (fp16), on CPU/GPU processes, with Accelerate's own gradient accumulation
     off, `accelerator.backward` is `loss.backward()` after a division by 1, and the optimizer wrapper's
@@ -50,7 +51,9 @@ def step_calls(accelerator: Accelerator, optimizer: torch.optim.Optimizer) -> St
         return StepCalls(accelerator.backward, optimizer.step, functools.partial(optimizer.zero_grad, set_to_none=True))
     torch_optimizer = optimizer.optimizer
     return StepCalls(
-        lambda loss: loss.backward(), torch_optimizer.step, functools.partial(torch_optimizer.zero_grad, set_to_none=True)
+        lambda loss: loss.backward(),
+        torch_optimizer.step,
+        functools.partial(torch_optimizer.zero_grad, set_to_none=True),
     )
 
 

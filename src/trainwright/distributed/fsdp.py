@@ -9,6 +9,7 @@ by FSDP2.
 from __future__ import annotations
 
 import contextlib
+from typing import cast
 
 import torch
 import torch.distributed as dist
@@ -55,10 +56,10 @@ class FullySharded:
         units = shard_units(model, self.config.shard_modules)
         _ensure_process_group(self.processes)
         mesh = init_device_mesh(self.processes.device.type, (self.processes.world_size,))
-        options = {"mesh": mesh, "reshard_after_forward": self.config.reshard_after_forward, "mp_policy": self.policy}
-        for module in reversed(units):  # descendants before their ancestors
-            fully_shard(module, **options)
-        fully_shard(model, **options)
+        for module in [*reversed(units), model]:  # descendants before their ancestors, the root last
+            fully_shard(
+                module, mesh=mesh, reshard_after_forward=self.config.reshard_after_forward, mp_policy=self.policy
+            )
         return model
 
     def gradient_sync(self, model: nn.Module, enabled: bool) -> contextlib.AbstractContextManager[None]:
@@ -68,7 +69,8 @@ class FullySharded:
 
     def full_weights(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """Gathered shard by shard into the main process's CPU memory (a collective; the others get {})."""
-        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return cast(dict[str, torch.Tensor], state)  # a model's state dict: tensors (torch types a wider union)
 
 
 def shard_units(model: nn.Module, names: list[str] | None) -> list[nn.Module]:

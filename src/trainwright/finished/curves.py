@@ -8,10 +8,10 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
-from trainwright.run.files import atomic_open  # noqa: E402
+from trainwright.run.files import atomic_open
 
 
 def save_figure(fig: Figure, path: Path, replace: bool = True) -> None:

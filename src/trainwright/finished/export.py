@@ -11,6 +11,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
@@ -76,12 +77,14 @@ def export_hf(source: str | Path, out: str | Path, raw: bool = False) -> Exporte
         _require_fit(checkpoint, weights, model)
         model.load_state_dict(retied(weights, tied_aliases(model)))
     _publish_pretrained(model, out, lambda folder: _copy_tokenizer(recipe, checkpoint, folder, out))
-    return Exported(checkpoint, read_train_state(checkpoint).step, len(weights), sum(t.numel() for t in weights.values()))
+    return Exported(
+        checkpoint, read_train_state(checkpoint).step, len(weights), sum(t.numel() for t in weights.values())
+    )
 
 
-def _publish_pretrained(model: nn.Module, out: Path, extra: Callable[[Path], None] | None = None) -> None:
-    """`model.save_pretrained` into a temporary folder beside `out` (plus what `extra` adds), then moved to `out`
-    (which must not exist); the temporary folder, trainwright's own, is removed on any failure."""
+def _publish_pretrained(model: Any, out: Path, extra: Callable[[Path], None] | None = None) -> None:
+    """A transformers model's `save_pretrained` into a temporary folder beside `out` (plus what `extra` adds),
+    then moved to `out` (which must not exist); the temporary folder, trainwright's own, is removed on any failure."""
     tmp = temporary_beside(out, folder=True)
     try:
         model.save_pretrained(tmp)

@@ -28,7 +28,7 @@ from trainwright.checkpoint.retention import step_dirs
 from trainwright.checkpoint.safetensors_header import header_problem
 from trainwright.checkpoint.ties import retied, tied_aliases
 from trainwright.components import build_data, build_model, build_scoring, input_reader, seeded_model
-from trainwright.data.bundle import DataBundle, Task
+from trainwright.data.bundle import DataBundle, Task, split_size
 from trainwright.data.fingerprint import check_same_data, data_record
 from trainwright.data.input_batch import InputBatch
 from trainwright.data.loading import iterate
@@ -126,7 +126,7 @@ class Run:
                 + "score its split with `trainwright eval RUN`"
             )
         split = self.data.eval_split
-        size = len(split) if count is None else min(count, len(split))
+        size = split_size(split) if count is None else min(count, split_size(split))
         start, stop = share(size, self.processes)
         part = None
         if stop > start:  # this process's share, in order
@@ -199,7 +199,8 @@ def _joined_rows(parts: list[Any]) -> Any:
 
 def _joined(parts: list[Predictions], task: Task, output_kind: str) -> Predictions:
     """Several batches' predictions as one."""
-    actual = None if any(p.actual is None for p in parts) else torch.cat([p.actual for p in parts])
+    actuals = [p.actual for p in parts if p.actual is not None]
+    actual = torch.cat(actuals) if len(actuals) == len(parts) else None
     ids = [item for p in parts for item in p.ids]
     describers = [(len(p), p.describe) for p in parts]
 

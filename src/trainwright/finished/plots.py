@@ -21,6 +21,8 @@ def plot_predictions(
 ) -> Path | None:
     """2-D binary: predicted labels over the plane; 1-D regression: data and fitted line;
     other regression: predicted vs actual; images: a grid with predicted/actual names."""
+    if predictions.actual is None or not isinstance(inputs, torch.Tensor):
+        return None  # no plot without actual values, nor of named inputs (a language model's)
     task = trained.task
     train = trained.data.train
     actual = predictions.actual.reshape(len(predictions), -1)[:, 0]
@@ -60,6 +62,8 @@ def plot_predictions(
 def confusion_counts(predictions: Predictions) -> torch.Tensor:
     """(classes, classes): row i, column j counts the items of actual class i that the model labelled j."""
     count = len(predictions.class_names())
+    if predictions.actual is None:
+        raise ValueError("a confusion matrix needs the items' actual classes")
     actual = predictions.actual.reshape(len(predictions), -1)[:, 0].long()
     return torch.bincount(actual * count + predictions.label_indices, minlength=count * count).reshape(count, count)
 

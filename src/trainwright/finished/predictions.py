@@ -115,6 +115,10 @@ class Predictions:
             known = None if actual is None else [f'"{self.class_name(int(v))}"' for v in actual]
         for i, text in enumerate(shown):
             prefix = f"{self.describe(i)} " if self.describe else ""
-            suffix = "" if known is None or (self.task.kind == "regression" and math.isnan(actual[i])) else f", Actual: {known[i]}"
+            suffix = (
+                ""
+                if known is None or actual is None or (self.task.kind == "regression" and math.isnan(actual[i]))
+                else f", Actual: {known[i]}"
+            )
             lines.append(f"{prefix}Predicted: {text}{suffix}")
         return lines

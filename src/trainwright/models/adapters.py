@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -21,6 +21,9 @@ from trainwright.checkpoint.ties import retied, tied_aliases, untied
 from trainwright.data.fingerprint import file_fingerprint
 from trainwright.errors import UserError, did_you_mean
 from trainwright.recipe import AdapterConfig, Recipe
+
+if TYPE_CHECKING:
+    from peft import PeftModel
 
 _SET_BY_TRAINWRIGHT = ("peft_type", "task_type", "base_model_name_or_path", "revision", "inference_mode",
                        "auto_mapping", "peft_version")
@@ -58,7 +61,7 @@ def peft_config(config: AdapterConfig) -> Any:
         raise UserError(f"adapter: peft's {cls.__name__} refuses {config.kwargs()}: {exc}") from None
 
 
-def apply_adapter(config: AdapterConfig, model: nn.Module) -> nn.Module:
+def apply_adapter(config: AdapterConfig, model: nn.Module) -> PeftModel:
     """`model` wrapped by peft with the recipe's adapter; its base frozen, the adapter training."""
     settings = peft_config(config)
     _check_targets(settings, model)
@@ -139,7 +142,7 @@ def merger(recipe: Recipe, build_base: Callable[[], nn.Module]) -> Callable[[Wei
     return merged
 
 
-def restored(recipe: Recipe, base: nn.Module, checkpoint: Path, weights: dict[str, torch.Tensor]) -> nn.Module:
+def restored(recipe: Recipe, base: nn.Module, checkpoint: Path, weights: dict[str, torch.Tensor]) -> PeftModel:
     """The adapted model of a run from a checkpoint's weights (the adapter's alone). `base`: the recipe's model
     built again as training built it (components.seeded_model: a base without `pretrained` is its seeded
     weights), checked against the run's record of it when the run dir holds one."""

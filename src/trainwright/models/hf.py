@@ -88,14 +88,15 @@ def _transformers() -> ModuleType:
     return transformers
 
 
-def _model_class(transformers: ModuleType, name: str) -> type:
+def _model_class(transformers: ModuleType, name: str) -> type[Any]:
     """The transformers class `name`: a model class or an auto class (AutoModel...)."""
     try:
         found = getattr(transformers, name)
     except AttributeError:
         candidates = [n for n in dir(transformers) if "Model" in n or n.endswith("LM")]
         raise UserError(
-            f"model.architecture: transformers {transformers.__version__} has no '{name}'{did_you_mean(name, candidates)} "
+            f"model.architecture: transformers {transformers.__version__} has no "
+            f"'{name}'{did_you_mean(name, candidates)} "
             "(a model class such as GPT2LMHeadModel, or an auto class such as AutoModelForCausalLM)"
         ) from None
     except ImportError as exc:  # a model whose own dependencies are missing
@@ -103,12 +104,15 @@ def _model_class(transformers: ModuleType, name: str) -> type:
     is_model = isinstance(found, type) and (issubclass(found, nn.Module) or hasattr(found, "from_config"))
     if not is_model or not hasattr(found, "from_pretrained"):
         raise UserError(
-            f"model.architecture: transformers' '{name}' is not a model class (e.g. GPT2LMHeadModel or AutoModelForCausalLM)"
+            f"model.architecture: transformers' '{name}' is not a model class "
+            "(e.g. GPT2LMHeadModel or AutoModelForCausalLM)"
         )
     return found
 
 
-def _config(transformers: ModuleType, model_class: type, architecture: str, settings: dict[str, Any], auto: bool) -> Any:
+def _config(
+    transformers: ModuleType, model_class: type[Any], architecture: str, settings: dict[str, Any], auto: bool
+) -> Any:
     """The model's config object from the recipe's settings (`model_type` chooses the config class; a
     model class brings its own)."""
     model_type = settings.pop("model_type", None)
@@ -130,7 +134,7 @@ def _config(transformers: ModuleType, model_class: type, architecture: str, sett
     return config_class(**settings)
 
 
-def _check_settings(config_class: type, settings: dict[str, Any]) -> None:
+def _check_settings(config_class: type[Any], settings: dict[str, Any]) -> None:
     """transformers configs take any keyword (a misspelt one is silently kept): only their own settings pass."""
     known = (
         set(inspect.signature(config_class.__init__).parameters)

@@ -172,7 +172,8 @@ def torch_scheduler(cls: type) -> Callable[..., Any]:
         *(p.replace(kind=keyword) for name, p in own.items() if name not in set_here),
     ])
     try:
-        hints = typing.get_type_hints(cls.__init__)
+        # (mypy calls __init__ read off an instance unsound; `cls` is a class)
+        hints = typing.get_type_hints(cls.__init__)  # type: ignore[misc]
     except Exception:  # annotations that cannot be resolved here: the class checks its own arguments
         hints = {}
     build.__annotations__ = {**{k: v for k, v in hints.items() if k not in set_here}, "warmup_steps": int}

@@ -74,7 +74,7 @@ def optimizer_groups(config: OptimizerConfig, model: nn.Module) -> list[dict[str
                         "already holds; a parameter belongs to one group (narrow one of the patterns)"
                     )
                 claimed[param] = index
-    groups = [{"name": DEFAULT_GROUP, "params": [p for p in names if p not in claimed]}]
+    groups: list[dict[str, Any]] = [{"name": DEFAULT_GROUP, "params": [p for p in names if p not in claimed]}]
     for index, group in enumerate(config.groups or []):
         settings = {k: v for k, v in (("lr", group.lr), ("weight_decay", group.weight_decay)) if v is not None}
         name = group.name or f"group{index}"
@@ -86,11 +86,11 @@ def optimizer_groups(config: OptimizerConfig, model: nn.Module) -> list[dict[str
     return [group for group in groups if group["params"]]
 
 
-def _embedding_tables(model: nn.Module) -> set[nn.Parameter]:
+def _embedding_tables(model: nn.Module) -> set[torch.Tensor]:
     return {module.weight for module in model.modules() if isinstance(module, nn.Embedding)}
 
 
-def _split_decay(group: dict[str, Any], embeddings: set[nn.Parameter]) -> list[dict[str, Any]]:
+def _split_decay(group: dict[str, Any], embeddings: set[torch.Tensor]) -> list[dict[str, Any]]:
     spared = [p for p in group["params"] if p.dim() < 2 or p in embeddings]
     decayed = [p for p in group["params"] if not (p.dim() < 2 or p in embeddings)]
     return [

@@ -55,7 +55,9 @@ class DataConfig(_Component):
         0, description="DataLoader workers for data sets served item by item (auto: the cores per process, less one, "
         "at most 8); they stay up for the whole run"
     )
-    prefetch_factor: int | None = Field(None, ge=1, le=64, description="batches each worker loads ahead (torch's default: 2)")
+    prefetch_factor: int | None = Field(
+        None, ge=1, le=64, description="batches each worker loads ahead (torch's default: 2)"
+    )
     val_splits: dict[str, dict[str, Any]] | None = Field(
         None, description="named validation splits besides the data set's own, each {argument: value, ...}: the "
         "validation split of the data set built with these arguments changed (metrics logged as val/<name>/...)"
@@ -144,7 +146,9 @@ class EarlyStoppingConfig(_Section):
     monitor: str = Field("val/loss", description="the validation metric watched (one the run reports)")
     mode: Literal["min", "max"] = Field("min", description="min: lower is better; max: higher is better")
     patience: int = Field(ge=1, description="stop after this many validations in a row without improvement")
-    min_delta: float = Field(0.0, ge=0, allow_inf_nan=False, description="an improvement must beat the best value by more than this")
+    min_delta: float = Field(
+        0.0, ge=0, allow_inf_nan=False, description="an improvement must beat the best value by more than this"
+    )
 
 
 class EmaConfig(_Section):
@@ -226,7 +230,10 @@ class WandbConfig(_Section):
     notes: str | None = Field(None, description="a description of the W&B run")
     job_type: str | None = Field(None, description="the W&B run's job type, e.g. train or eval")
     init_timeout: float = Field(
-        10.0, gt=0, allow_inf_nan=False, description="seconds to wait for W&B to start online before falling back to offline"
+        10.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="seconds to wait for W&B to start online before falling back to offline",
     )
 
 

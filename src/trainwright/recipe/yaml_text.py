@@ -36,7 +36,7 @@ def parse_yaml(text: str) -> Any:
     are shared, not copied, by the loader, but everything after it copies them: a text that expands beyond
     MAX_YAML_VALUES values (a "billion laughs") or nests deeper than MAX_YAML_DEPTH is refused first."""
     try:
-        data = yaml.load(text, Loader=_YamlLoader)  # noqa: S506 (a SafeLoader subclass)
+        data = yaml.load(text, Loader=_YamlLoader)
     except RecursionError:
         raise YamlTooLarge(f"it nests sections or lists more than {MAX_YAML_DEPTH} deep") from None
     _measure(data, 0, {}, set())
@@ -99,7 +99,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = parse_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         if raw.lstrip()[:1] in ("[", "{", '"', "'"):
-            raise UserError(f"bad override '{text}': the value is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+            raise UserError(
+                f"bad override '{text}': the value is not valid YAML ({getattr(exc, 'problem', exc)})"
+            ) from None
         value = raw  # plain text such as a path with a colon
     return key.split("."), value
 

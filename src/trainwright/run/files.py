@@ -78,7 +78,7 @@ def create_new(path: Path) -> int:
 
 def open_new(path: Path, mode: str = "w") -> IO[Any]:
     """`open(path, mode)` for a file that must not exist yet (see create_new)."""
-    return os.fdopen(create_new(path), mode, **({} if "b" in mode else {"encoding": "utf-8"}))
+    return os.fdopen(create_new(path), mode, encoding=None if "b" in mode else "utf-8")
 
 
 def open_append(path: Path) -> int:
@@ -141,10 +141,10 @@ def _settle(tmp: Path) -> None:
 def temporary_beside(path: Path, folder: bool = False) -> Path:
     """A new empty file (or, with `folder`, folder) beside `path`, named `.NAME.XXXXXXXX.tmp` with a random
     part and made with O_EXCL (mode 0600, or 0700), so it is trainwright's own: nothing else held that name."""
-    options = {"prefix": f".{path.name[:_NAME_KEPT]}.", "suffix": TMP_SUFFIX, "dir": path.parent}
+    prefix = f".{path.name[:_NAME_KEPT]}."
     if folder:
-        return Path(tempfile.mkdtemp(**options))
-    fd, name = tempfile.mkstemp(**options)
+        return Path(tempfile.mkdtemp(TMP_SUFFIX, prefix, path.parent))
+    fd, name = tempfile.mkstemp(TMP_SUFFIX, prefix, path.parent)
     os.close(fd)
     return Path(name)
 
@@ -219,7 +219,7 @@ def atomic_open(path: Path, mode: str = "w", replace: bool = True) -> Iterator[I
     atomic_path for `replace`)."""
     with atomic_path(path, replace) as tmp:
         fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as file:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as file:
             yield file
 
 

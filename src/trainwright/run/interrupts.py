@@ -100,7 +100,9 @@ def ending(signalled: KeyboardInterrupt | Stopped, argv: list[str]) -> int:
     if command == "train":
         say(f"trainwright: got {signalled.name} before training started; stopping (nothing to save yet)")
     else:
-        say(f"trainwright: got {signalled.name}; stopped{f' {command}' if command else ''} (run the same command again)")
+        say(
+            f"trainwright: got {signalled.name}; stopped{f' {command}' if command else ''} (run the same command again)"
+        )
     return EXIT_PREEMPTED
 
 

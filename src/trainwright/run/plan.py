@@ -135,7 +135,7 @@ def apply_plan(plan: RunPlan, recipe: Recipe, processes: Processes, data_record:
             print(f"--restart: the previous run was moved to {run.set_aside()}", flush=True)
         run.create()
         retention.remove_unfinished(run.checkpoints)
-        if plan.explicit:
+        if plan.explicit and plan.resume_from is not None:  # (an explicit plan names its checkpoint)
             _set_aside_newer_checkpoints(run, plan.resume_from)
         run.write_recipe(recipe)
         write_json_atomic(run.data_file, data_record)
@@ -149,7 +149,9 @@ def _reaches_total(summary: dict[str, Any], recipe: Recipe) -> bool:
     if summary.get("stopped_early") or summary.get("stopped_by_callback"):
         return True
     steps_per_epoch = summary.get("steps_per_epoch")
-    return bool(steps_per_epoch) and summary["step"] >= recipe.trainer.total_steps(steps_per_epoch)
+    if not steps_per_epoch:
+        return False
+    return summary["step"] >= recipe.trainer.total_steps(steps_per_epoch)
 
 
 def _explicit_checkpoint(resume: str | Path) -> Path:
@@ -213,7 +215,8 @@ def _check_schedule_length(saved: dict[str, Any], recipe: Recipe, steps_per_epoc
     except ValidationError as exc:
         raise UserError(
             f"checkpoint {folder}: its {RECIPE_FILE} is not a recipe this trainwright reads ({exc.errors()[0]['msg']} "
-            f"at {'.'.join(map(str, exc.errors()[0]['loc']))}); resume from another checkpoint, or start over with --restart"
+            f"at {'.'.join(map(str, exc.errors()[0]['loc']))}); resume from another checkpoint, "
+            "or start over with --restart"
         ) from None
     after = recipe.trainer.total_steps(steps_per_epoch)
     if before != after:

@@ -211,6 +211,7 @@ class StopSignals:
         """The callback name and reason of process `rank`'s finish request, on every process (a collective)."""
         text = b""
         if rank == self.processes.rank:
+            assert self.finish is not None  # this process asked to finish
             name, why = self.finish
             text = f"{name}\0{why}".encode()[:FINISH_TEXT_BYTES]
         codes = torch.zeros(FINISH_TEXT_BYTES, dtype=torch.float32, device=self.processes.device)

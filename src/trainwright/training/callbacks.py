@@ -168,8 +168,8 @@ def _where(exc: BaseException) -> str:
     the innermost one."""
     frames = traceback.extract_tb(exc.__traceback__)[1:]  # below Callbacks._call
     outside = [frame for frame in frames if not Path(frame.filename).is_relative_to(_PACKAGE)]
-    frame = (outside or frames or [None])[-1]
-    return f" ({frame.filename}:{frame.lineno})" if frame is not None else ""
+    chosen = outside or frames
+    return f" ({chosen[-1].filename}:{chosen[-1].lineno})" if chosen else ""
 
 
 def _overrides(callback: Callback, hook: str) -> bool:

@@ -12,7 +12,7 @@ Validation and the final `model.safetensors` use them; the raw weights stay in t
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -29,7 +29,9 @@ class WeightAverage:
     def __init__(self, model: nn.Module, config: EmaConfig) -> None:
         self.config = config
         named = [
-            (state_dict_name(name), p) for name, p in model.named_parameters() if p.dtype.is_floating_point and p.requires_grad
+            (state_dict_name(name), p)
+            for name, p in model.named_parameters()
+            if p.dtype.is_floating_point and p.requires_grad
         ]
         self.names = [name for name, _ in named]
         self.params = [p for _, p in named]
@@ -72,7 +74,7 @@ class WeightAverage:
                 _copy(self.params, raw)
 
 
-def _copy(targets: list[torch.Tensor], sources: list[torch.Tensor]) -> None:
+def _copy(targets: Sequence[torch.Tensor], sources: Sequence[torch.Tensor]) -> None:
     """Copy tensor by tensor (sharded DTensors under fsdp: each process copies its own shards)."""
     for target, source in zip(targets, sources):
         target.copy_(source)

@@ -33,8 +33,8 @@ def completed_summary(
         **state.val_metrics,
         **(state.test_metrics if recipe.trainer.test_at_end else {}),
     }
-    if state.stopped_early_epoch:
-        summary["stopped_early"] = early_stopping.stopped_early(recipe.trainer.early_stopping, state)
+    if state.stopped_early_epoch and (rule := recipe.trainer.early_stopping) is not None:
+        summary["stopped_early"] = early_stopping.stopped_early(rule, state)
     if state.stopped_by_callback:
         summary["stopped_by_callback"] = {
             "callback": state.stopped_by_callback, "reason": state.stop_reason,

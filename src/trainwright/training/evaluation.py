@@ -10,11 +10,11 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from trainwright.data.bundle import Task
+from trainwright.data.bundle import Task, split_size
 from trainwright.data.loading import eval_indices, iterate, peek
 from trainwright.distributed.processes import Processes
 from trainwright.models import classifier_metrics
-from trainwright.step import Step
+from trainwright.step import Scored, Step
 
 if TYPE_CHECKING:
     from torchmetrics import Metric
@@ -57,6 +57,13 @@ class Scoring:
         return torch.where(count > 0, loss.double() * count, 0.0), count
 
 
+def _metric_inputs(scored: Scored) -> tuple[torch.Tensor, torch.Tensor]:
+    """The outputs and targets that metrics read; a batch scored without either cannot feed metrics."""
+    if scored.outputs is None or scored.targets is None:
+        raise ValueError("metrics need the model's outputs and the batch's targets; this batch has not both")
+    return scored.outputs, scored.targets
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module, dataset: Dataset, scoring: Scoring, processes: Processes, batch_size: int = EVAL_BATCH_SIZE
@@ -66,27 +73,31 @@ def evaluate(
     model.eval()
     device = processes.device
     totals = torch.zeros(2 + len(scoring.metrics), dtype=torch.float64, device=device)  # count, loss, metrics
-    batches = eval_indices(len(dataset), batch_size, processes.rank, processes.world_size)
+    batches = eval_indices(split_size(dataset), batch_size, processes.rank, processes.world_size)
     first, served = peek(iterate(dataset, (index for index, _ in batches)))
     score = scoring.step.scorer(model, first, device) if first is not None else None
     states: dict[str, Metric] = {}
     for batch, counted in zip(served, (n for _, n in batches)):
+        assert score is not None  # (built from the first batch)
         scored = score(batch)
         if scoring.states and not states:  # from the first batch (a filler's too: every process has one to merge)
-            states = {name: make(scoring.task, scored.outputs.shape[-1]).to(device)
-                      for name, make in scoring.states.items()}
+            outputs, _ = _metric_inputs(scored)
+            states = {name: make(scoring.task, outputs.shape[-1]).to(device) for name, make in scoring.states.items()}
         if not counted:  # a filler batch, run only so that every process takes part in each forward
             continue
+        items: torch.Tensor | int
         if scored.targets is None:  # a model scoring itself on batches without targets: a mean over items
-            loss_sum, count = scored.loss.double() * counted, counted
+            loss_sum, items = scored.loss.double() * counted, counted
         else:
-            loss_sum, count = scoring.loss_sum(scored.loss, scored.targets)
-        totals[0] += count
+            loss_sum, items = scoring.loss_sum(scored.loss, scored.targets)
+        totals[0] += items
         totals[1] += loss_sum
-        for i, metric in enumerate(scoring.metrics.values(), start=2):
-            totals[i] += metric(scored.outputs, scored.targets, scoring.task, scoring.output_kind).double()
-        for state in states.values():
-            state.update(*classifier_metrics.inputs(scored.outputs, scored.targets, scoring.task, scoring.output_kind))
+        if scoring.metrics or states:
+            outputs, targets = _metric_inputs(scored)
+            for i, metric in enumerate(scoring.metrics.values(), start=2):
+                totals[i] += metric(outputs, targets, scoring.task, scoring.output_kind).double()
+            for state in states.values():
+                state.update(*classifier_metrics.inputs(outputs, targets, scoring.task, scoring.output_kind))
     model.train(was_training)
     count, *sums = processes.sum(totals).tolist()
     means = {name: total / count for name, total in zip(["loss", *scoring.metrics], sums)}

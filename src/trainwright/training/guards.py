@@ -37,7 +37,8 @@ def disk_writes(what: str, step: int, checkpoints: Path) -> Iterator[None]:
         yield
     except WRITE_ERRORS as exc:
         reason = getattr(exc, "strerror", None) or exc
-        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        filename = getattr(exc, "filename", None)
+        where = f" ({filename})" if filename else ""
         raise UserError(
             f"cannot write {what} at step {step}: {reason}{where}; {kept(checkpoints)}. "
             "Free space (or fix the disk) and run the same command to go on from there"

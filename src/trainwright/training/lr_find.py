@@ -208,10 +208,10 @@ def plot_range_test(result: RangeTest, path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.plot(result.lrs, result.losses, color="0.75", linewidth=1, label="loss")
     ax.plot(result.lrs, result.smoothed, color="tab:blue", label="smoothed loss")
-    if (lowest := result.lowest) is not None:
+    if (lowest := result.lowest) is not None and (suggestion := result.suggestion) is not None:
         ax.plot(result.lrs[lowest], result.smoothed[lowest], "o", color="tab:red", label="lowest smoothed loss")
-        ax.axvline(result.suggestion, color="tab:red", linestyle="--", linewidth=1,
-                   label=f"suggested lr {result.suggestion:.3g} (a tenth of the lowest's)")
+        ax.axvline(suggestion, color="tab:red", linestyle="--", linewidth=1,
+                   label=f"suggested lr {suggestion:.3g} (a tenth of the lowest's)")
     low, high = min(result.smoothed), max(result.smoothed)
     margin = 0.1 * (high - low) or 0.1 * abs(high) or 0.1
     ax.set_ylim(low - margin, high + margin)  # the raw losses' spikes would squash the curve that matters

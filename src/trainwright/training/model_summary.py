@@ -57,7 +57,7 @@ def size(count: float) -> str:
         return f"{count:.0f} B"
     for unit in ("kB", "MB", "GB"):
         count /= 1000
-        if count < 1000:
+        if count < 1000 or unit == "GB":
             break
     return f"{count:.1f} {unit}"
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from trainwright.components import build_scheduler, check_monitor, optimizer_over
-from trainwright.data.bundle import DataBundle
+from trainwright.data.bundle import DataBundle, split_size
 from trainwright.data.fingerprint import check_same_data, data_record
 from trainwright.data.loading import iterate
 from trainwright.data.targets import check_targets
@@ -102,14 +102,16 @@ def _output_argument(recipe: Recipe) -> str:
         params = inspect.signature(MODELS.get(recipe.model.name)).parameters
     except (TypeError, ValueError):
         return "the model's number of outputs"
-    name = next((p for p in ("num_classes", "out_features", "num_outputs", "outputs", "vocab_size") if p in params), None)
+    name = next(
+        (p for p in ("num_classes", "out_features", "num_outputs", "outputs", "vocab_size") if p in params), None
+    )
     return f"model.{name}" if name else "the model's number of outputs"
 
 
 @torch.no_grad()
 def check_first_batch(recipe: Recipe, data: DataBundle, model: nn.Module, scoring: Scoring) -> None:
     """One batch of training data through the model (eval mode, RNG untouched) and the loss."""
-    count = min(recipe.data.batch_size, len(data.train))
+    count = min(recipe.data.batch_size, split_size(data.train))
     batch = next(iterate(data.train, iter([torch.arange(count)])))
     _check_batch_targets(recipe, data, batch)
     was_training = model.training
@@ -121,8 +123,8 @@ def check_first_batch(recipe: Recipe, data: DataBundle, model: nn.Module, scorin
     except UserError:
         raise
     except Exception as exc:
-        in_loss = getattr(loss_fn, "called", False)
-        if in_loss:  # outputs of the wrong shape are the likelier cause: say so in those terms
+        in_loss = isinstance(loss_fn, _Watched) and loss_fn.called
+        if in_loss and isinstance(loss_fn, _Watched):  # outputs of the wrong shape are the likelier cause: say so
             _check_output_shape(recipe, data, loss_fn.outputs, loss_fn.targets)
         raise UserError(_failure(recipe, data, model, batch, exc, in_loss)) from None
     finally:
@@ -184,7 +186,8 @@ def _failure(recipe: Recipe, data: DataBundle, model: nn.Module, batch: Batch, e
 def _forward_hint(recipe: Recipe, data: DataBundle, model: nn.Module, batch: Batch, exc: Exception) -> str:
     """What to check for a forward pass that failed, from what the failure and the batch show."""
     pair = isinstance(batch, (tuple, list)) and len(batch) == 2
-    inputs, weight = batch[0] if pair else None, next(model.parameters(), None)
+    inputs = batch[0] if isinstance(batch, (tuple, list)) and len(batch) == 2 else None
+    weight = next(model.parameters(), None)
     if isinstance(inputs, torch.Tensor) and inputs.is_floating_point() and weight is not None \
             and weight.is_floating_point() and inputs.dtype != weight.dtype:
         return f"its inputs are {inputs.dtype}, the model's weights {weight.dtype}: give the inputs as {weight.dtype}"
@@ -224,8 +227,12 @@ def _check_output_shape(recipe: Recipe, data: DataBundle, outputs: torch.Tensor,
                 f"model '{recipe.model.name}' gives outputs of shape {shape} per batch, but data set "
                 f"'{recipe.data.name}' has {classes} classes (one output per class: "
                 f"shape ({len(targets)}, {classes}))"
-                + ("; it gives a class per position: a per-position (sequence) task needs a data set whose task "
-                   "is 'sequence', with targets of shape (batch, time)" if per_position else f"; set {argument}={classes}")
+                + (
+                    "; it gives a class per position: a per-position (sequence) task needs a data set whose task "
+                    "is 'sequence', with targets of shape (batch, time)"
+                    if per_position
+                    else f"; set {argument}={classes}"
+                )
             )
         return
     if shape != tuple(targets.shape):

@@ -71,6 +71,7 @@ class Profiler(Callback):
     def _finish(self, run: RunView) -> None:
         """Stop recording, write this process's trace and (main process) print the top operators."""
         recorded, self._profile = self._profile, None
+        assert recorded is not None  # called while recording
         recorded.stop()
         path = trace_file(run.run_dir, run.rank, self.first)
         path.parent.mkdir(exist_ok=True)

@@ -18,7 +18,7 @@ from trainwright.checkpoint.format import TrainState
 from trainwright.checkpoint.manager import CheckpointManager
 from trainwright.checkpoint.objects import TrainObjects
 from trainwright.checkpoint.weights import save_final
-from trainwright.data.bundle import DataBundle
+from trainwright.data.bundle import DataBundle, split_size
 from trainwright.data.loading import TrainBatches, batches_per_epoch, peek, resolve_workers
 from trainwright.data.val_splits import prefixed
 from trainwright.distributed.accelerate_compat import step_calls
@@ -46,10 +46,11 @@ _ALWAYS_SYNCED = contextlib.nullcontext()  # without gradient accumulation every
 
 def steps_per_epoch(recipe: Recipe, data: DataBundle) -> int:
     """Optimizer steps in one epoch (the last incomplete global batch is dropped)."""
-    micro = batches_per_epoch(len(data.train), recipe.data.batch_size)
+    micro = batches_per_epoch(split_size(data.train), recipe.data.batch_size)
     if micro == 0:
         raise UserError(
-            f"data.batch_size={recipe.data.batch_size} is larger than the training split ({len(data.train)} samples)"
+            f"data.batch_size={recipe.data.batch_size} is larger than the training split "
+            f"({split_size(data.train)} samples)"
         )
     return math.ceil(micro / recipe.trainer.grad_accum_steps)
 
@@ -81,7 +82,7 @@ class Trainer:
         self.model, self.optimizer, self.scheduler, self.merge = model, optimizer, scheduler, merge
         self.calls = step_calls(accelerator, optimizer)
         self.step = scoring.step
-        self.micro_per_epoch = batches_per_epoch(len(data.train), recipe.data.batch_size)
+        self.micro_per_epoch = batches_per_epoch(split_size(data.train), recipe.data.batch_size)
         self.steps_per_epoch = steps_per_epoch(recipe, data)
         self.total_steps = recipe.trainer.total_steps(self.steps_per_epoch)
         ema, unwrapped = recipe.trainer.ema, accelerator.unwrap_model(model)
@@ -161,7 +162,9 @@ class Trainer:
             run_config={"model_summary": self.model_summary}, shown=self.progress,
         )
         self.sample_log: JsonLinesFile | None = (
-            sample_log(self.run, processes.rank, processes.world_size, state.step) if recipe.trainer.record_samples else None
+            sample_log(self.run, processes.rank, processes.world_size, state.step)
+            if recipe.trainer.record_samples
+            else None
         )
         self.loss = RunningLoss(state.loss_sum, state.loss_count)
         try:
@@ -279,7 +282,9 @@ class Trainer:
                 if average_step is not None:
                     average_step(state.step)
                 if self._started is not None:
-                    self.tracker.log({"train/startup_seconds": time.perf_counter() - self._started}, state.step, epoch + 1)
+                    self.tracker.log(
+                        {"train/startup_seconds": time.perf_counter() - self._started}, state.step, epoch + 1
+                    )
                     self._started = None
                     self.throughput.restart()
                 if self.sample_log is not None:
@@ -333,7 +338,8 @@ class Trainer:
         state.val_step = state.step
         monitored, mode = state.val_metrics.get(self.recipe.checkpoint.monitor), self.recipe.checkpoint.mode
         if monitored is not None and (
-            state.best_metric is None or (monitored < state.best_metric if mode == "min" else monitored > state.best_metric)
+            state.best_metric is None
+            or (monitored < state.best_metric if mode == "min" else monitored > state.best_metric)
         ):
             state.best_metric = monitored
         self.tracker.log(state.val_metrics, state.step, state.epoch_number())
@@ -377,7 +383,7 @@ class Trainer:
         if written is not None:  # the last save's write time is not logged unless callbacks watch checkpoints
             times["checkpoint/write_seconds"] = written
         self.tracker.log(times, self.state.step, self.state.epoch_number())
-        if watched:
+        if watched and self.callbacks is not None:
             self.processes.barrier()
             self.callbacks.checkpoint_saved(folder)
 

@@ -24,10 +24,14 @@ SUMMARY_FILE = "cv_summary.json"
 def fold_job(recipe_path: Path, overrides: list[str], recipe: Recipe, folds: int, k: int, folder: Path) -> Job:
     """The job of fold k; its W&B run is in the group named after the CV folder, tagged with its fold."""
     labels = run_labels(recipe, f"{recipe.name}-fold_{k}", folder, ["cv", f"fold_{k}"])
-    return Job(f"fold_{k}", recipe_path, [*overrides, f"cv.folds={folds}", f"cv.fold={k}", *labels], folder / f"fold_{k}")
+    return Job(
+        f"fold_{k}", recipe_path, [*overrides, f"cv.folds={folds}", f"cv.fold={k}", *labels], folder / f"fold_{k}"
+    )
 
 
-def cross_validate(recipe_path: Path, overrides: list[str], folds: int | None, run_dir: str | None, parallel: int) -> int:
+def cross_validate(
+    recipe_path: Path, overrides: list[str], folds: int | None, run_dir: str | None, parallel: int
+) -> int:
     recipe = load_recipe(recipe_path, overrides)
     if folds is None:
         folds = recipe.cv.folds if recipe.cv else None
@@ -55,7 +59,7 @@ def cross_validate(recipe_path: Path, overrides: list[str], folds: int | None, r
               "the other folds would not be a K-fold estimate; change the recipe (a lower optimizer.lr?) and run "
               "the command with another --run-dir", file=sys.stderr)
         return EXIT_NONFINITE
-    print_table(write_summary(folder, summaries))
+    print_table(write_summary(folder, {name: summary for name, summary in summaries.items() if summary is not None}))
     return 0
 
 

@@ -61,6 +61,7 @@ class Parameter(BaseModel):
         choices = self.choices()
         if choices is not None:
             return rng.choice(choices)
+        assert self.min is not None and self.max is not None  # a range (_one_kind)
         low, high = float(self.min), float(self.max)
         if self.distribution == "log_uniform_values":
             return math.exp(rng.uniform(math.log(low), math.log(high)))
@@ -97,7 +98,7 @@ class SweepSpec(BaseModel):
         ranged = [key for key, p in self.parameters.items() if p.choices() is None]
         if ranged:
             raise UserError(f"parameters.{ranged[0]}: a grid needs values: [...] (min/max ranges need method: random)")
-        combinations = math.prod(len(p.choices()) for p in self.parameters.values())
+        combinations = math.prod(len(p.choices() or ()) for p in self.parameters.values())
         return combinations if self.run_cap is None else min(combinations, self.run_cap)
 
     def trials(self) -> Iterator[dict[str, Any]]:
@@ -106,14 +107,16 @@ class SweepSpec(BaseModel):
         count = self.count()
         if count > MAX_TRIALS:
             if self.method == "grid":
-                sizes = " x ".join(str(len(p.choices())) for p in self.parameters.values())
+                sizes = " x ".join(str(len(p.choices() or ())) for p in self.parameters.values())
                 shape, fix = f" ({sizes} values)", "give fewer values, or run_cap: N to take the first N of the grid"
             else:
                 shape, fix = "", f"lower run_cap to {MAX_TRIALS:,} or less"
-            raise UserError(f"the sweep has {count:,} trials{shape}, more than the {MAX_TRIALS:,} a sweep may have; {fix}")
+            raise UserError(
+                f"the sweep has {count:,} trials{shape}, more than the {MAX_TRIALS:,} a sweep may have; {fix}"
+            )
         if self.method == "grid":
             keys = list(self.parameters)
-            combinations = itertools.product(*(self.parameters[k].choices() for k in keys))
+            combinations = itertools.product(*(self.parameters[k].choices() or () for k in keys))
             return (dict(zip(keys, combo)) for combo in itertools.islice(combinations, count))
         rng = random.Random(self.seed)
         return ({key: p.draw(rng) for key, p in self.parameters.items()} for _ in range(count))
@@ -133,5 +136,7 @@ def load_spec(path: Path) -> tuple[SweepSpec, Path]:
         raise UserError(f"{path}: invalid sweep spec:\n  {problems}") from None
     recipe = (path.parent / spec.recipe).resolve()
     if not recipe.is_file():
-        raise UserError(f"{path}: recipe {spec.recipe} not found (looked for {recipe}; the path is relative to the spec)")
+        raise UserError(
+            f"{path}: recipe {spec.recipe} not found (looked for {recipe}; the path is relative to the spec)"
+        )
     return spec, recipe

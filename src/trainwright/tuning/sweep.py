@@ -81,7 +81,7 @@ def sweep(spec_path: Path, common: list[str], run_dir: str | None, parallel: int
 
 def write_results(spec: SweepSpec, jobs: list[Job], folder: Path) -> list[dict[str, Any]]:
     """sweep.json and sweep.csv: every trial with its values, status and metric, best first."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for job in jobs:
         summary = job.completed()
         value = final_metrics(summary).get(spec.metric.name)
