@@ -16,8 +16,15 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 import processes
+
+# In-process runs (the matrix's 1-process cells, the CLI called in this process) are compared bitwise with runs
+# in subprocesses, which use one thread (cli_env): CPU kernels such as LeNet's convolutions sum in another
+# order on more threads, so this process uses one thread too, whatever the caller's environment says.
+os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = REPO / "recipes"
