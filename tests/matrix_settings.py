@@ -126,6 +126,20 @@ def text(folder: Path) -> dict[str, Any]:
     return data
 
 
+def hf_dataset(folder: Path) -> dict[str, Any]:
+    """60 rows of 4 numbers and a ClassLabel of 3 classes, saved by datasets' save_to_disk."""
+    import datasets
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 4)).astype(np.float32)
+    label = datasets.ClassLabel(names=["a", "b", "c"])
+    table = datasets.Dataset.from_dict({"x": x.tolist(), "label": ((x[:, 0] > 0).astype(int) + (x[:, 1] > 0)).tolist()},
+                                       features=datasets.Features({"x": datasets.Sequence(datasets.Value("float32")),
+                                                                   "label": label}))
+    table.save_to_disk(str(folder / "rows"))
+    return {"path": str(folder / "rows"), "inputs": ["x"], "target": "label"}
+
+
 def instructions(folder: Path) -> dict[str, Any]:
     """30 {prompt, response} sums, tokenized by a character tokenizers file whose <eos> ends each response."""
     from tokenizers import Tokenizer, models
@@ -150,6 +164,7 @@ DATA: dict[str, TinyData] = {
     "shards": TinyData(Facts(FEATURES, "multiclass", features=4, classes=3, declared=False), shards),
     "text": TinyData(Facts(TOKENS, "sequence", classes=256), text),
     "instructions": TinyData(Facts(NAMED_TOKENS, "sequence", classes=40), instructions),
+    "hf_dataset": TinyData(Facts(FEATURES, "multiclass", features=4, classes=3), hf_dataset),
 }
 
 

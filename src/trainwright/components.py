@@ -51,6 +51,7 @@ DATASETS.register_path(
 )
 DATASETS.register_path("text", "trainwright.data.text:text", check=_ARGUMENTS)
 DATASETS.register_path("instructions", "trainwright.data.instructions:instructions", check=_ARGUMENTS)
+DATASETS.register_path("hf_dataset", "trainwright.data.hf_datasets:hf_dataset", check=_ARGUMENTS)
 STEPS.register("default")(DefaultStep)
 COLLATES.register_path("pad", "trainwright.data.collate:pad")
 MODELS.register_path("gpt", "trainwright.gpt:gpt", check="trainwright.gpt:check_gpt_arguments")

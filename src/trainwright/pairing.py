@@ -20,7 +20,7 @@ from trainwright.registry import DATASETS, MODELS
 FEATURES, IMAGES, TOKENS = "features", "images", "tokens"
 NAMED_TOKENS = "named tokens"  # {input_ids, labels, attention_mask} mappings: a transformers LM's own inputs
 DATA_YIELDS = {"heart": FEATURES, "linear": FEATURES, "csv": FEATURES, "fashion_mnist": IMAGES,
-               "image_folder": IMAGES, "text": TOKENS,
+               "image_folder": IMAGES, "text": TOKENS, "hf_dataset": FEATURES,
                "instructions": NAMED_TOKENS}  # npy and shards hold either: not checked
 MODEL_TAKES = {"mlp": (FEATURES, IMAGES), "linear_regression": (FEATURES,), "lenet": (IMAGES,), "gpt": (TOKENS,)}
 HF_INPUTS = {"input_ids": (TOKENS, NAMED_TOKENS), "pixel_values": (IMAGES,)}  # a transformers class's main_input_name
@@ -31,7 +31,7 @@ SHOWN = {FEATURES: "feature vectors (batch, features)", IMAGES: "images (batch, 
 MODELS_FOR = {FEATURES: "mlp", IMAGES: "lenet, mlp or a torchvision model by import path",
               TOKENS: "gpt, or hf with a language model such as GPT2LMHeadModel",
               NAMED_TOKENS: "hf with a causal language model such as GPT2LMHeadModel"}
-DATA_FOR = {FEATURES: "heart, csv or npy", IMAGES: "fashion_mnist or image_folder", TOKENS: "text",
+DATA_FOR = {FEATURES: "heart, csv, npy or hf_dataset", IMAGES: "fashion_mnist or image_folder", TOKENS: "text",
             NAMED_TOKENS: "instructions"}
 
 
