@@ -20,7 +20,8 @@ from trainwright.data.instructions import instructions
 def saved_sums(folder: Path, count: int = 20) -> Path:
     """`count` sums as a DatasetDict (train, test) with the columns question and answer."""
     rows = sums(count)
-    table = datasets.Dataset.from_dict({"question": [r["prompt"] for r in rows], "answer": [r["response"] for r in rows]})
+    columns = {"question": [r["prompt"] for r in rows], "answer": [r["response"] for r in rows]}
+    table = datasets.Dataset.from_dict(columns)
     datasets.DatasetDict({"train": table, "test": table.select(range(4))}).save_to_disk(str(folder))
     return folder
 

@@ -34,7 +34,7 @@ def load_split(path: Path, split: str | None, key: str = "data.path") -> Any:
         raise UserError(f"{key}: {path} is not a folder written by datasets' save_to_disk (it has no "
                         f"{' or '.join(SAVED_MARKS)}; it holds: {held})")
     try:
-        import datasets
+        import datasets  # type: ignore[import-untyped]
     except ImportError:
         raise UserError(f"{key}: {path} is a Hugging Face datasets folder, and the datasets library is not "
                         "installed: pip install 'trainwright[finetune]'") from None
