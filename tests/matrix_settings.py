@@ -8,6 +8,7 @@ model needs to know to fit it); a model entry returns the recipe's `model` secti
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,14 +30,11 @@ from conftest import (
     write_shards,
 )
 
-FEATURES, IMAGES, TOKENS = "features", "images", "tokens"
+FEATURES, IMAGES, TOKENS, NAMED_TOKENS = "features", "images", "tokens", "named tokens"
 
 # Registered data sets not in the matrix yet, each with the reason (said by the completeness test, never
 # skipped silently): a newly registered name must be added to DATA or here, by hand.
-NOT_YET = {
-    "instructions": "mapping batches for Hugging Face causal LMs only, and pairing.py does not yet say so "
-                    "(its pair with gpt is not refused by check); tests/test_instructions.py covers it end to end",
-}
+NOT_YET: dict[str, str] = {}
 
 
 @dataclass(frozen=True)
@@ -135,6 +133,34 @@ def text(folder: Path) -> dict[str, Any]:
     return data
 
 
+def hf_dataset(folder: Path) -> dict[str, Any]:
+    """60 rows of 4 numbers and a ClassLabel of 3 classes, saved by datasets' save_to_disk."""
+    import datasets
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 4)).astype(np.float32)
+    label = datasets.ClassLabel(names=["a", "b", "c"])
+    table = datasets.Dataset.from_dict({"x": x.tolist(), "label": ((x[:, 0] > 0).astype(int) + (x[:, 1] > 0)).tolist()},
+                                       features=datasets.Features({"x": datasets.Sequence(datasets.Value("float32")),
+                                                                   "label": label}))
+    table.save_to_disk(str(folder / "rows"))
+    return {"path": str(folder / "rows"), "inputs": ["x"], "target": "label"}
+
+
+def instructions(folder: Path) -> dict[str, Any]:
+    """30 {prompt, response} sums, tokenized by a character tokenizers file whose <eos> ends each response."""
+    from tokenizers import Tokenizer, models
+
+    chars = [*" abcdefghijklmnopqrstuvwxyz0123456789+=", "<eos>"]
+    tokenizer = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(chars)}, merges=[]))
+    tokenizer.add_special_tokens(["<eos>"])
+    tokenizer.save(str(folder / "tokenizer.json"))
+    items = [{"prompt": f"{a}+{a + 1}=", "response": str(2 * a + 1)} for a in range(30)]
+    (folder / "sums.jsonl").write_text("".join(json.dumps(item) + "\n" for item in items))
+    return {"path": str(folder / "sums.jsonl"), "tokenizer": str(folder / "tokenizer.json"), "eos": "<eos>",
+            "context": 16}
+
+
 DATA: dict[str, TinyData] = {
     "heart": TinyData(Facts(FEATURES, "binary", features=2), heart),
     "linear": TinyData(Facts(FEATURES, "regression", features=1), linear),
@@ -144,6 +170,8 @@ DATA: dict[str, TinyData] = {
     "npy": TinyData(Facts(FEATURES, "multiclass", features=4, classes=3, declared=False), npy),
     "shards": TinyData(Facts(FEATURES, "multiclass", features=4, classes=3, declared=False), shards),
     "text": TinyData(Facts(TOKENS, "sequence", classes=256), text),
+    "instructions": TinyData(Facts(NAMED_TOKENS, "sequence", classes=40), instructions),
+    "hf_dataset": TinyData(Facts(FEATURES, "multiclass", features=4, classes=3), hf_dataset),
 }
 
 
@@ -174,7 +202,8 @@ GPT2 = {"model_type": "gpt2", "n_layer": 1, "n_embd": 16, "n_head": 2, "vocab_si
 
 
 def hf_causal_lm(facts: Facts) -> tuple[dict[str, Any], str]:
-    return {"architecture": "GPT2LMHeadModel", "config": GPT2}, "model"
+    vocab = {"vocab_size": facts.classes} if facts.task == "sequence" else {}  # the data's tokens
+    return {"architecture": "GPT2LMHeadModel", "config": {**GPT2, **vocab}}, "model"
 
 
 def hf_sequence_classifier(facts: Facts) -> tuple[dict[str, Any], str]:
@@ -197,6 +226,7 @@ MODELS: dict[str, list[ModelFamily]] = {
     "lenet": [ModelFamily("lenet", (IMAGES,), lenet)],
     "linear_regression": [ModelFamily("linear_regression", (FEATURES,), linear_regression, _one_feature)],
     "gpt": [ModelFamily("gpt", (TOKENS,), gpt)],
-    "hf": [ModelFamily("hf_causal_lm", (TOKENS,), hf_causal_lm),
-           ModelFamily("hf_sequence_classifier", (TOKENS,), hf_sequence_classifier, _one_class_per_item)],
+    "hf": [ModelFamily("hf_causal_lm", (TOKENS, NAMED_TOKENS), hf_causal_lm),
+           ModelFamily("hf_sequence_classifier", (TOKENS, NAMED_TOKENS), hf_sequence_classifier,
+                       _one_class_per_item)],
 }

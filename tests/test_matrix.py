@@ -214,7 +214,7 @@ def test_cell(matrix_dir, data, name, family, launcher, action, capsys, monkeypa
         assert out.count('/loss"') == 1, out  # the main process alone prints (val/loss, or test/loss)
         assert any(key.endswith("/loss") for key in json.loads(out[out.index("{"):])), out
     elif action == "predict":
-        lm = matrix_settings.DATA[data].facts.kind == matrix_settings.TOKENS
+        lm = matrix_settings.DATA[data].facts.kind in (matrix_settings.TOKENS, matrix_settings.NAMED_TOKENS)
         asked = ["--prompt", "the ", "--length", "8"] if lm else ["-n", "3"]
         out, _ = cli(launcher, capsys, "predict", run_dir, *asked, folder=matrix_dir)
         assert out.strip() and (not lm or "the " in out), out

@@ -657,8 +657,9 @@ def test_version(version_cli):
 ALL_RECIPES = sorted(RECIPES.glob("*.yaml"))
 WORKFLOWS = ("heart", "linear", "fashion_mlp", "fashion_lenet", "house_prices", "tiny_gpt")
 # Recipes trained to completion by another module, with the changes it names: resnet_folder by
-# tests/test_image_folder.py (16x16 pixels, batch 8, 2 epochs, 2 workers: resnet18 is slow on the CPU).
-TRAINED_ELSEWHERE = ("resnet_folder",)
+# tests/test_image_folder.py (16x16 pixels, batch 8, 2 epochs, 2 workers: resnet18 is slow on the CPU), lora_sft
+# by tests/test_lora_sft.py (on a base and items examples/make_lora_base.py makes small).
+TRAINED_ELSEWHERE = ("resnet_folder", "lora_sft")
 
 
 def test_every_workflow_is_covered(request):

@@ -52,6 +52,7 @@ DATASETS.register_path(
 )
 DATASETS.register_path("text", "trainwright.data.text:text", check=_ARGUMENTS)
 DATASETS.register_path("instructions", "trainwright.data.instructions:instructions", check=_ARGUMENTS)
+DATASETS.register_path("hf_dataset", "trainwright.data.hf_datasets:hf_dataset", check=_ARGUMENTS)
 STEPS.register("default")(DefaultStep)
 COLLATES.register_path("pad", "trainwright.data.collate:pad")
 MODELS.register_path("gpt", "trainwright.models.gpt:gpt", check="trainwright.models.gpt:check_gpt_arguments")

@@ -1,5 +1,7 @@
 """Instruction data (`data.name: instructions`): a local JSONL file of `{prompt, response}` or `{messages:
-[{role, content}, ...]}` items, tokenized with the recipe's tokenizer, the loss on the response tokens only.
+[{role, content}, ...]}` items (or the rows of a Hugging Face `datasets` folder written by save_to_disk: its
+`split`, with `columns` naming its prompt/response or messages columns where they are called otherwise),
+tokenized with the recipe's tokenizer, the loss on the response tokens only.
 
 An item is `{input_ids, labels, attention_mask}` (labels aligned with input_ids, as a Hugging Face causal
 LM takes them: it shifts them itself): the prompt's labels (and everything a chat template adds around the
@@ -32,6 +34,7 @@ from torch.utils.data import Dataset
 from trainwright.data.arguments import check_data_arguments
 from trainwright.data.bundle import IGNORE_INDEX, DataBundle, Task
 from trainwright.data.collate import COLLATE_ATTRIBUTE, pad
+from trainwright.data.hf_datasets import check_columns, dataset_files, load_split
 from trainwright.errors import UserError
 
 ROLES_COUNTED = ("assistant",)  # the roles of a messages item whose content the loss counts
@@ -87,7 +90,7 @@ def read_items(path: Path) -> list[tuple[int, dict[str, Any]]]:
                 item = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise UserError(f"data.path: {path} line {number} is not JSON ({exc.msg})") from None
-            _check_item(item, path, number)
+            _check_item(item, f"data.path: {path} line {number}")
             items.append((number, item))
     if not items:
         raise UserError(f"data.path: {path} holds no items (give one JSON object a line: "
@@ -95,8 +98,31 @@ def read_items(path: Path) -> list[tuple[int, dict[str, Any]]]:
     return items
 
 
-def _check_item(item: Any, path: Path, number: int) -> None:
-    where = f"data.path: {path} line {number}"
+def read_rows(path: Path, split: str | None, columns: dict[str, str] | None) -> list[tuple[int, dict[str, Any]]]:
+    """The rows of a saved `datasets` folder's split as items (`columns` maps prompt, response or messages to
+    the dataset's own column names), with their row numbers (from 1), checked as the JSONL file's lines are."""
+    dataset = load_split(path, split)
+    names = dict(columns or {})
+    unknown = sorted(set(names) - {"prompt", "response", "messages"})
+    if unknown:
+        raise UserError(f"data.columns: {unknown[0]} is not an item's field (map prompt, response or messages to "
+                        "the dataset's columns)")
+    if not names:
+        have = set(dataset.column_names)
+        names = {"messages": "messages"} if "messages" in have else {"prompt": "prompt", "response": "response"}
+    check_columns(dataset, [(f"data.columns.{key}", column) for key, column in names.items()], path)
+    rows = dataset.select_columns(list(names.values())).to_list()
+    items = []
+    for number, row in enumerate(rows, 1):
+        item = {key: row[column] for key, column in names.items()}
+        _check_item(item, f"data.path: {path} row {number}")
+        items.append((number, item))
+    if not items:
+        raise UserError(f"data.path: {path} holds no rows")
+    return items
+
+
+def _check_item(item: Any, where: str) -> None:
     if not isinstance(item, dict):
         raise UserError(f"{where} is {type(item).__name__}, not an object with prompt and response or messages")
     if "messages" in item:
@@ -262,14 +288,20 @@ def instructions(
     packing: bool = False,
     val_fraction: float = 0.1,
     eos: str | None = None,
+    split: str | None = None,
+    columns: dict[str, str] | None = None,
 ) -> DataBundle:
     """An instruction data set (see the module's docstring)."""
     check_data_arguments({"context": context, "val_fraction": val_fraction})
-    items = read_items(path)
+    saved = Path(path).expanduser().is_dir()  # a datasets folder (load_split says when it is not one)
+    if not saved and (split is not None or columns is not None):
+        raise UserError(f"data.split and data.columns are for a saved datasets folder; {path} is not one (a JSONL "
+                        "file's items have the fields prompt and response, or messages)")
+    items = read_rows(Path(path).expanduser(), split, columns) if saved else read_items(path)
     encoder = Encoder(tokenizer, eos)
     examples = []
     for number, item in items:
-        where = f"data.path: {Path(path).expanduser()} line {number}"
+        where = f"data.path: {Path(path).expanduser()} {'row' if saved else 'line'} {number}"
         example = (chat(encoder, item["messages"], where) if "messages" in item
                    else prompt_response(encoder, item["prompt"], item["response"]))
         if len(example.ids) > context:
@@ -292,7 +324,8 @@ def instructions(
     return DataBundle(
         train=InstructionSplit(train), val=InstructionSplit(val),
         task=Task("sequence", class_names=encoder.vocabulary()),
-        sources={"items": Path(path).expanduser(), **encoder.files()},
+        sources={**(dataset_files(Path(path).expanduser()) if saved else {"items": Path(path).expanduser()}),
+                 **encoder.files()},
         preprocessing={**encoder.record(), "context": context, "packing": packing,
                        "examples": len(examples), "train_examples": cut, "tokens": sum(len(e.ids) for e in examples),
                        "response_tokens": counted},

@@ -15,7 +15,7 @@ ALLOW_FLAG = "--allow-data-change"  # the command-line flag that accepts data di
 # The built-in data sets' arguments that are file or folder paths.
 BUILT_IN_PATH_ARGUMENTS = {
     "csv": ("path",), "fashion_mnist": ("root",), "text": ("path", "tokenizer"),
-    "instructions": ("path", "tokenizer"), "image_folder": ("root",), "shards": ("root",),
+    "instructions": ("path", "tokenizer"), "hf_dataset": ("path",), "image_folder": ("root",), "shards": ("root",),
     "npy": ("inputs", "targets", "val_inputs", "val_targets"),
 }
 

@@ -4,7 +4,8 @@ sequence tasks: over the tokens not ignored), mapped by the metric's `finish` wh
 with one (perplexity: the exponential of the mean token loss).
 
 A metric of your own: `fn(outputs, targets, task, output_kind) -> 0-d tensor`, named in the recipe as
-`metrics: [my_pkg.metrics:fn]`.
+`metrics: [my_pkg.metrics:fn]`. A metric that is not a mean over the items (or tokens) returns
+`(sum, count)` instead, a tensor of two numbers (`exact_match`: responses right, responses).
 
 Beside them, `f1`, `precision`, `recall` and `auroc` for classifiers come from torchmetrics (registered with
 `state=True`: see classifier_metrics.py), exact over processes by merging their states."""
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from trainwright.data.bundle import Task
+from trainwright.errors import UserError
 from trainwright.finished.predictions import predicted_labels
 from trainwright.models import classifier_metrics
 from trainwright.registry import METRICS
@@ -41,6 +43,27 @@ def perplexity(outputs: torch.Tensor, targets: torch.Tensor, task: Task, output_
         outputs.reshape(-1, outputs.shape[-1]).double(), targets.reshape(-1).long(), ignore_index=task.ignore_index,
         reduction="sum",
     )
+
+
+@METRICS.register("exact_match")
+def exact_match(outputs: torch.Tensor, targets: torch.Tensor, task: Task, output_kind: str) -> torch.Tensor:
+    """(responses predicted exactly, responses) of a sequence task, a response being a run of consecutive
+    counted targets (an instruction item's response and end-of-text token; each assistant turn of a chat; a
+    whole window of plain text). A response is exact when the most likely token is right at each of its
+    positions given the true tokens before it, which is when greedy decoding from its prompt (temperature 0)
+    generates it exactly, token by token."""
+    if task.kind != "sequence":
+        raise UserError(f"metrics: exact_match scores the responses of a sequence task, not a {task.kind} task; "
+                        "remove it")
+    counted = task.counted(targets)
+    starts = counted.clone()
+    starts[:, 1:] &= ~counted[:, :-1]
+    response = starts.reshape(-1).cumsum(0) - 1  # each position's response (counted positions only)
+    wrong = (counted & (outputs.argmax(dim=-1) != targets)).reshape(-1)
+    responses = starts.sum()
+    failed = torch.zeros(int(responses), dtype=torch.bool, device=targets.device)
+    failed[response[wrong]] = True
+    return torch.stack([responses - failed.sum(), responses])
 
 
 @METRICS.register("mae")

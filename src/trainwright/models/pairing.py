@@ -18,16 +18,21 @@ from trainwright.recipe import Recipe
 from trainwright.registry import DATASETS, MODELS
 
 FEATURES, IMAGES, TOKENS = "features", "images", "tokens"
+NAMED_TOKENS = "named tokens"  # {input_ids, labels, attention_mask} mappings: a transformers LM's own inputs
 DATA_YIELDS = {"heart": FEATURES, "linear": FEATURES, "csv": FEATURES, "fashion_mnist": IMAGES,
-               "image_folder": IMAGES, "text": TOKENS}  # npy and shards hold either: not checked
+               "image_folder": IMAGES, "text": TOKENS, "hf_dataset": FEATURES,
+               "instructions": NAMED_TOKENS}  # npy and shards hold either: not checked
 MODEL_TAKES = {"mlp": (FEATURES, IMAGES), "linear_regression": (FEATURES,), "lenet": (IMAGES,), "gpt": (TOKENS,)}
-HF_INPUTS = {"input_ids": TOKENS, "pixel_values": IMAGES}  # a transformers class's main_input_name
+HF_INPUTS = {"input_ids": (TOKENS, NAMED_TOKENS), "pixel_values": (IMAGES,)}  # a transformers class's main_input_name
 
 SHOWN = {FEATURES: "feature vectors (batch, features)", IMAGES: "images (batch, channels, height, width)",
-         TOKENS: "token ids (batch, time)"}
+         TOKENS: "token ids (batch, time)",
+         NAMED_TOKENS: "named token ids ({input_ids, labels, attention_mask}, each (batch, time))"}
 MODELS_FOR = {FEATURES: "mlp", IMAGES: "lenet, mlp or a torchvision model by import path",
-              TOKENS: "gpt, or hf with a language model such as GPT2LMHeadModel"}
-DATA_FOR = {FEATURES: "heart, csv or npy", IMAGES: "fashion_mnist or image_folder", TOKENS: "text"}
+              TOKENS: "gpt, or hf with a language model such as GPT2LMHeadModel",
+              NAMED_TOKENS: "hf with a causal language model such as GPT2LMHeadModel"}
+DATA_FOR = {FEATURES: "heart, csv, npy or hf_dataset", IMAGES: "fashion_mnist or image_folder", TOKENS: "text",
+            NAMED_TOKENS: "instructions"}
 
 
 def check_pair(recipe: Recipe) -> None:
@@ -68,5 +73,4 @@ def _hf_takes(architecture: str) -> tuple[str, ...] | None:
         if any(word in architecture for word in ("Audio", "Speech", "CTC", "Video")):
             return None
         main_input = "pixel_values" if any(word in architecture for word in ("Image", "Vision")) else "input_ids"
-    kind = HF_INPUTS.get(str(main_input))
-    return None if kind is None else (kind,)
+    return HF_INPUTS.get(str(main_input))

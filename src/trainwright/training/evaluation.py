@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -21,7 +22,8 @@ if TYPE_CHECKING:
 
 EVAL_BATCH_SIZE = 1024  # evaluation keeps no activations for backward, so it takes larger batches
 
-# fn(outputs, targets, task, output_kind) -> the batch's SUM of a per-item score (per-token for sequence tasks)
+# fn(outputs, targets, task, output_kind) -> the batch's SUM of a per-item score (per-token for sequence tasks),
+# or (sum, count) as a tensor of two numbers for a mean over what the metric counts itself
 MetricFn = Callable[[torch.Tensor, torch.Tensor, Task, str], torch.Tensor]
 # fn(task, number of the model's outputs per item) -> a torchmetrics metric (classifier_metrics.py)
 StateMetricFn = Callable[[Task, int], "Metric"]
@@ -73,6 +75,7 @@ def evaluate(
     model.eval()
     device = processes.device
     totals = torch.zeros(2 + len(scoring.metrics), dtype=torch.float64, device=device)  # count, loss, metrics
+    counts = torch.zeros(len(scoring.metrics), dtype=torch.float64, device=device)  # what each metric is a mean of
     batches = eval_indices(split_size(dataset), batch_size, processes.rank, processes.world_size)
     first, served = peek(iterate(dataset, (index for index, _ in batches)))
     score = scoring.step.scorer(model, first, device) if first is not None else None
@@ -94,13 +97,19 @@ def evaluate(
         totals[1] += loss_sum
         if scoring.metrics or states:
             outputs, targets = _metric_inputs(scored)
-            for i, metric in enumerate(scoring.metrics.values(), start=2):
-                totals[i] += metric(outputs, targets, scoring.task, scoring.output_kind).double()
+            for i, metric in enumerate(scoring.metrics.values()):
+                value = metric(outputs, targets, scoring.task, scoring.output_kind).double()
+                total, number = (value[0], value[1]) if value.ndim else (value, items)  # (sum, count): its own count
+                totals[i + 2] += total
+                counts[i] += number
             for state in states.values():
                 state.update(*classifier_metrics.inputs(outputs, targets, scoring.task, scoring.output_kind))
     model.train(was_training)
-    count, *sums = processes.sum(totals).tolist()
-    means = {name: total / count for name, total in zip(["loss", *scoring.metrics], sums)}
+    reduced = processes.sum(torch.cat([totals, counts])).tolist()
+    count, *sums = reduced[: len(totals)]
+    numbers = [count, *reduced[len(totals):]]
+    means = {name: total / number if number else math.nan
+             for name, total, number in zip(["loss", *scoring.metrics], sums, numbers)}
     results = {name: scoring.finish[name](mean) if name in scoring.finish else mean for name, mean in means.items()}
     if scoring.states:  # every process's state, gathered in rank order, merged (exact: counts add, scores join)
         parts = processes.gather({name: state.cpu() for name, state in states.items()})
