@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from trainwright.data.bundle import Task
-from trainwright.finished.predictions import predicted_labels
+from trainwright.data.tasks import kind_of
 from trainwright.models import classifier_metrics
 from trainwright.registry import METRICS
 
@@ -26,16 +26,16 @@ from trainwright.registry import METRICS
 @METRICS.register("accuracy")
 def accuracy(outputs: torch.Tensor, targets: torch.Tensor, task: Task, output_kind: str) -> torch.Tensor:
     """Correct predictions (classifiers; sequence tasks: correct tokens, padding not counted)."""
-    truth = targets.reshape(-1).long() if task.kind == "binary" else targets
-    correct = predicted_labels(outputs, task, output_kind) == truth
-    return (correct & task.counted(targets)).sum() if task.kind == "sequence" else correct.sum()
+    kind = kind_of(task)
+    correct = kind.predicted_labels(outputs, output_kind) == kind.label_targets(targets)
+    return (correct & task.counted(targets)).sum() if kind.per_position else correct.sum()
 
 
 @METRICS.register("perplexity", finish=math.exp)
 def perplexity(outputs: torch.Tensor, targets: torch.Tensor, task: Task, output_kind: str) -> torch.Tensor:
     """Summed negative log-likelihood of the targets (per token, padding not counted), reported as
     exp(its mean): the perplexity of language models (classifiers: of the class labels)."""
-    if task.kind not in ("sequence", "multiclass") or output_kind != "logits":
+    if not kind_of(task).logits_over_classes or output_kind != "logits":
         raise ValueError("perplexity needs class logits (cross_entropy) of a sequence or multiclass task")
     return F.cross_entropy(
         outputs.reshape(-1, outputs.shape[-1]).double(), targets.reshape(-1).long(), ignore_index=task.ignore_index,
@@ -60,5 +60,6 @@ for _name in classifier_metrics.NAMES:
 
 
 def default_metrics(task: Task) -> list[str]:
-    """MAE for regression, accuracy for classifiers, and token accuracy with perplexity for sequence tasks."""
-    return {"regression": ["mae"], "sequence": ["accuracy", "perplexity"]}.get(task.kind, ["accuracy"])
+    """The task kind's default metrics: MAE for regression, accuracy for classifiers, token accuracy and
+    perplexity for sequence tasks, none (the loss alone) for a task scored by the model."""
+    return list(kind_of(task).default_metrics)
