@@ -122,7 +122,7 @@ def npy(
         cut = len(x) - max(1, round(len(x) * val_fraction))
         train, val = ArraySplit(files, x, y, slice(0, cut)), ArraySplit(files, x, y, slice(cut, None))
     names = class_names
-    if task == "multiclass" and names is None:
+    if KINDS[task].class_index_targets and names is None:
         names = [str(i) for i in range(int(y.max()) + 1)]
     return DataBundle(train=train, val=val, task=Task(task, tuple(names or ())))
 
