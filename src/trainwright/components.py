@@ -20,6 +20,7 @@ from trainwright.data.folds import Fold, fold_of
 from trainwright.data.input_batch import InputBatch
 from trainwright.data.loading import require_stream
 from trainwright.data.targets import check_bundle_targets
+from trainwright.data.tasks import all_default_metrics, kind_of
 from trainwright.data.val_splits import build_val_splits, check_monitor_name, check_val_splits, validation_names
 from trainwright.errors import UserError
 
@@ -94,7 +95,7 @@ def check_recipe(recipe: Recipe) -> None:
         peft_config(recipe.adapter)
     check_callbacks(recipe)
     # Without the data the task is unknown, so the default metric may be either; start-up checks it exactly.
-    check_monitor(recipe, metric_names(recipe) if recipe.metrics is not None else ["accuracy", "mae", "perplexity"])
+    check_monitor(recipe, metric_names(recipe) if recipe.metrics is not None else all_default_metrics())
 
 
 def metric_names(recipe: Recipe, task: Task | None = None) -> list[str]:
@@ -206,12 +207,8 @@ def build_model(recipe: Recipe, task: Task | None = None) -> nn.Module:
     """The recipe's model; for a sequence `task`, a model taking `vocab_size` that the recipe does not set
     gets the task's number of classes (a text data set's vocabulary is known only once it is read)."""
     kwargs = recipe.model.kwargs()
-    if (
-        task is not None
-        and task.kind == "sequence"
-        and "vocab_size" not in kwargs
-        and _takes(recipe.model.name, "vocab_size")
-    ):
+    sequence = task is not None and kind_of(task).per_position
+    if task is not None and sequence and "vocab_size" not in kwargs and _takes(recipe.model.name, "vocab_size"):
         kwargs["vocab_size"] = len(task.class_names)
     model = MODELS.build(recipe.model.name, kwargs)
     if not isinstance(model, nn.Module):
@@ -240,7 +237,6 @@ def build_scoring(recipe: Recipe, task: Task) -> Scoring:
     """The loss, what the model's outputs mean (from the loss; imported losses: by task), the metrics
     (the recipe's, or the task's default: accuracy for classifiers, MAE for regression, token accuracy and
     perplexity for sequence tasks) and the step that scores batches with them (built here, once)."""
-    default_kind = "value" if task.kind == "regression" else "logits"
     names = _metric_choice(recipe, task)
     shorts = metric_names(recipe, task)
     stateful = {short for name, short in zip(names, shorts) if METRICS.meta(name).get("state")}
@@ -260,7 +256,7 @@ def build_scoring(recipe: Recipe, task: Task) -> Scoring:
     return Scoring(
         loss_fn=loss_fn,
         task=task,
-        output_kind=LOSSES.meta(recipe.loss.name).get("output", default_kind),
+        output_kind=LOSSES.meta(recipe.loss.name).get("output", kind_of(task).default_output),
         metrics=functions,
         finish=finish,
         states=states,
@@ -272,7 +268,7 @@ def _loss(recipe: Recipe, task: Task) -> nn.Module:
     """The recipe's loss; for sequence tasks over every position (losses.PerPosition), skipping the task's
     padding (its ignore_index, unless the recipe sets loss.ignore_index)."""
     kwargs = recipe.loss.kwargs()
-    if task.kind != "sequence" or recipe.loss.name == MODEL_LOSS:
+    if not kind_of(task).per_position or recipe.loss.name == MODEL_LOSS:
         return LOSSES.build(recipe.loss.name, kwargs)
     try:
         takes_ignore = "ignore_index" in inspect.signature(LOSSES.get(recipe.loss.name)).parameters

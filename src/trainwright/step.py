@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from torch import nn
 
+from trainwright.data.tasks import kind_of
 from trainwright.errors import UserError
 
 if TYPE_CHECKING:
@@ -262,7 +263,7 @@ class DefaultStep(Step):
 
     def count(self, batch: Batch) -> torch.Tensor | None:
         """Sequence tasks: the targets not equal to the task's ignore index (those the loss scores)."""
-        if self.task.kind != "sequence":
+        if not kind_of(self.task).per_position:
             return None
         targets = self._targets(batch)
         return None if targets is None else (targets != self.task.ignore_index).sum()

@@ -20,6 +20,7 @@ from trainwright.data.arguments import check_val_fraction
 from trainwright.data.bundle import DataBundle, RowTaskKind, Task, TensorSplit
 from trainwright.data.fingerprint import sampled_file_fingerprint
 from trainwright.data.input_batch import InputBatch
+from trainwright.data.tasks import KINDS
 from trainwright.distributed.processes import launch_rank
 from trainwright.errors import UserError
 
@@ -81,7 +82,7 @@ def _as_float32(rows: np.ndarray, path: Path, key: str) -> np.ndarray:
 def _targets(targets: np.ndarray, kind: RowTaskKind, key: str) -> np.ndarray:
     """Class indices as int64 (read into memory when stored otherwise); regression and binary targets as
     float32 columns (N, k)."""
-    if kind == "multiclass":
+    if KINDS[kind].class_index_targets:
         if targets.ndim != 1 or not np.issubdtype(targets.dtype, np.integer):
             raise UserError(f"{key}: multiclass targets must be one integer class index per row, got {targets.dtype} "
                             f"of shape {targets.shape}")
@@ -121,7 +122,7 @@ def npy(
         cut = len(x) - max(1, round(len(x) * val_fraction))
         train, val = ArraySplit(files, x, y, slice(0, cut)), ArraySplit(files, x, y, slice(cut, None))
     names = class_names
-    if task == "multiclass" and names is None:
+    if KINDS[task].class_index_targets and names is None:
         names = [str(i) for i in range(int(y.max()) + 1)]
     return DataBundle(train=train, val=val, task=Task(task, tuple(names or ())))
 

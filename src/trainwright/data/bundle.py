@@ -10,9 +10,9 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import Dataset
 
-# sequence: a class per position (language modelling, token tagging): outputs (batch, time, classes),
-# integer targets (batch, time), positions whose target is `ignore_index` (padding) not counted.
-TaskKind = Literal["binary", "multiclass", "regression", "sequence"]
+# What each kind means (targets, default metrics, outputs): data/tasks.py. sequence: a class per position;
+# scored_by_model: a task only a model that computes its own loss can learn (the run reports its loss alone).
+TaskKind = Literal["binary", "multiclass", "regression", "sequence", "scored_by_model"]
 RowTaskKind = Literal["binary", "multiclass", "regression"]  # a data set's task with one target per row
 IGNORE_INDEX = -100  # torch's cross_entropy default, and Hugging Face's label for padding
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from trainwright.data.bundle import DataBundle, TensorSplit
+from trainwright.data.tasks import kind_of
 from trainwright.errors import UserError
 
 
@@ -49,7 +50,7 @@ def fold_of(bundle: DataBundle, fold: Fold) -> DataBundle:
         raise UserError("cv: this data set is not held as tensors (TensorSplit); cross-validation needs that")
     inputs = torch.cat([part.inputs for part in parts])
     targets = torch.cat([part.targets for part in parts])
-    labels = None if bundle.task.kind == "regression" else targets.reshape(len(targets), -1)[:, 0].long()
+    labels = targets.reshape(len(targets), -1)[:, 0].long() if kind_of(bundle.task).stratified else None
     train_rows, val_rows = fold.rows(len(inputs), labels)
     val = TensorSplit(inputs[val_rows], targets[val_rows])
     return DataBundle(

@@ -32,6 +32,7 @@ from trainwright.data.bundle import DataBundle, RowTaskKind, Task
 from trainwright.data.folders import DEFAULT_PIPELINE, IMAGE_SUFFIXES, ImageMode
 from trainwright.data.loading import EVAL_EPOCH, epoch_order
 from trainwright.data.targets import check_targets
+from trainwright.data.tasks import KINDS, kind_of
 from trainwright.data.transforms import build_pipeline
 from trainwright.errors import UserError
 from trainwright.run.files import write_text_atomic
@@ -174,7 +175,7 @@ def _decoder(inputs: str, targets: str, task: Task, transform: Any, mode: ImageM
             else:
                 raise UserError(f"data.inputs: cannot decode .{inputs} members (choose npy or an image: png, jpg, ...)")
             text = members[targets].decode().strip()
-            target: Any = int(text) if task.kind == "multiclass" else torch.tensor([float(text)])
+            target: Any = int(text) if kind_of(task).class_index_targets else torch.tensor([float(text)])
         except UserError:
             raise
         except (ValueError, RuntimeError, OSError, UnicodeDecodeError) as exc:
@@ -208,7 +209,7 @@ def shards(
     """Tar shards under `root` (`train` and `val`: glob patterns), samples of an `inputs` member (npy, or
     an image: png, jpg, ...) and a `targets` member (cls: a class index as text; for regression or binary, a
     number). Image pipelines as image_folder's; a multiclass task needs `class_names`."""
-    if task == "multiclass" and not class_names:
+    if KINDS[task].class_index_targets and not class_names:
         raise UserError("data.class_names: a multiclass shards data set needs its class names, in class-index order")
     eval_steps = eval_transforms or DEFAULT_PIPELINE
     train_pipeline = build_pipeline(train_transforms or DEFAULT_PIPELINE, "data.train_transforms")

@@ -1,6 +1,6 @@
-"""Targets checked against the data set's task, one rule per task for every data kind: binary targets are
-0 or 1, class indices run from 0 to classes - 1, regression targets are finite numbers, a sequence's token
-ids lie in the vocabulary (or are its padding). `build_data` checks every split held as tensors at
+"""Targets checked against the data set's task, one rule per task kind (data/tasks.py) for every data kind:
+binary targets are 0 or 1, class indices run from 0 to classes - 1, regression targets are finite numbers, a
+sequence's token ids lie in the vocabulary (or are its padding). `build_data` checks every split held as tensors at
 start-up; data served item by item check each item as it is read (shards) and the first batch (preflight)."""
 
 from __future__ import annotations
@@ -11,38 +11,13 @@ import torch
 from torch.utils.data import Dataset
 
 from trainwright.data.bundle import DataBundle, Task, TensorSplit
+from trainwright.data.tasks import kind_of
 from trainwright.errors import UserError
-
-
-def _fits(targets: torch.Tensor, task: Task) -> tuple[torch.Tensor, str] | None:
-    """(which targets fit the task, the rule they break otherwise), or None where nothing is checked."""
-    classes = len(task.class_names)
-    if task.kind == "regression":
-        if not targets.is_floating_point():
-            return None
-        return torch.isfinite(targets), "regression targets must be finite numbers"
-    if task.kind == "binary":
-        return (targets == 0) | (targets == 1), (
-            "a binary task's targets are 0 or 1 (for more classes use task: multiclass, for other numbers "
-            "task: regression)"
-        )
-    if targets.is_floating_point():  # class probabilities, not indices
-        return None
-    upper = targets < classes if classes else torch.ones_like(targets, dtype=torch.bool)
-    in_range = (targets >= 0) & upper
-    if task.kind == "sequence":
-        return in_range | (targets == task.ignore_index), (
-            f"token ids run from 0 to {classes - 1} ({classes} tokens in the vocabulary), or are "
-            f"{task.ignore_index} (padding)" if classes else "token ids start at 0"
-        )
-    if classes and bool((targets >= 0).all()):  # the indices are too large
-        return in_range, f"class indices run from 0 to {classes - 1} (the data set names {classes} classes)"
-    return in_range, "class indices start at 0 (class 0, 1, 2, ...)"
 
 
 def check_targets(targets: torch.Tensor, task: Task, where: Callable[[int], str]) -> None:
     """A UserError naming the first target that does not fit `task`: `where(row)` says where it is."""
-    found = _fits(targets, task)
+    found = kind_of(task).fits(targets, task)
     if found is None:
         return
     fits, rule = found

@@ -13,6 +13,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from trainwright.data.bundle import DataBundle, Task
+from trainwright.data.tasks import kind_of
 from trainwright.errors import UserError, did_you_mean
 from trainwright.recipe import DataConfig, Recipe
 
@@ -115,7 +116,7 @@ def _within(split: str, error: UserError) -> UserError:
 
 
 def _shown(task: Task) -> str:
-    scale = f", target mean {task.target_mean:g} std {task.target_std:g}" if task.kind == "regression" else ""
+    scale = f", target mean {task.target_mean:g} std {task.target_std:g}" if kind_of(task).values else ""
     names = f" ({', '.join(task.class_names)})" if 0 < len(task.class_names) <= 10 else ""
     classes = f", {len(task.class_names)} classes{names}" if task.class_names else ""
     return f"{task.kind}{classes}{scale}"

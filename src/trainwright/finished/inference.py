@@ -32,6 +32,7 @@ from trainwright.data.bundle import DataBundle, Task, split_size
 from trainwright.data.fingerprint import check_same_data, data_record
 from trainwright.data.input_batch import InputBatch
 from trainwright.data.loading import iterate
+from trainwright.data.tasks import kind_of
 from trainwright.data.vocabulary import no_vocabulary, run_codec
 from trainwright.distributed.launched import gathered_rows, launched_processes, share
 from trainwright.distributed.processes import Processes, launch_rank
@@ -118,7 +119,8 @@ class Run:
     def predict_split(self, count: int | None = None) -> tuple[torch.Tensor | dict[str, torch.Tensor], Predictions]:
         """(inputs, predictions) for the first `count` items of the evaluation split (actual values known);
         the inputs of batches of named tensors are those tensors but the targets."""
-        if self.task.kind == "sequence":
+        self._require_read_outputs()
+        if kind_of(self.task).per_position:
             generates = run_codec(self.recipe, self._record) is not None
             raise UserError(
                 f"{self.run_dir.path} is a sequence model (a class per position): "
@@ -139,7 +141,7 @@ class Run:
                                             for key in ("outputs", "targets")))
         parts = [p for p in self.processes.gather(part) if p is not None]
         inputs, outputs, targets = (_joined_rows([p[i] for p in parts]) for i in range(3))
-        actual = self.task.decode(targets) if self.task.kind == "regression" else targets
+        actual = self.task.decode(targets) if kind_of(self.task).values else targets
         ids = [str(i) for i in range(size)]
         predictions = Predictions(ids, outputs, self.task, self.scoring.output_kind, actual, self.data.describe_input)
         return inputs, predictions
@@ -158,7 +160,7 @@ class Run:
             raise UserError(f"--length {length}: give 1 to {MAX_LENGTH:,} tokens")
         if not 0 <= temperature < math.inf:
             raise UserError(f"--temperature: must be 0 (greedy) or more, got {temperature}")
-        if self.task.kind != "sequence":
+        if not kind_of(self.task).per_position:
             raise UserError(
                 f"--prompt is for language models (a sequence task, e.g. data: text); {self.run_dir.path} is a "
                 f"{self.task.kind} run: predict on it with --input, or without --prompt"
@@ -181,7 +183,16 @@ class Run:
         yield prompt
         yield from text_pieces(generate(self.model, ids, length, temperature, context, seed), codec.decode)
 
+    def _require_read_outputs(self) -> None:
+        """A run whose model scores itself (scored_by_model) has outputs nothing reads: predicting is refused."""
+        if kind_of(self.task).scored_by_model:
+            raise UserError(
+                f"{self.run_dir.path} is a scored_by_model run (its model computes its own loss): its outputs have "
+                "no meaning to predict with; score its split with `trainwright eval RUN`"
+            )
+
     def _predictions(self, batch: InputBatch, describe: bool = True) -> Predictions:
+        self._require_read_outputs()
         start, stop = share(len(batch.inputs), self.processes)  # each process its slice of the batch
         part = self.outputs(batch.inputs[start:stop]) if stop > start else torch.empty(0)
         return Predictions(

@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from trainwright.data.bundle import TensorSplit
+from trainwright.data.tasks import kind_of
 from trainwright.finished.curves import plot_curves, save_figure
 from trainwright.finished.inference import Run, load_run
 from trainwright.finished.predictions import Predictions
@@ -27,10 +28,11 @@ def plot_predictions(
     train = trained.data.train
     actual = predictions.actual.reshape(len(predictions), -1)[:, 0]
     fig, ax = plt.subplots(figsize=(6, 6))
-    if task.kind == "binary" and inputs.dim() == 2 and inputs.shape[1] == 2:
+    kind = kind_of(task)
+    if kind.single_output and inputs.dim() == 2 and inputs.shape[1] == 2:
         ax.scatter(inputs[:, 0], inputs[:, 1], c=predictions.label_indices, cmap="RdYlBu_r", s=2)
         ax.set(title="Predicted labels (validation points)", xlabel="x", ylabel="y", aspect="equal")
-    elif task.kind == "regression" and inputs.dim() == 2 and inputs.shape[1] == 1 and isinstance(train, TensorSplit):
+    elif kind.values and inputs.dim() == 2 and inputs.shape[1] == 1 and isinstance(train, TensorSplit):
         ax.scatter(train.inputs[:, 0], task.decode(train.targets[:, 0]), s=8, c="b", label="training data")
         ax.scatter(inputs[:, 0], actual, s=8, c="g", label="test data")
         ax.scatter(inputs[:, 0], predictions.values, s=8, c="r", label="predictions")
@@ -38,12 +40,12 @@ def plot_predictions(
         if {"weight", "bias"} <= weight.keys():
             ax.set_title(f"fitted y = {weight['weight'].item():.3f} x + {weight['bias'].item():.3f}")
         ax.legend()
-    elif task.kind == "regression":
+    elif kind.values:
         ax.scatter(actual, predictions.values, s=8)
         low, high = float(actual.min()), float(actual.max())
         ax.plot([low, high], [low, high], "k--", linewidth=1)
         ax.set(title="Predicted vs actual", xlabel="actual", ylabel="predicted")
-    elif task.kind == "multiclass" and inputs.dim() == 4:
+    elif kind.classifier and not kind.single_output and inputs.dim() == 4:
         plt.close(fig)
         fig, axes = plt.subplots(3, 3, figsize=(7, 7))
         for i, cell in enumerate(axes.flat[: len(inputs)]):
@@ -98,11 +100,12 @@ def plot_run(run: RunDir) -> list[Path]:
     if not run.model_file.is_file():
         return written
     trained = load_run(run)
-    if trained.task.kind == "sequence":  # text: the loss curves say it
+    kind = kind_of(trained.task)
+    if not (kind.classifier or kind.values):  # text, or a task the model scores: the loss curves say it
         return written
     inputs, predictions = trained.predict_split()
     drawn = plot_predictions(trained, inputs, predictions, run.predictions_plot)
     written += [drawn] if drawn else []
-    if trained.task.kind in ("binary", "multiclass"):
+    if kind.classifier:
         written.append(plot_confusion_matrix(predictions, run.confusion_plot))
     return written

@@ -1,5 +1,5 @@
-"""What a model's outputs mean: probabilities and predicted labels, given the task and the loss, and
-`Predictions`, the result of predicting on some items."""
+"""`Predictions`, the result of predicting on some items: values or labels and probabilities, as the task's
+kind (data/tasks.py) reads the model's outputs."""
 
 from __future__ import annotations
 
@@ -11,23 +11,7 @@ from typing import Any
 import torch
 
 from trainwright.data.bundle import Task
-
-
-def probabilities(outputs: torch.Tensor, task: Task, output_kind: str) -> torch.Tensor:
-    """Binary: P(class 1) per item; multiclass: class probabilities per item."""
-    if output_kind == "probability":
-        return outputs
-    if task.kind == "binary":
-        return torch.sigmoid(outputs)
-    return torch.softmax(outputs, dim=-1)
-
-
-def predicted_labels(outputs: torch.Tensor, task: Task, output_kind: str) -> torch.Tensor:
-    """Class index per item for classifiers."""
-    probs = probabilities(outputs, task, output_kind)
-    if task.kind == "binary":
-        return (probs.reshape(len(probs), -1)[:, 0] > 0.5).long()
-    return probs.argmax(dim=-1)
+from trainwright.data.tasks import Kind, kind_of, predicted_labels
 
 
 def _number(value: float) -> str:
@@ -51,6 +35,10 @@ class Predictions:
         return len(self.ids)
 
     @property
+    def kind(self) -> Kind:
+        return kind_of(self.task)
+
+    @property
     def values(self) -> torch.Tensor:
         """Regression: the predicted values, one per item (all outputs per item when there are several)."""
         values = self.task.decode(self.outputs)
@@ -59,11 +47,7 @@ class Predictions:
     @property
     def probabilities(self) -> torch.Tensor:
         """Classifiers: (items, classes); a binary model's two columns are P(class 0) and P(class 1)."""
-        probs = probabilities(self.outputs, self.task, self.output_kind)
-        if self.task.kind == "binary":
-            positive = probs.reshape(len(probs), -1)[:, 0]
-            return torch.stack([1 - positive, positive], dim=1)
-        return probs
+        return self.kind.probability_columns(self.outputs, self.output_kind)
 
     @property
     def label_indices(self) -> torch.Tensor:
@@ -85,7 +69,7 @@ class Predictions:
     def rows(self) -> list[dict[str, Any]]:
         """One dict per item: id, prediction (label or value), actual (where known), p_<class> (classifiers)."""
         rows: list[dict[str, Any]] = [{"id": item} for item in self.ids]
-        if self.task.kind == "regression":
+        if self.kind.values:
             for row, value in zip(rows, self.values.tolist()):
                 row["prediction"] = value
         else:
@@ -96,17 +80,17 @@ class Predictions:
         if self.actual is not None:
             actual = self.actual.reshape(len(self), -1)[:, 0].tolist()
             for row, value in zip(rows, actual):
-                row["actual"] = value if self.task.kind == "regression" else self.class_name(int(value))
+                row["actual"] = value if self.kind.values else self.class_name(int(value))
         return rows
 
     def lines(self) -> list[str]:
         """One line per item in the tutorials' form: '<input> Predicted: ..., Actual: ...'."""
         lines = []
         actual = None if self.actual is None else self.actual.reshape(len(self), -1)[:, 0].tolist()
-        if self.task.kind == "regression":
+        if self.kind.values:
             shown = [_number(v) for v in self.values.reshape(len(self), -1)[:, 0].tolist()]
             known = None if actual is None else [_number(v) for v in actual]
-        elif self.task.kind == "binary":
+        elif self.kind.single_output:  # P(class 1) per item: shown beside the label
             p = self.probabilities[:, 1].tolist()
             shown = [f"{label} (p={q:.2f})" for label, q in zip(self.labels, p)]
             known = None if actual is None else [self.class_name(int(v)) for v in actual]
@@ -117,7 +101,7 @@ class Predictions:
             prefix = f"{self.describe(i)} " if self.describe else ""
             suffix = (
                 ""
-                if known is None or actual is None or (self.task.kind == "regression" and math.isnan(actual[i]))
+                if known is None or actual is None or (self.kind.values and math.isnan(actual[i]))
                 else f", Actual: {known[i]}"
             )
             lines.append(f"{prefix}Predicted: {text}{suffix}")

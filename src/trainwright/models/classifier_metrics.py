@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from trainwright.data.bundle import Task
+from trainwright.data.tasks import kind_of, probabilities
 from trainwright.errors import UserError
-from trainwright.finished.predictions import probabilities
 
 if TYPE_CHECKING:
     from torchmetrics import Metric
@@ -35,7 +35,7 @@ def require_torchmetrics(name: str) -> Any:
 
 
 def check_task(name: str, task: Task) -> None:
-    if task.kind not in ("binary", "multiclass"):
+    if not kind_of(task).classifier:
         raise UserError(
             f"metrics: '{name}' is a classifier metric, but this run's task is {task.kind}; "
             f"remove it (classifier metrics: {', '.join(NAMES)})"
@@ -46,7 +46,7 @@ def build(name: str, task: Task, num_classes: int) -> Metric:
     """The torchmetrics metric `name` for `task` (multiclass: over `num_classes`, macro-averaged)."""
     check_task(name, task)
     classification = require_torchmetrics(name)
-    if task.kind == "binary":
+    if kind_of(task).single_output:
         return getattr(classification, f"Binary{_CLASSES[name]}")()
     return getattr(classification, f"Multiclass{_CLASSES[name]}")(num_classes=num_classes, average="macro")
 
@@ -54,10 +54,7 @@ def build(name: str, task: Task, num_classes: int) -> Metric:
 def inputs(outputs: torch.Tensor, targets: torch.Tensor, task: Task, output_kind: str) -> tuple[torch.Tensor, ...]:
     """(probabilities, class indices) as torchmetrics reads them: binary, P(class 1) per item; multiclass,
     one column per class."""
-    probs = probabilities(outputs.float(), task, output_kind)
-    if task.kind == "binary":
-        probs = probs.reshape(len(probs), -1)[:, 0]
-    return probs, targets.reshape(-1).long()
+    return kind_of(task).metric_inputs(probabilities(outputs.float(), task, output_kind)), targets.reshape(-1).long()
 
 
 def merged(parts: list[Metric]) -> float:

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from trainwright.data.bundle import Task
+from trainwright.data.tasks import kind_of
 from trainwright.errors import UserError
-from trainwright.finished.predictions import predicted_labels
 from trainwright.models import classifier_metrics
 from trainwright.registry import METRICS
 
@@ -28,16 +28,16 @@ from trainwright.registry import METRICS
 @METRICS.register("accuracy")
 def accuracy(outputs: torch.Tensor, targets: torch.Tensor, task: Task, output_kind: str) -> torch.Tensor:
     """Correct predictions (classifiers; sequence tasks: correct tokens, padding not counted)."""
-    truth = targets.reshape(-1).long() if task.kind == "binary" else targets
-    correct = predicted_labels(outputs, task, output_kind) == truth
-    return (correct & task.counted(targets)).sum() if task.kind == "sequence" else correct.sum()
+    kind = kind_of(task)
+    correct = kind.predicted_labels(outputs, output_kind) == kind.label_targets(targets)
+    return (correct & task.counted(targets)).sum() if kind.per_position else correct.sum()
 
 
 @METRICS.register("perplexity", finish=math.exp)
 def perplexity(outputs: torch.Tensor, targets: torch.Tensor, task: Task, output_kind: str) -> torch.Tensor:
     """Summed negative log-likelihood of the targets (per token, padding not counted), reported as
     exp(its mean): the perplexity of language models (classifiers: of the class labels)."""
-    if task.kind not in ("sequence", "multiclass") or output_kind != "logits":
+    if not kind_of(task).logits_over_classes or output_kind != "logits":
         raise ValueError("perplexity needs class logits (cross_entropy) of a sequence or multiclass task")
     return F.cross_entropy(
         outputs.reshape(-1, outputs.shape[-1]).double(), targets.reshape(-1).long(), ignore_index=task.ignore_index,
@@ -52,7 +52,7 @@ def exact_match(outputs: torch.Tensor, targets: torch.Tensor, task: Task, output
     whole window of plain text). A response is exact when the most likely token is right at each of its
     positions given the true tokens before it, which is when greedy decoding from its prompt (temperature 0)
     generates it exactly, token by token."""
-    if task.kind != "sequence":
+    if not kind_of(task).per_position:
         raise UserError(f"metrics: exact_match scores the responses of a sequence task, not a {task.kind} task; "
                         "remove it")
     counted = task.counted(targets)
@@ -83,5 +83,6 @@ for _name in classifier_metrics.NAMES:
 
 
 def default_metrics(task: Task) -> list[str]:
-    """MAE for regression, accuracy for classifiers, and token accuracy with perplexity for sequence tasks."""
-    return {"regression": ["mae"], "sequence": ["accuracy", "perplexity"]}.get(task.kind, ["accuracy"])
+    """The task kind's default metrics: MAE for regression, accuracy for classifiers, token accuracy and
+    perplexity for sequence tasks, none (the loss alone) for a task scored by the model."""
+    return list(kind_of(task).default_metrics)

@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 
 from trainwright.data.bundle import Task, split_size
 from trainwright.data.loading import eval_indices, iterate, peek
+from trainwright.data.tasks import Kind, kind_of
 from trainwright.distributed.processes import Processes
 from trainwright.models import classifier_metrics
 from trainwright.step import Scored, Step
@@ -46,6 +47,11 @@ class Scoring:
     states: dict[str, StateMetricFn] = field(default_factory=dict)
 
     @property
+    def kind(self) -> Kind:
+        """What the task's kind says the outputs mean (data/tasks.py)."""
+        return kind_of(self.task)
+
+    @property
     def names(self) -> list[str]:
         """Every metric the scoring reports, besides the loss."""
         return [*self.metrics, *self.states]
@@ -53,7 +59,7 @@ class Scoring:
     def loss_sum(self, loss: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | int]:
         """A batch's mean loss as (sum, count) over what it is the mean of: its items, or for sequence
         tasks its tokens not ignored (a batch of padding alone, whose mean is NaN, adds nothing)."""
-        if self.task.kind != "sequence":
+        if not self.kind.per_position:
             return loss.double() * len(targets), len(targets)
         count = self.task.counted(targets).sum()
         return torch.where(count > 0, loss.double() * count, 0.0), count

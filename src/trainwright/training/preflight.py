@@ -23,17 +23,13 @@ from trainwright.data.bundle import DataBundle, split_size
 from trainwright.data.fingerprint import check_same_data, data_record
 from trainwright.data.loading import iterate
 from trainwright.data.targets import check_targets
+from trainwright.data.tasks import kind_of
 from trainwright.errors import UserError
 from trainwright.recipe import Recipe
 from trainwright.registry import MODELS
 from trainwright.run.plan import RunPlan
 from trainwright.step import MODEL_LOSS, TARGETS_KEY, Batch, ModelLoss, describe
 from trainwright.training.evaluation import Scoring
-
-_CLASSIFICATION_LOSSES = (
-    "bce_with_logits (one output), bce (one output through a sigmoid) or cross_entropy (one output per class)"
-)
-_REGRESSION_LOSSES = "mse, l1, smooth_l1 or huber"
 
 
 def check_startup(
@@ -64,36 +60,13 @@ def check_profile_window(recipe: Recipe, total_steps: int) -> None:
 
 
 def check_loss_fits_task(recipe: Recipe, data: DataBundle, scoring: Scoring) -> None:
-    """A classification loss on regression data, or the reverse, cannot learn the task."""
-    loss, task = recipe.loss.name, data.task.kind
-    if loss == MODEL_LOSS:  # the model scores itself; its logits, if any, are read by the task's kind
+    """A classification loss on regression data, or the reverse, cannot learn the task (the task's kind
+    says which losses can: data/tasks.py)."""
+    if recipe.loss.name == MODEL_LOSS:  # the model scores itself; its logits, if any, are read by the task's kind
         return
-    if task == "sequence" and scoring.output_kind != "logits":
-        raise UserError(
-            f"loss.name={loss} does not score class logits, but data set '{recipe.data.name}' is a sequence task "
-            "(a class per position); use cross_entropy (outputs (batch, time, classes), targets (batch, time))"
-        )
-    if task == "regression" and scoring.output_kind != "value":
-        raise UserError(
-            f"loss.name={loss} is a classification loss, but data set '{recipe.data.name}' is a regression task; "
-            f"use {_REGRESSION_LOSSES}"
-        )
-    if task != "regression" and scoring.output_kind == "value":
-        raise UserError(
-            f"loss.name={loss} is a regression loss, but data set '{recipe.data.name}' is a {task} classification "
-            f"task; use {_CLASSIFICATION_LOSSES}"
-        )
-    if task == "binary" and loss == "cross_entropy":
-        raise UserError(
-            f"loss.name=cross_entropy needs one output per class and class indices, but data set "
-            f"'{recipe.data.name}' is a binary task with one 0/1 target per item; use bce_with_logits (one output) "
-            "or bce (one output through a sigmoid)"
-        )
-    if task == "multiclass" and loss in ("bce", "bce_with_logits"):
-        raise UserError(
-            f"loss.name={loss} is for binary tasks, but data set '{recipe.data.name}' has "
-            f"{len(data.task.class_names) or 'several'} classes; use cross_entropy"
-        )
+    problem = kind_of(data.task).loss_problem(recipe.loss.name, scoring.output_kind, recipe.data.name, data.task)
+    if problem is not None:
+        raise UserError(problem)
 
 
 def _output_argument(recipe: Recipe) -> str:
@@ -191,57 +164,24 @@ def _forward_hint(recipe: Recipe, data: DataBundle, model: nn.Module, batch: Bat
     if isinstance(inputs, torch.Tensor) and inputs.is_floating_point() and weight is not None \
             and weight.is_floating_point() and inputs.dtype != weight.dtype:
         return f"its inputs are {inputs.dtype}, the model's weights {weight.dtype}: give the inputs as {weight.dtype}"
-    if data.task.kind == "sequence" and data.task.class_names and isinstance(exc, IndexError):  # ids past the end
+    per_position = kind_of(data.task).per_position
+    if per_position and data.task.class_names and isinstance(exc, IndexError):  # ids past the end
         return (f"check the model's vocabulary: data set '{recipe.data.name}' has {len(data.task.class_names)} "
                 f"tokens (set {_output_argument(recipe)}={len(data.task.class_names)}) and its context")
     if pair and recipe.loss.name == MODEL_LOSS:
         return ("with loss.name=model a batch of (inputs, targets) is given as model(inputs, targets): check that the "
                 "model's forward takes the targets second, or give batches as mappings of named tensors")
-    if data.task.kind == "sequence":
+    if per_position:
         return "check that the model takes token ids of shape (batch, time) and the data's context"
     return "check the model's input size (e.g. model.in_features)"
 
 
 def _check_output_shape(recipe: Recipe, data: DataBundle, outputs: torch.Tensor, targets: torch.Tensor) -> None:
-    task, shape, argument = data.task, tuple(outputs.shape), _output_argument(recipe)
-    if outputs.ndim == 0 or len(outputs) != len(targets):
-        raise UserError(
-            f"model '{recipe.model.name}' gives outputs of shape {shape} for a batch of {len(targets)} items"
-        )
-    if task.kind == "sequence":
-        classes = len(task.class_names) or int(targets.max()) + 1
-        expected = (*targets.shape, classes)
-        if shape != expected:
-            raise UserError(
-                f"model '{recipe.model.name}' gives outputs of shape {shape} per batch, but data set "
-                f"'{recipe.data.name}' is a sequence task with targets of shape {tuple(targets.shape)} (batch, "
-                f"time) and {classes} classes per position: outputs must have shape {expected} (batch, time, "
-                f"classes)" + (f"; set {argument}={classes}" if shape[:-1] == expected[:-1] else "")
-            )
-        return
-    if task.kind == "multiclass":
-        classes = len(task.class_names) or int(targets.max()) + 1
-        if outputs.ndim != 2 or shape[1] != classes:
-            per_position = outputs.ndim == 3 and shape[-1] == classes
-            raise UserError(
-                f"model '{recipe.model.name}' gives outputs of shape {shape} per batch, but data set "
-                f"'{recipe.data.name}' has {classes} classes (one output per class: "
-                f"shape ({len(targets)}, {classes}))"
-                + (
-                    "; it gives a class per position: a per-position (sequence) task needs a data set whose task "
-                    "is 'sequence', with targets of shape (batch, time)"
-                    if per_position
-                    else f"; set {argument}={classes}"
-                )
-            )
-        return
-    if shape != tuple(targets.shape):
-        per_item = targets.shape[1] if targets.ndim == 2 else 1
-        raise UserError(
-            f"model '{recipe.model.name}' gives outputs of shape {shape} per batch, but the {task.kind} targets of "
-            f"data set '{recipe.data.name}' have shape {tuple(targets.shape)}; set {argument}={per_item}"
-        )
-    if recipe.loss.name == "bce" and (outputs.min() < 0 or outputs.max() > 1):
+    kind, names = kind_of(data.task), (recipe.model.name, recipe.data.name, _output_argument(recipe))
+    problem = kind.output_problem(tuple(outputs.shape), targets, data.task, names)
+    if problem is not None:
+        raise UserError(problem)
+    if not kind.logits_over_classes and recipe.loss.name == "bce" and (outputs.min() < 0 or outputs.max() > 1):
         raise UserError(
             f"loss.name=bce reads the model's outputs as probabilities, but on the first batch they range over "
             f"[{outputs.min().item():.3g}, {outputs.max().item():.3g}]; end the model with a sigmoid "

@@ -153,7 +153,7 @@ class Trainer:
         state.wandb_run_id = self.run.wandb_run_id() if wandb_on else ""
         self.model_summary = model_summary.report(self.accelerator.unwrap_model(self.model), processes.is_main)
         self.throughput = throughput.of_run(
-            recipe, self.data.task.kind == "sequence", self.model_summary["parameters"], processes.device,
+            recipe, self.scoring.kind.per_position, self.model_summary["parameters"], processes.device,
             processes.world_size,
         )
         self.progress = Progress.of_run(recipe, processes.is_main, self.total_steps, self.steps_per_epoch, state.step)
