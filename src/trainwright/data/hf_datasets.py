@@ -13,6 +13,7 @@ import torch
 
 from trainwright.data.arguments import check_val_fraction
 from trainwright.data.bundle import DataBundle, RowTaskKind, Task, TensorSplit
+from trainwright.data.tasks import KINDS
 from trainwright.errors import UserError, did_you_mean
 
 SAVED_MARKS = ("dataset_info.json", "state.json", "dataset_dict.json")  # what save_to_disk writes
@@ -77,7 +78,7 @@ def _matrix(dataset: Any, columns: list[str], path: Path) -> np.ndarray:
 def _target(dataset: Any, column: str, task: RowTaskKind, names: list[str] | None) -> tuple[torch.Tensor, list[str]]:
     """Class indices (a ClassLabel's, or the index of each value among `names`/the sorted values) or numbers."""
     values = dataset[column]
-    if task != "multiclass":
+    if not KINDS[task].class_index_targets:
         return torch.tensor(np.asarray(values, dtype=np.float32).reshape(len(values), -1)), []
     feature = dataset.features[column]
     if names is None:
