@@ -47,6 +47,8 @@ def hf(architecture: str, config: dict[str, Any] | None = None, pretrained: str 
         _check_weights_files(folder)
         saved = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
         _check_settings(type(saved), {k: v for k, v in settings.items() if k != "model_type"})
+        # transformers' own "Loading weights" bar would land between a run's progress lines (and in its log file)
+        transformers.utils.logging.disable_progress_bar()
         model = model_class.from_pretrained(folder, local_files_only=True, use_safetensors=True, **settings)
         return _marked(transformers, model)
     model_config = _config(transformers, model_class, architecture, settings, auto)
