@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 import processes
+import resuming
 from conftest import (
     REPO, WALL_CLOCK, assert_resumed, assert_user_error, checkpoint_dir, checkpoint_problem, checkpoint_steps, cli_env,
     describe, metrics_by_step, newest_valid_checkpoint, no_credentials_env, read_jsonl, wandb_history, wandb_records,
@@ -202,16 +203,14 @@ def test_sigkill_and_stop_resume_bitwise_and_continue_one_wandb_run(reference, s
             assert values == pytest.approx(expected[step]), step
 
 
-def test_sigkill_with_two_processes_resumes_bitwise(reference_2proc, start, tmp_path):
+def test_sigkill_with_two_processes_resumes_bitwise(reference_2proc, tmp_path):
     run_dir = tmp_path / "run"
-    process = start(command(run_dir, ["trainer.record_samples=true"], processes_=2), cli_env(), name="killed")
-    process.wait_for("two checkpoints", lambda: len(checkpoint_steps(run_dir)) >= 2)
-    process.kill()
-    assert "world_size=2 device=cpu" in process.output()
-    killed_at = newest_valid_checkpoint(run_dir)
-    result = completed(train(run_dir, "trainer.record_samples=true", processes_=2))
+    args = ["train", "recipes/heart.yaml", *SMALL, "trainer.record_samples=true", "--run-dir", run_dir]
+    killed = resuming.kill_at(50, args, run_dir, resuming.launcher(CPU_2PROC))
+    assert "world_size=2 device=cpu" in killed.stdout
+    result = resuming.resume(50, args, resuming.launcher(CPU_2PROC))
     assert "world_size=2 device=cpu" in result.stdout
-    assert_resumed_from(result.stdout + result.stderr, killed_at)
+    assert_resumed_from(result.stdout + result.stderr, 50)
     assert weights(run_dir) == weights(reference_2proc)
 
 
@@ -292,12 +291,11 @@ def test_kills_at_any_moment_including_during_saves(reference, start, tmp_path):
     assert_no_stale_files(run_dir)
 
 
-def test_damaged_newest_checkpoint_is_reported_and_skipped(reference, start, tmp_path):
+def test_damaged_newest_checkpoint_is_reported_and_skipped(reference, tmp_path):
     run_dir = tmp_path / "run"
-    process = start(command(run_dir), cli_env(), name="killed")
-    process.wait_for("three checkpoints", lambda: len(checkpoint_steps(run_dir)) >= 3)
-    process.kill()
+    resuming.kill_at(75, ["train", "recipes/heart.yaml", *SMALL, "--run-dir", run_dir], run_dir)
     *_, previous, last = checkpoint_steps(run_dir)
+    assert (previous, last) == (50, 75)
     newest = checkpoint_dir(run_dir, last)
     model_file = newest / "model.safetensors"
     model_file.write_bytes(model_file.read_bytes()[:-100])  # truncated
