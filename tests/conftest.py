@@ -143,6 +143,14 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def strict_json(text: str) -> Any:
+    """Parse JSON as any other tool would: a bare NaN or Infinity is an error."""
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"not valid JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
 def checkpoint_problem(folder: Path) -> str | None:
     """Why `folder` is not a complete checkpoint, or None: checked against its manifest.json as the README
     describes it (every other file, those in its folders of shards too, listed with its size and sha256, nothing
@@ -171,6 +179,11 @@ def checkpoint_steps(run_dir: Path) -> list[int]:
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
     return run_dir / "checkpoints" / f"step_{step:08d}"
+
+
+def weights(run_dir: Path) -> bytes:
+    """The bytes of a finished run's final weights (to compare two runs bitwise)."""
+    return (run_dir / "model.safetensors").read_bytes()
 
 
 def newest_valid_checkpoint(run_dir: Path) -> int | None:

@@ -32,7 +32,7 @@ import resuming
 from conftest import (
     REPO, WALL_CLOCK, assert_resumed, assert_user_error, checkpoint_dir, checkpoint_problem, checkpoint_steps, cli_env,
     describe, metrics_by_step, newest_valid_checkpoint, no_credentials_env, read_jsonl, wandb_history, wandb_records,
-    wandb_run_ids,
+    wandb_run_ids, weights,
 )
 
 CPU_2PROC = REPO / "accelerate_configs" / "cpu_2proc.yaml"
@@ -98,10 +98,6 @@ def stopped_at(output: str) -> int:
 
 def trainer_json(run_dir: Path, step: int) -> dict:
     return json.loads((checkpoint_dir(run_dir, step) / "trainer.json").read_text())
-
-
-def weights(run_dir: Path) -> bytes:
-    return (run_dir / "model.safetensors").read_bytes()
 
 
 def training_curve(run_dir: Path) -> list[tuple]:
