@@ -80,11 +80,10 @@ def resume(step: int, args: Sequence[object], launch: Sequence[object] = (), env
 
 def kill_and_resume(step: int, args: Sequence[object], run_dir: Path | None = None, launch: Sequence[object] = (),
                     env: Mapping[str, str] | None = None, cwd: Path = REPO,
-                    resume_launch: Sequence[object] | None = None) -> subprocess.CompletedProcess:
-    """`kill_at(step, ...)`, then `resume(step, ...)` of the same command (under `resume_launch` when given:
-    another process count); the restart's result."""
-    kill_at(step, args, run_dir, launch, env, cwd)
-    return resume(step, args, launch if resume_launch is None else resume_launch, env, cwd)
+                    timeout: float = 300) -> subprocess.CompletedProcess:
+    """`kill_at(step, ...)`, then `resume(step, ...)` of the same command; the restart's result."""
+    kill_at(step, args, run_dir, launch, env, cwd, timeout)
+    return resume(step, args, launch, env, cwd, timeout)
 
 
 def assert_same_weights(run_dir: Path, reference: Path, name: str = WEIGHTS) -> None:
