@@ -152,7 +152,7 @@ def reference_2proc(tmp_path_factory) -> Path:
 
 
 def test_sigkill_and_stop_resume_bitwise_and_continue_one_wandb_run(reference, start, tmp_path):
-    """SIGKILL after the second checkpoint, resume, SIGTERM after one more checkpoint, resume to the end.
+    """SIGKILL right after the step-50 checkpoint, resume, SIGTERM after one more checkpoint, resume to the end.
     W&B (offline) writes one file per start; all three must be the same W&B run and their history must
     continue the curve: the killed run's file holds a prefix (W&B buffers its file, so a SIGKILL loses
     its tail), the stopped run's file exactly the steps it trained, the last one exactly the rest."""
@@ -160,11 +160,9 @@ def test_sigkill_and_stop_resume_bitwise_and_continue_one_wandb_run(reference, s
     env = no_credentials_env(tmp_path / "home")
     offline = "logging.wandb={mode: offline}"
 
-    killed = start(command(run_dir, [offline]), env, name="killed")
-    killed.wait_for("two checkpoints", lambda: len(checkpoint_steps(run_dir)) >= 2)
-    killed.kill()
-    killed_at = newest_valid_checkpoint(run_dir)
-    assert killed_at is not None and killed_at < TOTAL_STEPS
+    killed_at = 50
+    resuming.kill_at(killed_at, ["train", "recipes/heart.yaml", *SMALL, offline, "--run-dir", run_dir], run_dir,
+                     env=env)
 
     stopped = start(command(run_dir, [offline]), env, name="stopped")
     stopped.wait_for("a checkpoint after the resume", lambda: checkpoint_steps(run_dir)[-1] > killed_at)
