@@ -54,6 +54,14 @@ def run(args: Sequence[object], launch: Sequence[object] = (), env: Mapping[str,
     return processes.run(command(args, launch), dict(env) if env is not None else cli_env(), cwd, timeout)
 
 
+def train(recipe: str | Path, run_dir: Path, *overrides: str, config: str | Path | None = None,
+          env: Mapping[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`trainwright train RECIPE OVERRIDES --run-dir RUN_DIR` to its end: one process, or under the accelerate
+    config `config`."""
+    return run(["train", recipe, *overrides, "--run-dir", run_dir], launcher(config) if config else (), env,
+               timeout=timeout)
+
+
 def kill_at(step: int, args: Sequence[object], run_dir: Path | None = None, launch: Sequence[object] = (),
             env: Mapping[str, str] | None = None, cwd: Path = REPO,
             timeout: float = 300) -> subprocess.CompletedProcess:

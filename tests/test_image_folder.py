@@ -58,12 +58,6 @@ def small_recipe(folder: Path) -> Path:
     return path
 
 
-def train_args(recipe: Path, run_dir: Path, *overrides: str, processes_: int = 1) -> list[object]:
-    """The command of a run: one process, or 2 under accelerate_configs/cpu_2proc.yaml."""
-    return resuming.command(["train", recipe, *overrides, "--run-dir", run_dir],
-                            resuming.launcher(CPU_2PROC) if processes_ == 2 else ())
-
-
 @workflow
 def folder_runs(folder: Path) -> dict:
     made = processes.run([sys.executable, "examples/make_image_folder.py", folder / "shapes", "--per-class", "32",
@@ -71,14 +65,14 @@ def folder_runs(folder: Path) -> dict:
     assert made.returncode == 0, describe(made)
     recipe, env, runs = small_recipe(folder), cli_env(), {}
     runs["recipe"] = recipe
-    runs["reference"] = processes.run(train_args(recipe, folder / "reference", FINAL_CHECKPOINT_ONLY), env)
-    runs["workers0"] = processes.run(train_args(recipe, folder / "workers0", FINAL_CHECKPOINT_ONLY,
-                                                "data.num_workers=0"), env)
+    runs["reference"] = resuming.train(recipe, folder / "reference", FINAL_CHECKPOINT_ONLY, env=env)
+    runs["workers0"] = resuming.train(recipe, folder / "workers0", FINAL_CHECKPOINT_ONLY, "data.num_workers=0",
+                                      env=env)
     killed = resuming.kill_at(KILL_STEP, ["train", recipe, "--run-dir", folder / "killed"], folder / "killed", env=env)
     runs["killed_output"] = killed.stdout + killed.stderr
-    runs["resumed"] = processes.run(train_args(recipe, folder / "killed"), env)
-    runs["two"] = processes.run(train_args(recipe, folder / "elastic", "trainer.max_steps=10", processes_=2), env)
-    runs["one"] = processes.run(train_args(recipe, folder / "elastic"), env)
+    runs["resumed"] = resuming.train(recipe, folder / "killed", env=env)
+    runs["two"] = resuming.train(recipe, folder / "elastic", "trainer.max_steps=10", config=CPU_2PROC, env=env)
+    runs["one"] = resuming.train(recipe, folder / "elastic", env=env)
     runs["folder"] = folder
     return runs
 
@@ -160,7 +154,7 @@ def test_eval_and_predict_need_no_allow_flag_and_a_changed_image_is_refused(fold
     (resumable / "summary.json").unlink()
     moved = tmp_path / "moved.yaml"
     moved.write_text(folder_runs["recipe"].read_text().replace(str(folder / "shapes"), str(data)))
-    result = processes.run(train_args(moved, resumable), cli_env())
+    result = resuming.train(moved, resumable, env=cli_env())
     assert_user_error(result.returncode, result.stderr, "the data differ", "train split", "--allow-data-change")
 
 
@@ -171,6 +165,6 @@ def test_a_damaged_image_read_by_a_worker_is_one_message(folder_runs, tmp_path):
     damaged.write_bytes(b"not a picture")
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(folder_runs["recipe"].read_text().replace(str(folder_runs["folder"] / "shapes"), str(data)))
-    result = processes.run(train_args(recipe, tmp_path / "run", "trainer.epochs=1"), cli_env())
+    result = resuming.train(recipe, tmp_path / "run", "trainer.epochs=1", env=cli_env())
     message = assert_user_error(result.returncode, result.stderr, f"{damaged} is not an image that can be read")
     assert "worker" not in message, message

@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +26,6 @@ import yaml
 from PIL import Image
 from torch.utils.data import IterableDataset
 
-import processes
 import resuming
 from conftest import (
     REPO, assert_ok, assert_resumed, assert_user_error, cli_env, weights, workflow, write_shards,
@@ -62,24 +60,19 @@ def write_recipe(folder: Path, root: Path) -> Path:
     return path
 
 
-def train_args(recipe: Path, run_dir: Path, *overrides: str, processes_: int = 2) -> list[object]:
-    """The command of a run: 2 processes under accelerate_configs/cpu_2proc.yaml, or one."""
-    return resuming.command(["train", recipe, *overrides, "--run-dir", run_dir],
-                            resuming.launcher(CPU_2PROC) if processes_ == 2 else ())
-
-
 @workflow
 def stream_runs(folder: Path) -> dict:
     root = write_shards(folder / "shards", SHARD_SIZES)
     recipe, env, runs = write_recipe(folder, root), cli_env(TRAINWRIGHT_CACHE=str(folder / "cache")), {"folder": folder}
     # The uninterrupted run saves only its final checkpoint: how often a run saves changes none of its weights.
-    runs["reference"] = processes.run(train_args(recipe, folder / "reference", "checkpoint.every_steps=null"), env)
+    runs["reference"] = resuming.train(recipe, folder / "reference", "checkpoint.every_steps=null", config=CPU_2PROC,
+                                       env=env)
     killed = resuming.kill_at(KILL_STEP, ["train", recipe, "--run-dir", folder / "killed"], folder / "killed",
                               resuming.launcher(CPU_2PROC), env)
     runs["killed_output"] = killed.stdout + killed.stderr
-    runs["resumed"] = processes.run(train_args(recipe, folder / "killed"), env)
-    runs["two"] = processes.run(train_args(recipe, folder / "elastic", "trainer.max_steps=13"), env)
-    runs["one"] = processes.run(train_args(recipe, folder / "elastic", processes_=1), env)
+    runs["resumed"] = resuming.train(recipe, folder / "killed", config=CPU_2PROC, env=env)
+    runs["two"] = resuming.train(recipe, folder / "elastic", "trainer.max_steps=13", config=CPU_2PROC, env=env)
+    runs["one"] = resuming.train(recipe, folder / "elastic", env=env)
     return runs
 
 
@@ -174,7 +167,7 @@ def test_a_users_iterable_dataset_without_the_contract_is_one_message(tmp_path):
     data["model"]["out_features"] = 2
     recipe.write_text(yaml.safe_dump(data))
     env = cli_env(PYTHONPATH=f"{tmp_path}:{REPO / 'src'}")
-    result = processes.run([sys.executable, "-m", "trainwright", "train", recipe, "--run-dir", tmp_path / "run"], env)
+    result = resuming.train(recipe, tmp_path / "run", env=env)
     message = assert_user_error(result.returncode, result.stderr, "IterableDataset without stream",
                                 "stream(epoch, positions, seed)", "Writing your own components")
     assert "train split" in message
