@@ -36,6 +36,16 @@ FASHION_CLASSES = (
 FASHION_TRAIN_SIZE = 1000
 FASHION_TEST_SIZE = 200
 
+# --- named data sizes: tests pick one of these (not a size of their own), so that runs of the same recipe can
+# be shared (the `reference_runs` fixture) and a run costs what it must. heart keeps 80% for training, in
+# batches of 64.
+HEART_TINY = "data.num_points=400"  # 320 training points: 5 steps an epoch
+HEART_SMALL = "data.num_points=800"  # 640: 10 steps an epoch
+HEART_MEDIUM = "data.num_points=2000"  # 1600: 25 steps an epoch
+# Text: the first characters of the stdlib's argparse source (`text_corpus`), as a user's own text file.
+TEXT_SMALL = 20_000
+TEXT_MEDIUM = 40_000
+
 # Variables that would make a subprocess act as one rank of a distributed launch, or change how Accelerate,
 # the torch launcher or W&B behave.
 _LAUNCH_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -140,14 +150,23 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def strict_json(text: str) -> Any:
+    """Parse JSON as any other tool would: a bare NaN or Infinity is an error."""
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"not valid JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
 def checkpoint_problem(folder: Path) -> str | None:
     """Why `folder` is not a complete checkpoint, or None: checked against its manifest.json as the README
-    describes it (every other file listed with its size and sha256, nothing unlisted)."""
+    describes it (every other file, those in its folders of shards too, listed with its size and sha256, nothing
+    unlisted)."""
     manifest_path = folder / "manifest.json"
     if not manifest_path.is_file():
         return "no manifest.json"
     files = json.loads(manifest_path.read_text())["files"]
-    present = {p.name for p in folder.iterdir()} - {"manifest.json"}
+    present = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()} - {"manifest.json"}
     if present != set(files):
         return f"files {sorted(present)} but the manifest lists {sorted(files)}"
     for name, entry in files.items():
@@ -167,6 +186,11 @@ def checkpoint_steps(run_dir: Path) -> list[int]:
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
     return run_dir / "checkpoints" / f"step_{step:08d}"
+
+
+def weights(run_dir: Path) -> bytes:
+    """The bytes of a finished run's final weights (to compare two runs bitwise)."""
+    return (run_dir / "model.safetensors").read_bytes()
 
 
 def newest_valid_checkpoint(run_dir: Path) -> int | None:
@@ -312,6 +336,16 @@ def write_fashion_mnist(root: Path, seed: int = 2024) -> np.ndarray:
     return test_labels
 
 
+def text_corpus(path: Path, chars: int = TEXT_SMALL) -> Path:
+    """Write the first `chars` characters of Python source (the stdlib's argparse module) to `path`."""
+    import argparse
+    import inspect
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(inspect.getsource(argparse)[:chars], encoding="utf-8")
+    return path
+
+
 # --- house prices CSV with missing values -------------------------------------------------------------
 
 
@@ -369,6 +403,17 @@ def house_csv(tmp_path: Path) -> Path:
     folder.mkdir()
     house_frame(150).to_csv(folder / "houses.csv", index=False)
     return folder / "houses.csv"
+
+
+@pytest.fixture(scope="session")
+def reference_runs(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Any:
+    """tests/resuming.py's ReferenceRuns: uninterrupted runs trained once per session, shared by every test and
+    every pytest-xdist worker (in the folder above the workers' own, under a file lock, as pytest-xdist
+    documents)."""
+    from resuming import ReferenceRuns
+
+    base = tmp_path_factory.getbasetemp()
+    return ReferenceRuns((base if worker_id == "master" else base.parent) / "reference_runs")
 
 
 @pytest.fixture

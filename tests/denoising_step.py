@@ -1,16 +1,11 @@
 """A step of the user's own for tests/test_step_component.py (named by import path `denoising_step:Denoise`,
 with tests/ on PYTHONPATH), written against trainwright's documented Step protocol alone: the inputs with
-Gaussian noise go into the model, which is scored (by the recipe's loss) on giving back the clean inputs.
-`KillAt` SIGKILLs its process once the checkpoint of step $KILL_AT_STEP is on disk."""
+Gaussian noise go into the model, which is scored (by the recipe's loss) on giving back the clean inputs."""
 
 from __future__ import annotations
 
-import os
-import signal
-
 import torch
 
-from trainwright import Callback
 from trainwright.step import Scored, Step
 
 
@@ -26,8 +21,3 @@ class Denoise(Step):
         outputs = model(inputs + self.noise * torch.randn_like(inputs))
         return Scored(self.loss_fn(outputs, inputs), outputs, inputs)
 
-
-class KillAt(Callback):
-    def on_checkpoint_saved(self, run, folder) -> None:
-        if os.environ.get("KILL_AT_STEP") == str(run.step):
-            os.kill(os.getpid(), signal.SIGKILL)

@@ -20,7 +20,8 @@ from peft import PeftModel
 from safetensors.torch import load_file
 
 import processes
-from conftest import REPO, assert_user_error, checkpoint_dir, describe
+import resuming
+from conftest import REPO, assert_ok, assert_user_error, checkpoint_dir, describe
 from reliability_helpers import HEART, call, user_error
 from test_hf_models import CONFIG, RECIPE
 from test_tied_weights import env as launch_env
@@ -28,7 +29,6 @@ from trainwright import load_run
 from trainwright.components import build_model
 from trainwright.recipe import load_recipe
 
-KILLER = REPO / "tests" / "kill_at_step.py"
 FSDP_2PROC = REPO / "accelerate_configs" / "fsdp_cpu_2proc.yaml"
 # heart's MLP (1: 2-72, 3: 72-36, 5: 36-1) with LoRA on its first two layers; 10 steps per epoch, 2 epochs.
 LORA = ["data.num_points=800", "trainer.epochs=2", "logging.wandb=false", "checkpoint.every_steps=4",
@@ -37,10 +37,13 @@ LORA = ["data.num_points=800", "trainer.epochs=2", "logging.wandb=false", "check
 ADAPTER_KEYS = {f"base_model.model.{layer}.lora_{ab}.default.weight" for layer in (1, 3) for ab in "AB"}
 
 
-def train(run_dir: Path, *overrides: str, script: list[object] | None = None):
-    """`trainwright train` of heart with LORA; `script`: what python runs instead of `-m trainwright`."""
-    return processes.run([sys.executable, *(script or ["-m", "trainwright"]), "train", HEART, *LORA, *overrides,
-                          "--run-dir", run_dir], launch_env())
+def lora_args(run_dir: Path, *overrides: str) -> list[object]:
+    """`trainwright train` of heart with LORA."""
+    return ["train", HEART, *LORA, *overrides, "--run-dir", run_dir]
+
+
+def train(run_dir: Path, *overrides: str):
+    return resuming.run(lora_args(run_dir, *overrides), env=launch_env())
 
 
 @pytest.fixture(scope="module")
@@ -84,37 +87,26 @@ def test_export_writes_the_adapter_in_peft_format_loading_to_the_merged_outputs(
 
 def test_a_lora_run_killed_at_a_step_resumes_bitwise(lora_run, tmp_path):
     run_dir = tmp_path / "run"
-    killed = train(run_dir, script=[KILLER, "8"])
-    assert killed.returncode == -9, describe(killed)
-    resumed = train(run_dir)
-    assert resumed.returncode == 0, describe(resumed)
-    assert "Resuming from step 8 " in resumed.stdout and "damaged" not in resumed.stdout + resumed.stderr
-    assert (run_dir / "model.safetensors").read_bytes() == (lora_run / "model.safetensors").read_bytes()
+    resuming.kill_and_resume(8, lora_args(run_dir), run_dir, env=launch_env())
+    resuming.assert_same_weights(run_dir, lora_run)
 
 
 @pytest.mark.slow
 def test_under_fsdp_on_two_processes_a_killed_lora_run_resumes_bitwise_and_on_one_process(tmp_path):
     """The frozen base sharded, the adapter trained; the sharded checkpoints hold the adapter's shards alone."""
-    def launch(script: list[object], run_dir: Path):
-        launcher = ["-m", "accelerate.commands.launch", "--config_file", FSDP_2PROC,
-                    "--main_process_port", processes.free_port(), "--num_processes", "2"]
-        return train(run_dir, script=[*launcher, *script])
+    def launch() -> list[object]:
+        return resuming.launcher(FSDP_2PROC, "--num_processes", 2)
 
-    reference = launch(["-m", "trainwright"], tmp_path / "reference")
-    assert reference.returncode == 0, describe(reference)
+    reference = assert_ok(resuming.run(lora_args(tmp_path / "reference"), launch(), launch_env()))
     assert "world_size=2 device=cpu precision=no strategy=fsdp" in reference.stdout
     shards = sorted((checkpoint_dir(tmp_path / "reference", 20) / "model").glob("*.safetensors"))
     assert len(shards) == 2 and all(set(load_file(shard)) == ADAPTER_KEYS for shard in shards)
-    killed = launch([KILLER, "8"], tmp_path / "run")
-    assert killed.returncode != 0 and not (tmp_path / "run" / "model.safetensors").exists(), describe(killed)
+    resuming.kill_at(8, lora_args(tmp_path / "run"), tmp_path / "run", launch(), launch_env())
     shutil.copytree(tmp_path / "run", tmp_path / "one")
-    resumed = launch(["-m", "trainwright"], tmp_path / "run")
-    assert resumed.returncode == 0, describe(resumed)
-    assert "Resuming from step 8 " in resumed.stdout and "damaged" not in resumed.stdout + resumed.stderr
-    final = (tmp_path / "run" / "model.safetensors").read_bytes()
-    assert final == (tmp_path / "reference" / "model.safetensors").read_bytes()
-    one = train(tmp_path / "one")
-    assert one.returncode == 0 and "world_size=1" in one.stdout and "Resuming from step 8 " in one.stdout, describe(one)
+    resuming.resume(8, lora_args(tmp_path / "run"), launch(), launch_env())
+    resuming.assert_same_weights(tmp_path / "run", tmp_path / "reference")
+    one = resuming.resume(8, lora_args(tmp_path / "one"), env=launch_env())
+    assert "world_size=1" in one.stdout, describe(one)
 
 
 @pytest.mark.parametrize(("adapter", "fragments"), [

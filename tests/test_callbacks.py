@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import processes
+import resuming
 from conftest import (
     REPO,
     assert_ok,
@@ -36,6 +37,7 @@ from conftest import (
     wandb_records,
 )
 from reliability_helpers import HEART, user_error
+from resuming import HEART_RUN, HEART_STEPS
 from trainwright.checkpoint.format import MANIFEST, verify, write_manifest
 from trainwright.distributed.processes import Processes
 from trainwright.run.stopping import StopSignals
@@ -247,43 +249,18 @@ def test_a_damaged_callbacks_json_makes_the_checkpoint_damaged(logged, tmp_path)
 
 # --- state across a kill and a resume ----------------------------------------------------------------
 
-# 76800 training points / 64 = 1200 steps per epoch, 2 epochs: long enough for the kill to land mid-run on a
-# loaded machine.
-LONG = ["data.num_points=96000", "trainer.epochs=2", "logging.wandb=false", "checkpoint.every_steps=100",
-        "checkpoint.keep_last=3"]
-LONG_STEPS = 2400
-
-
-def long_command(run_dir: Path) -> list[object]:
-    return [sys.executable, "-m", "trainwright", "train", HEART, *LONG, callbacks(counter()), "--run-dir", run_dir]
-
-
-def newest(run_dir: Path) -> int | None:
-    """The newest valid checkpoint (None also when the running training prunes one while it is read)."""
-    try:
-        return newest_valid_checkpoint(run_dir)
-    except FileNotFoundError:
-        return None
-
-
-def test_the_counter_survives_a_sigkill_and_the_resumed_run_is_bitwise_equal(module_dir, start, tmp_path):
-    reference = tmp_path / "reference"
-    assert_ok(processes.run([*long_command(reference)], env_with(module_dir)))
+def test_the_counter_survives_a_sigkill_and_the_resumed_run_is_bitwise_equal(module_dir, reference_runs, tmp_path):
+    """Killed right after its step-8 checkpoint and run again: the counter goes on from 8, and the weights are
+    those of the shared heart run without the callback (a callback that only logs changes no training)."""
     run_dir = tmp_path / "run"
-    killed = start(long_command(run_dir), env_with(module_dir), name="killed")
-    killed.wait_for("a checkpoint", lambda: newest(run_dir), interval=0.001)
-    killed.kill()  # the whole process tree
-    killed_at = newest_valid_checkpoint(run_dir)
-    assert killed_at < LONG_STEPS and not (run_dir / "summary.json").exists(), killed.describe()
-    assert saved_count(run_dir, killed_at) == killed_at
-
-    result = processes.run(long_command(run_dir), env_with(module_dir))
-    assert_ok(result)
-    assert_resumed(result.stdout + result.stderr, killed_at)
+    args = [*HEART_RUN, callbacks(counter()), "--run-dir", run_dir]
+    resuming.kill_at(8, args, run_dir, env=env_with(module_dir))
+    assert saved_count(run_dir, 8) == 8
+    resuming.resume(8, args, env=env_with(module_dir))
     counts = {r["step"]: r["callback/count"] for r in read_jsonl(run_dir / "metrics.jsonl") if "callback/count" in r}
-    assert counts == {step: step for step in range(1, LONG_STEPS + 1)}  # restored, not counted from 0 again
-    assert saved_count(run_dir, LONG_STEPS) == LONG_STEPS
-    assert (run_dir / "model.safetensors").read_bytes() == (reference / "model.safetensors").read_bytes()
+    assert counts == {step: step for step in range(1, HEART_STEPS + 1)}  # restored, not counted from 0 again
+    assert saved_count(run_dir, HEART_STEPS) == HEART_STEPS
+    resuming.assert_same_weights(run_dir, reference_runs(HEART_RUN))
 
 
 def test_the_state_resumes_from_sharded_checkpoints_on_another_process_count(module_dir, tmp_path):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+import resuming
 from conftest import assert_ok, assert_user_error, cli_env, run_cli
 from trainwright.data.collate import pad
 
@@ -24,15 +25,21 @@ RECIPE = {
     "trainer": {"epochs": 2, "log_every_steps": 5},
     "checkpoint": {"every_steps": 5, "every_epochs": None, "keep_last": 5},
     "logging": {"wandb": False},
-    "callbacks": ["denoising_step:KillAt"],
 }
 
 
-def train(tmp_path: Path, name: str, *overrides: str, **env: str):
+def write_recipe(tmp_path: Path) -> Path:
     recipe = tmp_path / "ragged.json"
     recipe.write_text(json.dumps(RECIPE))
-    paths = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
-    return run_cli("train", recipe, *overrides, "--run-dir", tmp_path / name, env=cli_env(PYTHONPATH=paths, **env))
+    return recipe
+
+
+def env() -> dict[str, str]:
+    return cli_env(PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+
+
+def train(tmp_path: Path, name: str, *overrides: str):
+    return run_cli("train", write_recipe(tmp_path), *overrides, "--run-dir", tmp_path / name, env=env())
 
 
 def summary(tmp_path: Path, name: str) -> dict:
@@ -52,12 +59,9 @@ def test_pad_builds_padded_batches_with_targets_ignored_and_a_mask():
 
 def test_ragged_items_train_padded_resume_bitwise_with_workers_and_named_tensors_agree(tmp_path):
     assert_ok(train(tmp_path, "reference"))
-    killed = train(tmp_path, "workers", "data.num_workers=2", KILL_AT_STEP="10")
-    assert killed.returncode != 0 and not (tmp_path / "workers" / "model.safetensors").exists()
-    resumed = assert_ok(train(tmp_path, "workers", "data.num_workers=2"))
-    assert "Resuming from step 10 " in resumed.stdout and "damaged" not in resumed.stdout + resumed.stderr
-    weights = (tmp_path / "workers" / "model.safetensors").read_bytes()
-    assert weights == (tmp_path / "reference" / "model.safetensors").read_bytes()
+    workers = ["train", write_recipe(tmp_path), "data.num_workers=2", "--run-dir", tmp_path / "workers"]
+    resuming.kill_and_resume(10, workers, tmp_path / "workers", env=env())
+    resuming.assert_same_weights(tmp_path / "workers", tmp_path / "reference")
     # Named tensors padded to a multiple of 8 with an attention mask, and the user's collate function by
     # import path: the padding is masked or ignored, so the figures are the reference's.
     assert_ok(train(tmp_path, "named", "data.named=true", "model.name=ragged_items:MaskedNet",

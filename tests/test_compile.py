@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 from safetensors.torch import load_file
 
-from conftest import RECIPES, assert_ok, assert_resumed, run_cli
+import resuming
+from conftest import HEART_MEDIUM, RECIPES, assert_ok, run_cli
 
-TINY = ["data.num_points=2000", "trainer.epochs=1", "checkpoint.every_steps=10", "logging.wandb=false",
+TINY = [HEART_MEDIUM, "trainer.epochs=1", "checkpoint.every_steps=10", "logging.wandb=false",
         "trainer.compile=true"]
 
 pytestmark = pytest.mark.slow
@@ -18,15 +19,7 @@ def test_a_compiled_run_keeps_state_names_and_resumes_bitwise(tmp_path):
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     first = assert_ok(run_cli("train", RECIPES / "heart.yaml", *TINY, "--run-dir", whole, timeout=600))
     assert "world_size=1 device=cpu precision=no strategy=ddp compile=default" in first.stdout
-    assert_ok(run_cli("train", RECIPES / "heart.yaml", *TINY, "trainer.max_steps=10", "--run-dir", parts, timeout=600))
-    resumed = assert_ok(run_cli("train", RECIPES / "heart.yaml", *TINY, "--run-dir", parts, timeout=600))
-    assert_resumed(resumed.stdout + resumed.stderr, 10)
-    assert (parts / "model.safetensors").read_bytes() == (whole / "model.safetensors").read_bytes()
-    assert sorted(load_file(whole / "model.safetensors")) == [
-        "1.bias",
-        "1.weight",
-        "3.bias",
-        "3.weight",
-        "5.bias",
-        "5.weight",
-    ]
+    resuming.kill_and_resume(10, ["train", RECIPES / "heart.yaml", *TINY, "--run-dir", parts], parts, timeout=600)
+    resuming.assert_same_weights(parts, whole)
+    names = ["1.bias", "1.weight", "3.bias", "3.weight", "5.bias", "5.weight"]
+    assert sorted(load_file(whole / "model.safetensors")) == names

@@ -12,21 +12,23 @@ from pathlib import Path
 import pytest
 
 import processes
-from conftest import REPO, assert_resumed, checkpoint_dir, cli_env, describe, newest_valid_checkpoint, run_cli
+import resuming
+from conftest import HEART_SMALL, REPO, checkpoint_dir, cli_env, describe, run_cli
 from reliability_helpers import HEART, user_error
 from trainwright.checkpoint.format import TrainState
 from trainwright.recipe import EarlyStoppingConfig
 from trainwright.training.early_stopping import improves, observe
 
-# 76800 training points / 64 = 1200 steps per epoch: epoch 3, while the run counts patience, lasts long
-# enough for the kill test to land in it on a loaded machine. min_delta=0.5 is more than any later epoch
-# improves heart's validation loss by, so epoch 1 stays the best: patience 2 stops the run after epoch 3 of 6.
+# 640 training points / 64 = 10 steps per epoch. min_delta=0.5 is more than any later epoch improves heart's
+# validation loss by, so epoch 1 stays the best: patience 2 stops the run after epoch 3 of 6. The killed run is
+# killed at step 24 (its checkpoint every 4 steps): in epoch 3, counting its patience.
 PLATEAU = [
-    "data.num_points=96000", "trainer.epochs=6", "logging.wandb=false", "checkpoint.every_steps=100",
+    HEART_SMALL, "trainer.epochs=6", "logging.wandb=false", "checkpoint.every_steps=4",
     "checkpoint.keep_last=3", "trainer.early_stopping.patience=2", "trainer.early_stopping.min_delta=0.5",
 ]
-STEPS_PER_EPOCH = 1200
+STEPS_PER_EPOCH = 10
 STOP_EPOCH = 3
+KILL_STEP = 24
 CPU_2PROC = REPO / "accelerate_configs" / "cpu_2proc.yaml"
 
 
@@ -101,20 +103,6 @@ def summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
 
-def waited(run_dir: Path) -> int | None:
-    """early_waited of the newest valid checkpoint (None before the first, and when the running training
-    prunes a checkpoint while it is being read: the caller polls again)."""
-    try:
-        step = newest_valid_checkpoint(run_dir)
-        return (
-            None
-            if step is None
-            else json.loads((checkpoint_dir(run_dir, step) / "trainer.json").read_text())["early_waited"]
-        )
-    except FileNotFoundError:
-        return None
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("reference") / "run"
@@ -143,19 +131,14 @@ def test_an_early_stopped_run_says_why_and_is_then_already_complete(reference):
     assert summary(reference) == stopped
 
 
-def test_sigkilled_while_counting_patience_stops_at_the_same_epoch_bitwise(reference, start, tmp_path):
+def test_sigkilled_while_counting_patience_stops_at_the_same_epoch_bitwise(reference, tmp_path):
     run_dir = tmp_path / "run"
-    killed = start(command(run_dir), cli_env(), name="killed")
-    killed.wait_for("a checkpoint counting patience", lambda: waited(run_dir), interval=0.001)
-    killed.kill()  # the whole process tree
-    killed_at = newest_valid_checkpoint(run_dir)
-    assert waited(run_dir) == 1 and killed_at < STOP_EPOCH * STEPS_PER_EPOCH, killed.describe()
-    assert not (run_dir / "summary.json").exists()
-
-    result = train(run_dir)
-    assert_resumed(result.stdout + result.stderr, killed_at)
+    args = ["train", HEART, *PLATEAU, "--run-dir", run_dir]
+    resuming.kill_at(KILL_STEP, args, run_dir)
+    assert json.loads((checkpoint_dir(run_dir, KILL_STEP) / "trainer.json").read_text())["early_waited"] == 1
+    resuming.resume(KILL_STEP, args)
     assert summary(run_dir)["stopped_early"] == summary(reference)["stopped_early"]
-    assert (run_dir / "model.safetensors").read_bytes() == (reference / "model.safetensors").read_bytes()
+    resuming.assert_same_weights(run_dir, reference)
 
 
 def test_cv_folds_stop_early_and_count_as_completed(tmp_path):

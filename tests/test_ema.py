@@ -6,7 +6,6 @@ checkpoint's averages resumed into fsdp shards."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,22 +13,19 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-import processes
-from conftest import REPO, assert_resumed, checkpoint_steps, cli_env, describe, run_cli
+import resuming
+from conftest import HEART_SMALL, checkpoint_steps, describe, run_cli
 from reliability_helpers import HEART, call
 from trainwright.recipe import EmaConfig
 from trainwright.training.ema import WeightAverage
 
-CONFIGS = {
-    "ddp": REPO / "accelerate_configs" / "cpu_2proc.yaml",
-    "fsdp": REPO / "accelerate_configs" / "fsdp_cpu_2proc.yaml",
-}
-# 2 epochs, a checkpoint every 50 steps. 25600 training points / 64 = 400 steps per epoch on one process and
-# under ddp; under fsdp, whose steps take ~35 ms on 2 CPU cores, 12800 / 64 = 200. The killed runs are killed
-# after the checkpoint at a quarter of the first epoch, long after the average's start_step.
-STEPS_PER_EPOCH = {"one": 400, "ddp": 400, "fsdp": 200}
-SMALL = ["trainer.epochs=2", "logging.wandb=false", "checkpoint.every_steps=50", "checkpoint.keep_last=3",
-         "trainer.ema.decay=0.99", "trainer.ema.start_step=30", "trainer.ema.every_steps=2"]
+CONFIGS = {"one": None, "ddp": "cpu_2proc.yaml", "fsdp": "fsdp_cpu_2proc.yaml"}
+# heart, 2 epochs of 10 steps (global batches of 64 on any process count), a checkpoint every 4 steps; the killed
+# runs are killed right after the step-8 checkpoint: mid-epoch, past the average's start_step.
+STEPS_PER_EPOCH = 10
+KILL_STEP = 8
+SMALL = [HEART_SMALL, "trainer.epochs=2", "logging.wandb=false", "checkpoint.every_steps=4", "checkpoint.keep_last=3",
+         "trainer.ema.decay=0.9", "trainer.ema.start_step=3", "trainer.ema.every_steps=2"]
 
 
 # --- the average --------------------------------------------------------------------------------------
@@ -52,65 +48,49 @@ def test_the_average_copies_up_to_start_step_then_moves_by_one_minus_decay_every
 # --- a real run ---------------------------------------------------------------------------------------
 
 
-def command(run_dir: Path, launch: str, *overrides: str) -> list[object]:
-    """One process ('one'), or two under 'ddp' or 'fsdp'."""
-    points = STEPS_PER_EPOCH[launch] * 64 * 5 // 4  # val_fraction 0.2
-    args = ["-m", "trainwright", "train", HEART, f"data.num_points={points}", *SMALL, *overrides, "--run-dir", run_dir]
-    if launch == "one":
-        return [sys.executable, *args]
-    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", CONFIGS[launch],
-            "--main_process_port", processes.free_port(), *args]
+def args(run_dir: Path | None = None) -> list[object]:
+    return ["train", HEART, *SMALL, *(["--run-dir", run_dir] if run_dir else [])]
 
 
-def train(run_dir: Path, launch: str = "one", *overrides: str):
-    result = processes.run(command(run_dir, launch, *overrides), cli_env())
-    assert result.returncode == 0 and "Traceback" not in result.stderr, describe(result)
-    world = "world_size=1 device=cpu" if launch == "one" else f"world_size=2 device=cpu precision=no strategy={launch}"
-    assert world in result.stdout
-    return result
+def world(launch: str) -> str:
+    return "world_size=1 device=cpu" if launch == "one" else f"world_size=2 device=cpu precision=no strategy={launch}"
+
+
+def launcher(launch: str) -> list[object]:
+    config = CONFIGS[launch]
+    return resuming.launcher(config) if config else []
 
 
 def files(run_dir: Path) -> tuple[bytes, bytes]:
     return (run_dir / "model.safetensors").read_bytes(), (run_dir / "model_raw.safetensors").read_bytes()
 
 
-def uninterrupted(run_dir: Path, launch: str = "one") -> Path:
-    """The reference run: only its final checkpoint is saved (how often a run saves changes none of its
-    weights, and the killed runs save every 50 steps)."""
-    train(run_dir, launch, "checkpoint.every_steps=null")
+def uninterrupted(reference_runs, launch: str = "one") -> Path:
+    """The reference run of `launch` (shared: trained once)."""
+    run_dir = reference_runs(args(), CONFIGS[launch], world_size=1 if launch == "one" else 2)
+    assert world(launch) in (run_dir.parent / "output.txt").read_text()
     return run_dir
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> Path:
-    return uninterrupted(tmp_path_factory.mktemp("reference") / "run")
+def reference(reference_runs) -> Path:
+    return uninterrupted(reference_runs)
 
 
 @pytest.fixture(scope="module")
-def fsdp_reference(tmp_path_factory) -> Path:
-    return uninterrupted(tmp_path_factory.mktemp("fsdp") / "run", "fsdp")
+def fsdp_reference(reference_runs) -> Path:
+    return uninterrupted(reference_runs, "fsdp")
 
 
 @pytest.mark.parametrize("launch", ["one", "ddp", "fsdp"])
-def test_killed_mid_epoch_resumes_bitwise_averaged_and_raw(launch, request, start, tmp_path, tmp_path_factory):
-    if launch == "ddp":
-        expected = uninterrupted(tmp_path_factory.mktemp("ddp") / "run", "ddp")
-    else:
-        expected = request.getfixturevalue("reference" if launch == "one" else "fsdp_reference")
+def test_killed_mid_epoch_resumes_bitwise_averaged_and_raw(launch, reference_runs, tmp_path):
+    expected = uninterrupted(reference_runs, launch)
     run_dir = tmp_path / "run"
-    killed = start(command(run_dir, launch), cli_env(), name="killed")
-    per_epoch = STEPS_PER_EPOCH[launch]
-    killed.wait_for(
-        "a checkpoint inside the first epoch", lambda: (checkpoint_steps(run_dir) or [0])[-1] >= per_epoch // 4
-    )
-    killed.kill()  # the whole process tree
-    killed_at = checkpoint_steps(run_dir)[-1]  # a folder is named step_* once complete
-    assert killed_at < 2 * per_epoch and killed_at % per_epoch, killed.describe()
+    resuming.kill_at(KILL_STEP, args(run_dir), run_dir, launcher(launch))
     averages = "ema" if launch == "fsdp" else "ema.safetensors"  # shards, or one file
-    assert (run_dir / "checkpoints" / f"step_{killed_at:08d}" / averages).exists()
-
-    result = train(run_dir, launch)
-    assert_resumed(result.stdout + result.stderr, killed_at)
+    assert (run_dir / "checkpoints" / f"step_{KILL_STEP:08d}" / averages).exists()
+    result = resuming.resume(KILL_STEP, args(run_dir), launcher(launch))
+    assert world(launch) in result.stdout
     averaged, raw = files(run_dir)
     assert (averaged, raw) == files(expected)
     assert averaged != raw
@@ -126,7 +106,7 @@ def evaluated(capsys, *args: object) -> dict:
 @pytest.mark.parametrize("kind", ["full", "sharded"])
 def test_eval_reports_the_averaged_weights_and_the_raw_ones_when_asked(kind, request, capsys):
     run_dir = request.getfixturevalue("reference" if kind == "full" else "fsdp_reference")
-    assert checkpoint_steps(run_dir)[-1] == 2 * STEPS_PER_EPOCH["one" if kind == "full" else "fsdp"]
+    assert checkpoint_steps(run_dir)[-1] == 2 * STEPS_PER_EPOCH
     summary = json.loads((run_dir / "summary.json").read_text())
     averaged, raw = evaluated(capsys, run_dir), evaluated(capsys, run_dir, "--raw-weights")
     assert averaged["val/loss"] == pytest.approx(summary["val/loss"], rel=1e-6)  # what training validated
@@ -137,19 +117,16 @@ def test_eval_reports_the_averaged_weights_and_the_raw_ones_when_asked(kind, req
 
 def test_a_full_checkpoint_s_averages_resume_into_fsdp_shards(tmp_path):
     """A one-process (full) checkpoint resumed on two fsdp processes: each takes its shards of the saved
-    averages. Step 101 makes no update (every_steps=2), so its sharded averages are step 100's, bitwise."""
+    averages. Step 5 makes no update (every_steps=2), so its sharded averages are step 4's, bitwise."""
     run_dir = tmp_path / "run"
-    base = ["data.num_points=8000", "trainer.epochs=2", "logging.wandb=false", "checkpoint.every_steps=50",
-            "checkpoint.keep_last=3", "trainer.ema.decay=0.9", "trainer.ema.every_steps=2", "--run-dir", run_dir]
-    one = run_cli("train", HEART, *base, "trainer.max_steps=100")
+    base = ["train", HEART, HEART_SMALL, "trainer.epochs=2", "logging.wandb=false", "checkpoint.every_steps=4",
+            "trainer.ema.decay=0.9", "trainer.ema.every_steps=2", "--run-dir", run_dir]
+    one = run_cli(*base, "trainer.max_steps=4")
     assert one.returncode == 0, describe(one)
-    fsdp = processes.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", CONFIGS["fsdp"],
-                          "--main_process_port", processes.free_port(), "-m", "trainwright", "train", HEART, *base,
-                          "trainer.max_steps=101"], cli_env())
-    assert fsdp.returncode == 0 and "strategy=fsdp" in fsdp.stdout, describe(fsdp)
-    assert_resumed(fsdp.stdout + fsdp.stderr, 100)
+    fsdp = resuming.resume(4, [*base, "trainer.max_steps=5"], resuming.launcher(CONFIGS["fsdp"]))
+    assert "strategy=fsdp" in fsdp.stdout, describe(fsdp)
     from trainwright.checkpoint.sharded import consolidated_part
 
-    full = load_file(run_dir / "checkpoints" / "step_00000100" / "ema.safetensors")
-    sharded = consolidated_part(run_dir / "checkpoints" / "step_00000101" / "ema")
+    full = load_file(run_dir / "checkpoints" / "step_00000004" / "ema.safetensors")
+    sharded = consolidated_part(run_dir / "checkpoints" / "step_00000005" / "ema")
     assert full.keys() == sharded.keys() and all(torch.equal(full[k], sharded[k]) for k in full)

@@ -3,19 +3,11 @@ JSON even when a metric is NaN."""
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 
+from conftest import strict_json
 from reliability_helpers import HEART, TINY, train_ok
-
-
-def strict_json(text: str):
-    """Parse JSON as any other tool would: a bare NaN or Infinity is an error."""
-    def refuse(constant: str):
-        raise ValueError(f"not valid JSON: {constant}")
-
-    return json.loads(text, parse_constant=refuse)
 
 
 def test_every_run_file_has_the_usual_mode(capsys, tmp_path):

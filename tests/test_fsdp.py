@@ -26,6 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 import processes
+import resuming
 from conftest import REPO, assert_resumed, write_fashion_mnist
 from reliability_helpers import call
 
@@ -50,12 +51,16 @@ def _env() -> dict[str, str]:
     return env
 
 
+def _args(data_root: Path, run_dir: Path, *overrides: str) -> list[str]:
+    """`trainwright ARGS` of the runs here: FashionMNIST's MLP, 20 steps an epoch, a checkpoint every 5 steps."""
+    return ["train", "recipes/fashion_mnist_mlp.yaml", f"data.root={data_root}", "data.batch_size=48",
+            "trainer.epochs=2", "optimizer.name=adamw", "optimizer.lr=0.001", "checkpoint.every_steps=5",
+            "checkpoint.keep_last=2", "logging.wandb=false", *overrides, "--run-dir", str(run_dir)]
+
+
 def _command(data_root: Path, run_dir: Path, *overrides: str, processes: int, config: Path = FSDP_2PROC,
              precision: str | None = None) -> list[str]:
-    train = ["-m", "trainwright", "train", "recipes/fashion_mnist_mlp.yaml", f"data.root={data_root}",
-             "data.batch_size=48", "trainer.epochs=2", "optimizer.name=adamw", "optimizer.lr=0.001",
-             "checkpoint.every_steps=5", "checkpoint.keep_last=2", "logging.wandb=false", *overrides,
-             "--run-dir", str(run_dir)]
+    train = ["-m", "trainwright", *_args(data_root, run_dir, *overrides)]
     if processes == 1 and precision is None:
         return [sys.executable, *train]
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
@@ -89,17 +94,8 @@ def checkpoint_steps(run_dir: Path) -> list[int]:
     return sorted(int(p.name[5:]) for p in folder.glob("step_*")) if folder.is_dir() else []
 
 
-def kill_after_checkpoint(process: subprocess.Popen, run_dir: Path, first: int, last: int, timeout: float) -> int:
-    """Once a checkpoint of a step in [first, last) is on disk, SIGKILL the whole launch; the newest step saved."""
-    try:
-        deadline = time.monotonic() + timeout
-        while not [s for s in checkpoint_steps(run_dir) if first <= s < last]:
-            assert process.poll() is None, process.stdout.read()
-            assert time.monotonic() < deadline, "no checkpoint appeared in time"
-            time.sleep(0.05)
-    finally:
-        kill_tree(process)
-    return checkpoint_steps(run_dir)[-1]
+def fsdp_2proc() -> list[object]:
+    return resuming.launcher(FSDP_2PROC, "--num_processes", 2)
 
 
 @pytest.fixture(scope="module")
@@ -183,14 +179,9 @@ def test_loading_a_sharded_checkpoint_puts_each_process_slice_in_its_place(refer
 
 def test_sigkill_mid_run_resumes_bitwise(reference, data_root, tmp_path):
     run_dir = tmp_path / "run"
-    process = subprocess.Popen(_command(data_root, run_dir, processes=2), cwd=REPO, env=_env(), text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    resumed_at = kill_after_checkpoint(process, run_dir, 5, 20, timeout=180)  # mid-epoch of epoch 1
-    assert resumed_at < TOTAL_STEPS
-    result = train(data_root, run_dir)
+    result = resuming.kill_and_resume(10, _args(data_root, run_dir), run_dir, fsdp_2proc(), _env())  # mid-epoch 1
     assert "world_size=2 device=cpu precision=no strategy=fsdp" in result.stdout
-    assert_resumed(result.stdout + result.stderr, resumed_at)
-    assert (run_dir / "model.safetensors").read_bytes() == (reference[0] / "model.safetensors").read_bytes()
+    resuming.assert_same_weights(run_dir, reference[0])
 
 
 def test_workers_save_and_exit_75_when_the_launcher_is_killed(reference, data_root, tmp_path):
@@ -365,70 +356,28 @@ def test_validation_with_uneven_shares_does_not_hang(tmp_path, capsys):
     assert json.loads(single)["val/loss"] == pytest.approx(summary["val/loss"], rel=1e-5)  # every point once
 
 
-# A callback that SIGKILLs the whole launch (every worker, then the launcher, then itself) once the checkpoint of
-# step $TW_TEST_KILL_AT_STEP is on disk: a kill at a chosen step, not at a moment. Unset, it does nothing (so
-# the reference run and the resumes carry the same recipe).
-KILL_AT_STEP = "TW_TEST_KILL_AT_STEP"
-KILL_MODULE = f"""
-import os
-import signal
-
-import psutil
-
-from trainwright import Callback
-
-
-class KillTreeAt(Callback):
-    def on_checkpoint_saved(self, run, folder):
-        if run.is_main and run.step == int(os.environ.get("{KILL_AT_STEP}", "0")):
-            launcher = psutil.Process(os.getppid())
-            for process in launcher.children(recursive=True):
-                if process.pid != os.getpid():
-                    process.kill()
-            launcher.kill()
-            os.kill(os.getpid(), signal.SIGKILL)
-"""
-KILL_CALLBACK = "callbacks=[tw_kill_tree:KillTreeAt]"
 # 1000 images in global batches of 48: 20 steps per epoch; 12 steps, a checkpoint every 4, killed at step 8.
-SMALL_RUN = ["trainer.max_steps=12", "checkpoint.every_steps=4", KILL_CALLBACK]
+SMALL_RUN = ["trainer.max_steps=12", "checkpoint.every_steps=4"]
 
 
-@pytest.fixture(scope="module")
-def kill_env(tmp_path_factory) -> dict[str, str]:
-    """The environment of runs that carry the KillTreeAt callback (its module on PYTHONPATH)."""
-    folder = tmp_path_factory.mktemp("kill_module")
-    (folder / "tw_kill_tree.py").write_text(KILL_MODULE)
-    return {**_env(), "PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))}
-
-
-def killed_at(data_root: Path, run_dir: Path, env: dict[str, str], step: int, *overrides: str) -> None:
-    """Run on 2 processes until the KillTreeAt callback SIGKILLs the whole launch after the checkpoint of `step`."""
-    result = subprocess.run(_command(data_root, run_dir, *overrides, processes=2), cwd=REPO,
-                            env={**env, KILL_AT_STEP: str(step)}, capture_output=True, text=True, timeout=300,
-                            stdin=subprocess.DEVNULL)
-    assert result.returncode == -signal.SIGKILL, result.stdout + result.stderr
-    assert checkpoint_steps(run_dir)[-1] == step, result.stdout + result.stderr
-
-
-def test_a_stateless_optimizer_resumes_under_fsdp_at_every_process_count(data_root, kill_env, tmp_path):
+def test_a_stateless_optimizer_resumes_under_fsdp_at_every_process_count(data_root, tmp_path):
     """Plain SGD keeps no per-parameter state, so a sharded checkpoint's optimizer/ holds no shard file: that
     is a whole state, not a damaged one. SIGKILLed (whole tree) after step 8, the run resumes from step 8 and
     ends bitwise where an uninterrupted one ends; the same checkpoint resumes on 3 processes and on 1 (sharded
     or not)."""
     sgd = ["optimizer.name=sgd", "optimizer.lr=0.05", *SMALL_RUN]
     reference = tmp_path / "reference"
-    train(data_root, reference, *sgd, env=kill_env)
+    train(data_root, reference, *sgd)
     run_dir = tmp_path / "run"
-    killed_at(data_root, run_dir, kill_env, 8, *sgd)
+    resuming.kill_at(8, _args(data_root, run_dir, *sgd), run_dir, fsdp_2proc(), _env())
     assert not list((run_dir / "checkpoints" / "step_00000008" / "optimizer").glob("*.safetensors"))
     elsewhere = {(1, "ddp"): ["distributed.strategy=ddp"], (1, "fsdp"): ["distributed.strategy=fsdp"], (3, "fsdp"): []}
     for count, strategy in elsewhere:
         shutil.copytree(run_dir, tmp_path / f"run_{count}_{strategy}")
-    resumed = train(data_root, run_dir, *sgd, env=kill_env)
-    assert_resumed(resumed.stdout + resumed.stderr, 8)
-    assert (run_dir / "model.safetensors").read_bytes() == (reference / "model.safetensors").read_bytes()
+    resuming.resume(8, _args(data_root, run_dir, *sgd), fsdp_2proc(), _env())
+    resuming.assert_same_weights(run_dir, reference)
     for (count, strategy), overrides in elsewhere.items():  # resharded, and into one unsharded process
-        result = train(data_root, tmp_path / f"run_{count}_{strategy}", *sgd, *overrides, processes=count, env=kill_env)
+        result = train(data_root, tmp_path / f"run_{count}_{strategy}", *sgd, *overrides, processes=count)
         assert f"world_size={count} device=cpu precision=no strategy={strategy}" in result.stdout
         assert_resumed(result.stdout + result.stderr, 8)
         assert "Run complete at step 12:" in result.stdout

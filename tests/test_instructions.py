@@ -15,7 +15,8 @@ import yaml
 from tokenizers import Tokenizer, decoders, models
 
 import processes
-from conftest import REPO, assert_resumed, describe
+import resuming
+from conftest import describe
 from reliability_helpers import user_error
 from test_tied_weights import env as launch_env
 from trainwright.data.bundle import IGNORE_INDEX, Task
@@ -26,7 +27,6 @@ from trainwright.step import DefaultStep, ModelLoss
 CHARS = list(" abcdefghijklmnopqrstuvwxyz0123456789:+=?") + ["<eos>", "<s>"]
 TEMPLATE = ("{% for m in messages %}<s>{{ m.role }}:{{ m.content }}<eos>{% endfor %}"
             "{% if add_generation_prompt %}<s>assistant:{% endif %}")
-KILLER = REPO / "tests" / "kill_at_step.py"
 
 
 def tokenizer_file(folder: Path) -> Path:
@@ -191,10 +191,6 @@ def test_a_tiny_gpt2_trains_on_instructions_and_resumes_bitwise_after_a_kill(tmp
     answer = processes.run([sys.executable, "-m", "trainwright", "predict", tmp_path / "whole", "--prompt", "12+3=",
                             "--length", "3", "--temperature", "0"], launch_env())
     assert answer.returncode == 0 and answer.stdout.startswith("12+3="), describe(answer)
-    killed = train(tmp_path / "run", [KILLER, "3"])
-    assert killed.returncode == -9, describe(killed)
-    resumed = train(tmp_path / "run", ["-m", "trainwright"])
-    assert resumed.returncode == 0, describe(resumed)
-    assert_resumed(resumed.stdout + resumed.stderr, 3)
-    final = "model.safetensors"
-    assert (tmp_path / "run" / final).read_bytes() == (tmp_path / "whole" / final).read_bytes()
+    resuming.kill_and_resume(3, ["train", "r.yaml", "--run-dir", tmp_path / "run"], tmp_path / "run",
+                             env=launch_env(), cwd=tmp_path)
+    resuming.assert_same_weights(tmp_path / "run", tmp_path / "whole")

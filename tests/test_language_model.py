@@ -4,7 +4,6 @@ messages, `predict --prompt`, and the token cache."""
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import os
@@ -14,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, assert_ok, cli_env, run_cli
+from conftest import REPO, TEXT_MEDIUM, assert_ok, cli_env, run_cli, text_corpus
 from reliability_helpers import call, user_error
 from trainwright.components import build_scoring
 from trainwright.data.bundle import DataBundle, Task, TensorSplit
@@ -35,11 +34,7 @@ SMALL = ["model.layers=1", "model.width=32", "model.heads=2", "model.context=16"
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     """About 40 kB of Python source (the stdlib's argparse module), as a user's own text file."""
-    import argparse
-
-    path = tmp_path_factory.mktemp("corpus") / "argparse.txt"
-    path.write_text(inspect.getsource(argparse)[:40_000], encoding="utf-8")
-    return path
+    return text_corpus(tmp_path_factory.mktemp("corpus") / "argparse.txt", TEXT_MEDIUM)
 
 
 @pytest.fixture(autouse=True)

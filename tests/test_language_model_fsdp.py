@@ -5,33 +5,30 @@ keeps the recipe's tied embeddings (checkpoint/ties.py)."""
 
 from __future__ import annotations
 
-import inspect
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, assert_resumed
-from test_fsdp import FSDP_2PROC, _env, free_port, kill_after_checkpoint
+import resuming
+from conftest import TEXT_SMALL, assert_ok, assert_resumed, text_corpus
+from test_fsdp import FSDP_2PROC, _env
 
 pytestmark = pytest.mark.slow
 TOTAL_STEPS = 30
 
 
-def _command(corpus: Path, run_dir: Path, cache: Path, *overrides: str, processes: int = 2) -> list[str]:
-    train = ["-m", "trainwright", "train", "recipes/tiny_gpt.yaml", f"data.path={corpus}", "data.pattern=*",
-             "data.max_bytes=null", "data.context=16", "data.batch_size=16", "model.context=16", "model.layers=2",
-             "model.width=32", "model.heads=2",
-             f"trainer.max_steps={TOTAL_STEPS}", "scheduler.warmup_steps=5", "checkpoint.every_steps=5",
-             "logging.wandb=false", *overrides, "--run-dir", str(run_dir)]
-    if processes == 1:
-        return [sys.executable, *train]
-    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP_2PROC),
-            "--main_process_port", str(free_port()), "--num_processes", str(processes), *train]
+def _args(corpus: Path, run_dir: Path, *overrides: str) -> list[object]:
+    return ["train", "recipes/tiny_gpt.yaml", f"data.path={corpus}", "data.pattern=*", "data.max_bytes=null",
+            "data.context=16", "data.batch_size=16", "model.context=16", "model.layers=2", "model.width=32",
+            "model.heads=2", f"trainer.max_steps={TOTAL_STEPS}", "scheduler.warmup_steps=5", "checkpoint.every_steps=5",
+            "logging.wandb=false", *overrides, "--run-dir", str(run_dir)]
+
+
+def _launch(processes: int) -> list[object]:
+    return resuming.launcher(FSDP_2PROC, "--num_processes", processes) if processes > 1 else []
 
 
 def _env_with(cache: Path) -> dict[str, str]:
@@ -39,20 +36,14 @@ def _env_with(cache: Path) -> dict[str, str]:
 
 
 def train(corpus: Path, run_dir: Path, cache: Path, *overrides: str, processes: int = 2) -> str:
-    result = subprocess.run(_command(corpus, run_dir, cache, *overrides, processes=processes), cwd=REPO,
-                            env=_env_with(cache), capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "Traceback" not in result.stderr, result.stderr
+    result = assert_ok(resuming.run(_args(corpus, run_dir, *overrides), _launch(processes), _env_with(cache),
+                                    timeout=600))
     return result.stdout + result.stderr
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    import argparse
-
-    path = tmp_path_factory.mktemp("corpus") / "argparse.txt"
-    path.write_text(inspect.getsource(argparse)[:20_000], encoding="utf-8")  # ~70 steps per epoch
-    return path
+    return text_corpus(tmp_path_factory.mktemp("corpus") / "argparse.txt", TEXT_SMALL)  # ~70 steps per epoch
 
 
 def test_sharded_gpt_killed_mid_epoch_resumes_bitwise_then_on_one_process(corpus, tmp_path):
@@ -63,22 +54,16 @@ def test_sharded_gpt_killed_mid_epoch_resumes_bitwise_then_on_one_process(corpus
     assert f"Run complete at step {TOTAL_STEPS}:" in out
 
     # Validation on 2 processes sums token counts: one process's eval of the same weights says the same.
-    evaluated = subprocess.run([sys.executable, "-m", "trainwright", "eval", str(reference)], cwd=REPO,
-                               env=_env_with(cache), capture_output=True, text=True, timeout=300)
+    evaluated = resuming.run(["eval", reference], env=_env_with(cache))
     assert evaluated.returncode == 0, evaluated.stderr
     summary = json.loads((reference / "summary.json").read_text())
     for key, value in json.loads(evaluated.stdout).items():
         assert value == pytest.approx(summary[key], rel=1e-5), key
 
     run_dir = tmp_path / "run"
-    process = subprocess.Popen(_command(corpus, run_dir, cache), cwd=REPO, env=_env_with(cache), text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    resumed_at = kill_after_checkpoint(process, run_dir, 5, TOTAL_STEPS - 5, timeout=400)
-    assert resumed_at < TOTAL_STEPS
-    out = train(corpus, run_dir, cache)
-    assert_resumed(out, resumed_at)
+    out = resuming.kill_and_resume(15, _args(corpus, run_dir), run_dir, _launch(2), _env_with(cache)).stdout
     assert "strategy=fsdp" in out
-    assert (run_dir / "model.safetensors").read_bytes() == (reference / "model.safetensors").read_bytes()
+    resuming.assert_same_weights(run_dir, reference)
 
     earlier = sorted(run_dir.glob("checkpoints/step_*"))[0]  # kept: keep_last 2
     step = int(earlier.name[5:])

@@ -25,14 +25,14 @@ import yaml
 from safetensors.torch import load_file
 
 import matrix_settings
-from conftest import REPO, assert_resumed, assert_user_error, cli_env, describe
+import resuming
+from conftest import REPO, assert_resumed, assert_user_error, cli_env, weights
 from processes import free_port, run
 from reliability_helpers import call
 from trainwright import components  # noqa: F401  (registers the built-ins)
 from trainwright.distributed.accelerate_compat import forget_accelerator_state
 from trainwright.registry import DATASETS, MODELS
 
-KILLER = REPO / "tests" / "kill_at_step.py"
 CONFIGS = {"ddp": REPO / "accelerate_configs" / "cpu_2proc.yaml",
            "fsdp": REPO / "accelerate_configs" / "fsdp_cpu_2proc.yaml"}
 LAUNCHERS = ("1proc", "ddp", "fsdp")
@@ -189,10 +189,6 @@ def trained(folder: Path, capsys: pytest.CaptureFixture, data: str, name: str, f
     return _trained[key]
 
 
-def weights(run_dir: Path) -> bytes:
-    return (run_dir / "model.safetensors").read_bytes()
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(("data", "name", "family", "launcher", "action"),
                          [pytest.param(*cell, marks=_marks(cell[0], *cell[2:])) for cell in cells()],
@@ -204,8 +200,8 @@ def test_cell(matrix_dir, data, name, family, launcher, action, capsys, monkeypa
         assert weights(run_dir)
     elif action == "resume":
         recipe, killed = write_recipe(matrix_dir, data, name, family), matrix_dir / "killed" / run_dir.name
-        first = launch(launcher, [KILLER, KILL_STEP], "train", recipe, "--run-dir", killed, folder=matrix_dir)
-        assert first.returncode != 0 and not (killed / "model.safetensors").exists(), describe(first)
+        launch_args = [] if launcher == "1proc" else resuming.launcher(CONFIGS[launcher], "--num_processes", 2)
+        resuming.kill_at(KILL_STEP, ["train", recipe, "--run-dir", killed], killed, launch_args, env(matrix_dir))
         out, err = cli(launcher, capsys, "train", recipe, "--run-dir", killed, folder=matrix_dir)
         assert_resumed(out + err, step=KILL_STEP)
         assert weights(killed) == weights(run_dir)

@@ -3,12 +3,12 @@ the last good checkpoint; nothing non-finite reaches metrics.jsonl."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import torch
 from safetensors.torch import load_file
 
+from conftest import strict_json
 from reliability_helpers import HOUSE, call
 from trainwright.checkpoint.format import verify
 from trainwright.errors import EXIT_NONFINITE
@@ -16,14 +16,6 @@ from trainwright.errors import EXIT_NONFINITE
 # An absurd learning rate: the loss is finite at step 1 and not long after.
 DIVERGING = ["logging.wandb=false", "optimizer.lr=1e10", "checkpoint.every_steps=1", "checkpoint.every_epochs=null",
              "trainer.log_every_steps=1"]
-
-
-def strict_json(text: str):
-    """Parse JSON as any other tool would: a bare NaN or Infinity is an error."""
-    def refuse(constant: str):
-        raise ValueError(f"not valid JSON: {constant}")
-
-    return json.loads(text, parse_constant=refuse)
 
 
 def test_a_diverging_run_stops_at_the_first_non_finite_loss_and_keeps_its_last_good_checkpoint(capsys, tmp_path):

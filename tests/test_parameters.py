@@ -14,14 +14,14 @@ from accelerate.utils import set_seed
 from safetensors.torch import load_file
 
 import processes
-from conftest import REPO, checkpoint_dir, cli_env, describe, read_jsonl
+import resuming
+from conftest import REPO, assert_ok, checkpoint_dir, cli_env, describe, read_jsonl
 from reliability_helpers import HEART, user_error
 from trainwright.components import build_model
 from trainwright.models.gpt import gpt
 from trainwright.models.parameters import freeze, optimizer_groups
 from trainwright.recipe import OptimizerConfig, load_recipe
 
-KILLER = REPO / "tests" / "kill_at_step.py"
 FSDP_2PROC = REPO / "accelerate_configs" / "fsdp_cpu_2proc.yaml"
 # 640 training points in batches of 64: 10 steps per epoch, 2 epochs; heart's MLP is 1: 2-72, 3: 72-36, 5: 36-1.
 GROUPED = [
@@ -69,35 +69,24 @@ def test_each_group_trains_at_its_own_rate_under_the_schedule(grouped_run):
 
 def test_a_run_with_groups_killed_at_a_step_resumes_bitwise(grouped_run, tmp_path):
     run_dir = tmp_path / "run"
-    killed = processes.run([sys.executable, KILLER, "8", "train", HEART, *GROUPED, "--run-dir", run_dir], cli_env())
-    assert killed.returncode == -9, describe(killed)
-    resumed = processes.run([sys.executable, "-m", "trainwright", "train", HEART, *GROUPED, "--run-dir", run_dir],
-                            cli_env())
-    assert resumed.returncode == 0, describe(resumed)
-    assert "Resuming from step 8 " in resumed.stdout and "damaged" not in resumed.stdout + resumed.stderr
-    assert (run_dir / "model.safetensors").read_bytes() == (grouped_run / "model.safetensors").read_bytes()
+    resuming.kill_and_resume(8, ["train", HEART, *GROUPED, "--run-dir", run_dir], run_dir)
+    resuming.assert_same_weights(run_dir, grouped_run)
 
 
 @pytest.mark.slow
 def test_fsdp_on_two_processes_with_a_frozen_weight_and_groups_resumes_bitwise(tmp_path):
     """1.weight frozen and 1.bias training share one FSDP unit (the Linear); the sharded optimizer file is
     keyed by name, its groups by parameter."""
-    def launch(script: list[object], run_dir: Path):
-        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", FSDP_2PROC,
-                    "--main_process_port", processes.free_port(), "--num_processes", "2"]
-        return processes.run([*launcher, *script, "train", HEART, *GROUPED, "--run-dir", run_dir], cli_env())
+    def args(run_dir: Path) -> list[object]:
+        return ["train", HEART, *GROUPED, "--run-dir", run_dir]
 
-    trainwright = ["-m", "trainwright"]
-    reference = launch(trainwright, tmp_path / "reference")
-    assert reference.returncode == 0, describe(reference)
+    reference = assert_ok(resuming.run(args(tmp_path / "reference"),
+                                       resuming.launcher(FSDP_2PROC, "--num_processes", 2)))
     assert "world_size=2 device=cpu precision=no strategy=fsdp" in reference.stdout
-    killed = launch([KILLER, "8"], tmp_path / "run")
-    assert killed.returncode != 0 and not (tmp_path / "run" / "model.safetensors").exists(), describe(killed)
-    resumed = launch(trainwright, tmp_path / "run")
-    assert resumed.returncode == 0, describe(resumed)
-    assert "Resuming from step 8 " in resumed.stdout and "damaged" not in resumed.stdout + resumed.stderr
+    resuming.kill_and_resume(8, args(tmp_path / "run"), tmp_path / "run",
+                             resuming.launcher(FSDP_2PROC, "--num_processes", 2))
+    resuming.assert_same_weights(tmp_path / "run", tmp_path / "reference")
     final = tmp_path / "run" / "model.safetensors"
-    assert final.read_bytes() == (tmp_path / "reference" / "model.safetensors").read_bytes()
     saved = json.loads((checkpoint_dir(tmp_path / "run", 20) / "optimizer.json").read_text())
     assert saved["param_groups.5.weight.name"] == "head" and saved["param_groups.1.bias.weight_decay"] == 0.0
     assert "param_groups.1.weight.name" not in saved  # frozen: in no group

@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 import processes
+import resuming
 from conftest import (
     REPO,
     WALL_CLOCK,
@@ -45,6 +46,7 @@ from conftest import (
     wandb_history,
     wandb_records,
     wandb_run_ids,
+    weights,
 )
 
 CPU_2PROC = REPO / "accelerate_configs" / "cpu_2proc.yaml"
@@ -114,10 +116,6 @@ def trainer_json(run_dir: Path, step: int) -> dict:
     return json.loads((checkpoint_dir(run_dir, step) / "trainer.json").read_text())
 
 
-def weights(run_dir: Path) -> bytes:
-    return (run_dir / "model.safetensors").read_bytes()
-
-
 def training_curve(run_dir: Path) -> list[tuple]:
     """(step, key, value) of every logged metric but the wall-clock ones, in the order logged."""
     return [
@@ -170,7 +168,7 @@ def reference_2proc(tmp_path_factory) -> Path:
 
 
 def test_sigkill_and_stop_resume_bitwise_and_continue_one_wandb_run(reference, start, tmp_path):
-    """SIGKILL after the second checkpoint, resume, SIGTERM after one more checkpoint, resume to the end.
+    """SIGKILL right after the step-50 checkpoint, resume, SIGTERM after one more checkpoint, resume to the end.
     W&B (offline) writes one file per start; all three must be the same W&B run and their history must
     continue the curve: the killed run's file holds a prefix (W&B buffers its file, so a SIGKILL loses
     its tail), the stopped run's file exactly the steps it trained, the last one exactly the rest."""
@@ -178,11 +176,9 @@ def test_sigkill_and_stop_resume_bitwise_and_continue_one_wandb_run(reference, s
     env = no_credentials_env(tmp_path / "home")
     offline = "logging.wandb={mode: offline}"
 
-    killed = start(command(run_dir, [offline]), env, name="killed")
-    killed.wait_for("two checkpoints", lambda: len(checkpoint_steps(run_dir)) >= 2)
-    killed.kill()
-    killed_at = newest_valid_checkpoint(run_dir)
-    assert killed_at is not None and killed_at < TOTAL_STEPS
+    killed_at = 50
+    resuming.kill_at(killed_at, ["train", "recipes/heart.yaml", *SMALL, offline, "--run-dir", run_dir], run_dir,
+                     env=env)
 
     stopped = start(command(run_dir, [offline]), env, name="stopped")
     stopped.wait_for("a checkpoint after the resume", lambda: checkpoint_steps(run_dir)[-1] > killed_at)
@@ -217,16 +213,14 @@ def test_sigkill_and_stop_resume_bitwise_and_continue_one_wandb_run(reference, s
             assert values == pytest.approx(expected[step]), step
 
 
-def test_sigkill_with_two_processes_resumes_bitwise(reference_2proc, start, tmp_path):
+def test_sigkill_with_two_processes_resumes_bitwise(reference_2proc, tmp_path):
     run_dir = tmp_path / "run"
-    process = start(command(run_dir, ["trainer.record_samples=true"], processes_=2), cli_env(), name="killed")
-    process.wait_for("two checkpoints", lambda: len(checkpoint_steps(run_dir)) >= 2)
-    process.kill()
-    assert "world_size=2 device=cpu" in process.output()
-    killed_at = newest_valid_checkpoint(run_dir)
-    result = completed(train(run_dir, "trainer.record_samples=true", processes_=2))
+    args = ["train", "recipes/heart.yaml", *SMALL, "trainer.record_samples=true", "--run-dir", run_dir]
+    killed = resuming.kill_at(50, args, run_dir, resuming.launcher(CPU_2PROC))
+    assert "world_size=2 device=cpu" in killed.stdout
+    result = resuming.resume(50, args, resuming.launcher(CPU_2PROC))
     assert "world_size=2 device=cpu" in result.stdout
-    assert_resumed_from(result.stdout + result.stderr, killed_at)
+    assert_resumed_from(result.stdout + result.stderr, 50)
     assert weights(run_dir) == weights(reference_2proc)
 
 
@@ -310,12 +304,11 @@ def test_kills_at_any_moment_including_during_saves(reference, start, tmp_path):
     assert_no_stale_files(run_dir)
 
 
-def test_damaged_newest_checkpoint_is_reported_and_skipped(reference, start, tmp_path):
+def test_damaged_newest_checkpoint_is_reported_and_skipped(reference, tmp_path):
     run_dir = tmp_path / "run"
-    process = start(command(run_dir), cli_env(), name="killed")
-    process.wait_for("three checkpoints", lambda: len(checkpoint_steps(run_dir)) >= 3)
-    process.kill()
+    resuming.kill_at(75, ["train", "recipes/heart.yaml", *SMALL, "--run-dir", run_dir], run_dir)
     *_, previous, last = checkpoint_steps(run_dir)
+    assert (previous, last) == (50, 75)
     newest = checkpoint_dir(run_dir, last)
     model_file = newest / "model.safetensors"
     model_file.write_bytes(model_file.read_bytes()[:-100])  # truncated

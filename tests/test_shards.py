@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,17 +26,8 @@ import yaml
 from PIL import Image
 from torch.utils.data import IterableDataset
 
-import processes
-from conftest import (
-    REPO,
-    assert_ok,
-    assert_resumed,
-    assert_user_error,
-    checkpoint_steps,
-    cli_env,
-    workflow,
-    write_shards,
-)
+import resuming
+from conftest import REPO, assert_ok, assert_resumed, assert_user_error, cli_env, weights, workflow, write_shards
 from reliability_helpers import call
 from test_resume import step_samples
 from trainwright.data.loading import TrainBatches, iterate
@@ -45,6 +35,7 @@ from trainwright.data.shards import shards
 
 CPU_2PROC = REPO / "accelerate_configs" / "cpu_2proc.yaml"
 SHARD_SIZES, STEPS_PER_EPOCH, EPOCHS = (10, 14, 9, 12, 11, 16), 9, 4
+KILL_STEP = 13  # mid-epoch: the killed run is SIGKILLed right after its step-13 checkpoint
 RESUMING = re.compile(r"^Resuming from step (\d+) \(epoch (\d+), batch (\d+)\)", re.M)
 
 pytestmark = pytest.mark.slow
@@ -67,37 +58,20 @@ def write_recipe(folder: Path, root: Path) -> Path:
     return path
 
 
-def train_args(recipe: Path, run_dir: Path, *overrides: str, processes_: int = 2) -> list[object]:
-    args = ["-m", "trainwright", "train", recipe, *overrides, "--run-dir", run_dir]
-    if processes_ == 2:
-        args = ["-m", "accelerate.commands.launch", "--config_file", CPU_2PROC,
-                "--main_process_port", processes.free_port(), *args]
-    return [sys.executable, *args]
-
-
-def _mid_epoch(run_dir: Path) -> bool:
-    return any(4 <= step < 30 and step % STEPS_PER_EPOCH for step in checkpoint_steps(run_dir))
-
-
 @workflow
 def stream_runs(folder: Path) -> dict:
     root = write_shards(folder / "shards", SHARD_SIZES)
     recipe, env, runs = write_recipe(folder, root), cli_env(TRAINWRIGHT_CACHE=str(folder / "cache")), {"folder": folder}
     # The uninterrupted run saves only its final checkpoint: how often a run saves changes none of its weights.
-    runs["reference"] = processes.run(train_args(recipe, folder / "reference", "checkpoint.every_steps=null"), env)
-    with processes.starter(folder) as start:
-        killed = start(train_args(recipe, folder / "killed"), env, name="killed")
-        killed.wait_for("a mid-epoch checkpoint", lambda: _mid_epoch(folder / "killed"), timeout=300)
-        killed.kill()
-        runs["killed_output"] = killed.output()
-    runs["resumed"] = processes.run(train_args(recipe, folder / "killed"), env)
-    runs["two"] = processes.run(train_args(recipe, folder / "elastic", "trainer.max_steps=13"), env)
-    runs["one"] = processes.run(train_args(recipe, folder / "elastic", processes_=1), env)
+    runs["reference"] = resuming.train(recipe, folder / "reference", "checkpoint.every_steps=null", config=CPU_2PROC,
+                                       env=env)
+    killed = resuming.kill_at(KILL_STEP, ["train", recipe, "--run-dir", folder / "killed"], folder / "killed",
+                              resuming.launcher(CPU_2PROC), env)
+    runs["killed_output"] = killed.stdout + killed.stderr
+    runs["resumed"] = resuming.train(recipe, folder / "killed", config=CPU_2PROC, env=env)
+    runs["two"] = resuming.train(recipe, folder / "elastic", "trainer.max_steps=13", config=CPU_2PROC, env=env)
+    runs["one"] = resuming.train(recipe, folder / "elastic", env=env)
     return runs
-
-
-def weights(run_dir: Path) -> bytes:
-    return (run_dir / "model.safetensors").read_bytes()
 
 
 def test_killed_mid_epoch_on_two_processes_ends_bitwise_equal(stream_runs):
@@ -105,7 +79,7 @@ def test_killed_mid_epoch_on_two_processes_ends_bitwise_equal(stream_runs):
     assert "world_size=2 device=cpu" in reference.stdout
     assert f"Run complete at step {STEPS_PER_EPOCH * EPOCHS}" in reference.stdout
     resumed = assert_ok(stream_runs["resumed"])
-    assert_resumed(resumed.stdout + resumed.stderr)
+    assert_resumed(resumed.stdout + resumed.stderr, KILL_STEP)
     step, _, batch = (int(v) for v in RESUMING.search(resumed.stdout).groups())
     assert step < STEPS_PER_EPOCH * EPOCHS and batch != 0, resumed.stdout  # mid-epoch
     assert "Traceback" not in stream_runs["killed_output"]
@@ -191,7 +165,7 @@ def test_a_users_iterable_dataset_without_the_contract_is_one_message(tmp_path):
     data["model"]["out_features"] = 2
     recipe.write_text(yaml.safe_dump(data))
     env = cli_env(PYTHONPATH=f"{tmp_path}:{REPO / 'src'}")
-    result = processes.run([sys.executable, "-m", "trainwright", "train", recipe, "--run-dir", tmp_path / "run"], env)
+    result = resuming.train(recipe, tmp_path / "run", env=env)
     message = assert_user_error(result.returncode, result.stderr, "IterableDataset without stream",
                                 "stream(epoch, positions, seed)", "Writing your own components")
     assert "train split" in message

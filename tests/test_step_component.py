@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import resuming
 from conftest import RECIPES, assert_ok, assert_user_error, cli_env, run_cli
 from denoising_step import Denoise
 from trainwright.finished.inference import load_run
@@ -23,28 +24,22 @@ DENOISE = [
     "checkpoint.every_steps=10", "checkpoint.every_epochs=null", "checkpoint.keep_last=5", "logging.wandb=false",
     "model={name: mlp, in_features: 1, hidden: [16], out_features: 1}", "loss.name=mse", "scheduler.name=none",
     "optimizer={name: adamw, lr: 0.01}", "step={name: denoising_step:Denoise, noise: 0.2}",
-    "callbacks=[denoising_step:KillAt]",
 ]
 
 
-def env(**changes: str) -> dict[str, str]:
-    return cli_env(PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]), **changes)
+def env() -> dict[str, str]:
+    return cli_env(PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
 
 
-def train(run_dir: Path, **changes: str):
-    return run_cli("train", RECIPES / "linear_regression.yaml", *DENOISE, "--run-dir", run_dir, env=env(**changes))
+def train_args(run_dir: Path) -> list[object]:
+    return ["train", RECIPES / "linear_regression.yaml", *DENOISE, "--run-dir", run_dir]
 
 
 def test_a_user_step_by_import_path_trains_resumes_bitwise_and_evaluates(tmp_path):
-    reference = assert_ok(train(tmp_path / "reference"))
+    reference = assert_ok(run_cli(*train_args(tmp_path / "reference"), env=env()))
     assert "Run complete at step 30" in reference.stdout
-    killed = train(tmp_path / "run", KILL_AT_STEP="20")
-    assert killed.returncode != 0 and not (tmp_path / "run" / "model.safetensors").exists()
-    resumed = assert_ok(train(tmp_path / "run"))
-    assert "Resuming from step 20 " in resumed.stdout, resumed.stdout
-    assert "damaged" not in resumed.stdout + resumed.stderr
-    final = (tmp_path / "run" / "model.safetensors").read_bytes()
-    assert final == (tmp_path / "reference" / "model.safetensors").read_bytes()
+    resuming.kill_and_resume(20, train_args(tmp_path / "run"), tmp_path / "run", env=env())
+    resuming.assert_same_weights(tmp_path / "run", tmp_path / "reference")
     evaluated = assert_ok(run_cli("eval", tmp_path / "run", env=env()))
     metrics = json.loads(evaluated.stdout)
     assert set(metrics) == {"val/loss", "val/mae"} and all(math.isfinite(v) for v in metrics.values()), metrics
@@ -54,7 +49,7 @@ def test_a_user_step_by_import_path_trains_resumes_bitwise_and_evaluates(tmp_pat
 
 @pytest.mark.parametrize(("step", "fragments"), [
     ("defualt", ("step.name", "'defualt'", "did you mean 'default'")),
-    ("denoising_step:KillAt", ("step.name", "not a subclass of trainwright.step.Step")),
+    ("ragged_items:TokenNet", ("step.name", "not a subclass of trainwright.step.Step")),
     ("{name: denoising_step:Denoise, nois: 0.1}", ("step.nois", "did you mean 'noise'")),
 ])
 def test_a_step_that_cannot_be_built_is_one_message_from_check(step, fragments):
