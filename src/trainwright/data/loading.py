@@ -48,6 +48,14 @@ def batches_per_epoch(num_samples: int, batch_size: int) -> int:
     return num_samples // batch_size
 
 
+def steps_per_epoch(batch_size: int, grad_accum_steps: int, train: Dataset) -> int:
+    """Optimizer steps in one epoch of the training split (the last incomplete global batch is dropped)."""
+    micro = batches_per_epoch(split_size(train), batch_size)
+    if micro == 0:
+        raise UserError(f"data.batch_size={batch_size} is larger than the training split ({split_size(train)} samples)")
+    return math.ceil(micro / grad_accum_steps)
+
+
 def train_indices(
     num_samples: int, batch_size: int, seed: int, epoch: int, start: int, rank: int, world_size: int
 ) -> Iterator[torch.Tensor]:

@@ -21,7 +21,7 @@ from accelerate.utils import set_seed
 from torch import nn
 
 from trainwright.components import adapt_model, build_data, build_model, build_optimizer, build_scoring
-from trainwright.data.loading import TrainBatches, peek, resolve_workers
+from trainwright.data.loading import TrainBatches, peek, resolve_workers, steps_per_epoch
 from trainwright.distributed.accelerate_compat import step_calls
 from trainwright.distributed.launcher import resolve_precision
 from trainwright.distributed.processes import Processes
@@ -31,7 +31,6 @@ from trainwright.run.files import check_new_output
 from trainwright.step import Step
 from trainwright.training.preflight import check_first_batch, check_loss_fits_task, dry_run_optimizer
 from trainwright.training.start import make_accelerator
-from trainwright.training.trainer import steps_per_epoch
 
 SMOOTHING = 0.9  # the weight of the running average of the loss (see the README: fastai and Lightning use 0.98)
 DIVERGED = 4.0  # stop once the smoothed loss exceeds this many times its lowest value (Lightning's threshold)
@@ -92,7 +91,7 @@ def lr_range_test(recipe: Recipe, min_lr: float, max_lr: float, steps: int) -> R
     torch.set_deterministic_debug_mode("warn" if recipe.trainer.deterministic else "default")
     set_seed(recipe.seed)
     data = build_data(recipe)
-    steps_per_epoch(recipe, data)  # the training split holds at least one batch
+    steps_per_epoch(recipe.data.batch_size, recipe.trainer.grad_accum_steps, data.train)  # at least one batch
     set_seed(recipe.seed)
     model = adapt_model(recipe, build_model(recipe, data.task))
     scoring = build_scoring(recipe, data.task)

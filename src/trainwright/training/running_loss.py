@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from trainwright.distributed.processes import Processes
+
 FOLD_AT = 256  # losses kept at most before they are summed (a log interval of a million steps stays small)
 
 
@@ -38,6 +40,11 @@ class RunningLoss:
         """The sum (float64) and number of the losses added since the last reset."""
         self._fold()
         return self._total, self._count
+
+    def read_over(self, processes: Processes) -> tuple[float, int]:
+        """The mean over processes of their sums (float64), and this process's count of losses."""
+        total, count = self.read()
+        return processes.mean(torch.tensor(total, dtype=torch.float64, device=processes.device)).item(), count
 
     def reset(self) -> None:
         self._kept.clear()

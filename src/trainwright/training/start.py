@@ -24,6 +24,7 @@ from trainwright.components import (
     check_recipe,
     seeded_model,
 )
+from trainwright.data.loading import steps_per_epoch
 from trainwright.data.paths import pin_paths
 from trainwright.distributed.accelerate_compat import cache_lomo_probe, keep_accelerate_fsdp_off
 from trainwright.distributed.launcher import resolve_precision, resolve_strategy
@@ -39,7 +40,7 @@ from trainwright.run.stopping import ending_without_launcher
 from trainwright.training.callbacks import build_callbacks
 from trainwright.training.ending import Outcome
 from trainwright.training.preflight import check_startup
-from trainwright.training.trainer import Trainer, steps_per_epoch
+from trainwright.training.trainer import Trainer
 
 
 def train(
@@ -77,7 +78,9 @@ def execute(recipe: Recipe, plan: RunPlan, started: float) -> Outcome:
     torch.set_deterministic_debug_mode("warn" if recipe.trainer.deterministic else "default")
     set_seed(recipe.seed)
     data = build_data(recipe)
-    total_steps = recipe.trainer.total_steps(steps_per_epoch(recipe, data))
+    total_steps = recipe.trainer.total_steps(
+        steps_per_epoch(recipe.data.batch_size, recipe.trainer.grad_accum_steps, data.train)
+    )
     set_seed(recipe.seed)  # the model's initial weights depend on the seed alone
     model = build_model(recipe, data.task)
     base = base_of_adapter(recipe, plan, model)

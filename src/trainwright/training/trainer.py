@@ -19,8 +19,7 @@ from trainwright.checkpoint.manager import CheckpointManager
 from trainwright.checkpoint.objects import TrainObjects
 from trainwright.checkpoint.weights import save_final
 from trainwright.data.bundle import DataBundle, split_size
-from trainwright.data.loading import TrainBatches, batches_per_epoch, peek, resolve_workers
-from trainwright.data.val_splits import prefixed
+from trainwright.data.loading import TrainBatches, batches_per_epoch, peek, resolve_workers, steps_per_epoch
 from trainwright.distributed.accelerate_compat import step_calls
 from trainwright.distributed.parallel import Strategy
 from trainwright.distributed.processes import Processes
@@ -40,19 +39,9 @@ from trainwright.training.guards import disk_writes, kept, require_finite
 from trainwright.training.progress import Progress
 from trainwright.training.run_context import RunContext
 from trainwright.training.running_loss import RunningLoss
+from trainwright.training.validation import best_so_far, test_scores, validation_scores
 
 _ALWAYS_SYNCED = contextlib.nullcontext()  # without gradient accumulation every backward reduces gradients
-
-
-def steps_per_epoch(recipe: Recipe, data: DataBundle) -> int:
-    """Optimizer steps in one epoch (the last incomplete global batch is dropped)."""
-    micro = batches_per_epoch(split_size(data.train), recipe.data.batch_size)
-    if micro == 0:
-        raise UserError(
-            f"data.batch_size={recipe.data.batch_size} is larger than the training split "
-            f"({split_size(data.train)} samples)"
-        )
-    return math.ceil(micro / recipe.trainer.grad_accum_steps)
 
 
 class Trainer:
@@ -83,7 +72,7 @@ class Trainer:
         self.calls = step_calls(accelerator, optimizer)
         self.step = scoring.step
         self.micro_per_epoch = batches_per_epoch(split_size(data.train), recipe.data.batch_size)
-        self.steps_per_epoch = steps_per_epoch(recipe, data)
+        self.steps_per_epoch = steps_per_epoch(recipe.data.batch_size, recipe.trainer.grad_accum_steps, data.train)
         self.total_steps = recipe.trainer.total_steps(self.steps_per_epoch)
         ema, unwrapped = recipe.trainer.ema, accelerator.unwrap_model(model)
         self.average = WeightAverage(unwrapped, ema) if ema is not None else None
@@ -310,15 +299,9 @@ class Trainer:
                 yield end_of_epoch
                 next_event = self._next_event()
 
-    def _loss_sum_over_processes(self) -> tuple[float, int]:
-        """The mean over processes of their unlogged training-loss sums, and this process's count of them."""
-        total, count = self.loss.read()
-        total_tensor = torch.tensor(total, dtype=torch.float64, device=self.processes.device)
-        return self.processes.mean(total_tensor).item(), count
-
     def _log_train_loss(self) -> None:
         state = self.state
-        total, count = self._loss_sum_over_processes()
+        total, count = self.loss.read_over(self.processes)
         mean_loss = total / max(count, 1)
         self._require_finite(mean_loss, "training loss")
         self.tracker.log({"train/loss": mean_loss, **logged_lrs(self.optimizer), **self.throughput.read()}, state.step,
@@ -327,21 +310,11 @@ class Trainer:
 
     def _validate(self) -> None:
         """Score the validation split and the named ones (data.val_splits): val/<metric>, val/<name>/<metric>."""
-        state, splits = self.state, {"val": self.data.val, **{f"val/{n}": d for n, d in self.data.val_splits.items()}}
-        scored: dict[str, float] = {}
-        for prefix, split in splits.items():
-            metrics = self._score(split)
-            named = f" of split '{prefix[4:]}'" if prefix != "val" else ""
-            self._require_finite(metrics["loss"], f"validation loss{named}")
-            scored.update(prefixed(prefix, metrics))
-        state.val_metrics, state.test_metrics = scored, {}  # a test score is of the weights last validated
+        state = self.state
+        state.val_metrics = validation_scores(self.data, self._score, self._require_finite)
+        state.test_metrics = {}  # a test score is of the weights last validated
         state.val_step = state.step
-        monitored, mode = state.val_metrics.get(self.recipe.checkpoint.monitor), self.recipe.checkpoint.mode
-        if monitored is not None and (
-            state.best_metric is None
-            or (monitored < state.best_metric if mode == "min" else monitored > state.best_metric)
-        ):
-            state.best_metric = monitored
+        state.best_metric = best_so_far(state, self.recipe.checkpoint.monitor, self.recipe.checkpoint.mode)
         self.tracker.log(state.val_metrics, state.step, state.epoch_number())
         if self.callbacks is not None:
             self.callbacks.validation_end(state.val_metrics)
@@ -352,16 +325,11 @@ class Trainer:
 
     def _test(self) -> None:
         """Score the test split at the end of the run (trainer.test_at_end) into state.test_metrics, logged as
-        test/<metric>, before the last checkpoint: a run resumed from it does not score it again. A data set
-        whose test split is its validation split takes the last validation's values."""
-        test, state = self.data.test, self.state
-        if test is None or not self.recipe.trainer.test_at_end or state.test_metrics:
+        test/<metric>, before the last checkpoint: a run resumed from it does not score it again."""
+        state = self.state
+        if self.data.test is None or not self.recipe.trainer.test_at_end or state.test_metrics:
             return
-        if test is self.data.val:
-            metrics = {key[4:]: value for key, value in state.val_metrics.items() if key.count("/") == 1}
-        else:
-            metrics = self._score(test)
-        state.test_metrics = prefixed("test", metrics)
+        state.test_metrics = test_scores(self.data, state, self._score)
         self.tracker.log(state.test_metrics, state.step, state.epoch_number())
 
     # --- checkpoints and stopping -----------------------------------------------------------------
@@ -372,7 +340,7 @@ class Trainer:
         (this one's, when callbacks watch checkpoints: they are handed it written)."""
         started = time.perf_counter()
         written = self._wait_for_checkpoint()
-        self.state.loss_sum, self.state.loss_count = self._loss_sum_over_processes()
+        self.state.loss_sum, self.state.loss_count = self.loss.read_over(self.processes)
         self._require_finite(self.state.loss_sum, "training loss")
         with disk_writes("a checkpoint", self.state.step, self.run.checkpoints):
             folder = self.checkpoints.save(self.state, self.recipe.to_dict())
