@@ -12,7 +12,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from trainwright.data.bundle import DataBundle, Task
+from trainwright.data.bundle import DataBundle, Task, split_size
 from trainwright.data.tasks import kind_of
 from trainwright.errors import UserError, did_you_mean
 from trainwright.recipe import DataConfig, Recipe
@@ -100,7 +100,7 @@ def build_val_splits(recipe: Recipe, task: Task, build: Builder) -> dict[str, Da
                 f"{_shown(task)}); a named split must have the same classes (regression: the same target scale), "
                 "so change only what picks its rows"
             )
-        if len(bundle.val) == 0:  # type: ignore[arg-type]
+        if split_size(bundle.val) == 0:
             raise UserError(
                 f"{where}: its validation split is empty (data set '{name}' with {kwargs} gives no validation "
                 "items); give it more data or a larger val_fraction"
