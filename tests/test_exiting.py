@@ -32,7 +32,7 @@ def test_torch_still_keeps_a_gloo_group_alive_after_destroy_process_group(tmp_pa
 
 
 def test_leaving_after_a_group_runs_the_exit_handlers_flushes_and_keeps_the_code():
-    code = ("import atexit, sys; from trainwright import exiting; atexit.register(print, 'handler ran'); "
+    code = ("import atexit, sys; from trainwright.run import exiting; atexit.register(print, 'handler ran'); "
             "print('written before', end=''); sys.stderr.write('and to stderr'); exiting.closed_a_group(); "
             "exiting.leave(75)")
     result = processes.run([sys.executable, "-c", code], cli_env(), timeout=60)

@@ -10,7 +10,6 @@ import sys
 
 from trainwright import __version__
 from trainwright.errors import UserError
-from trainwright.recipe.shipped import recipe_argument
 from trainwright.run import interrupts
 from trainwright.run.exiting import leave
 
@@ -238,6 +237,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.overrides += extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    # (imported here, as commands.py is: the recipe package loads pydantic, and this module must stay light)
+    from trainwright.recipe.shipped import recipe_argument
+
     for attribute in ("recipe", "spec"):  # a shipped recipe by name: `trainwright train heart`
         if hasattr(args, attribute):
             setattr(args, attribute, recipe_argument(getattr(args, attribute)))
