@@ -29,7 +29,8 @@ def load_split(path: Path, split: str | None, key: str = "data.path") -> Any:
     `split` must be None or 'train')."""
     path = Path(path).expanduser()
     if not path.is_dir():
-        raise UserError(f"{key}: {path} does not exist (give a folder written by datasets' save_to_disk)")
+        found = "is a file, not a folder" if path.exists() else "does not exist"
+        raise UserError(f"{key}: {path} {found} (give a folder written by datasets' save_to_disk)")
     if not is_saved_dataset(path):
         held = ", ".join(sorted(p.name for p in path.iterdir())[:8]) or "nothing"
         raise UserError(f"{key}: {path} is not a folder written by datasets' save_to_disk (it has no "
@@ -79,7 +80,12 @@ def _target(dataset: Any, column: str, task: RowTaskKind, names: list[str] | Non
     """Class indices (a ClassLabel's, or the index of each value among `names`/the sorted values) or numbers."""
     values = dataset[column]
     if not KINDS[task].class_index_targets:
-        return torch.tensor(np.asarray(values, dtype=np.float32).reshape(len(values), -1)), []
+        try:
+            numbers = np.asarray(values, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise UserError(f"data.target: column '{column}' holds {dataset.features[column]}, not numbers, which a "
+                            f"{task} task needs (class names are for task: multiclass)") from None
+        return torch.tensor(numbers.reshape(len(values), -1)), []
     feature = dataset.features[column]
     if names is None:
         names = list(getattr(feature, "names", None) or sorted({str(v) for v in values}))
