@@ -15,6 +15,7 @@ from reliability_helpers import user_error
 from test_instructions import sums, tokenizer_folder
 from trainwright.data.hf_datasets import hf_dataset
 from trainwright.data.instructions import instructions
+from trainwright.errors import UserError
 
 
 def saved_sums(folder: Path, count: int = 20) -> Path:
@@ -89,3 +90,14 @@ def test_a_column_mapping_names_only_item_fields(tmp_path, columns):
 
     with pytest.raises(UserError, match="data.columns: respones is not an item's field"):
         instructions(saved_sums(tmp_path / "sums"), tokenizer_folder(tmp_path / "tok"), columns=columns)
+
+
+def test_a_file_for_the_folder_and_a_text_target_for_numbers_are_one_message_each(tmp_path):
+    table = datasets.Dataset.from_dict({"x": [0.0, 1.0, 2.0, 3.0], "word": ["a", "b", "a", "b"]})
+    table.save_to_disk(str(tmp_path / "rows"))
+    (tmp_path / "rows.txt").write_text("not a dataset")
+    with pytest.raises(UserError, match=r"rows\.txt is a file, not a folder"):
+        hf_dataset(tmp_path / "rows.txt", inputs=["x"], target="word")
+    for task in ("binary", "regression"):
+        with pytest.raises(UserError, match=f"column 'word' holds .*string.*, not numbers, which a {task} task needs"):
+            hf_dataset(tmp_path / "rows", inputs=["x"], target="word", task=task)
