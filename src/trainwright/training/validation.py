@@ -29,10 +29,10 @@ def validation_scores(data: DataBundle, score: Score, require_finite: Callable[[
 
 def best_so_far(state: TrainState, monitor: str, mode: str) -> float | None:
     """The best value of the monitored metric, counting the validation just scored into state.val_metrics."""
-    monitored = state.val_metrics.get(monitor)
-    if monitored is None or state.best_metric is None:
-        return state.best_metric if monitored is None else monitored
-    return min(monitored, state.best_metric) if mode == "min" else max(monitored, state.best_metric)
+    monitored, best = state.val_metrics.get(monitor), state.best_metric
+    if monitored is None or (best is not None and not (monitored < best if mode == "min" else monitored > best)):
+        return best  # (a NaN never improves on it)
+    return monitored
 
 
 def test_scores(data: DataBundle, state: TrainState, score: Score) -> dict[str, float]:
