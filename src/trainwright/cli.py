@@ -13,6 +13,12 @@ from trainwright.errors import UserError
 from trainwright.run import interrupts
 from trainwright.run.exiting import leave
 
+LR_FIND_DESCRIPTION = (
+    "Train a throwaway copy of the recipe's model while the learning rate rises exponentially from --min-lr to "
+    "--max-lr; plot the smoothed loss against it and print the suggested learning rate as an override "
+    "(optimizer.lr=...). Writes the plot and nothing else (no run dir)."
+)
+
 
 def _whole_number(text: str) -> int:
     try:
@@ -190,10 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     lr_find = subcommands.add_parser(
         "lr-find", help="learning-rate range test: plot the loss against a rising LR and suggest optimizer.lr",
-        description="Train a throwaway copy of the recipe's model while the learning rate rises exponentially "
-        "from --min-lr to --max-lr; plot the smoothed loss against it and print the suggested learning rate as "
-        "an override (optimizer.lr=...). Writes the plot and nothing else (no run dir).",
-    )
+        description=LR_FIND_DESCRIPTION)
     _add_recipe(lr_find, what="recipe YAML file, e.g. recipes/heart.yaml")
     lr_find.add_argument("--min-lr", type=_positive_float, default=1e-7, metavar="LR",
                          help="the first learning rate (default 1e-7)")

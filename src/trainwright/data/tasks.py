@@ -23,6 +23,13 @@ def _batch_problem(shape: Shape, targets: torch.Tensor, model: str) -> str | Non
     return None
 
 
+def _classes_after_batch_check(shape: Shape, targets: torch.Tensor, task: Task, model: str) -> tuple[int, str | None]:
+    """The class count a classifier's outputs must match (the task's names, else the largest target + 1), and
+    the problem when the outputs are not one per item."""
+    problem = _batch_problem(shape, targets, model)
+    return (0 if problem else len(task.class_names) or int(targets.max()) + 1), problem
+
+
 class Kind:
     """A task kind; the base reads one target per item as a class index (as Multiclass does). Subclasses
     change what differs; a kind of your own is a subclass added to KINDS."""
@@ -103,10 +110,9 @@ class Multiclass(Kind):
 
     def output_problem(self, shape: Shape, targets: torch.Tensor, task: Task, names: Names) -> str | None:
         model, data_name, argument = names
-        problem = _batch_problem(shape, targets, model)
+        classes, problem = _classes_after_batch_check(shape, targets, task, model)
         if problem is not None:
             return problem
-        classes = len(task.class_names) or int(targets.max()) + 1
         if len(shape) == 2 and shape[1] == classes:
             return None
         per_position = len(shape) == 3 and shape[-1] == classes
@@ -209,10 +215,9 @@ class Sequence(Kind):
 
     def output_problem(self, shape: Shape, targets: torch.Tensor, task: Task, names: Names) -> str | None:
         model, data_name, argument = names
-        problem = _batch_problem(shape, targets, model)
+        classes, problem = _classes_after_batch_check(shape, targets, task, model)
         if problem is not None:
             return problem
-        classes = len(task.class_names) or int(targets.max()) + 1
         expected = (*targets.shape, classes)
         if shape == expected:
             return None

@@ -15,14 +15,16 @@ import json
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from trainwright.errors import UserError
 from trainwright.registry import Registry
 
 _PACKAGE = Path(__file__).resolve().parent
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     import torch
@@ -67,54 +69,51 @@ class Callback:
         """Restore what `state_dict` returned (on every process, when a run resumes)."""
 
 
+class _RunField(Generic[T]):
+    """A read-only attribute of RunView: `path` (dotted) read from the run's context at each access."""
+
+    def __init__(self, path: str, doc: str) -> None:
+        self._get = attrgetter(path)
+        self.__doc__ = doc
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+
+    @overload
+    def __get__(self, view: None, owner: type) -> _RunField[T]: ...
+    @overload
+    def __get__(self, view: RunView, owner: type | None = None) -> T: ...
+    def __get__(self, view: RunView | None, owner: type | None = None) -> T | _RunField[T]:
+        return self if view is None else self._get(view._run)  # on the class: the field (help(), docs)
+
+    def __set__(self, view: RunView, value: object) -> None:
+        raise AttributeError(f"RunView.{self._name} is read-only: a callback changes nothing of the run through it")
+
+
 class RunView:
     """What a callback sees of the run (read-only: change nothing through it) and the two things it may do:
     `log` metrics and `request_stop`."""
 
+    step: _RunField[int] = _RunField("state.step", "Optimizer steps done.")
+    epoch: _RunField[int] = _RunField("state.epoch", "Epochs done.")
+    batch_in_epoch: _RunField[int] = _RunField(
+        "state.batch_in_epoch", "Batches (of data.batch_size, all processes together) of the current epoch trained on.")
+    samples_seen: _RunField[int] = _RunField("state.samples_seen", "Training items seen (all processes together).")
+    total_steps: _RunField[int] = _RunField(
+        "total_steps", "Optimizer steps of the whole run (`trainer.epochs`, capped by `trainer.max_steps`).")
+    steps_per_epoch: _RunField[int] = _RunField("steps_per_epoch", "Optimizer steps an epoch.")
+    rank: _RunField[int] = _RunField("processes.rank", "This process's rank (0 to world_size - 1).")
+    world_size: _RunField[int] = _RunField("processes.world_size", "How many processes train.")
+    is_main: _RunField[bool] = _RunField(
+        "processes.is_main", "Whether this is the process that writes the run's files and prints (rank 0).")
+    model: _RunField[torch.nn.Module] = _RunField(
+        "model", "The model (unwrapped from DDP; under fsdp its parameters are this process's shards, DTensors).")
+    optimizer: _RunField[torch.optim.Optimizer] = _RunField("optimizer", "The optimizer.")
+    run_dir: _RunField[Path] = _RunField("run_dir", "The run dir.")
+
     def __init__(self, context: RunContext, callback: str) -> None:
         self._run = context
         self._callback = callback
-
-    @property
-    def step(self) -> int:
-        """Optimizer steps done."""
-        return self._run.state.step
-
-    @property
-    def epoch(self) -> int:
-        """Epochs done."""
-        return self._run.state.epoch
-
-    @property
-    def batch_in_epoch(self) -> int:
-        """Batches (of data.batch_size, all processes together) of the current epoch trained on."""
-        return self._run.state.batch_in_epoch
-
-    @property
-    def samples_seen(self) -> int:
-        return self._run.state.samples_seen
-
-    @property
-    def total_steps(self) -> int:
-        """Optimizer steps of the whole run (`trainer.epochs`, capped by `trainer.max_steps`)."""
-        return self._run.total_steps
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return self._run.steps_per_epoch
-
-    @property
-    def rank(self) -> int:
-        return self._run.processes.rank
-
-    @property
-    def world_size(self) -> int:
-        return self._run.processes.world_size
-
-    @property
-    def is_main(self) -> bool:
-        """Whether this is the process that writes the run's files and prints (rank 0)."""
-        return self._run.processes.is_main
 
     @property
     def val_metrics(self) -> Mapping[str, float]:
@@ -122,22 +121,9 @@ class RunView:
         return MappingProxyType(self._run.state.val_metrics)
 
     @property
-    def model(self) -> torch.nn.Module:
-        """The model (unwrapped from DDP; under fsdp its parameters are this process's shards, DTensors)."""
-        return self._run.model
-
-    @property
-    def optimizer(self) -> torch.optim.Optimizer:
-        return self._run.optimizer
-
-    @property
     def lr(self) -> float:
         """The learning rate of the optimizer's first parameter group."""
         return self._run.optimizer.param_groups[0]["lr"]
-
-    @property
-    def run_dir(self) -> Path:
-        return self._run.run_dir
 
     def log(self, metrics: Mapping[str, float]) -> None:
         """Record `metrics` (name -> number, or a one-element tensor) at the current step: metrics.jsonl,
