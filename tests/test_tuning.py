@@ -22,6 +22,7 @@ import yaml
 
 import processes
 from conftest import (
+    HEART_SMALL,
     RECIPES,
     REPO,
     assert_ok,
@@ -45,8 +46,9 @@ from trainwright.tuning.space import MAX_TRIALS, Metric, load_spec
 from trainwright.tuning.sweep import trial_jobs, write_results
 
 SWEEP = RECIPES / "sweeps" / "heart_lr_width.yaml"
-# 40,000 points, 3 folds: ~420 steps per fold, a checkpoint every 50 (so a kill lands inside a fold).
-CV_ARGS = ["data.num_points=40000", "trainer.epochs=1", "checkpoint.every_steps=50", "logging.wandb=false"]
+# 800 points, 3 folds: each trains on ~533 (9 steps of 64) and validates on the rest; a checkpoint every 4 steps.
+CV_ARGS = [HEART_SMALL, "trainer.epochs=1", "checkpoint.every_steps=4", "logging.wandb=false"]
+HOOKS = Path(__file__).with_name("hooks")  # its sitecustomize.py sets a kill from the environment (kill_at_step.py)
 TINY_SWEEP = ["data.num_points=400", "trainer.epochs=1", "logging.wandb=false"]
 
 
@@ -64,10 +66,10 @@ def cv_run(tmp_path_factory) -> Path:
 def test_cv_trains_one_run_per_fold_and_summarises_them(cv_run):
     folds = [cv_run / f"fold_{k}" for k in (1, 2, 3)]
     assert all(_summary(fold)["status"] == "completed" for fold in folds)
-    # The folds split the 40,000 points: each validates on its third and trains on the rest.
+    # The folds split the 800 points: each validates on its third and trains on the rest.
     for fold in folds:
         splits = json.loads((fold / "data.json").read_text())["splits"]
-        assert splits["val"]["items"] in (13333, 13334) and splits["train"]["items"] + splits["val"]["items"] == 40000
+        assert splits["val"]["items"] in (266, 267) and splits["train"]["items"] + splits["val"]["items"] == 800
     assert len({json.loads((f / "data.json").read_text())["splits"]["val"]["sha256"] for f in folds}) == 3
     summary = json.loads((cv_run / "cv_summary.json").read_text())
     accuracy = [_summary(fold)["val/accuracy"] for fold in folds]
@@ -76,15 +78,18 @@ def test_cv_trains_one_run_per_fold_and_summarises_them(cv_run):
     assert summary["std"]["val/accuracy"] == pytest.approx(statistics.pstdev(accuracy))
 
 
-def test_cv_killed_during_a_fold_resumes_to_the_same_weights(cv_run, tmp_path, start):
+def test_cv_killed_during_a_fold_resumes_to_the_same_weights(cv_run, tmp_path):
+    """SIGKILL (the cv command and its fold, at once) right after fold 2's checkpoint of step 4 is on disk."""
     folder = tmp_path / "heart-cv"
-    command = [sys.executable, "-m", "trainwright", "cv", HEART, "--folds", "3", *CV_ARGS, "--run-dir", folder]
-    process = start(command, cli_env(), name="cv")
-    process.wait_for("a checkpoint of fold 2", lambda: list((folder / "fold_2" / "checkpoints").glob("step_*")))
-    process.kill()  # the driver and the fold it runs, at once
+    args = ["cv", HEART, "--folds", "3", *CV_ARGS, "--run-dir", folder]
+    path = os.pathsep.join(filter(None, [str(HOOKS), os.environ.get("PYTHONPATH")]))
+    killed = run_cli(*args, env=cli_env(PYTHONPATH=path, TRAINWRIGHT_TEST_KILL_AT_STEP="4",
+                                        TRAINWRIGHT_TEST_KILL_IN="fold_2"))
+    assert killed.returncode == -signal.SIGKILL, describe(killed)
+    assert checkpoint_steps(folder / "fold_2") == [4] and (folder / "fold_1" / "summary.json").exists()
     assert not (folder / "fold_2" / "summary.json").exists() and not (folder / "fold_3").exists()
-    result = assert_ok(run_cli("cv", HEART, "--folds", "3", *CV_ARGS, "--run-dir", folder))
-    assert_resumed(result.stdout + result.stderr)  # fold 2 went on from its checkpoint
+    result = assert_ok(run_cli(*args))
+    assert_resumed(result.stdout + result.stderr, 4)  # fold 2 went on from its checkpoint
     for k in (1, 2, 3):
         weights = (folder / f"fold_{k}" / "model.safetensors").read_bytes()
         assert weights == (cv_run / f"fold_{k}" / "model.safetensors").read_bytes(), f"fold_{k}"
