@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
+import select
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -25,6 +29,7 @@ import psutil
 import pytest
 
 TAG_VAR = "TRAINWRIGHT_TEST_TAG"
+NO_FORK_SERVER_VAR = "TRAINWRIGHT_TEST_NO_FORK_SERVER"  # =1: every command a new process (tests/fork_server.py)
 PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 REPO = Path(__file__).resolve().parent.parent
 
@@ -74,13 +79,92 @@ def run(
     args: Sequence[object], env: dict[str, str], cwd: Path = REPO, timeout: float = 300
 ) -> subprocess.CompletedProcess:
     """Run a command to its end (stdin closed, output captured); never raises on failure. Whatever it
-    started and left behind (or everything, on a timeout) is killed before this returns."""
-    env, tag = tagged_env(env)
+    started and left behind (or everything, on a timeout) is killed before this returns. A one-process
+    Python command (`python -m MODULE ...`, `python SCRIPT ...`, not a launcher) is forked from this pytest
+    worker's fork server (tests/fork_server.py) when the variables that Python and torch read at start-up are
+    the server's; anything else is a new process."""
+    args, (env, tag) = [str(a) for a in args], tagged_env(env)
+    server = _fork_server(args, env)
     try:
-        return subprocess.run([str(a) for a in args], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+        if server is not None:
+            return server.run(args, env, cwd, timeout)
+        return subprocess.run(args, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                               capture_output=True, text=True, timeout=timeout, preexec_fn=_default_sigint)
     finally:
+        if server is not None:
+            server.end_descendants()
         kill_tagged(tag)
+
+
+# Variables read when Python or torch start (or imports torch makes): a command forked from the fork server
+# must see the values the server started with.
+_START_UP_VARS = ("PYTHON", "OMP_", "MKL_", "KMP_", "TORCH", "CUDA_", "LD_")
+_LAUNCHERS = ("accelerate.commands.launch", "torch.distributed.run", "torch.distributed.launch")
+
+
+def _start_up_env(env: dict[str, str]) -> dict[str, str]:
+    return {key: value for key, value in env.items() if key.startswith(_START_UP_VARS)}
+
+
+class ForkServer:
+    """tests/fork_server.py, started on first use in a pytest worker (one per worker, one command at a time)."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.start_up_env = _start_up_env(env)
+        self.process = subprocess.Popen([sys.executable, str(Path(__file__).with_name("fork_server.py"))],
+                                        cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                        preexec_fn=_default_sigint)
+        if self._answer(timeout=120) != "ready":
+            raise RuntimeError("tests/fork_server.py did not start")
+
+    def _answer(self, timeout: float) -> str | None:
+        """The server's next line, or None after `timeout` seconds."""
+        assert self.process.stdout is not None
+        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
+        return self.process.stdout.readline().strip() if ready else None
+
+    def run(self, args: list[str], env: dict[str, str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
+        assert self.process.stdin is not None
+        with tempfile.TemporaryDirectory(prefix="fork-server-") as folder:
+            out, err = Path(folder) / "stdout", Path(folder) / "stderr"
+            request = {"argv": args, "env": env, "cwd": str(cwd), "stdout": str(out), "stderr": str(err)}
+            self.process.stdin.write(json.dumps(request) + "\n")
+            self.process.stdin.flush()
+            pid = json.loads(self._answer(timeout=60) or "null")["pid"]
+            answer = self._answer(timeout)
+            if answer is None:  # as subprocess.run's timeout: kill it, then raise
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                self._answer(timeout=60)
+                raise subprocess.TimeoutExpired(args, timeout, out.read_text(errors="replace"),
+                                                err.read_text(errors="replace"))
+            returncode = json.loads(answer)["returncode"]
+            return subprocess.CompletedProcess(args, returncode, out.read_text(errors="replace"),
+                                               err.read_text(errors="replace"))
+
+    def end_descendants(self) -> None:
+        """SIGKILL whatever the last command left behind (the server adopts orphans)."""
+        with contextlib.suppress(psutil.NoSuchProcess):
+            left = psutil.Process(self.process.pid).children(recursive=True)
+            for process in left:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    process.kill()
+            psutil.wait_procs(left, timeout=5)
+
+
+_servers: dict[int, ForkServer] = {}  # by pid: a forked pytest process must not use its parent's
+
+
+def _fork_server(args: list[str], env: dict[str, str]) -> ForkServer | None:
+    """This worker's fork server when it can run `args` with `env`, else None."""
+    one_process = len(args) > 2 and args[0] == sys.executable and (
+        (args[1] == "-m" and args[2] not in _LAUNCHERS) or args[1].endswith(".py"))
+    if not one_process or os.environ.get(NO_FORK_SERVER_VAR) == "1":
+        return None
+    server = _servers.get(os.getpid())
+    if server is None or server.process.poll() is not None:
+        server = _servers[os.getpid()] = ForkServer({k: v for k, v in env.items() if k != TAG_VAR})
+    return server if _start_up_env(env) == server.start_up_env else None
 
 
 class Background:
