@@ -23,9 +23,14 @@ KILL_IN_VAR = "TRAINWRIGHT_TEST_KILL_IN"
 
 
 def _kill_the_launch(world_size: int) -> None:
-    """SIGKILL every process the test started for this launch (the launcher, the other ranks, DataLoader
-    workers: all carry the test's tag), then this one. Without a tag: the launcher of a multi-process run."""
+    """SIGKILL the launcher of a multi-process run (this process's parent: it may be forked from the tests' fork
+    server, whose children do not show the tag), every process the test started for this launch (the other
+    ranks, DataLoader workers: they carry the test's tag), then this one."""
     me, tag = os.getpid(), os.environ.get(TAG_VAR)
+    if world_size > 1:
+        launcher = psutil.Process(me).parent()
+        if launcher is not None:
+            launcher.kill()
     if tag:
         for process in psutil.process_iter():
             try:
@@ -33,10 +38,6 @@ def _kill_the_launch(world_size: int) -> None:
                     process.kill()
             except (psutil.Error, OSError):
                 continue
-    elif world_size > 1:
-        launcher = psutil.Process(me).parent()
-        if launcher is not None:
-            launcher.kill()
     os.kill(me, signal.SIGKILL)
 
 

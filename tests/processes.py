@@ -79,10 +79,10 @@ def run(
     args: Sequence[object], env: dict[str, str], cwd: Path = REPO, timeout: float = 300
 ) -> subprocess.CompletedProcess:
     """Run a command to its end (stdin closed, output captured); never raises on failure. Whatever it
-    started and left behind (or everything, on a timeout) is killed before this returns. A one-process
-    Python command (`python -m MODULE ...`, `python SCRIPT ...`, not a launcher) is forked from this pytest
-    worker's fork server (tests/fork_server.py) when the variables that Python and torch read at start-up are
-    the server's; anything else is a new process."""
+    started and left behind (or everything, on a timeout) is killed before this returns. A Python command
+    (`python -m MODULE ...`, `python SCRIPT ...`; for `accelerate launch`, the launcher: torchrun starts its
+    workers as new processes) is forked from this pytest worker's fork server (tests/fork_server.py) when the
+    variables that Python and torch read at start-up are the server's; anything else is a new process."""
     args, (env, tag) = [str(a) for a in args], tagged_env(env)
     server = _fork_server(args, env)
     try:
@@ -99,7 +99,6 @@ def run(
 # Variables read when Python or torch start (or imports torch makes): a command forked from the fork server
 # must see the values the server started with.
 _START_UP_VARS = ("PYTHON", "OMP_", "MKL_", "KMP_", "TORCH", "CUDA_", "LD_")
-_LAUNCHERS = ("accelerate.commands.launch", "torch.distributed.run", "torch.distributed.launch")
 
 
 def _start_up_env(env: dict[str, str]) -> dict[str, str]:
@@ -157,9 +156,8 @@ _servers: dict[int, ForkServer] = {}  # by pid: a forked pytest process must not
 
 def _fork_server(args: list[str], env: dict[str, str]) -> ForkServer | None:
     """This worker's fork server when it can run `args` with `env`, else None."""
-    one_process = len(args) > 2 and args[0] == sys.executable and (
-        (args[1] == "-m" and args[2] not in _LAUNCHERS) or args[1].endswith(".py"))
-    if not one_process or os.environ.get(NO_FORK_SERVER_VAR) == "1":
+    python = len(args) > 2 and args[0] == sys.executable and (args[1] == "-m" or args[1].endswith(".py"))
+    if not python or os.environ.get(NO_FORK_SERVER_VAR) == "1":
         return None
     server = _servers.get(os.getpid())
     if server is None or server.process.poll() is not None:
