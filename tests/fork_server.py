@@ -64,10 +64,19 @@ def _run(argv: list[str]) -> None:
         runpy.run_path(argv[1], run_name="__main__")
 
 
+def _print_traceback(exc: BaseException) -> None:
+    """The traceback Python prints, without this server's and runpy's frames above the command's own."""
+    tb = exc.__traceback__
+    while tb is not None and (tb.tb_frame.f_code.co_filename in (__file__, "<frozen runpy>")
+                              or tb.tb_frame.f_code.co_filename.endswith("runpy.py")):
+        tb = tb.tb_next
+    traceback.print_exception(type(exc), exc, tb)
+
+
 def _child(request: dict[str, Any]) -> NoReturn:
     code = 1
     try:
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # what Python installs at start (a KeyboardInterrupt)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         os.environ.clear()
         os.environ.update(request["env"])
@@ -77,11 +86,11 @@ def _child(request: dict[str, Any]) -> NoReturn:
         code = 0
     except SystemExit as exc:
         code = _exit_code(exc)
-    except KeyboardInterrupt:  # as Python does: the traceback, then death by SIGINT
-        traceback.print_exc()
+    except KeyboardInterrupt as exc:  # as Python does: the traceback, then death by SIGINT
+        _print_traceback(exc)
         code = -signal.SIGINT
-    except BaseException:
-        traceback.print_exc()
+    except BaseException as exc:
+        _print_traceback(exc)
         code = 1
     threading._shutdown()  # type: ignore[attr-defined]  # as at interpreter exit: join non-daemon threads
     atexit._run_exitfuncs()
@@ -91,6 +100,7 @@ def _child(request: dict[str, Any]) -> NoReturn:
         except (OSError, ValueError):
             pass
     if code == -signal.SIGINT:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGINT)
     os._exit(code & 0xFF)
 

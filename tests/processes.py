@@ -96,9 +96,9 @@ def run(
         kill_tagged(tag)
 
 
-# Variables read when Python or torch start (or imports torch makes): a command forked from the fork server
-# must see the values the server started with.
-_START_UP_VARS = ("PYTHON", "OMP_", "MKL_", "KMP_", "TORCH", "CUDA_", "LD_")
+# Variables read when Python or torch start (or imports torch makes), and the kill set by the environment
+# (tests/hooks/sitecustomize.py): a command is forked from a server that started with the same values.
+_START_UP_VARS = ("PYTHON", "OMP_", "MKL_", "KMP_", "TORCH", "CUDA_", "LD_", "TRAINWRIGHT_TEST_KILL")
 
 
 def _start_up_env(env: dict[str, str]) -> dict[str, str]:
@@ -117,10 +117,15 @@ class ForkServer:
             raise RuntimeError("tests/fork_server.py did not start")
 
     def _answer(self, timeout: float) -> str | None:
-        """The server's next line, or None after `timeout` seconds."""
+        """The server's next line, or None after `timeout` seconds; fails when the server has ended."""
         assert self.process.stdout is not None
         ready, _, _ = select.select([self.process.stdout], [], [], timeout)
-        return self.process.stdout.readline().strip() if ready else None
+        if not ready:
+            return None
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"tests/fork_server.py ended (exit code {self.process.wait()})")
+        return line.strip()
 
     def run(self, args: list[str], env: dict[str, str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
         assert self.process.stdin is not None
@@ -141,6 +146,17 @@ class ForkServer:
             return subprocess.CompletedProcess(args, returncode, out.read_text(errors="replace"),
                                                err.read_text(errors="replace"))
 
+    def close(self) -> None:
+        """End the server (its stdin closed: it exits) and whatever it still holds."""
+        self.end_descendants()
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
     def end_descendants(self) -> None:
         """SIGKILL whatever the last command left behind (the server adopts orphans)."""
         with contextlib.suppress(psutil.NoSuchProcess):
@@ -151,18 +167,24 @@ class ForkServer:
             psutil.wait_procs(left, timeout=5)
 
 
-_servers: dict[int, ForkServer] = {}  # by pid: a forked pytest process must not use its parent's
+_servers: dict[tuple[int, str], ForkServer] = {}  # by (pid, start-up variables); a forked pytest process starts its own
+_MOST_SERVERS = 3  # per pytest worker: a server holds ~600 MB; the least recently used one goes
 
 
 def _fork_server(args: list[str], env: dict[str, str]) -> ForkServer | None:
-    """This worker's fork server when it can run `args` with `env`, else None."""
+    """The fork server for a Python command `args` with `env` (started on first use), or None for anything else."""
     python = len(args) > 2 and args[0] == sys.executable and (args[1] == "-m" or args[1].endswith(".py"))
     if not python or os.environ.get(NO_FORK_SERVER_VAR) == "1":
         return None
-    server = _servers.get(os.getpid())
+    key = (os.getpid(), json.dumps(_start_up_env(env), sort_keys=True))
+    server = _servers.pop(key, None)  # popped and put back: the dict's order is the order of use
     if server is None or server.process.poll() is not None:
-        server = _servers[os.getpid()] = ForkServer({k: v for k, v in env.items() if k != TAG_VAR})
-    return server if _start_up_env(env) == server.start_up_env else None
+        server = ForkServer({k: v for k, v in env.items() if k != TAG_VAR})
+    _servers[key] = server
+    mine = [other for other in _servers if other[0] == key[0]]
+    for oldest in mine[:-_MOST_SERVERS]:
+        _servers.pop(oldest).close()
+    return server
 
 
 class Background:
