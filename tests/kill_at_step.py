@@ -22,12 +22,13 @@ KILL_AT_STEP_VAR = "TRAINWRIGHT_TEST_KILL_AT_STEP"
 KILL_IN_VAR = "TRAINWRIGHT_TEST_KILL_IN"
 
 
-def _kill_the_launch(world_size: int) -> None:
-    """SIGKILL the launcher of a multi-process run (this process's parent: it may be forked from the tests' fork
-    server, whose children do not show the tag), every process the test started for this launch (the other
-    ranks, DataLoader workers: they carry the test's tag), then this one."""
+def _kill_the_launch(parent_too: bool) -> None:
+    """SIGKILL this process's parent when `parent_too` (the launcher of a multi-process run, the `cv` command that
+    started a fold: it may be forked from the tests' fork server, whose children do not show the tag), every
+    process the test started for this launch (the other ranks, DataLoader workers: they carry the test's tag),
+    then this one."""
     me, tag = os.getpid(), os.environ.get(TAG_VAR)
-    if world_size > 1:
+    if parent_too:
         launcher = psutil.Process(me).parent()
         if launcher is not None:
             launcher.kill()
@@ -42,6 +43,8 @@ def _kill_the_launch(world_size: int) -> None:
 
 
 def _kill_after_save(step: int, run_name: str | None = None) -> None:
+    """Patch the trainer to kill the launch right after its checkpoint of `step` (in the run dir named
+    `run_name`, when given: a run another trainwright command started, which is killed too)."""
     save = trainer.Trainer._save
 
     def save_then_die(self: trainer.Trainer) -> None:
@@ -51,7 +54,7 @@ def _kill_after_save(step: int, run_name: str | None = None) -> None:
         self._wait_for_checkpoint()
         self.processes.barrier()  # every process's files are written
         if self.processes.is_main:
-            _kill_the_launch(self.processes.world_size)
+            _kill_the_launch(parent_too=self.processes.world_size > 1 or run_name is not None)
         os.kill(os.getpid(), signal.SIGKILL)
 
     trainer.Trainer._save = save_then_die  # type: ignore[method-assign]

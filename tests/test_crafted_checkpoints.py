@@ -10,7 +10,6 @@ import json
 import random
 import shutil
 import struct
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -144,10 +143,8 @@ CRAFTED_MANIFESTS = {"an entry without sha256": _missing_field, "bytes as a stri
 def pristine(tmp_path_factory) -> Path:
     """A tiny heart run stopped (as if killed) after its checkpoints at steps 2 and 4."""
     run_dir = tmp_path_factory.mktemp("crafted") / "run"
-    result = subprocess.run(
-        [sys.executable, "-m", "trainwright", "train", HEART, *TINY, *STEPS, "--run-dir", run_dir],
-        cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300,
-    )
+    result = processes.run([sys.executable, "-m", "trainwright", "train", HEART, *TINY, *STEPS, "--run-dir", run_dir],
+                           cli_env())
     assert result.returncode == 0, result.stderr
     (run_dir / "summary.json").unlink()
     (run_dir / "model.safetensors").unlink()
@@ -433,10 +430,8 @@ def sharded(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("crafted_sharded") / "run"
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", FSDP_2PROC,
               "--main_process_port", str(processes.free_port())]
-    result = subprocess.run(
-        [*launch, "-m", "trainwright", "train", HEART, *TINY, *STEPS, "--run-dir", run_dir], cwd=REPO, env=cli_env(),
-        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
-    )
+    result = processes.run([*launch, "-m", "trainwright", "train", HEART, *TINY, *STEPS, "--run-dir", run_dir],
+                           cli_env())
     assert result.returncode == 0, result.stdout + result.stderr
     assert "world_size=2 device=cpu precision=no strategy=fsdp" in result.stdout
     assert len(list((newest(run_dir) / "model").glob("*.safetensors"))) == 2

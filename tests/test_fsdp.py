@@ -28,6 +28,7 @@ from safetensors.torch import load_file
 import processes
 import resuming
 from conftest import REPO, assert_resumed, write_fashion_mnist
+from processes import run
 from reliability_helpers import call
 
 CONFIGS = REPO / "accelerate_configs"
@@ -72,8 +73,7 @@ def _command(data_root: Path, run_dir: Path, *overrides: str, processes: int, co
 
 def train(data_root: Path, run_dir: Path, *overrides: str, processes: int = 2, env: dict[str, str] | None = None,
           **options) -> subprocess.CompletedProcess:
-    result = subprocess.run(_command(data_root, run_dir, *overrides, processes=processes, **options), cwd=REPO,
-                            env=env or _env(), capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    result = run(_command(data_root, run_dir, *overrides, processes=processes, **options), env or _env())
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     return result
@@ -343,11 +343,8 @@ def test_validation_with_uneven_shares_does_not_hang(tmp_path, capsys):
     forward is a collective, so the process with fewer batches runs a filler batch instead of hanging."""
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP_2PROC),
               "--main_process_port", str(free_port())]
-    result = subprocess.run(
-        [*launch, "-m", "trainwright", "train", "recipes/heart.yaml", "data.num_points=10245", "trainer.max_steps=3",
-         "logging.wandb=false", "--run-dir", str(tmp_path / "run")],
-        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
-    )
+    result = run([*launch, "-m", "trainwright", "train", "recipes/heart.yaml", "data.num_points=10245",
+                  "trainer.max_steps=3", "logging.wandb=false", "--run-dir", tmp_path / "run"], _env(), timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "strategy=fsdp" in result.stdout and "Run complete at step 3" in result.stdout
     code, single, stderr = call(capsys, "eval", tmp_path / "run")  # in this process: one CLI start-up less

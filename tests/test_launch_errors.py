@@ -3,9 +3,9 @@ and the launcher's failure report, the last thing it prints, names the message a
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
+import processes
 from conftest import REPO, cli_env, describe
 from reliability_helpers import HEART, TINY
 
@@ -13,11 +13,9 @@ CPU_2PROC = REPO / "accelerate_configs" / "cpu_2proc.yaml"
 
 
 def test_a_user_error_is_the_last_thing_an_accelerate_launch_shows(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CPU_2PROC), "-m", "trainwright",
-         "train", str(HEART), *TINY, "trainer.epochs=0", "--run-dir", str(tmp_path / "run")],
-        cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL,
-    )
+    result = processes.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file", CPU_2PROC, "-m", "trainwright",
+         "train", HEART, *TINY, "trainer.epochs=0", "--run-dir", tmp_path / "run"], cli_env(), timeout=240)
     assert result.returncode != 0, describe(result)
     assert not (tmp_path / "run").exists()
     assert "ChildFailedError" in result.stderr, describe(result)  # the launcher's report, which cannot be avoided

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+import processes
 from conftest import RECIPES, assert_ok, assert_user_error, cli_env, describe, run_cli
 from trainwright.distributed.launcher import resolve_precision, resolve_strategy
 from trainwright.errors import UserError
@@ -61,7 +62,6 @@ def test_yaml_no_is_the_precision_no():
 
 def _launch(*args: object, precision: str | None = None):
     """`accelerate launch` with the one-process CPU config (and --mixed_precision when given)."""
-    import subprocess
 
     launcher = [
         sys.executable,
@@ -72,8 +72,7 @@ def _launch(*args: object, precision: str | None = None):
     ]
     if precision:
         launcher += ["--mixed_precision", precision]
-    return subprocess.run([*launcher, "-m", "trainwright", *map(str, args)], cwd=RECIPES.parent, env=cli_env(),
-                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    return processes.run([*launcher, "-m", "trainwright", *args], cli_env(), cwd=RECIPES.parent, timeout=300)
 
 
 def test_accelerate_launch_mixed_precision_reaches_a_recipe_without_one(tmp_path):

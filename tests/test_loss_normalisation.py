@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import REPO
+from processes import run
 from test_fsdp import free_port
 
 pytestmark = pytest.mark.slow
@@ -45,9 +45,8 @@ def train(tmp_path: Path, name: str, *overrides: str, config: str | None = None)
                                         "--main_process_port", str(free_port())]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "ACCELERATE_", "PET_"))}
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")]))
-    result = subprocess.run([sys.executable, *launch, "-m", "trainwright", "train", str(recipe), *overrides,
-                             "--run-dir", str(tmp_path / name)], cwd=REPO, env=env, capture_output=True, text=True,
-                            timeout=600, stdin=subprocess.DEVNULL)
+    result = run([sys.executable, *launch, "-m", "trainwright", "train", recipe, *overrides, "--run-dir",
+                  tmp_path / name], env, timeout=600)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stdout + result.stderr
     world = {None: 1, "cpu_2proc.yaml": 2, "cpu_3proc.yaml": 3}[config]
     assert f"world_size={world} " in result.stdout and "Run complete at step 30" in result.stdout, result.stdout

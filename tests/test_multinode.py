@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import processes
 from conftest import REPO
 
 NODE_SCRIPT = REPO / "slurm" / "launch_node.sh"
@@ -91,8 +92,7 @@ def test_two_launchers_with_machine_ranks_0_and_1_train_as_one_world(tmp_path):
     single = tmp_path / "one_launcher"
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                 str(REPO / "accelerate_configs" / "cpu_2proc.yaml"), "--main_process_port", str(free_port())]
-    result = subprocess.run([*launcher, "-m", "trainwright", "train", *HEART, "--run-dir", str(single)], cwd=REPO,
-                            env=_env(), capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    result = processes.run([*launcher, "-m", "trainwright", "train", *HEART, "--run-dir", single], _env())
     assert result.returncode == 0, result.stdout + result.stderr
     assert "world_size=2 device=cpu" in result.stdout
     assert (run_dir / "model.safetensors").read_bytes() == (single / "model.safetensors").read_bytes()

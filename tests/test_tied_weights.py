@@ -19,7 +19,8 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from conftest import REPO, assert_resumed
+from conftest import assert_resumed
+from processes import run as run_command
 from test_fsdp import DDP_2PROC, FSDP_2PROC, free_port
 
 pytestmark = pytest.mark.slow
@@ -51,14 +52,10 @@ def run(*args: str, processes: int = 1, config: Path = FSDP_2PROC) -> subprocess
         "-m", "accelerate.commands.launch", "--config_file", str(config), "--main_process_port", str(free_port()),
         "--num_processes", str(processes),
     ]
-    result = subprocess.run(
+    result = run_command(
         [sys.executable, *launch, "-m", "trainwright", *args],
-        cwd=REPO,
-        env=env(),
-        capture_output=True,
-        text=True,
+        env(),
         timeout=300,
-        stdin=subprocess.DEVNULL,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Traceback" not in result.stderr, result.stderr
