@@ -3,7 +3,7 @@ end (tests/processes.py `run`). A process start is ~4 s of CPU here, nearly all 
 torch._dynamo (which torch.optim imports on the first optimizer), against well under a second of work for the
 tiny runs the tests make; this server imports them once and forks a child per command, which then runs it as
 `python -m MODULE ARGS` or `python SCRIPT ARGS` would: its own process, environment, working folder, stdin
-from /dev/null, stdout and stderr to files, the default SIGINT, exit codes and deaths by signal as Python's.
+from /dev/null, stdout and stderr to files, Python's SIGINT handler, exit codes and deaths by signal as Python's.
 
 Protocol (one command at a time, JSON lines): the client writes {"argv", "env", "cwd", "stdout", "stderr"}; the
 server answers {"pid": ...} once the child is forked and {"returncode": ...} once it has ended. The server is a
