@@ -435,3 +435,23 @@ def test_a_profile_window_past_the_run_is_refused(capsys, tmp_path):
 def test_a_misspelt_profile_key_gets_a_did_you_mean(capsys):
     user_error(capsys, "check", HEART, "trainer.profile.start_stepp=3",
                fragments=("trainer.profile.start_stepp: unknown key; did you mean 'start_step'?",))
+
+
+def test_the_run_view_reads_the_context_at_each_access_and_refuses_assignment():
+    from types import SimpleNamespace
+
+    from trainwright.training.callbacks import RunView
+
+    state = SimpleNamespace(step=3, epoch=1, batch_in_epoch=2, samples_seen=96, val_metrics={"val/loss": 0.5})
+    context = SimpleNamespace(state=state, total_steps=20, steps_per_epoch=10, run_dir=Path("runs/x"),
+                              processes=SimpleNamespace(rank=1, world_size=2, is_main=False))
+    view = RunView(context, "Mine")
+    read = (view.step, view.epoch, view.total_steps, view.rank, view.world_size, view.is_main)
+    assert read == (3, 1, 20, 1, 2, False)
+    state.step = 4
+    assert view.step == 4 and dict(view.val_metrics) == {"val/loss": 0.5}
+    for name, value in (("step", 9), ("run_dir", Path("elsewhere")), ("world_size", 1)):
+        with pytest.raises(AttributeError, match=f"RunView.{name} is read-only"):
+            setattr(view, name, value)
+    assert view.step == 4 and view.run_dir == Path("runs/x") and view.world_size == 2
+    assert RunView.step.__doc__ == "Optimizer steps done."  # on the class: the field, with its docstring
