@@ -35,6 +35,7 @@ from conftest import (
     run_cli,
     wandb_records,
 )
+from kill_at_step import KILL_AT_STEP_VAR, KILL_IN_VAR
 from reliability_helpers import HEART, HOUSE, snapshot, user_error
 from test_slurm import _job_env, needs_cluster
 from trainwright.cli import main
@@ -83,8 +84,7 @@ def test_cv_killed_during_a_fold_resumes_to_the_same_weights(cv_run, tmp_path):
     folder = tmp_path / "heart-cv"
     args = ["cv", HEART, "--folds", "3", *CV_ARGS, "--run-dir", folder]
     path = os.pathsep.join(filter(None, [str(HOOKS), os.environ.get("PYTHONPATH")]))
-    killed = run_cli(*args, env=cli_env(PYTHONPATH=path, TRAINWRIGHT_TEST_KILL_AT_STEP="4",
-                                        TRAINWRIGHT_TEST_KILL_IN="fold_2"))
+    killed = run_cli(*args, env=cli_env(PYTHONPATH=path, **{KILL_AT_STEP_VAR: "4", KILL_IN_VAR: "fold_2"}))
     assert killed.returncode == -signal.SIGKILL, describe(killed)
     assert checkpoint_steps(folder / "fold_2") == [4] and (folder / "fold_1" / "summary.json").exists()
     assert not (folder / "fold_2" / "summary.json").exists() and not (folder / "fold_3").exists()
