@@ -30,7 +30,8 @@ torch.set_num_threads(1)
 # modules again, ~0.4 s of CPU on a start-up of ~3.5 s, over a thousand processes a suite.
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
-REPO = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
 RECIPES = REPO / "recipes"
 
 # The FashionMNIST class names, written out here (not imported) so a change in src/ cannot hide a mistake.
@@ -72,6 +73,12 @@ def cli_env(**changes: str | None) -> dict[str, str]:
             env[key] = value
     return env
 
+
+
+def cli_env_with_tests(**changes: str | None) -> dict[str, str]:
+    """`cli_env`, with tests/ first on PYTHONPATH: for runs that name the tests' own components (a step, a task,
+    a data set) by import path."""
+    return cli_env(PYTHONPATH=os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])), **changes)
 
 def run_cli(*args: object, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run `python -m trainwright ARGS...` from the repo root with stdin closed; never raises on failure.

@@ -6,16 +6,14 @@ uninterrupted run without workers; without a collate key a ragged batch is one m
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 
 import resuming
-from conftest import assert_ok, assert_user_error, cli_env, run_cli
+from conftest import assert_ok, assert_user_error, cli_env_with_tests, run_cli
 from trainwright.data.collate import pad
 
-TESTS = Path(__file__).resolve().parent
 RECIPE = {
     "name": "ragged", "seed": 0,
     "data": {"name": "ragged_items:ragged", "batch_size": 16, "collate": "pad"},  # 160 training items: 10 steps
@@ -34,12 +32,8 @@ def write_recipe(tmp_path: Path) -> Path:
     return recipe
 
 
-def env() -> dict[str, str]:
-    return cli_env(PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
-
-
 def train(tmp_path: Path, name: str, *overrides: str):
-    return run_cli("train", write_recipe(tmp_path), *overrides, "--run-dir", tmp_path / name, env=env())
+    return run_cli("train", write_recipe(tmp_path), *overrides, "--run-dir", tmp_path / name, env=cli_env_with_tests())
 
 
 def summary(tmp_path: Path, name: str) -> dict:
@@ -60,7 +54,7 @@ def test_pad_builds_padded_batches_with_targets_ignored_and_a_mask():
 def test_ragged_items_train_padded_resume_bitwise_with_workers_and_named_tensors_agree(tmp_path):
     assert_ok(train(tmp_path, "reference"))
     workers = ["train", write_recipe(tmp_path), "data.num_workers=2", "--run-dir", tmp_path / "workers"]
-    resuming.kill_and_resume(10, workers, tmp_path / "workers", env=env())
+    resuming.kill_and_resume(10, workers, tmp_path / "workers", env=cli_env_with_tests())
     resuming.assert_same_weights(tmp_path / "workers", tmp_path / "reference")
     # Named tensors padded to a multiple of 8 with an attention mask, and the user's collate function by
     # import path: the padding is masked or ignored, so the figures are the reference's.

@@ -8,18 +8,13 @@ steps. Checkpoint contents are read with safetensors and json only.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import psutil
 import pytest
 import torch
 from safetensors import safe_open
@@ -27,8 +22,8 @@ from safetensors.torch import load_file
 
 import processes
 import resuming
-from conftest import REPO, assert_resumed, write_fashion_mnist
-from processes import run
+from conftest import REPO, assert_resumed, checkpoint_steps, cli_env, write_fashion_mnist
+from processes import free_port, run
 from reliability_helpers import call
 
 CONFIGS = REPO / "accelerate_configs"
@@ -38,18 +33,6 @@ TOTAL_STEPS = 40
 FIRST_LAYER = (512, 784)
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "ACCELERATE_", "PET_"))}
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return env
 
 
 def _args(data_root: Path, run_dir: Path, *overrides: str) -> list[str]:
@@ -73,25 +56,10 @@ def _command(data_root: Path, run_dir: Path, *overrides: str, processes: int, co
 
 def train(data_root: Path, run_dir: Path, *overrides: str, processes: int = 2, env: dict[str, str] | None = None,
           **options) -> subprocess.CompletedProcess:
-    result = run(_command(data_root, run_dir, *overrides, processes=processes, **options), env or _env())
+    result = run(_command(data_root, run_dir, *overrides, processes=processes, **options), env or cli_env())
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     return result
-
-
-def kill_tree(process: subprocess.Popen) -> None:
-    """SIGKILL the launcher and every worker (torchrun starts workers in sessions of their own)."""
-    with contextlib.suppress(psutil.NoSuchProcess):
-        for child in psutil.Process(process.pid).children(recursive=True):
-            with contextlib.suppress(psutil.NoSuchProcess):
-                child.kill()
-    process.kill()
-    process.communicate(timeout=60)
-
-
-def checkpoint_steps(run_dir: Path) -> list[int]:
-    folder = run_dir / "checkpoints"
-    return sorted(int(p.name[5:]) for p in folder.glob("step_*")) if folder.is_dir() else []
 
 
 def fsdp_2proc() -> list[object]:
@@ -179,7 +147,7 @@ def test_loading_a_sharded_checkpoint_puts_each_process_slice_in_its_place(refer
 
 def test_sigkill_mid_run_resumes_bitwise(reference, data_root, tmp_path):
     run_dir = tmp_path / "run"
-    result = resuming.kill_and_resume(10, _args(data_root, run_dir), run_dir, fsdp_2proc(), _env())  # mid-epoch 1
+    result = resuming.kill_and_resume(10, _args(data_root, run_dir), run_dir, fsdp_2proc(), cli_env())  # mid-epoch 1
     assert "world_size=2 device=cpu precision=no strategy=fsdp" in result.stdout
     resuming.assert_same_weights(run_dir, reference[0])
 
@@ -189,7 +157,7 @@ def test_workers_save_and_exit_75_when_the_launcher_is_killed(reference, data_ro
     one step, exit 75 and free the lock; the same command resumes bitwise."""
     run_dir = tmp_path / "run"
     with processes.starter(tmp_path) as start, processes.adopting_orphans():
-        launcher = start(_command(data_root, run_dir, processes=2), _env(), name="killed")
+        launcher = start(_command(data_root, run_dir, processes=2), cli_env(), name="killed")
         launcher.wait_for("a checkpoint", lambda: checkpoint_steps(run_dir), timeout=180, interval=0.01)
         workers = [child.pid for child in launcher.children() if "trainwright" in child.cmdline()]
         assert len(workers) == 2, launcher.describe()
@@ -312,19 +280,12 @@ def test_accumulation_clipping_schedule_and_a_stop_signal_under_fsdp_match_ddp(d
     ddp = tmp_path / "ddp"
     train(data_root, ddp, *options, config=DDP_2PROC)
     run_dir = tmp_path / "fsdp"
-    process = subprocess.Popen(_command(data_root, run_dir, *options, processes=2), cwd=REPO, env=_env(), text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 180
-        while not checkpoint_steps(run_dir):
-            assert process.poll() is None, process.stdout.read()
-            assert time.monotonic() < deadline, "no checkpoint appeared in time"
-            time.sleep(0.05)
-        process.send_signal(signal.SIGTERM)  # the launcher relays it to both workers
-        output, _ = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            kill_tree(process)
+    with processes.starter(tmp_path) as start:
+        launcher = start(_command(data_root, run_dir, *options, processes=2), cli_env(), name="stopped")
+        launcher.wait_for("a checkpoint", lambda: checkpoint_steps(run_dir), timeout=180, interval=0.05)
+        launcher.signal(signal.SIGTERM)  # the launcher relays it to both workers
+        launcher.finish(timeout=120)
+        output = launcher.output()
     assert output.count("got SIGTERM; saving a checkpoint after this step") == 1, (
         output
     )  # said by the main process only
@@ -344,7 +305,7 @@ def test_validation_with_uneven_shares_does_not_hang(tmp_path, capsys):
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP_2PROC),
               "--main_process_port", str(free_port())]
     result = run([*launch, "-m", "trainwright", "train", "recipes/heart.yaml", "data.num_points=10245",
-                  "trainer.max_steps=3", "logging.wandb=false", "--run-dir", tmp_path / "run"], _env(), timeout=120)
+                  "trainer.max_steps=3", "logging.wandb=false", "--run-dir", tmp_path / "run"], cli_env(), timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "strategy=fsdp" in result.stdout and "Run complete at step 3" in result.stdout
     code, single, stderr = call(capsys, "eval", tmp_path / "run")  # in this process: one CLI start-up less
@@ -366,12 +327,12 @@ def test_a_stateless_optimizer_resumes_under_fsdp_at_every_process_count(data_ro
     reference = tmp_path / "reference"
     train(data_root, reference, *sgd)
     run_dir = tmp_path / "run"
-    resuming.kill_at(8, _args(data_root, run_dir, *sgd), run_dir, fsdp_2proc(), _env())
+    resuming.kill_at(8, _args(data_root, run_dir, *sgd), run_dir, fsdp_2proc(), cli_env())
     assert not list((run_dir / "checkpoints" / "step_00000008" / "optimizer").glob("*.safetensors"))
     elsewhere = {(1, "ddp"): ["distributed.strategy=ddp"], (1, "fsdp"): ["distributed.strategy=fsdp"], (3, "fsdp"): []}
     for count, strategy in elsewhere:
         shutil.copytree(run_dir, tmp_path / f"run_{count}_{strategy}")
-    resuming.resume(8, _args(data_root, run_dir, *sgd), fsdp_2proc(), _env())
+    resuming.resume(8, _args(data_root, run_dir, *sgd), fsdp_2proc(), cli_env())
     resuming.assert_same_weights(run_dir, reference)
     for (count, strategy), overrides in elsewhere.items():  # resharded, and into one unsharded process
         result = train(data_root, tmp_path / f"run_{count}_{strategy}", *sgd, *overrides, processes=count)

@@ -7,18 +7,16 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, assert_ok, cli_env
+from conftest import REPO, TESTS, assert_ok, cli_env_with_tests
 from processes import free_port, run
 from reliability_helpers import HEART, call
 
 pytestmark = pytest.mark.slow
-TESTS = Path(__file__).resolve().parent
 VAL_ITEMS = 100  # 500 points, val_fraction 0.2: shares of 34, 33 and 33
 
 
@@ -41,7 +39,7 @@ def trained(tmp_path_factory) -> Path:
 
 
 def _env(**changes: str) -> dict[str, str]:
-    return cli_env(PYTHONPATH=os.pathsep.join([str(TESTS), *filter(None, [os.environ.get("PYTHONPATH")])]), **changes)
+    return cli_env_with_tests(**changes)
 
 
 def test_eval_on_three_processes_prints_the_one_process_metrics_once(trained, tmp_path, capsys, monkeypatch):

@@ -7,7 +7,6 @@ process and micro-batch averaged over its own tokens, and the weights differed b
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -15,13 +14,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO
-from processes import run
-from test_fsdp import free_port
+from conftest import REPO, TESTS, cli_env_with_tests
+from processes import free_port, run
 
 pytestmark = pytest.mark.slow
 
-TESTS = Path(__file__).resolve().parent
 CONFIGS = REPO / "accelerate_configs"
 # 240 training sequences, global batch 24: 10 steps per epoch, 30 SGD steps.
 RECIPE = {
@@ -43,10 +40,8 @@ def train(tmp_path: Path, name: str, *overrides: str, config: str | None = None)
     recipe.write_text(json.dumps(RECIPE))
     launch = [] if config is None else ["-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / config),
                                         "--main_process_port", str(free_port())]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "ACCELERATE_", "PET_"))}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")]))
     result = run([sys.executable, *launch, "-m", "trainwright", "train", recipe, *overrides, "--run-dir",
-                  tmp_path / name], env, timeout=600)
+                  tmp_path / name], cli_env_with_tests(), timeout=600)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stdout + result.stderr
     world = {None: 1, "cpu_2proc.yaml": 2, "cpu_3proc.yaml": 3}[config]
     assert f"world_size={world} " in result.stdout and "Run complete at step 30" in result.stdout, result.stdout

@@ -5,7 +5,6 @@ bitwise equal to a 2-process run of one launcher."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,12 +18,6 @@ NODE_SCRIPT = REPO / "slurm" / "launch_node.sh"
 HEART = ["recipes/heart.yaml", "data.num_points=2000", "trainer.epochs=2", "logging.wandb=false"]
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _env(**changes: str) -> dict[str, str]:
@@ -70,7 +63,7 @@ def test_launch_node_needs_slurm_variables(tmp_path):
 
 
 def test_two_launchers_with_machine_ranks_0_and_1_train_as_one_world(tmp_path):
-    port = free_port()
+    port = processes.free_port()
     run_dir = tmp_path / "two_nodes"
     nodes = [
         subprocess.Popen(["bash", str(NODE_SCRIPT), *HEART[:1], str(run_dir), *HEART[1:]], cwd=REPO, text=True,
@@ -91,7 +84,7 @@ def test_two_launchers_with_machine_ranks_0_and_1_train_as_one_world(tmp_path):
 
     single = tmp_path / "one_launcher"
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                str(REPO / "accelerate_configs" / "cpu_2proc.yaml"), "--main_process_port", str(free_port())]
+                str(REPO / "accelerate_configs" / "cpu_2proc.yaml"), "--main_process_port", str(processes.free_port())]
     result = processes.run([*launcher, "-m", "trainwright", "train", *HEART, "--run-dir", single], _env())
     assert result.returncode == 0, result.stdout + result.stderr
     assert "world_size=2 device=cpu" in result.stdout

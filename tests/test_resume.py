@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import termios
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -458,21 +459,30 @@ def lock_file(run_dir: Path) -> Path:
     return run_dir.parent / f".{run_dir.name}.trainwright-lock"
 
 
-def test_workers_save_and_exit_75_when_the_launcher_is_killed(reference_2proc, start, tmp_path):
-    """SIGKILL to the launcher alone (a job runner's timeout, the OOM killer) leaves its workers running in
-    sessions of their own: they notice it is gone, stop at one step with a checkpoint, exit 75 within
-    seconds and free the run dir's lock; the same command then resumes bitwise."""
-    run_dir = tmp_path / "run"
-    overrides = ["trainer.record_samples=true"]
+def _kill_the_launcher_alone(start: processes.Starter, run_dir: Path, overrides: list[str], what: str,
+                             ready: Callable[[], object]) -> tuple[processes.Background, str]:
+    """Start a 2-process run and SIGKILL its launcher alone once `ready()` (`what` names it); its orphaned workers
+    must exit 75 and leave nothing of the launch running. The launcher and its output."""
     with processes.adopting_orphans():  # the orphaned workers' exit codes come here
         launcher = start(command(run_dir, overrides, processes_=2), cli_env(), name="killed")
-        launcher.wait_for("a checkpoint", lambda: checkpoint_steps(run_dir), interval=0.01)
+        launcher.wait_for(what, ready, interval=0.01)
         workers = [_rank_pid(launcher, r) for r in (0, 1)]
         launcher.signal(signal.SIGKILL)
         codes = processes.reap(workers, timeout=60)
     output = launcher.output()
     assert list(codes.values()) == [EXIT_PREEMPTED] * 2, output
     assert not processes.tagged_processes(launcher.tag), "a process of the killed launch is left running"
+    return launcher, output
+
+
+def test_workers_save_and_exit_75_when_the_launcher_is_killed(reference_2proc, start, tmp_path):
+    """SIGKILL to the launcher alone (a job runner's timeout, the OOM killer) leaves its workers running in
+    sessions of their own: they notice it is gone, stop at one step with a checkpoint, exit 75 within
+    seconds and free the run dir's lock; the same command then resumes bitwise."""
+    run_dir = tmp_path / "run"
+    overrides = ["trainer.record_samples=true"]
+    launcher, output = _kill_the_launcher_alone(start, run_dir, overrides, "a checkpoint",
+                                                lambda: checkpoint_steps(run_dir))
     assert (
         output.count(f"trainwright: the launcher (pid {launcher.pid}) is gone; saving a checkpoint after this step")
         == 1
@@ -495,15 +505,8 @@ def test_workers_end_when_the_launcher_is_killed_before_training(reference_2proc
     until a timeout (30 min) while holding the run dir; the same command then trains from the start."""
     run_dir = tmp_path / "run"
     overrides = ["trainer.record_samples=true"]
-    with processes.adopting_orphans():
-        launcher = start(command(run_dir, overrides, processes_=2), cli_env(), name="killed")
-        launcher.wait_for("the run dir's lock", lambda: lock_file(run_dir).exists(), interval=0.01)
-        workers = [_rank_pid(launcher, r) for r in (0, 1)]
-        launcher.signal(signal.SIGKILL)
-        codes = processes.reap(workers, timeout=60)
-    output = launcher.output()
-    assert list(codes.values()) == [EXIT_PREEMPTED] * 2, output
-    assert not processes.tagged_processes(launcher.tag), "a process of the killed launch is left running"
+    launcher, output = _kill_the_launcher_alone(start, run_dir, overrides, "the run dir's lock",
+                                                lambda: lock_file(run_dir).exists())
     # rank 0 says why: its parent changed, or (looking too late for that) the launcher's store is gone
     said = re.search(r"trainwright: the launcher (.*) before training started; stopping", output)
     assert said and (said[1] == f"(pid {launcher.pid}) is gone" or said[1].startswith("is gone (its store at")), output

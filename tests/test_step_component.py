@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
 
 import resuming
-from conftest import RECIPES, assert_ok, assert_user_error, cli_env, run_cli
+from conftest import RECIPES, assert_ok, assert_user_error, cli_env_with_tests, run_cli
 from denoising_step import Denoise
 from trainwright.finished.inference import load_run
 
-TESTS = Path(__file__).resolve().parent
 # linear: 40 training points in batches of 8 -> 5 steps per epoch; 30 steps, a checkpoint every 10.
 DENOISE = [
     "data.batch_size=8", "trainer.epochs=6", "trainer.log_every_steps=5", "trainer.eval_every_epochs=2",
@@ -27,20 +25,16 @@ DENOISE = [
 ]
 
 
-def env() -> dict[str, str]:
-    return cli_env(PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
-
-
 def train_args(run_dir: Path) -> list[object]:
     return ["train", RECIPES / "linear_regression.yaml", *DENOISE, "--run-dir", run_dir]
 
 
 def test_a_user_step_by_import_path_trains_resumes_bitwise_and_evaluates(tmp_path):
-    reference = assert_ok(run_cli(*train_args(tmp_path / "reference"), env=env()))
+    reference = assert_ok(run_cli(*train_args(tmp_path / "reference"), env=cli_env_with_tests()))
     assert "Run complete at step 30" in reference.stdout
-    resuming.kill_and_resume(20, train_args(tmp_path / "run"), tmp_path / "run", env=env())
+    resuming.kill_and_resume(20, train_args(tmp_path / "run"), tmp_path / "run", env=cli_env_with_tests())
     resuming.assert_same_weights(tmp_path / "run", tmp_path / "reference")
-    evaluated = assert_ok(run_cli("eval", tmp_path / "run", env=env()))
+    evaluated = assert_ok(run_cli("eval", tmp_path / "run", env=cli_env_with_tests()))
     metrics = json.loads(evaluated.stdout)
     assert set(metrics) == {"val/loss", "val/mae"} and all(math.isfinite(v) for v in metrics.values()), metrics
     run = load_run(tmp_path / "run")  # the run's own step scores its evaluation: noisy inputs against clean ones
@@ -54,5 +48,5 @@ def test_a_user_step_by_import_path_trains_resumes_bitwise_and_evaluates(tmp_pat
 ])
 def test_a_step_that_cannot_be_built_is_one_message_from_check(step, fragments):
     override = f"step={step}" if "{" in step else f"step.name={step}"
-    result = run_cli("check", RECIPES / "linear_regression.yaml", override, env=env())
+    result = run_cli("check", RECIPES / "linear_regression.yaml", override, env=cli_env_with_tests())
     assert_user_error(result.returncode, result.stderr, *fragments)

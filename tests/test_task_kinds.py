@@ -4,26 +4,19 @@ compute their own loss (scored_by_model) trains, evaluates and refuses what has 
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 from typing import get_args
 
 import pytest
 import torch
 
-from conftest import assert_ok, assert_user_error, cli_env, run_cli
+from conftest import assert_ok, assert_user_error, cli_env_with_tests, run_cli
 from trainwright.data.bundle import Task, TaskKind
 from trainwright.data.tasks import KINDS, all_default_metrics, kind_of
 
-TESTS = Path(__file__).parent
 RECIPE = (
     "name: scored\ndata: {name: 'model_scored:points', batch_size: 32}\nmodel: {name: 'model_scored:denoiser'}\n"
     "loss: {name: model}\noptimizer: {name: sgd, lr: 0.1}\ntrainer: {epochs: 2}\nlogging: {wandb: false}\n"
 )
-
-
-def env() -> dict[str, str]:
-    return cli_env(PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
 
 
 def test_every_kind_a_task_may_name_is_one_entry_of_the_table():
@@ -48,15 +41,15 @@ def test_a_task_scored_by_its_model_trains_reports_its_loss_alone_and_refuses_pr
     recipe = tmp_path / "scored.yaml"
     recipe.write_text(RECIPE)
     run_dir = tmp_path / "run"
-    assert_ok(run_cli("train", recipe, "--run-dir", run_dir, env=env()))
+    assert_ok(run_cli("train", recipe, "--run-dir", run_dir, env=cli_env_with_tests()))
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and "val/loss" in summary
     assert not [key for key in summary if key.startswith("val/") and key != "val/loss"]  # no metric by default
-    evaluated = assert_ok(run_cli("eval", run_dir, env=env()))
+    evaluated = assert_ok(run_cli("eval", run_dir, env=cli_env_with_tests()))
     assert "val/loss" in evaluated.stdout
-    assert_ok(run_cli("plot", run_dir, env=env()))  # the loss curves alone
+    assert_ok(run_cli("plot", run_dir, env=cli_env_with_tests()))  # the loss curves alone
     assert not (run_dir / "plots" / "predictions.png").exists()
-    refused = run_cli("predict", run_dir, env=env())
+    refused = run_cli("predict", run_dir, env=cli_env_with_tests())
     assert_user_error(refused.returncode, refused.stderr, "scored_by_model run", "trainwright eval RUN")
 
 
@@ -64,6 +57,6 @@ def test_a_task_scored_by_its_model_refuses_a_loss_of_its_own_at_start_up(tmp_pa
     recipe = tmp_path / "scored.yaml"
     recipe.write_text(RECIPE.replace("loss: {name: model}", "loss: {name: mse}").replace(
         "model: {name: 'model_scored:denoiser'}", "model: {name: mlp, in_features: 2, hidden: [4], out_features: 2}"))
-    result = run_cli("train", recipe, "--run-dir", tmp_path / "run", env=env())
+    result = run_cli("train", recipe, "--run-dir", tmp_path / "run", env=cli_env_with_tests())
     assert_user_error(result.returncode, result.stderr, "loss.name=mse", "scored_by_model", "loss.name=model")
     assert not (tmp_path / "run" / "checkpoints").exists()

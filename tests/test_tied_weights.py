@@ -7,7 +7,6 @@ training points, a global batch of 64 -> 25 steps per epoch, 30 steps, a checkpo
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -19,13 +18,13 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from conftest import assert_resumed
+from conftest import TESTS, assert_resumed, cli_env_with_tests
+from processes import free_port
 from processes import run as run_command
-from test_fsdp import DDP_2PROC, FSDP_2PROC, free_port
+from test_fsdp import DDP_2PROC, FSDP_2PROC
 
 pytestmark = pytest.mark.slow
 
-TESTS = Path(__file__).resolve().parent
 RECIPE = {
     "name": "tied", "seed": 0,
     "data": {"name": "heart", "num_points": 2000, "seed": 1, "val_fraction": 0.2, "batch_size": 64},
@@ -39,13 +38,6 @@ RECIPE = {
 }
 
 
-def env() -> dict[str, str]:
-    variables = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "ACCELERATE_", "PET_"))}
-    paths = [str(TESTS), *filter(None, [os.environ.get("PYTHONPATH")])]
-    variables.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(paths))
-    return variables
-
-
 def run(*args: str, processes: int = 1, config: Path = FSDP_2PROC) -> subprocess.CompletedProcess:
     """`python -m trainwright ARGS` (under `accelerate launch` with `config` for several processes)."""
     launch = [] if processes == 1 else [
@@ -54,7 +46,7 @@ def run(*args: str, processes: int = 1, config: Path = FSDP_2PROC) -> subprocess
     ]
     result = run_command(
         [sys.executable, *launch, "-m", "trainwright", *args],
-        env(),
+        cli_env_with_tests(),
         timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
