@@ -13,8 +13,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import WALL_CLOCK, assert_resumed, metrics_by_step
-from test_tied_weights import RECIPE, TESTS, step, train
+from conftest import TESTS, WALL_CLOCK, assert_resumed, metrics_by_step
+from test_tied_weights import RECIPE, step, train
 
 sys.path.insert(0, str(TESTS))
 from tied_models import TiedNet

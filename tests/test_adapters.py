@@ -21,10 +21,9 @@ from safetensors.torch import load_file
 
 import processes
 import resuming
-from conftest import REPO, assert_ok, assert_user_error, checkpoint_dir, describe
+from conftest import REPO, assert_ok, assert_user_error, checkpoint_dir, cli_env_with_tests, describe
 from reliability_helpers import HEART, call, user_error
 from test_hf_models import CONFIG, RECIPE
-from test_tied_weights import env as launch_env
 from trainwright import load_run
 from trainwright.components import build_model
 from trainwright.recipe import load_recipe
@@ -43,7 +42,7 @@ def lora_args(run_dir: Path, *overrides: str) -> list[object]:
 
 
 def train(run_dir: Path, *overrides: str):
-    return resuming.run(lora_args(run_dir, *overrides), env=launch_env())
+    return resuming.run(lora_args(run_dir, *overrides), env=cli_env_with_tests())
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +86,7 @@ def test_export_writes_the_adapter_in_peft_format_loading_to_the_merged_outputs(
 
 def test_a_lora_run_killed_at_a_step_resumes_bitwise(lora_run, tmp_path):
     run_dir = tmp_path / "run"
-    resuming.kill_and_resume(8, lora_args(run_dir), run_dir, env=launch_env())
+    resuming.kill_and_resume(8, lora_args(run_dir), run_dir, env=cli_env_with_tests())
     resuming.assert_same_weights(run_dir, lora_run)
 
 
@@ -97,15 +96,15 @@ def test_under_fsdp_on_two_processes_a_killed_lora_run_resumes_bitwise_and_on_on
     def launch() -> list[object]:
         return resuming.launcher(FSDP_2PROC, "--num_processes", 2)
 
-    reference = assert_ok(resuming.run(lora_args(tmp_path / "reference"), launch(), launch_env()))
+    reference = assert_ok(resuming.run(lora_args(tmp_path / "reference"), launch(), cli_env_with_tests()))
     assert "world_size=2 device=cpu precision=no strategy=fsdp" in reference.stdout
     shards = sorted((checkpoint_dir(tmp_path / "reference", 20) / "model").glob("*.safetensors"))
     assert len(shards) == 2 and all(set(load_file(shard)) == ADAPTER_KEYS for shard in shards)
-    resuming.kill_at(8, lora_args(tmp_path / "run"), tmp_path / "run", launch(), launch_env())
+    resuming.kill_at(8, lora_args(tmp_path / "run"), tmp_path / "run", launch(), cli_env_with_tests())
     shutil.copytree(tmp_path / "run", tmp_path / "one")
-    resuming.resume(8, lora_args(tmp_path / "run"), launch(), launch_env())
+    resuming.resume(8, lora_args(tmp_path / "run"), launch(), cli_env_with_tests())
     resuming.assert_same_weights(tmp_path / "run", tmp_path / "reference")
-    one = resuming.resume(8, lora_args(tmp_path / "one"), env=launch_env())
+    one = resuming.resume(8, lora_args(tmp_path / "one"), env=cli_env_with_tests())
     assert "world_size=1" in one.stdout, describe(one)
 
 
@@ -144,7 +143,7 @@ def test_lora_on_a_pretrained_gpt2_refuses_a_changed_or_missing_base_and_exports
 
     def train_gpt2(*overrides: str):
         return processes.run([sys.executable, "-m", "trainwright", "train", path, *overrides, "--run-dir", run_dir],
-                             launch_env())
+                             cli_env_with_tests())
 
     first = train_gpt2("trainer.max_steps=2")
     assert first.returncode == 0, describe(first)
@@ -163,10 +162,10 @@ def test_lora_on_a_pretrained_gpt2_refuses_a_changed_or_missing_base_and_exports
     assert resumed.returncode == 0 and "Resuming from step 2 " in resumed.stdout, describe(resumed)
 
     exported = processes.run([sys.executable, "-m", "trainwright", "export", run_dir, "--out", tmp_path / "adapter"],
-                             launch_env())
+                             cli_env_with_tests())
     assert exported.returncode == 0, describe(exported)
     hf = processes.run([sys.executable, "-m", "trainwright", "export", run_dir, "--hf", "--out", tmp_path / "merged"],
-                       launch_env())
+                       cli_env_with_tests())
     assert hf.returncode == 0, describe(hf)
     merged = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "merged")
     final = load_file(run_dir / "model.safetensors")

@@ -18,8 +18,8 @@ import transformers  # the `hf` extra, which `make test` installs: these tests n
 import yaml
 from safetensors.torch import load_file
 
-from conftest import assert_resumed
-from test_tied_weights import TESTS, run, step, tensor_names, train
+from conftest import TESTS, assert_resumed
+from test_tied_weights import run, step, tensor_names, train
 from trainwright.components import build_scoring
 from trainwright.data.bundle import Task
 from trainwright.distributed.processes import Processes

@@ -16,9 +16,8 @@ from tokenizers import Tokenizer, decoders, models
 
 import processes
 import resuming
-from conftest import describe
+from conftest import cli_env_with_tests, describe
 from reliability_helpers import user_error
-from test_tied_weights import env as launch_env
 from trainwright.data.bundle import IGNORE_INDEX, Task
 from trainwright.data.collate import pad
 from trainwright.data.instructions import instructions
@@ -179,7 +178,7 @@ def test_a_tiny_gpt2_trains_on_instructions_and_resumes_bitwise_after_a_kill(tmp
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
 
     def train(run_dir: Path, script: list[object]):
-        return processes.run([sys.executable, *script, "train", "r.yaml", "--run-dir", run_dir], launch_env(),
+        return processes.run([sys.executable, *script, "train", "r.yaml", "--run-dir", run_dir], cli_env_with_tests(),
                              cwd=tmp_path)
 
     whole = train(tmp_path / "whole", ["-m", "trainwright"])
@@ -189,8 +188,8 @@ def test_a_tiny_gpt2_trains_on_instructions_and_resumes_bitwise_after_a_kill(tmp
     pinned = yaml.safe_load((tmp_path / "whole" / "recipe.yaml").read_text())["data"]
     assert pinned["path"] == str(data) and pinned["tokenizer"] == str(tmp_path / "tok")
     answer = processes.run([sys.executable, "-m", "trainwright", "predict", tmp_path / "whole", "--prompt", "12+3=",
-                            "--length", "3", "--temperature", "0"], launch_env())
+                            "--length", "3", "--temperature", "0"], cli_env_with_tests())
     assert answer.returncode == 0 and answer.stdout.startswith("12+3="), describe(answer)
     resuming.kill_and_resume(3, ["train", "r.yaml", "--run-dir", tmp_path / "run"], tmp_path / "run",
-                             env=launch_env(), cwd=tmp_path)
+                             env=cli_env_with_tests(), cwd=tmp_path)
     resuming.assert_same_weights(tmp_path / "run", tmp_path / "whole")

@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 import resuming
-from conftest import TEXT_SMALL, assert_ok, assert_resumed, text_corpus
-from test_fsdp import FSDP_2PROC, _env
+from conftest import TEXT_SMALL, assert_ok, assert_resumed, cli_env, text_corpus
+from test_fsdp import FSDP_2PROC
 
 pytestmark = pytest.mark.slow
 TOTAL_STEPS = 30
@@ -32,7 +32,7 @@ def _launch(processes: int) -> list[object]:
 
 
 def _env_with(cache: Path) -> dict[str, str]:
-    return {**_env(), "TRAINWRIGHT_CACHE": str(cache)}
+    return {**cli_env(), "TRAINWRIGHT_CACHE": str(cache)}
 
 
 def train(corpus: Path, run_dir: Path, cache: Path, *overrides: str, processes: int = 2) -> str:

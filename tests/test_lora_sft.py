@@ -17,8 +17,7 @@ import torch
 import transformers
 
 import processes
-from conftest import REPO, assert_resumed, checkpoint_dir, describe, metrics_by_step
-from test_tied_weights import env as launch_env
+from conftest import REPO, assert_resumed, checkpoint_dir, cli_env_with_tests, describe, metrics_by_step
 from trainwright import load_run
 from trainwright.data.bundle import IGNORE_INDEX, Task
 from trainwright.models.metrics import exact_match
@@ -42,7 +41,7 @@ def made(tmp_path_factory) -> Path:
     """The base and the items, as the script makes them, small (a 1-block GPT-2 of width 32, 30 steps)."""
     folder = tmp_path_factory.mktemp("lora_sft") / "data"
     result = processes.run([sys.executable, SCRIPT, folder, "--steps", "30", "--layers", "1", "--width", "32",
-                            "--items", "200"], launch_env())
+                            "--items", "200"], cli_env_with_tests())
     assert result.returncode == 0, describe(result)
     assert "the base model's exact match on the 40 held-out prompts: 0.000 (0/40)" in result.stdout
     return folder
@@ -52,7 +51,7 @@ def train(made: Path, run_dir: Path, script: list[object] | None = None):
     recipe = REPO / "recipes" / "lora_sft.yaml"
     return processes.run([sys.executable, *(script or ["-m", "trainwright"]), "train", recipe,
                           f"data.path={made / 'reverse.jsonl'}", f"data.tokenizer={made / 'base'}",
-                          f"model.pretrained={made / 'base'}", *SMALL, "--run-dir", run_dir], launch_env())
+                          f"model.pretrained={made / 'base'}", *SMALL, "--run-dir", run_dir], cli_env_with_tests())
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +88,7 @@ def test_exact_match_is_what_greedy_generation_answers_and_predict_answers(made,
     right, _ = example_script().exact_match(run.model.eval(), tokenizer, items)
     assert run.evaluate()["val/exact_match"] == pytest.approx(right / len(items))
     answer = processes.run([sys.executable, "-m", "trainwright", "predict", whole, "--prompt", "reverse abcd: ",
-                            "--length", "5", "--temperature", "0"], launch_env())
+                            "--length", "5", "--temperature", "0"], cli_env_with_tests())
     assert answer.returncode == 0 and answer.stdout.startswith("reverse abcd: "), describe(answer)
 
 
