@@ -74,11 +74,11 @@ def cli_env(**changes: str | None) -> dict[str, str]:
     return env
 
 
-
 def cli_env_with_tests(**changes: str | None) -> dict[str, str]:
     """`cli_env`, with tests/ first on PYTHONPATH: for runs that name the tests' own components (a step, a task,
     a data set) by import path."""
     return cli_env(PYTHONPATH=os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])), **changes)
+
 
 def run_cli(*args: object, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run `python -m trainwright ARGS...` from the repo root with stdin closed; never raises on failure.
