@@ -74,10 +74,17 @@ def cli_env(**changes: str | None) -> dict[str, str]:
     return env
 
 
+def cli_env_with_path(*folders: Path, **changes: str | None) -> dict[str, str]:
+    """`cli_env`, with `folders` first on PYTHONPATH (before this process's own): for runs that import code by
+    import path (a user's module written by the test, the tests' own components, a sitecustomize hook)."""
+    path = os.pathsep.join(filter(None, [*map(str, folders), os.environ.get("PYTHONPATH")]))
+    return cli_env(PYTHONPATH=path, **changes)
+
+
 def cli_env_with_tests(**changes: str | None) -> dict[str, str]:
-    """`cli_env`, with tests/ first on PYTHONPATH: for runs that name the tests' own components (a step, a task,
+    """`cli_env` with tests/ first on PYTHONPATH: for runs that name the tests' own components (a step, a task,
     a data set) by import path."""
-    return cli_env(PYTHONPATH=os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])), **changes)
+    return cli_env_with_path(TESTS, **changes)
 
 
 def run_cli(*args: object, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, assert_user_error, cli_env, describe
+from conftest import REPO, assert_user_error, cli_env, cli_env_with_path, describe
 from reliability_helpers import HEART, TINY, snapshot, train_ok, user_error
 from trainwright.run.directory import RunDir
 from trainwright.run.lock import RunLock
@@ -238,7 +238,7 @@ def test_a_run_killed_while_its_dataloader_workers_read_can_be_run_again_at_once
         "optimizer: {name: sgd, lr: 0.1}\nlogging: {wandb: false}\n"
     )
     run_dir = tmp_path / "run"
-    env = cli_env(SERVED_BY=str(served_by), PYTHONPATH=os.pathsep.join([str(code), os.environ.get("PYTHONPATH", "")]))
+    env = cli_env_with_path(code, SERVED_BY=str(served_by))
     args = [sys.executable, "-m", "trainwright", "train", str(recipe), "--run-dir", str(run_dir)]
     main = subprocess.Popen(args, cwd=REPO, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL)

@@ -39,6 +39,7 @@ from conftest import (
     checkpoint_problem,
     checkpoint_steps,
     cli_env,
+    cli_env_with_path,
     describe,
     metrics_by_step,
     newest_valid_checkpoint,
@@ -246,7 +247,7 @@ trainwright.run.files.sha256 = _slow_sha256
 def slow_manifest_env(folder: Path) -> dict[str, str]:
     folder.mkdir()
     (folder / "sitecustomize.py").write_text(_SLOW_MANIFEST)
-    return cli_env(PYTHONPATH=os.pathsep.join(p for p in (str(folder), os.environ.get("PYTHONPATH", "")) if p))
+    return cli_env_with_path(folder)
 
 
 def test_kills_at_any_moment_including_during_saves(reference, start, tmp_path):

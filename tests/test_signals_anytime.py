@@ -8,7 +8,6 @@ Each signal comes at a chosen phase, not after a delay: the command runs as `pyt
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import textwrap
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_user_error, checkpoint_steps, cli_env, run_cli
+from conftest import assert_user_error, checkpoint_steps, cli_env, cli_env_with_path, run_cli
 from reliability_helpers import HEART, TINY
 
 # `python -c BOOT PHASE ARGS...`: `python -m trainwright ARGS...`, that waits at the import of module PHASE.
@@ -152,7 +151,7 @@ RECIPE = (
 def user_code(tmp_path) -> tuple[Path, dict[str, str]]:
     (tmp_path / "tw_signal_items.py").write_text(MODULE)
     (tmp_path / "items.yaml").write_text(RECIPE)
-    env = cli_env(PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
+    env = cli_env_with_path(tmp_path)
     return tmp_path / "items.yaml", env
 
 

@@ -29,6 +29,7 @@ from conftest import (
     assert_resumed,
     checkpoint_steps,
     cli_env,
+    cli_env_with_path,
     describe,
     newest_valid_checkpoint,
     no_credentials_env,
@@ -83,8 +84,7 @@ def test_cv_killed_during_a_fold_resumes_to_the_same_weights(cv_run, tmp_path):
     """SIGKILL (the cv command and its fold, at once) right after fold 2's checkpoint of step 4 is on disk."""
     folder = tmp_path / "heart-cv"
     args = ["cv", HEART, "--folds", "3", *CV_ARGS, "--run-dir", folder]
-    path = os.pathsep.join(filter(None, [str(HOOKS), os.environ.get("PYTHONPATH")]))
-    killed = run_cli(*args, env=cli_env(PYTHONPATH=path, **{KILL_AT_STEP_VAR: "4", KILL_IN_VAR: "fold_2"}))
+    killed = run_cli(*args, env=cli_env_with_path(HOOKS, **{KILL_AT_STEP_VAR: "4", KILL_IN_VAR: "fold_2"}))
     assert killed.returncode == -signal.SIGKILL, describe(killed)
     assert checkpoint_steps(folder / "fold_2") == [4] and (folder / "fold_1" / "summary.json").exists()
     assert not (folder / "fold_2" / "summary.json").exists() and not (folder / "fold_3").exists()

@@ -7,7 +7,6 @@ the same weights; a monitor may name a named split's metric, and bad names and s
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from conftest import (
     assert_ok,
     assert_resumed,
     cli_env,
+    cli_env_with_path,
     describe,
     metrics_by_step,
     newest_valid_checkpoint,
@@ -188,7 +188,7 @@ def points(count: int = 400, seed: int = 123) -> DataBundle:
 
 def test_a_data_set_of_your_own_takes_named_splits_and_its_test_split_that_is_its_validation_split(tmp_path):
     (tmp_path / "tw_test_own_data.py").write_text(OWN_DATA)
-    env = cli_env(PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
+    env = cli_env_with_path(tmp_path)
     assert_ok(run_cli("train", HEART, "data={name: 'tw_test_own_data:points', batch_size: 64}", "trainer.epochs=1",
                       "data.val_splits={more: {seed: 5, count: 300}}", "logging.wandb=false", "--run-dir",
                       tmp_path / "run", env=env))

@@ -3,13 +3,21 @@ two of them validates at the same steps after its resume, and ends with bitwise 
 
 from __future__ import annotations
 
-import os
 import textwrap
 from pathlib import Path
 
 from safetensors.torch import load_file
 
-from conftest import RECIPES, assert_ok, cli_env, describe, metrics_by_step, newest_valid_checkpoint, run_cli, workflow
+from conftest import (
+    RECIPES,
+    assert_ok,
+    cli_env_with_path,
+    describe,
+    metrics_by_step,
+    newest_valid_checkpoint,
+    run_cli,
+    workflow,
+)
 
 MODULE = "tw_test_kill"
 SOURCE = '''
@@ -46,7 +54,7 @@ def _overrides(marker: Path) -> list[str]:
 @workflow
 def killed_and_resumed(folder: Path) -> dict:
     (folder / f"{MODULE}.py").write_text(textwrap.dedent(SOURCE))
-    env = cli_env(PYTHONPATH=os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")])))
+    env = cli_env_with_path(folder)
     done = folder / "already-killed"
     done.touch()
     reference = run_cli("train", RECIPES / "heart.yaml", *_overrides(done), "--run-dir", folder / "reference", env=env)
